@@ -1,0 +1,1 @@
+"""gradtui core: events, commands, wire format, store, detectors. NumPy only."""

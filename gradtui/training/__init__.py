@@ -1,0 +1,1 @@
+"""The probe and the training-side code (torch, no textual)."""
