@@ -224,15 +224,18 @@ class RunStore:
         if n == 0:
             return np.zeros(0, np.intp)
         cap = self._steps.shape[0]
-        return (np.arange(self._head - n, self._head) % cap).astype(np.intp)
+        order: np.ndarray = (np.arange(self._head - n, self._head) % cap).astype(np.intp)
+        return order
 
     def steps(self, last: int | None = None) -> np.ndarray:
         """Step numbers held, oldest first."""
-        return self._steps[self._order(last)]
+        out: np.ndarray = self._steps[self._order(last)]
+        return out
 
     def window(self, stat: str, last: int | None = None) -> np.ndarray:
         """(steps, layers) float32 matrix of `stat` over the newest `last` steps."""
-        return self._stats[stat][self._order(last)] if self._stats else np.zeros((0, 0), np.float32)
+        out: np.ndarray = self._stats[stat][self._order(last)] if self._stats else np.zeros((0, 0), np.float32)
+        return out
 
     def series(self, name: str, last: int | None = None) -> np.ndarray:
         """A run-wide series (loss, global_norm, lr, ...) over the newest `last` steps."""
@@ -240,7 +243,8 @@ class RunStore:
 
     def layer_history(self, layer: int, stat: str, last: int | None = None) -> np.ndarray:
         """One layer's history of `stat`, oldest first."""
-        return self._stats[stat][self._order(last), layer]
+        out: np.ndarray = self._stats[stat][self._order(last), layer]
+        return out
 
     def latest(self, stat: str) -> np.ndarray:
         """Per-layer most recent known value of `stat` (NaN where never computed)."""

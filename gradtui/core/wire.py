@@ -52,7 +52,7 @@ class WireError(ValueError):
 
 def encode_frame(payload: dict[str, Any]) -> bytes:
     """Frame one msgpack map."""
-    body = msgpack.packb(payload, default=_pack_default, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, default=_pack_default, use_bin_type=True)
     if len(body) > MAX_FRAME:
         raise WireError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body

@@ -1,0 +1,775 @@
+"""The probe: per-layer gradient statistics from a live training loop.
+
+`watch(model, optimizer)` returns a `Monitor`; `Monitor.step(loss)` is called after
+`loss.backward()` and before `optimizer.step()`. Each sampled step costs a handful of
+fused `torch._foreach_*` kernels on the gradients' own device and one host copy of a
+small vector; the more expensive statistics (mean/max |g|, zero fraction, weight norm,
+update ratio) run every `detail_every` sampled steps. Commands from viewers are
+applied at the step boundary and acknowledged with the step they took effect at.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradtui.core.channel import EventQueue, QueueSource
+from gradtui.core.commands import Command, SetClip, SetLR, SetPaused, command_kind, validate
+from gradtui.core.events import (
+    CLIP_MODES,
+    Alert,
+    CommandResult,
+    Event,
+    LayerInfo,
+    RunEnd,
+    RunStart,
+    StepStats,
+    UpdateStats,
+)
+from gradtui.core.record import RecordWriter
+
+log = logging.getLogger("gradtui")
+
+_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
+
+
+class Sink(Protocol):
+    """Where the probe's events go. `emit` must never block training."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _QueueSink:
+    def __init__(self, q: EventQueue) -> None:
+        self.queue = q
+
+    def emit(self, event: Event) -> None:
+        self.queue.put(event)
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+class _RecordSink:
+    def __init__(self, writer: RecordWriter) -> None:
+        self.writer = writer
+
+    def emit(self, event: Event) -> None:
+        self.writer.write(event)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    params: list[nn.Parameter]
+
+
+def find_layers(model: nn.Module) -> list[_Layer]:
+    """Modules that own parameters directly, in `named_modules()` order.
+
+    A parameter shared by several modules (tied weights) belongs to the first of them,
+    so that it is counted once, as `model.parameters()` does.
+    """
+    seen: set[int] = set()
+    layers: list[_Layer] = []
+    for name, module in model.named_modules():
+        own = []
+        for p in module._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                own.append(p)
+        if own:
+            layers.append(_Layer(name, module, own))
+    return layers
+
+
+def _grad_values(g: torch.Tensor) -> torch.Tensor:
+    return g.coalesce()._values() if g.is_sparse else g
+
+
+class _Pending:
+    """Host copy of one step's statistics vector; ready at once on CPU, after an event on CUDA."""
+
+    def __init__(self, vec: torch.Tensor, meta: _StepMeta) -> None:
+        self.meta = meta
+        self._event: torch.cuda.Event | None = None
+        if vec.device.type == "cuda":
+            self.host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
+            self.host.copy_(vec, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self.host = vec.to("cpu")
+
+    def ready(self) -> bool:
+        return self._event is None or bool(self._event.query())
+
+    def values(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        out: np.ndarray = self.host.numpy()
+        return out
+
+
+@dataclass
+class _StepMeta:
+    step: int
+    time: float
+    lrs: tuple[float, ...]
+    has_grad: np.ndarray
+    numel_with_grad: np.ndarray
+    detail: bool
+    """Weight norms were computed at this step."""
+    grad_detail: bool
+    """Mean/max |g| and zero fraction were computed (detail step with some gradient)."""
+    clip_mode: str
+    clip_threshold: float
+    steps_per_sec: float
+    paused: bool
+    nonfinite_on_device: bool
+    update_step: int | None
+    counts: np.ndarray | None = None
+
+
+class Monitor:
+    """Watches a model's gradients during training. Create it with `gradtui.watch`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        record: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        every: int = 1,
+        detail_every: int = 50,
+        clip: tuple[str, float] | None = None,
+        queue_size: int | None = None,
+        detectors: Any = True,
+        run: str | None = None,
+        update_ratio: bool = True,
+        connect: bool = True,
+        defer: bool | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        for label, value in (("every", every), ("detail_every", detail_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        clip_mode, clip_threshold = _check_clip(clip)
+        self.model = model
+        self.optimizer = optimizer
+        self.every = every
+        self.detail_every = detail_every
+        self.clip_mode = clip_mode
+        self.clip_threshold = clip_threshold
+        self._last_clip_mode = clip_mode if clip_mode != "off" else "norm"
+        self.paused = False
+        self.step_count = 0
+        """Number of `step()` calls so far; the next call is step number `step_count`."""
+        self.closed = False
+        self.commands: queue.Queue[Command] = queue.Queue(maxsize=1000)
+        """Commands for the probe; applied at the next step boundary."""
+        self.events: EventQueue | None = EventQueue(queue_size) if queue_size else None
+        """In-process event queue (when `queue=` was given to `watch`)."""
+
+        self._layers = find_layers(model)
+        if not self._layers:
+            raise ValueError("the model has no parameters to watch")
+        self._params: list[nn.Parameter] = [p for layer in self._layers for p in layer.params]
+        self._param_layer = np.array([i for i, layer in enumerate(self._layers) for _ in layer.params], np.int64)
+        self._param_numel = np.array([p.numel() for p in self._params], np.int64)
+        self._n = len(self._layers)
+        self._device = self._params[0].device
+        # float64 accumulation keeps huge-but-finite norms finite; MPS has no float64.
+        self._acc_dtype = torch.float32 if self._device.type == "mps" else torch.float64
+        self._defer = (self._device.type == "cuda") if defer is None else defer
+        self._index_cache: dict[bytes, tuple[list[int], torch.Tensor, np.ndarray, np.ndarray]] = {}
+        self._pending: list[_Pending] = []
+        self._last_sample_time: float | None = None
+        self._last_sample_step = -1
+        self._rate = 0.0
+        self._update_snapshot: tuple[int, list[int], list[torch.Tensor]] | None = None
+        self._update_result: tuple[int, torch.Tensor] | None = None
+        self._want_snapshot_step: int | None = None
+        self._hooks: list[Any] = []
+
+        self._detectors = self._make_detectors(detectors)
+
+        self.sinks: list[Sink] = []
+        self.record_path = Path(record) if record is not None else None
+        if self.events is not None:
+            self.sinks.append(_QueueSink(self.events))
+        if record is not None:
+            self.sinks.append(_RecordSink(RecordWriter(record, overwrite=overwrite)))
+        if connect:
+            self._connect_from_env()
+
+        if optimizer is not None and update_ratio:
+            self._hooks.append(optimizer.register_step_pre_hook(self._pre_optimizer_step))
+            self._hooks.append(optimizer.register_step_post_hook(self._post_optimizer_step))
+
+        self.started = time.time()
+        self.run_name = run or _default_run_name()
+        self._emit(
+            RunStart(
+                run=self.run_name,
+                pid=os.getpid(),
+                started=self.started,
+                layers=tuple(
+                    LayerInfo(layer.name, type(layer.module).__name__, sum(p.numel() for p in layer.params))
+                    for layer in self._layers
+                ),
+                lrs=self._lrs(),
+                clip_mode=self.clip_mode,
+                clip_threshold=self.clip_threshold,
+                every=every,
+                detail_every=detail_every,
+                device=str(self._device),
+                script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+            )
+        )
+
+    # ------------------------------------------------------------ set-up helpers
+
+    def _make_detectors(self, detectors: Any) -> Any:
+        if detectors is False or detectors is None:
+            return None
+        from gradtui.core.detectors import DetectorConfig, Detectors
+
+        config = detectors if isinstance(detectors, DetectorConfig) else None
+        if config is None and detectors is not True:
+            raise TypeError(f"detectors must be True, False or a DetectorConfig, got {type(detectors).__name__}")
+        names = [layer.name for layer in self._layers]
+        numel = [sum(p.numel() for p in layer.params) for layer in self._layers]
+        try:
+            return Detectors(names, config, numel=numel)
+        except TypeError:
+            return Detectors(names, config)
+
+    def _connect_from_env(self) -> None:
+        from gradtui.core.stream import StreamSink, connect_from_env
+
+        sock = connect_from_env()
+        if sock is not None:
+            self.sinks.append(StreamSink(sock, self.commands))
+
+    def add_sink(self, sink: Sink) -> None:
+        """Send this monitor's events to another sink too (from now on)."""
+        self.sinks.append(sink)
+
+    def source(self) -> QueueSource:
+        """A viewer source over this monitor's in-process queue (needs `queue=` in watch)."""
+        if self.events is None:
+            raise ValueError("this monitor keeps no in-process queue: pass queue=True to watch()")
+        return QueueSource(self.events, self.commands, name=self.run_name)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self._layers]
+
+    def send(self, command: Command) -> None:
+        """Queue a command as a viewer would; it is applied at the next step."""
+        self.commands.put_nowait(command)
+
+    # ------------------------------------------------------------ the step
+
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Record this step's gradients and apply pending commands and clipping.
+
+        Call after `loss.backward()` and before `optimizer.step()`.
+        """
+        if self.closed:
+            raise RuntimeError("this monitor is closed")
+        step = self.step_count
+        self.step_count += 1
+        self._apply_commands(step)
+        self._resolve_pending(block=False)
+
+        sampled = step % self.every == 0
+        detail = sampled and (step // self.every) % self.detail_every == 0
+        grads_idx = self._grad_index()
+        if sampled:
+            self._sample(step, loss, grads_idx, detail)
+        elif self.clip_mode != "off" and grads_idx[0]:
+            self._clip([_grad_values(self._params[i].grad) for i in grads_idx[0]], None)  # type: ignore[arg-type]
+        if not self._defer:
+            self._resolve_pending(block=True)
+        if self.paused:
+            self._wait_while_paused(step)
+
+    def _grad_index(self) -> tuple[list[int], torch.Tensor, np.ndarray, np.ndarray]:
+        """Which parameters have gradients now, and their layer index (cached by pattern)."""
+        mask = np.fromiter((p.grad is not None for p in self._params), bool, len(self._params))
+        key = mask.tobytes()
+        hit = self._index_cache.get(key)
+        if hit is None:
+            which = np.flatnonzero(mask)
+            layer_of = self._param_layer[which]
+            idx_t = torch.as_tensor(layer_of, device=self._device)
+            has_grad = np.zeros(self._n, bool)
+            has_grad[layer_of] = True
+            numel = np.zeros(self._n, np.int64)
+            np.add.at(numel, layer_of, self._param_numel[which])
+            hit = (which.tolist(), idx_t, has_grad, numel)
+            if len(self._index_cache) > 64:
+                self._index_cache.clear()
+            self._index_cache[key] = hit
+        return hit
+
+    def _per_layer(self, per_param: torch.Tensor, idx: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        out = torch.zeros(self._n, dtype=per_param.dtype, device=per_param.device)
+        if reduce == "sum":
+            return out.index_add_(0, idx, per_param)
+        return out.scatter_reduce_(0, idx, per_param, reduce="amax", include_self=False)
+
+    def _norms(self, tensors: Sequence[torch.Tensor], ord: float = 2.0) -> torch.Tensor:  # noqa: A002
+        """Per-tensor norms as one accumulation-dtype vector on the main device."""
+        if not tensors:
+            return torch.zeros(0, dtype=self._acc_dtype, device=self._device)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        if len(by_device) == 1:
+            return torch.stack(torch._foreach_norm(list(tensors), ord)).to(self._acc_dtype)
+        out = torch.empty(len(tensors), dtype=self._acc_dtype, device=self._device)
+        for dev_idx in by_device.values():
+            vals = torch.stack(torch._foreach_norm([tensors[i] for i in dev_idx], ord)).to(self._device)
+            out[torch.as_tensor(dev_idx, device=self._device)] = vals.to(self._acc_dtype)
+        return out
+
+    def _sample(
+        self,
+        step: int,
+        loss: torch.Tensor | float | None,
+        grads_idx: tuple[list[int], torch.Tensor, np.ndarray, np.ndarray],
+        detail: bool,
+    ) -> None:
+        which, idx, has_grad, numel = grads_idx
+        grads = [_grad_values(self._params[i].grad) for i in which]  # type: ignore[arg-type]
+        parts: list[torch.Tensor] = []
+        acc = self._acc_dtype
+
+        pnorm = self._norms(grads)
+        layer_sq = self._per_layer(pnorm * pnorm, idx)
+        total = layer_sq.sum().sqrt()
+        parts += [layer_sq, total.reshape(1)]
+        # Before clipping: the statistics describe the gradients backward produced.
+        if detail and grads:
+            l1 = self._per_layer(self._norms(grads, 1.0), idx)
+            nnz = self._per_layer(self._norms(grads, 0.0), idx)
+            amax = self._per_layer(self._abs_max(grads), idx, "amax")
+            parts += [l1, nnz, amax]
+        if detail:
+            wn = self._norms([p.detach() for p in self._params])
+            w_idx = torch.as_tensor(self._param_layer, device=self._device)
+            parts.append(self._per_layer(wn * wn, w_idx))
+        nonfinite_on_device = self._defer and bool(grads)
+        if nonfinite_on_device:
+            # Deferred (CUDA) reads cannot come back for the counts later, so count now:
+            # x*0 is 0 for finite x and NaN otherwise, and the 0-"norm" counts non-zeros.
+            zeros = torch._foreach_mul(grads, 0.0)
+            parts.append(self._per_layer(torch.stack(torch._foreach_norm(zeros, 0)).to(acc), idx))
+
+        clipped = self._clip(grads, total) if grads and self.clip_mode != "off" else None
+        parts.append(clipped if clipped is not None else total.reshape(1))
+        parts.append(_loss_tensor(loss, self._device, acc))
+
+        update_step = None
+        if self._update_result is not None:
+            update_step, upd = self._update_result
+            self._update_result = None
+            parts.append(upd)
+        if detail and self.optimizer is not None and self._hooks:
+            self._want_snapshot_step = step
+
+        now = time.perf_counter()
+        if self._last_sample_time is not None and step > self._last_sample_step:
+            inst = (step - self._last_sample_step) / max(now - self._last_sample_time, 1e-9)
+            self._rate = inst if self._rate == 0.0 else 0.8 * self._rate + 0.2 * inst
+        self._last_sample_time, self._last_sample_step = now, step
+
+        meta = _StepMeta(
+            step=step,
+            time=time.time(),
+            lrs=self._lrs(),
+            has_grad=has_grad,
+            numel_with_grad=numel,
+            detail=detail,
+            grad_detail=detail and bool(grads),
+            clip_mode=self.clip_mode,
+            clip_threshold=self.clip_threshold,
+            steps_per_sec=self._rate,
+            paused=self.paused,
+            nonfinite_on_device=nonfinite_on_device,
+            update_step=update_step,
+        )
+        vec = torch.cat([p.reshape(-1).to(acc) for p in parts])
+        pending = _Pending(vec, meta)
+        if not self._defer:
+            # On CPU the counts can wait until the norms say they are needed (rarely).
+            meta.counts = self._count_nonfinite_if_needed(pending.values(), grads, which)
+        self._pending.append(pending)
+
+    def _abs_max(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self._device.type == "cpu":
+            # aminmax is ~20x faster than an inf-norm on CPU (measured: 0.45 vs 8.5 ms, 3M values).
+            mm = [torch.aminmax(g) for g in grads]
+            return torch.stack([torch.maximum(hi.abs(), lo.abs()) for lo, hi in mm]).to(self._acc_dtype)
+        return self._norms(grads, math.inf)
+
+    def _count_nonfinite_if_needed(
+        self, vec: np.ndarray, grads: Sequence[torch.Tensor], which: list[int]
+    ) -> np.ndarray:
+        counts = np.zeros(self._n, np.int64)
+        layer_sq = vec[: self._n]
+        if np.isfinite(layer_sq).all():
+            return counts
+        # NaN/Inf reach the L2 norm, so only layers whose norm is non-finite need counting.
+        # (An overflowing but finite layer is counted too, and correctly gives 0.)
+        bad_layers = set(np.flatnonzero(~np.isfinite(layer_sq)).tolist())
+        for g, pi in zip(grads, which, strict=True):
+            li = int(self._param_layer[pi])
+            if li in bad_layers:
+                counts[li] += int((~torch.isfinite(g)).sum())
+        return counts
+
+    def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None) -> torch.Tensor:
+        """Clip in place on the device with no host sync; returns the norm after clipping."""
+        if self.clip_mode == "norm":
+            if total is None:
+                total = self._norms(grads).pow(2).sum().sqrt()
+            coef = torch.clamp(self.clip_threshold / (total + _EPS), max=1.0)
+            for dev_grads in _by_device(grads):
+                torch._foreach_mul_(dev_grads, coef.to(dev_grads[0].device, dev_grads[0].dtype))
+            return (total * coef).reshape(1)
+        t = self.clip_threshold
+        for dev_grads in _by_device(grads):
+            torch._foreach_clamp_min_(dev_grads, -t)
+            torch._foreach_clamp_max_(dev_grads, t)
+        return self._norms(grads).pow(2).sum().sqrt().reshape(1)
+
+    # ------------------------------------------------------------ results
+
+    def _resolve_pending(self, block: bool) -> None:
+        while self._pending and (block or self._pending[0].ready()):
+            pending = self._pending.pop(0)
+            self._publish(pending.values(), pending.meta)
+
+    def _publish(self, vec: np.ndarray, meta: _StepMeta) -> None:
+        n = self._n
+        pos = 0
+
+        def take(k: int) -> np.ndarray:
+            nonlocal pos
+            out = vec[pos : pos + k]
+            pos += k
+            return out
+
+        layer_sq = take(n)
+        total = float(take(1)[0])
+        mean_abs = max_abs = zero_frac = weight_norm = None
+        has = meta.has_grad
+        if meta.grad_detail:
+            l1, nnz, amax = take(n), take(n), take(n)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                denom = np.where(has, meta.numel_with_grad, 1)
+                mean_abs = np.where(has, l1 / denom, np.nan)
+                zero_frac = np.where(has, 1.0 - nnz / denom, np.nan)
+            max_abs = np.where(has, amax, np.nan)
+        if meta.detail:
+            weight_norm = np.sqrt(take(n))
+        counts = meta.counts
+        if meta.nonfinite_on_device:
+            counts = np.rint(take(n)).astype(np.int64)
+        if counts is None:
+            counts = np.zeros(n, np.int64)
+        clipped_norm = float(take(1)[0])
+        loss = float(take(1)[0])
+        update = take(n) if meta.update_step is not None else None
+
+        grad_norm = np.where(has, np.sqrt(layer_sq), np.nan)
+        if meta.clip_mode == "off" or not math.isfinite(total) or total == 0.0:
+            clip_factor = 1.0 if meta.clip_mode == "off" or total == 0.0 else float("nan")
+        else:
+            clip_factor = min(1.0, clipped_norm / total)
+        stats = StepStats(
+            step=meta.step,
+            time=meta.time,
+            loss=loss,
+            lrs=meta.lrs,
+            grad_norm=grad_norm,
+            has_grad=has.copy(),
+            nonfinite=counts,
+            global_norm=total,
+            clipped_norm=clipped_norm if meta.clip_mode != "off" else total,
+            clip_factor=clip_factor,
+            clip_mode=meta.clip_mode,
+            clip_threshold=meta.clip_threshold,
+            steps_per_sec=meta.steps_per_sec,
+            paused=meta.paused,
+            mean_abs=mean_abs,
+            max_abs=max_abs,
+            zero_frac=zero_frac,
+            weight_norm=weight_norm,
+        )
+        if update is not None and meta.update_step is not None:
+            self._emit(UpdateStats(step=meta.update_step, update_ratio=update))
+        self._emit(stats)
+        if self._detectors is not None:
+            alerts: list[Alert] = self._detectors.update(stats)
+            for alert in alerts:
+                self._emit(alert)
+
+    # ------------------------------------------------------------ update ratio hooks
+
+    def _pre_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._want_snapshot_step is None:
+            return
+        step, self._want_snapshot_step = self._want_snapshot_step, None
+        which = [i for i, p in enumerate(self._params) if p.grad is not None]
+        self._update_snapshot = (step, which, [self._params[i].detach().clone() for i in which])
+
+    def _post_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._update_snapshot is None:
+            return
+        step, which, before = self._update_snapshot
+        self._update_snapshot = None
+        after = [self._params[i].detach() for i in which]
+        delta = torch._foreach_sub(after, before)
+        idx = torch.as_tensor(self._param_layer[which], device=self._device)
+        d2 = self._per_layer(self._norms(delta) ** 2, idx)
+        w2 = self._per_layer(self._norms(before) ** 2, idx)
+        # 0/0 (a layer that got no update and has zero weights) stays NaN: undefined.
+        self._update_result = (step, d2.sqrt() / w2.sqrt())
+
+    # ------------------------------------------------------------ commands
+
+    def _lrs(self) -> tuple[float, ...]:
+        if self.optimizer is None:
+            return ()
+        return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+
+    def _apply_commands(self, step: int) -> None:
+        while True:
+            try:
+                cmd = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(cmd, step)
+
+    def _apply(self, cmd: Command, step: int) -> None:
+        n_groups = len(self.optimizer.param_groups) if self.optimizer is not None else 0
+        reason = validate(cmd, n_groups)
+        kind = command_kind(cmd)
+        if reason is not None:
+            self._emit(CommandResult(cmd.id, kind, False, step, reason))
+            return
+        if isinstance(cmd, SetLR):
+            assert self.optimizer is not None
+            groups = range(n_groups) if cmd.group is None else [cmd.group]
+            old = self._lrs()
+            for gi in groups:
+                group = self.optimizer.param_groups[gi]
+                new = cmd.value if cmd.value is not None else float(group["lr"]) * (cmd.factor or 1.0)
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(new)
+                else:
+                    group["lr"] = new
+            new_lrs = self._lrs()
+            where = "all groups" if cmd.group is None else f"group {cmd.group}"
+            changes = ", ".join(f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(old, new_lrs, strict=True) if a != b)
+            message = f"lr {changes or 'unchanged'} ({where})"
+        elif isinstance(cmd, SetClip):
+            old_desc = _clip_desc(self.clip_mode, self.clip_threshold)
+            self.clip_mode = cmd.mode
+            if cmd.threshold is not None:
+                self.clip_threshold = float(cmd.threshold)
+            if cmd.mode != "off":
+                self._last_clip_mode = cmd.mode
+            message = f"clipping {old_desc} -> {_clip_desc(self.clip_mode, self.clip_threshold)}"
+        elif isinstance(cmd, SetPaused):
+            self.paused = cmd.paused
+            message = "paused" if cmd.paused else "resumed"
+        else:  # pragma: no cover - validate() refuses everything else
+            return
+        self._emit(CommandResult(cmd.id, kind, True, step, message))
+
+    def _wait_while_paused(self, step: int) -> None:
+        while self.paused and not self.closed:
+            try:
+                cmd = self.commands.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._apply(cmd, step)
+
+    # ------------------------------------------------------------ output
+
+    def _emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except OSError as exc:
+                # A full disk must not kill the run: stop recording and say so once.
+                log.error("gradtui: dropping sink %r after error: %s", sink, exc)
+                self.sinks.remove(sink)
+
+    def close(self, status: str = "ok", error: str = "") -> None:
+        """Flush statistics still in flight, send `RunEnd` and close every sink."""
+        if self.closed:
+            return
+        self._resolve_pending(block=True)
+        if self._update_result is not None:
+            step, upd = self._update_result
+            self._update_result = None
+            self._emit(UpdateStats(step=step, update_ratio=upd.to("cpu", torch.float64).numpy()))
+        self.closed = True
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._emit(RunEnd(step=self.step_count, status=status, error=error))
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except OSError as exc:
+                log.error("gradtui: error closing sink: %s", exc)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("error", "".join(traceback.format_exception(exc_type, exc, tb)))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_clip(clip: tuple[str, float] | None) -> tuple[str, float]:
+    if clip is None:
+        return "off", 1.0
+    if not (isinstance(clip, tuple) and len(clip) == 2):
+        raise ValueError(f"clip must be None or a (mode, threshold) tuple such as ('norm', 1.0), got {clip!r}")
+    mode, threshold = clip
+    reason = validate(SetClip(mode=mode, threshold=threshold), 0)
+    if reason is not None:
+        raise ValueError(reason)
+    if mode not in CLIP_MODES:  # pragma: no cover - validate checks it
+        raise ValueError(f"unknown clip mode {mode!r}")
+    return mode, float(threshold)
+
+
+def _loss_tensor(loss: torch.Tensor | float | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if loss is None:
+        return torch.full((1,), math.nan, dtype=dtype, device=device)
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"step(loss) needs a scalar loss, got a tensor of shape {tuple(loss.shape)}")
+        return loss.detach().reshape(1).to(device=device, dtype=dtype)
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return torch.full((1,), float(loss), dtype=dtype, device=device)
+    raise TypeError(f"step(loss) takes a tensor, a number or None, got {type(loss).__name__}")
+
+
+def _by_device(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _clip_desc(mode: str, threshold: float) -> str:
+    return "off" if mode == "off" else f"{mode} {_fmt(threshold)}"
+
+
+def _default_run_name() -> str:
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    stem = Path(script).stem if script and script not in ("-c", "") else "python"
+    return f"{stem}-{os.getpid()}"
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    record: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    every: int = 1,
+    detail_every: int = 50,
+    clip: tuple[str, float] | None = None,
+    queue: bool | int = False,
+    detectors: Any = True,
+    run: str | None = None,
+    update_ratio: bool = True,
+) -> Monitor:
+    """Start watching `model`'s gradients (and `optimizer`'s learning rates).
+
+    Args:
+        model: the module being trained.
+        optimizer: its optimizer; needed for learning-rate commands and update ratios.
+        record: write every event to this record file (refuses to replace an existing one
+            unless `overwrite=True`).
+        every: sample per-layer statistics every `every` steps.
+        detail_every: compute mean/max |g|, zero fraction, weight norm and update ratio on
+            every `detail_every`-th sampled step.
+        clip: start with clipping on, e.g. ("norm", 1.0) or ("value", 0.5).
+        queue: keep events in an in-process queue (`mon.events`): True for 20,000 events,
+            or the queue size.
+        detectors: True (defaults), False, or a `gradtui.core.detectors.DetectorConfig`.
+        run: the run's name (default: script name and pid).
+        update_ratio: snapshot weights on detail steps to measure ||Δw||/||w||.
+
+    Returns:
+        The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
+    """
+    if isinstance(queue, bool):
+        queue_size = 20_000 if queue else None
+    elif isinstance(queue, int) and queue > 0:
+        queue_size = queue
+    else:
+        raise ValueError(f"queue must be True, False or a positive size, got {queue!r}")
+    return Monitor(
+        model,
+        optimizer,
+        record=record,
+        overwrite=overwrite,
+        every=every,
+        detail_every=detail_every,
+        clip=clip,
+        queue_size=queue_size,
+        detectors=detectors,
+        run=run,
+        update_ratio=update_ratio,
+    )

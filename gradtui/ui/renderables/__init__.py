@@ -1,0 +1,1 @@
+"""Pure Rich renderables of the viewer (no Textual)."""

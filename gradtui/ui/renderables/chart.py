@@ -1,0 +1,194 @@
+"""A small bar chart of a run-wide series (loss, global norm) with interventions marked.
+
+Pure Rich: drawn with eighth blocks, one column per bucket of steps (the worst value of
+the bucket), a log scale when the values span decades, and a bottom axis where each
+intervention shows as a letter at the step where it took effect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.segment import Segment
+from rich.style import Style
+
+from gradtui.ui.renderables.heatmap import bucket_size
+from gradtui.ui.scale import fmt_number
+
+BARS = " ▁▂▃▄▅▆▇█"
+
+MARKER_GLYPHS: dict[str, str] = {"set_lr": "L", "set_clip": "C", "set_paused": "P"}
+"""Letter drawn on the chart axis for an intervention of each command kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChartMarker:
+    """An intervention at `step`, drawn as `glyph`."""
+
+    step: int
+    glyph: str
+
+
+@dataclass(frozen=True)
+class ChartStyles:
+    """Styles of the chart's parts."""
+
+    bar: Style = Style(color="cyan")
+    title: Style = Style(bold=True)
+    axis: Style = Style(dim=True)
+    marker: Style = Style(color="bright_yellow", bold=True)
+    nonfinite: Style = Style(color="bright_white", bgcolor="magenta", bold=True)
+
+
+class SeriesChart:
+    """Rich renderable: a titled bar chart `height` lines high.
+
+    Args:
+        steps: Step of each value, oldest first.
+        values: The series (NaN/Inf allowed: drawn as a magenta "×" column).
+        title: Name shown on the first line with the latest value.
+        height: Total lines, title and axis included (at least 3).
+        log: Log scale; None picks it when all values are positive and span 2+ decades.
+        markers: Interventions to mark on the axis.
+        first_index: Absolute sample number of values[0], to keep buckets steady as data arrive.
+        styles: Colours.
+    """
+
+    def __init__(
+        self,
+        steps: np.ndarray,
+        values: np.ndarray,
+        *,
+        title: str,
+        height: int = 6,
+        log: bool | None = None,
+        markers: Sequence[ChartMarker] = (),
+        first_index: int = 0,
+        styles: ChartStyles | None = None,
+    ) -> None:
+        self.steps = np.asarray(steps)
+        self.values = np.asarray(values, dtype=np.float64)
+        self.title = title
+        self.height = max(3, height)
+        self.log = log
+        self.markers = markers
+        self.first_index = first_index
+        self.styles = styles or ChartStyles()
+
+    def _buckets(self, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """Per column: worst finite value, any non-finite, and the sample range it covers."""
+        n = self.values.size
+        k = bucket_size(n, cols)
+        total = self.first_index + n
+        newest = (total - 1) // k
+        first_bucket = newest - cols + 1
+        s0 = max(first_bucket * k, self.first_index)
+        offset = s0 - first_bucket * k
+        take = total - s0
+        padded = np.full(cols * k, np.nan)
+        padded[offset : offset + take] = self.values[n - take :]
+        blocks = padded.reshape(cols, k)
+        worst = np.fmax.reduce(np.where(np.isfinite(blocks), blocks, np.nan), axis=1)
+        bad = np.isinf(blocks).any(axis=1)
+        # A NaN inside the data (not padding) is a non-finite value too.
+        inside = np.zeros(cols * k, bool)
+        inside[offset : offset + take] = True
+        bad |= (np.isnan(padded) & inside).reshape(cols, k).any(axis=1)
+        return worst, bad, padded, first_bucket, k
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        height = options.height or self.height
+        for line in self.lines(width, height):
+            yield from line
+            yield Segment.line()
+
+    def lines(self, width: int, height: int) -> list[list[Segment]]:
+        """The chart as `height` lines of exactly `width` cells."""
+        st = self.styles
+        rows = max(1, height - 2)
+        out: list[list[Segment]] = []
+        finite = self.values[np.isfinite(self.values)]
+        last = float(self.values[-1]) if self.values.size else None
+        head = f"{self.title} {fmt_number(last)}" if last is not None else f"{self.title} —"
+        use_log = self.log
+        if use_log is None:
+            use_log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() >= 100)
+        if finite.size:
+            rng = f" {fmt_number(float(finite.min()))}…{fmt_number(float(finite.max()))}{' log' if use_log else ''}"
+        else:
+            rng = ""
+        title_segs = [Segment(head, st.title)]
+        if len(head) + len(rng) <= width:
+            title_segs.append(Segment(rng, st.axis))
+        out.append(Segment.adjust_line_length(title_segs, width))
+        if self.values.size == 0 or width < 2:
+            out.extend([Segment(" " * width)] for _ in range(rows))
+            out.append([Segment(" " * width)])
+            return out
+
+        worst, bad, _, first_bucket, k = self._buckets(width)
+        vals = worst
+        if use_log:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vals = np.log10(np.where(worst > 0, worst, np.nan))
+        fin = vals[np.isfinite(vals)]
+        lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 1.0, hi + 1.0
+        levels = np.zeros(width, np.int64)
+        ok = np.isfinite(vals)
+        levels[ok] = np.maximum(1, np.round((vals[ok] - lo) / (hi - lo) * rows * 8)).astype(np.int64)
+
+        marks: dict[int, str] = {}
+        if self.markers and self.steps.size:
+            n = self.steps.size
+            for m in self.markers:
+                i = int(np.searchsorted(self.steps, m.step))
+                if i >= n:
+                    # Applied after the last sample we hold: mark the newest column.
+                    i = n - 1
+                if m.step < self.steps[0]:
+                    continue
+                col = (self.first_index + i) // k - first_bucket
+                if 0 <= col < width:
+                    marks[col] = m.glyph if col not in marks or marks[col] == m.glyph else "*"
+
+        for r in range(rows):
+            base = (rows - 1 - r) * 8
+            segs: list[Segment] = []
+            for c in range(width):
+                if bad[c] and r == 0:
+                    segs.append(Segment("×", st.nonfinite))
+                    continue
+                fill = int(levels[c]) - base
+                if fill > 0:
+                    segs.append(Segment(BARS[min(8, fill)], st.bar))
+                elif c in marks:
+                    segs.append(Segment("│", st.marker))
+                else:
+                    segs.append(Segment(" "))
+            out.append(list(Segment.simplify(segs)))
+
+        axis: list[Segment] = []
+        for c in range(width):
+            if c in marks:
+                axis.append(Segment(marks[c], st.marker))
+            else:
+                axis.append(Segment("─", st.axis))
+        a, b = str(int(self.steps[0])) if self.steps.size else "", str(int(self.steps[-1])) if self.steps.size else ""
+        if len(a) + len(b) + 2 < width and not any(c < len(a) + 1 or c >= width - len(b) - 1 for c in marks):
+            axis[: len(a)] = [Segment(a, st.axis)] + [Segment("")] * (len(a) - 1)
+            axis[width - len(b) :] = [Segment(b, st.axis)] + [Segment("")] * (len(b) - 1)
+        out.append(list(Segment.simplify(s for s in axis if s.text)))
+        return out
+
+
+def log_friendly(values: np.ndarray) -> bool:
+    """True when a series is positive and spans at least two decades."""
+    fin = values[np.isfinite(values)]
+    return bool(fin.size and fin.min() > 0 and math.log10(fin.max() / fin.min()) >= 2)

@@ -1,0 +1,369 @@
+"""The layers x steps heatmap as a pure Rich renderable.
+
+`heatmap_view` turns a `RunStore` into a small matrix of colour codes (one row per
+layer, one column per bucket of steps); `Heatmap` draws it. The Textual widget in
+`gradtui.ui.widgets.layer_heatmap` reuses `Heatmap.row_segments` line by line, so the
+terminal app and the string-rendering tests draw exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.segment import Segment
+from rich.style import Style
+
+from gradtui.core.store import STAT_LABELS, RunStore
+from gradtui.ui.scale import (
+    EMPTY,
+    EMPTY_GLYPH,
+    EMPTY_STYLE,
+    FLAG_COLORS,
+    FLAG_GLYPHS,
+    N_BINS,
+    NONFINITE,
+    NONFINITE_GLYPH,
+    NONFINITE_STYLE,
+    PALETTE,
+    STAT_SCALES,
+    LogScale,
+    fmt_value,
+    primary_flag,
+    shade_glyph,
+    truncate_left,
+)
+
+VALUE_WIDTH = 7
+MIN_NAME_WIDTH = 6
+HEADER_LINES = 2
+"""Legend and step axis, drawn above the rows."""
+
+# Detail statistics arrive every `detail_every` steps: between two samples a column shows
+# the last known value instead of a gap. grad_norm is never filled: NaN there means "no gradient".
+_SPARSE_STATS = frozenset({"mean_abs", "max_abs", "update_ratio", "weight_norm", "zero_frac"})
+
+
+def bucket_size(count: int, cols: int) -> int:
+    """Steps per column: the smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... that fits `count` in `cols`.
+
+    A coarse ladder changes rarely as a run grows (and buckets are aligned to absolute
+    sample numbers), so columns shift by one whole column as steps arrive instead of
+    reshuffling every frame; steps of at most 1.5x keep at least two thirds of the width used.
+    """
+    cols = max(1, cols)
+    k = 1
+    while k * cols < count:
+        k = k * 3 // 2 if k & (k - 1) == 0 and k >= 2 else (k * 4 // 3 if k > 2 else k + 1)
+    return k
+
+
+def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray) -> np.ndarray:
+    """(last, len(layers)) float32 block of the ring, oldest first, for the given layer columns.
+
+    Reads the store's ring directly so that 2,000 layers do not copy every column each
+    frame when only the visible ones are drawn (RunStore.window copies them all).
+    """
+    order = store._order(last)
+    data = store._stats.get(stat)
+    if data is None or order.size == 0 or layers.size == 0:
+        return np.full((order.size, layers.size), np.nan, np.float32)
+    return np.asarray(data[np.ix_(order, layers)])
+
+
+def _ffill(values: np.ndarray) -> np.ndarray:
+    """Carry the last finite value forward down axis 0 (time) where a value is NaN."""
+    valid = np.isfinite(values)
+    idx = np.where(valid, np.arange(values.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    filled = np.take_along_axis(values, idx, axis=0)
+    # Cells before the first valid value (idx 0 but row 0 invalid) stay as they were.
+    seen = np.maximum.accumulate(valid, axis=0)
+    return np.where(seen & ~valid & ~np.isinf(values), filled, values)
+
+
+@dataclass(frozen=True)
+class HeatmapView:
+    """What the heatmap shows: labels, current values, flags and a grid of colour codes."""
+
+    stat: str
+    names: tuple[str, ...]
+    values: np.ndarray
+    """Current (latest known) value of `stat` per row."""
+    flags: tuple[str | None, ...]
+    """Most urgent active flag kind per row, or None."""
+    codes: np.ndarray
+    """(rows, cols) int16: 0..N_BINS-1 colour bin, EMPTY or NONFINITE."""
+    first_step: int | None = None
+    last_step: int | None = None
+    steps_per_col: int = 1
+    known: np.ndarray | None = None
+    """Per row: the value was ever computed (else it shows as "—"; a NaN that was computed shows "nan")."""
+    scale: LogScale = field(default_factory=lambda: STAT_SCALES["grad_norm"])
+
+    @property
+    def rows(self) -> int:
+        return len(self.names)
+
+    @property
+    def cols(self) -> int:
+        return int(self.codes.shape[1]) if self.codes.ndim == 2 else 0
+
+
+def heatmap_view(
+    store: RunStore,
+    stat: str,
+    cols: int,
+    layers: Sequence[int] | np.ndarray | None = None,
+) -> HeatmapView:
+    """Build the view of `stat` for the given layer indices (all by default) in `cols` columns.
+
+    Each column is a bucket of steps; a bucket shows the largest finite value in it (for a
+    norm, the worst case), is NON-FINITE only when the layer really had a NaN/Inf gradient
+    (a non-finite count, or an infinite value), and EMPTY when it holds no value.
+    """
+    scale = STAT_SCALES.get(stat, STAT_SCALES["grad_norm"])
+    idx = np.arange(store.n_layers) if layers is None else np.asarray(layers, dtype=np.intp)
+    cols = max(0, cols)
+    names = tuple(store.layers[i].name for i in idx)
+    latest = store.latest(stat)
+    values = latest[idx] if latest.size else np.full(idx.size, np.nan)
+    seen = store.latest_step(stat)
+    known = seen[idx] >= 0 if seen.size else np.zeros(idx.size, bool)
+    flags = tuple(primary_flag(store.layer_flags(n)) for n in names)
+    codes = np.full((idx.size, cols), EMPTY, np.int16)
+    if store.count == 0 or cols == 0 or idx.size == 0:
+        return HeatmapView(stat, names, values, flags, codes, known=known, scale=scale)
+
+    total, count = store.total_steps, store.count
+    k = bucket_size(count, cols)
+    newest = (total - 1) // k
+    first_bucket = newest - cols + 1
+    s0 = max(first_bucket * k, total - count)
+    m = total - s0
+    offset = s0 - first_bucket * k
+    padded = cols * k
+
+    def block(name: str) -> np.ndarray:
+        out = np.full((padded, idx.size), np.nan, np.float32)
+        out[offset : offset + m] = _ring_block(store, name, m, idx)
+        return out.reshape(cols, k, idx.size)
+
+    vals_b = block(stat)
+    vals = np.fmax.reduce(vals_b, axis=1)
+    bad = (np.nan_to_num(block("nonfinite"), nan=0.0) > 0).any(axis=1)
+    bad |= np.isinf(vals_b).any(axis=1)
+    if stat != "grad_norm":
+        bad |= np.isinf(block("grad_norm")).any(axis=1)
+    if stat in _SPARSE_STATS:
+        vals = _ffill(vals)
+    c = scale.codes(vals)
+    c[bad] = NONFINITE
+    steps = store.steps(m)
+    return HeatmapView(
+        stat,
+        names,
+        values,
+        flags,
+        np.ascontiguousarray(c.T),
+        first_step=int(steps[0]) if steps.size else None,
+        last_step=int(steps[-1]) if steps.size else None,
+        steps_per_col=k,
+        known=known,
+        scale=scale,
+    )
+
+
+@dataclass(frozen=True)
+class HeatmapStyles:
+    """Styles of the non-data parts; the Textual widget fills them from its component classes."""
+
+    label: Style = field(default_factory=Style)
+    value: Style = field(default_factory=lambda: Style(dim=False))
+    cursor: Style = field(default_factory=lambda: Style(reverse=True))
+    axis: Style = field(default_factory=lambda: Style(dim=True))
+    flags: dict[str, Style] = field(default_factory=lambda: {k: Style.parse(v) for k, v in FLAG_COLORS.items()})
+
+
+@dataclass(frozen=True)
+class HeatmapLayout:
+    """Column widths of a heatmap line: glyph, name, value, then the cells."""
+
+    width: int
+    name_width: int
+
+    @classmethod
+    def fit(cls, width: int, names: Iterable[str]) -> HeatmapLayout:
+        """Give names what they need, up to a third of the width, and the rest to the cells."""
+        longest = max((len(n) for n in names), default=MIN_NAME_WIDTH)
+        cap = max(MIN_NAME_WIDTH, (width - VALUE_WIDTH - 4) // 3)
+        return cls(width, max(MIN_NAME_WIDTH, min(longest, cap)))
+
+    @property
+    def label_width(self) -> int:
+        return 1 + 1 + self.name_width + 1 + VALUE_WIDTH + 1
+
+    @property
+    def cells(self) -> int:
+        return max(0, self.width - self.label_width)
+
+
+class Heatmap:
+    """Rich renderable: one line per layer (flag glyph, name, current value, coloured cells).
+
+    Args:
+        view: What to draw (see `heatmap_view`).
+        layout: Column widths; fitted to the console width when None.
+        cursor: Row to highlight, if any.
+        color: Draw cells as coloured blocks; False draws shade glyphs (NO_COLOR).
+        header: Draw the legend and step axis above the rows.
+        styles: Styles of labels, values, cursor, axis and flag glyphs.
+    """
+
+    def __init__(
+        self,
+        view: HeatmapView,
+        *,
+        layout: HeatmapLayout | None = None,
+        cursor: int | None = None,
+        color: bool = True,
+        header: bool = True,
+        styles: HeatmapStyles | None = None,
+    ) -> None:
+        self.view = view
+        self.layout = layout
+        self.cursor = cursor
+        self.color = color
+        self.header = header
+        self.styles = styles or HeatmapStyles()
+
+    def _layout(self, width: int) -> HeatmapLayout:
+        return self.layout if self.layout is not None else HeatmapLayout.fit(width, self.view.names)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        layout = self._layout(options.max_width)
+        lines: list[list[Segment]] = []
+        if self.header:
+            lines.append(self.legend_segments(layout))
+            lines.append(self.axis_segments(layout))
+        for row in range(self.view.rows):
+            lines.append(self.row_segments(row, layout, cursor=row == self.cursor))
+        if not self.view.rows:
+            lines.append([Segment("  (no layers yet)".ljust(layout.width)[: layout.width], self.styles.axis)])
+        for line in lines:
+            yield from line
+            yield Segment.line()
+
+    # ------------------------------------------------------------ lines
+
+    def cell_segments(self, codes: np.ndarray, width: int) -> list[Segment]:
+        """Cells of one row, right-aligned in `width` (newest at the right), runs merged."""
+        codes = codes[-width:] if width > 0 else codes[:0]
+        out: list[Segment] = []
+        pad = width - codes.size
+        if pad > 0:
+            out.append(Segment(EMPTY_GLYPH * pad, EMPTY_STYLE))
+        if codes.size == 0:
+            return out
+        cuts = np.flatnonzero(np.diff(codes)) + 1
+        starts = np.concatenate(([0], cuts))
+        ends = np.concatenate((cuts, [codes.size]))
+        for a, b, code in zip(starts.tolist(), ends.tolist(), codes[starts].tolist(), strict=True):
+            out.append(self._cell(code, b - a))
+        return out
+
+    def _cell(self, code: int, n: int) -> Segment:
+        if code == NONFINITE:
+            return Segment(NONFINITE_GLYPH * n, NONFINITE_STYLE)
+        if code == EMPTY:
+            return Segment(EMPTY_GLYPH * n, EMPTY_STYLE)
+        if self.color:
+            return Segment(" " * n, PALETTE[code])
+        return Segment(shade_glyph(code) * n, EMPTY_STYLE)
+
+    def label_segments(self, row: int, layout: HeatmapLayout, *, cursor: bool = False) -> list[Segment]:
+        """Flag glyph, name and current value of one row."""
+        v = self.view
+        flag = v.flags[row]
+        glyph = FLAG_GLYPHS.get(flag, "?") if flag else " "
+        glyph_style = self.styles.flags.get(flag, Style()) if flag else Style()
+        name = truncate_left(v.names[row], layout.name_width).ljust(layout.name_width)
+        name_style = self.styles.label + self.styles.cursor if cursor else self.styles.label
+        value = float(v.values[row]) if row < len(v.values) else float("nan")
+        known = bool(v.known[row]) if v.known is not None else not np.isnan(value)
+        text = fmt_value(value if known else None, VALUE_WIDTH)
+        value_style = self.styles.value
+        if flag:
+            value_style = value_style + glyph_style.without_color + Style(color=glyph_style.color)
+        return [
+            Segment(glyph, glyph_style),
+            Segment(" "),
+            Segment(name, name_style),
+            Segment(" "),
+            Segment(text[-VALUE_WIDTH:], value_style),
+            Segment(" "),
+        ]
+
+    def row_segments(self, row: int, layout: HeatmapLayout, *, cursor: bool = False) -> list[Segment]:
+        """A whole line of the heatmap for one layer."""
+        segs = self.label_segments(row, layout, cursor=cursor)
+        segs.extend(self.cell_segments(self.view.codes[row], layout.cells))
+        return segs
+
+    def legend_segments(self, layout: HeatmapLayout) -> list[Segment]:
+        """The stat's name and its colour scale, from cold (vanishing) to hot (exploding)."""
+        v = self.view
+        label = f"{STAT_LABELS.get(v.stat, v.stat)} (log₁₀)"
+        lo = f"{v.scale.value_at(0):.0e}"
+        hi = f"{v.scale.value_at(N_BINS):.0e}"
+        segs = [Segment(" " + label + "  ", self.styles.axis), Segment(lo + " ", self.styles.axis)]
+        segs.extend(self._cell(code, 1) for code in range(N_BINS))
+        segs.append(Segment(" " + hi + "  ", self.styles.axis))
+        segs.append(Segment(NONFINITE_GLYPH, NONFINITE_STYLE))
+        segs.append(Segment(" nan/inf", self.styles.axis))
+        used = sum(s.cell_length for s in segs)
+        key = "   ▼ vanishing  ▲ exploding  ! non-finite  ○ dead"
+        if used + len(key) <= layout.width:
+            segs.append(Segment(key, self.styles.axis))
+        return _fit(segs, layout.width)
+
+    def axis_segments(self, layout: HeatmapLayout) -> list[Segment]:
+        """Column heads: "layer", "value", and the steps of the first and last columns."""
+        v = self.view
+        left = f"  {'layer':<{layout.name_width}} {'value':>{VALUE_WIDTH}} "
+        cells = layout.cells
+        axis = ""
+        if v.first_step is not None and v.last_step is not None and cells >= 4:
+            a, b = f"{v.first_step}", f"{v.last_step}"
+            mid = f"{v.steps_per_col} steps/col" if v.steps_per_col > 1 else "step"
+            used = min(cells, v.cols)
+            span = max(len(a) + len(b) + 2, used)
+            if len(a) + len(b) + len(mid) + 4 <= span:
+                gap = span - len(a) - len(b) - len(mid)
+                body = a + " " * (gap // 2) + mid + " " * (gap - gap // 2) + b
+            else:
+                body = a + " " * max(1, span - len(a) - len(b)) + b
+            axis = body.rjust(cells)[-cells:]
+        return _fit([Segment(left[: layout.width], self.styles.axis), Segment(axis, self.styles.axis)], layout.width)
+
+
+def _fit(segs: list[Segment], width: int) -> list[Segment]:
+    """Crop or pad a line of segments to exactly `width` cells."""
+    return Segment.adjust_line_length(segs, width)
+
+
+def render_heatmap_text(renderable: Heatmap, width: int, *, color_system: str | None = None) -> str:
+    """Render to a string (ANSI when `color_system` is given); used by tests and benchmarks."""
+    console = Console(
+        width=width,
+        file=None,
+        color_system=color_system,  # type: ignore[arg-type]
+        force_terminal=color_system is not None,
+        legacy_windows=False,
+        record=False,
+    )
+    with console.capture() as cap:
+        console.print(renderable, end="")
+    return cap.get()

@@ -1,0 +1,298 @@
+"""The heatmap widget: draws `Heatmap` rows line by line from cached strips.
+
+Only the visible rows are computed (one NumPy pass over the visible layers when the
+data change) and each line is kept as a `Strip` until the data, the width, the
+statistic or the cursor on that line changes. So 2,000 layers cost what 40 do.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from gradtui.core.store import RunStore
+from gradtui.ui.renderables.heatmap import (
+    HEADER_LINES,
+    Heatmap,
+    HeatmapLayout,
+    HeatmapStyles,
+    HeatmapView,
+    heatmap_view,
+)
+from gradtui.ui.scale import FLAG_PRIORITY
+
+
+class LayerHeatmap(ScrollView, can_focus=True):
+    """One row per layer (model order), the newest steps as columns, with a cursor.
+
+    Keys move the cursor vim-style; Enter posts `LayerHeatmap.LayerSelected`.
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "layer-heatmap--label",
+        "layer-heatmap--value",
+        "layer-heatmap--cursor",
+        "layer-heatmap--axis",
+        "layer-heatmap--vanishing",
+        "layer-heatmap--exploding",
+        "layer-heatmap--nonfinite",
+        "layer-heatmap--dead",
+        "layer-heatmap--loss_spike",
+    }
+
+    DEFAULT_CSS = """
+    LayerHeatmap {
+        overflow-x: hidden;
+        overflow-y: auto;
+        scrollbar-size-vertical: 1;
+    }
+    LayerHeatmap > .layer-heatmap--cursor { text-style: reverse; }
+    LayerHeatmap:focus > .layer-heatmap--cursor { text-style: reverse bold; }
+    LayerHeatmap > .layer-heatmap--axis { color: $text-muted; }
+    LayerHeatmap > .layer-heatmap--value { color: $text; }
+    LayerHeatmap > .layer-heatmap--label { color: $text; }
+    LayerHeatmap > .layer-heatmap--vanishing { color: $primary; text-style: bold; }
+    LayerHeatmap > .layer-heatmap--exploding { color: $error; text-style: bold; }
+    LayerHeatmap > .layer-heatmap--nonfinite { color: $text; background: magenta; text-style: bold; }
+    LayerHeatmap > .layer-heatmap--dead { color: $text-muted; text-style: bold; }
+    LayerHeatmap > .layer-heatmap--loss_spike { color: $warning; text-style: bold; }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j,down", "cursor_down", "Down", show=False, id="heatmap-down"),
+        Binding("k,up", "cursor_up", "Up", show=False, id="heatmap-up"),
+        Binding("g,home", "cursor_first", "First layer", show=False, id="heatmap-first"),
+        Binding("G,end", "cursor_last", "Last layer", show=False, id="heatmap-last"),
+        Binding("ctrl+d,pagedown", "page(1)", "Half page down", show=False, id="heatmap-page-down"),
+        Binding("ctrl+u,pageup", "page(-1)", "Half page up", show=False, id="heatmap-page-up"),
+        Binding("n", "next_flag(1)", "Next flagged", show=False, id="heatmap-next-flag"),
+        Binding("N", "next_flag(-1)", "Previous flagged", show=False, id="heatmap-prev-flag"),
+        Binding("f", "toggle_flagged", "Flagged only", show=False, id="heatmap-flagged-only"),
+        Binding("enter", "select", "Layer detail", show=False, id="heatmap-select"),
+    ]
+
+    stat: reactive[str] = reactive("grad_norm")
+    """Statistic shown (a key of `gradtui.ui.scale.STAT_SCALES`)."""
+    cursor: reactive[int] = reactive(0, always_update=True)
+    """Position of the highlighted row among the rows shown."""
+    flagged_only: reactive[bool] = reactive(False)
+    """Show only the layers with an active flag (model order kept)."""
+    color: reactive[bool] = reactive(True)
+    """Draw coloured cells; False draws shade glyphs (NO_COLOR)."""
+
+    class LayerSelected(Message):
+        """Enter (or a double click) on a layer."""
+
+        def __init__(self, layer: int) -> None:
+            self.layer = layer
+            super().__init__()
+
+    def __init__(self, store: RunStore, *, name: str | None = None, id: str | None = None) -> None:  # noqa: A002
+        super().__init__(name=name, id=id)
+        self.store = store
+        self._rows = np.zeros(0, np.intp)
+        self._data_version = -1
+        self._strips: dict[int, Strip] = {}
+        self._view: HeatmapView | None = None
+        self._view_key: tuple[object, ...] | None = None
+        self._header: list[Strip] = []
+        self._layout = HeatmapLayout(0, 0)
+        self._renderable = Heatmap(heatmap_view(store, self.stat, 0, []))
+
+    # ------------------------------------------------------------ data
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Layer indices of the rows shown, in model order."""
+        return self._rows
+
+    @property
+    def selected_layer(self) -> int | None:
+        """Layer index under the cursor, or None when no row is shown."""
+        if self._rows.size == 0:
+            return None
+        return int(self._rows[min(self.cursor, self._rows.size - 1)])
+
+    def refresh_data(self) -> None:
+        """Pick up new events from the store (call when `store.version` changed)."""
+        if self.store.version == self._data_version:
+            return
+        self._data_version = self.store.version
+        self._update_rows()
+        self._invalidate()
+
+    def _update_rows(self) -> None:
+        selected = self.selected_layer
+        n = self.store.n_layers
+        if self.flagged_only:
+            flagged = {name for (name, _kind) in self.store.active_flags if name is not None}
+            rows = np.array([i for i, info in enumerate(self.store.layers) if info.name in flagged], np.intp)
+        else:
+            rows = np.arange(n, dtype=np.intp)
+        changed = rows.shape != self._rows.shape or not np.array_equal(rows, self._rows)
+        self._rows = rows
+        if changed:
+            self.virtual_size = Size(self.size.width, int(rows.size) + HEADER_LINES)
+            if selected is not None and rows.size:
+                pos = int(np.searchsorted(rows, selected))
+                self.set_reactive(LayerHeatmap.cursor, min(pos, rows.size - 1))
+            else:
+                self.set_reactive(LayerHeatmap.cursor, 0)
+
+    def _invalidate(self) -> None:
+        self._strips.clear()
+        self._view_key = None
+        self.refresh()
+
+    def watch_stat(self) -> None:
+        self._invalidate()
+
+    def watch_color(self) -> None:
+        self._invalidate()
+
+    def watch_flagged_only(self) -> None:
+        self._update_rows()
+        self._invalidate()
+        self.scroll_to(y=0, animate=False)
+
+    def watch_cursor(self, old: int, new: int) -> None:
+        self._strips.pop(old, None)
+        self._strips.pop(new, None)
+        self._ensure_visible(new)
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.virtual_size = Size(event.size.width, int(self._rows.size) + HEADER_LINES)
+        self._invalidate()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+        self._view_key = None
+
+    # ------------------------------------------------------------ drawing
+
+    def _styles(self) -> HeatmapStyles:
+        get = self.get_component_rich_style
+        flags = {kind: get(f"layer-heatmap--{kind}", partial=True) for kind in FLAG_PRIORITY}
+        return HeatmapStyles(
+            label=get("layer-heatmap--label", partial=True),
+            value=get("layer-heatmap--value", partial=True),
+            cursor=get("layer-heatmap--cursor", partial=True),
+            axis=get("layer-heatmap--axis", partial=True),
+            flags=flags,
+        )
+
+    def _visible_range(self) -> tuple[int, int]:
+        top = int(self.scroll_y)
+        visible = max(0, self.size.height - HEADER_LINES)
+        return top, min(int(self._rows.size), top + visible)
+
+    def _ensure_view(self, width: int) -> tuple[Heatmap, HeatmapLayout, int]:
+        a, b = self._visible_range()
+        key = (self._data_version, self.stat, a, b, width, self.flagged_only, self.color)
+        if self._view_key != key or self._view is None:
+            names = [self.store.layers[i].name for i in self._rows[a:b]] if b > a else []
+            layout = HeatmapLayout.fit(width, names or ["layer"])
+            self._layout = layout
+            self._view = heatmap_view(self.store, self.stat, layout.cells, self._rows[a:b])
+            self._view_key = key
+            self._strips.clear()
+            self._renderable = Heatmap(self._view, layout=layout, color=self.color, styles=self._styles())
+            self._header = [
+                Strip(self._renderable.legend_segments(layout), width),
+                Strip(self._renderable.axis_segments(layout), width),
+            ]
+        return self._renderable, self._layout, a
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        if width <= 0:
+            return Strip.blank(0)
+        renderable, layout, first = self._ensure_view(width)
+        if y < HEADER_LINES:
+            return self._header[y]
+        pos = int(self.scroll_y) + y - HEADER_LINES
+        if pos >= self._rows.size:
+            if pos == 0:
+                msg = "  no flagged layers (f: show all)" if self.flagged_only else "  waiting for the first step…"
+                return Strip([Segment(msg[:width].ljust(width), Style(dim=True))], width)
+            return Strip.blank(width)
+        strip = self._strips.get(pos)
+        if strip is None:
+            local = pos - first
+            if 0 <= local < renderable.view.rows:
+                segs = renderable.row_segments(local, layout, cursor=pos == self.cursor)
+            else:
+                # Scrolled between the view update and this line: rebuilt on the next frame.
+                segs = [Segment(" " * width)]
+            strip = Strip(segs, width)
+            self._strips[pos] = strip
+        return strip
+
+    # ------------------------------------------------------------ navigation
+
+    def _ensure_visible(self, pos: int) -> None:
+        visible = max(1, self.size.height - HEADER_LINES)
+        top = int(self.scroll_y)
+        if pos < top:
+            self.scroll_to(y=pos, animate=False, immediate=True)
+        elif pos >= top + visible:
+            self.scroll_to(y=pos - visible + 1, animate=False, immediate=True)
+
+    def _move(self, pos: int) -> None:
+        if self._rows.size:
+            self.cursor = max(0, min(int(self._rows.size) - 1, pos))
+
+    def action_cursor_down(self) -> None:
+        self._move(self.cursor + 1)
+
+    def action_cursor_up(self) -> None:
+        self._move(self.cursor - 1)
+
+    def action_cursor_first(self) -> None:
+        self._move(0)
+
+    def action_cursor_last(self) -> None:
+        self._move(int(self._rows.size) - 1)
+
+    def action_page(self, direction: int) -> None:
+        self._move(self.cursor + direction * max(1, (self.size.height - HEADER_LINES) // 2))
+
+    def action_next_flag(self, direction: int) -> None:
+        """Jump to the next (1) or previous (-1) layer with an active flag, wrapping around."""
+        flagged = {name for (name, _kind) in self.store.active_flags if name is not None}
+        n = int(self._rows.size)
+        if not flagged or n == 0:
+            self.notify("No layer is flagged.", timeout=2)
+            return
+        for step in range(1, n + 1):
+            pos = (self.cursor + direction * step) % n
+            if self.store.layers[int(self._rows[pos])].name in flagged:
+                self._move(pos)
+                return
+
+    def action_toggle_flagged(self) -> None:
+        self.flagged_only = not self.flagged_only
+
+    def action_select(self) -> None:
+        layer = self.selected_layer
+        if layer is not None:
+            self.post_message(self.LayerSelected(layer))
+
+    def on_click(self, event: events.Click) -> None:
+        pos = int(self.scroll_y) + event.y - HEADER_LINES
+        if event.y >= HEADER_LINES and 0 <= pos < self._rows.size:
+            self._move(pos)
+            if event.chain >= 2:
+                self.action_select()

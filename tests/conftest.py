@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> Iterator[None]:
+    """Every test starts from the same random state."""
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+    except ImportError:  # the viewer's tests run without torch too
+        yield
+        return
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _no_viewer_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer that started pytest must not make the probes under test connect to it."""
+    monkeypatch.delenv("GRADTUI_CONNECT", raising=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
