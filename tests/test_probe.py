@@ -219,7 +219,7 @@ def test_update_ratio_matches_weights_before_and_after() -> None:
             for i in (0, 2, 4):
                 w = before[i : i + 2]
                 a = list(model[i].parameters())
-                d = math.sqrt(sum(float((p - q).double().pow(2).sum()) for p, q in zip(a, w, strict=True)))
+                d = math.sqrt(sum(float((p.detach() - q).double().pow(2).sum()) for p, q in zip(a, w, strict=True)))
                 ratios.append(d / math.sqrt(sum(float(q.double().pow(2).sum()) for q in w)))
             expected[step] = ratios
     mon.close()

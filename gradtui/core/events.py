@@ -51,6 +51,8 @@ class RunStart:
     device: str
     world_size: int = 1
     script: str = ""
+    sharded: bool = False
+    """Some gradients are sharded across ranks (FSDP); statistics are reduced across them."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -86,6 +88,12 @@ class StepStats:
     """Per-layer fraction of gradient values exactly 0 (detail steps only)."""
     weight_norm: np.ndarray | None = None
     """Per-layer weight L2 norm (detail steps only)."""
+    loss_scale: float = float("nan")
+    """Mixed precision: the GradScaler's scale at this step (NaN without a scaler)."""
+    amp_skipped: bool = False
+    """Mixed precision: the scaler found inf/NaN, so `optimizer.step()` is skipped."""
+    nonfinite_ranks: tuple[int, ...] = ()
+    """Distributed runs: the ranks whose gradients held NaN/Inf at this step."""
 
     @property
     def clipped(self) -> bool:

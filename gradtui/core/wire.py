@@ -213,9 +213,9 @@ def encode_message(msg: Event | Command) -> dict[str, Any]:
     """A typed event or command as a wire payload."""
     tag = _EVENT_TAGS.get(type(msg))
     if tag is None:
-        tag = command_kind(msg)  # type: ignore[arg-type]
+        tag = command_kind(typing.cast(Command, msg))
     out: dict[str, Any] = {"t": tag}
-    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+    for f in dataclasses.fields(msg):
         out[f.name] = _to_plain(getattr(msg, f.name))
     return out
 

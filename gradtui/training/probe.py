@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -41,10 +41,13 @@ from gradtui.core.events import (
     UpdateStats,
 )
 from gradtui.core.record import RecordWriter
+from gradtui.training.dist import DistContext, local
 
 log = logging.getLogger("gradtui")
 
 _EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
+_WRAPPERS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "module")
+"""Name segments added by torch.compile, FSDP, checkpointing and DDP, left out of layer names."""
 
 
 class Sink(Protocol):
@@ -84,6 +87,12 @@ class _Layer:
     params: list[nn.Parameter]
 
 
+def layer_name(qualified: str, root_is_wrapper: bool = False) -> str:
+    """A module's name without the segments that wrappers (DDP, FSDP, compile) add."""
+    parts = [p for p in qualified.split(".") if p and p not in _WRAPPERS] if qualified else []
+    return ".".join(parts)
+
+
 def find_layers(model: nn.Module) -> list[_Layer]:
     """Modules that own parameters directly, in `named_modules()` order.
 
@@ -99,16 +108,17 @@ def find_layers(model: nn.Module) -> list[_Layer]:
                 seen.add(id(p))
                 own.append(p)
         if own:
-            layers.append(_Layer(name, module, own))
+            layers.append(_Layer(layer_name(name), module, own))
     return layers
 
 
 def _grad_values(g: torch.Tensor) -> torch.Tensor:
+    g = local(g)
     return g.coalesce()._values() if g.is_sparse else g
 
 
 class _Pending:
-    """Host copy of one step's statistics vector; ready at once on CPU, after an event on CUDA."""
+    """Host copy of one step's statistics; ready at once on CPU, after an event on CUDA."""
 
     def __init__(self, vec: torch.Tensor, meta: _StepMeta) -> None:
         self.meta = meta
@@ -139,16 +149,14 @@ class _StepMeta:
     has_grad: np.ndarray
     numel_with_grad: np.ndarray
     detail: bool
-    """Weight norms were computed at this step."""
-    grad_detail: bool
-    """Mean/max |g| and zero fraction were computed (detail step with some gradient)."""
     clip_mode: str
     clip_threshold: float
     steps_per_sec: float
     paused: bool
-    nonfinite_on_device: bool
-    update_step: int | None
+    layout: list[tuple[str, int, str]] = field(default_factory=list)
+    """(segment name, length, how ranks combine: sum | max | mean | first | ranks)."""
     counts: np.ndarray | None = None
+    update_step: int | None = None
 
 
 class Monitor:
@@ -185,29 +193,31 @@ class Monitor:
         self.detail_every = detail_every
         self.clip_mode = clip_mode
         self.clip_threshold = clip_threshold
-        self._last_clip_mode = clip_mode if clip_mode != "off" else "norm"
         self.paused = False
         self.step_count = 0
         """Number of `step()` calls so far; the next call is step number `step_count`."""
         self.closed = False
         self.commands: queue.Queue[Command] = queue.Queue(maxsize=1000)
         """Commands for the probe; applied at the next step boundary."""
-        self.events: EventQueue | None = EventQueue(queue_size) if queue_size else None
-        """In-process event queue (when `queue=` was given to `watch`)."""
 
         self._layers = find_layers(model)
         if not self._layers:
             raise ValueError("the model has no parameters to watch")
         self._params: list[nn.Parameter] = [p for layer in self._layers for p in layer.params]
         self._param_layer = np.array([i for i, layer in enumerate(self._layers) for _ in layer.params], np.int64)
-        self._param_numel = np.array([p.numel() for p in self._params], np.int64)
         self._n = len(self._layers)
-        self._device = self._params[0].device
+        self._device = local(self._params[0]).device
         # float64 accumulation keeps huge-but-finite norms finite; MPS has no float64.
         self._acc_dtype = torch.float32 if self._device.type == "mps" else torch.float64
         self._defer = (self._device.type == "cuda") if defer is None else defer
+        self.dist = DistContext.detect(model, self._params)
+        self.primary = self.dist is None or self.dist.primary
+        """Only the primary process (rank 0) runs detectors, records and serves."""
+        self._mask = self.dist.mask(self._device, self._acc_dtype) if self.dist is not None else None
+        self._layer_index = torch.as_tensor(self._param_layer, device=self._device)
         self._index_cache: dict[bytes, tuple[list[int], torch.Tensor, np.ndarray, np.ndarray]] = {}
         self._pending: list[_Pending] = []
+        self._held_commands: list[Command] = []
         self._last_sample_time: float | None = None
         self._last_sample_step = -1
         self._rate = 0.0
@@ -216,14 +226,15 @@ class Monitor:
         self._want_snapshot_step: int | None = None
         self._hooks: list[Any] = []
 
-        self._detectors = self._make_detectors(detectors)
-
+        self.events: EventQueue | None = EventQueue(queue_size) if queue_size and self.primary else None
+        """In-process event queue (when `queue=` was given to `watch`; rank 0 only)."""
+        self._detectors = self._make_detectors(detectors) if self.primary else None
         self.sinks: list[Sink] = []
-        self.record_path = Path(record) if record is not None else None
+        self.record_path = Path(record) if record is not None and self.primary else None
         if self.events is not None:
             self.sinks.append(_QueueSink(self.events))
-        if record is not None:
-            self.sinks.append(_RecordSink(RecordWriter(record, overwrite=overwrite)))
+        if self.record_path is not None:
+            self.sinks.append(_RecordSink(RecordWriter(self.record_path, overwrite=overwrite)))
         if connect:
             self._connect_from_env()
 
@@ -248,7 +259,9 @@ class Monitor:
                 every=every,
                 detail_every=detail_every,
                 device=str(self._device),
+                world_size=self.dist.world_size if self.dist else 1,
                 script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+                sharded=bool(self.dist and any(self.dist.sharded)),
             )
         )
 
@@ -264,17 +277,18 @@ class Monitor:
             raise TypeError(f"detectors must be True, False or a DetectorConfig, got {type(detectors).__name__}")
         names = [layer.name for layer in self._layers]
         numel = [sum(p.numel() for p in layer.params) for layer in self._layers]
-        try:
-            return Detectors(names, config, numel=numel)
-        except TypeError:
-            return Detectors(names, config)
+        return Detectors(names, config, numel=numel)
 
     def _connect_from_env(self) -> None:
         from gradtui.core.stream import StreamSink, connect_from_env
 
         sock = connect_from_env()
-        if sock is not None:
-            self.sinks.append(StreamSink(sock, self.commands))
+        if sock is None:
+            return
+        if not self.primary:
+            sock.close()  # torchrun gives every rank the same environment: only rank 0 streams
+            return
+        self.sinks.append(StreamSink(sock, self.commands))
 
     def add_sink(self, sink: Sink) -> None:
         """Send this monitor's events to another sink too (from now on)."""
@@ -296,10 +310,17 @@ class Monitor:
 
     # ------------------------------------------------------------ the step
 
-    def step(self, loss: torch.Tensor | float | None = None) -> None:
+    def step(self, loss: torch.Tensor | float | None = None, *, scaler: Any = None) -> None:
         """Record this step's gradients and apply pending commands and clipping.
 
         Call after `loss.backward()` and before `optimizer.step()`.
+
+        Args:
+            loss: the step's loss (a scalar tensor or a number), shown and checked.
+            scaler: a `torch.amp.GradScaler` when training with one: the gradients are
+                unscaled first (`scaler.unscale_(optimizer)`, as for clipping), so the
+                statistics describe the true gradients; skipped steps and the loss scale
+                are recorded.
         """
         if self.closed:
             raise RuntimeError("this monitor is closed")
@@ -307,18 +328,39 @@ class Monitor:
         self.step_count += 1
         self._apply_commands(step)
         self._resolve_pending(block=False)
+        amp = self._unscale(scaler)
 
         sampled = step % self.every == 0
         detail = sampled and (step // self.every) % self.detail_every == 0
         grads_idx = self._grad_index()
         if sampled:
-            self._sample(step, loss, grads_idx, detail)
-        elif self.clip_mode != "off" and grads_idx[0]:
-            self._clip([_grad_values(self._params[i].grad) for i in grads_idx[0]], None)  # type: ignore[arg-type]
+            self._sample(step, loss, grads_idx, detail, amp)
+        elif self.clip_mode != "off":
+            self._clip([_grad_values(self._params[i].grad) for i in grads_idx[0]], None, grads_idx[0])  # type: ignore[arg-type]
         if not self._defer:
             self._resolve_pending(block=True)
         if self.paused:
             self._wait_while_paused(step)
+
+    def _unscale(self, scaler: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Unscale gradients in place if the scaler has not yet; (found_inf, scale) on device."""
+        if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+            return None
+        if self.optimizer is None:
+            raise ValueError("step(scaler=...) needs the optimizer: pass it to watch(model, optimizer)")
+        from torch.amp.grad_scaler import OptState
+
+        state = scaler._per_optimizer_states[id(self.optimizer)]
+        if state["stage"] is OptState.READY:
+            scaler.unscale_(self.optimizer)
+        found = list(state["found_inf_per_device"].values())
+        found_inf = (
+            torch.stack([f.to(self._device, self._acc_dtype) for f in found]).sum()
+            if found
+            else torch.zeros((), dtype=self._acc_dtype, device=self._device)
+        )
+        scale = scaler._scale if scaler._scale is not None else torch.tensor(math.nan)
+        return found_inf.reshape(1), scale.detach().to(self._device, self._acc_dtype).reshape(1)
 
     def _grad_index(self) -> tuple[list[int], torch.Tensor, np.ndarray, np.ndarray]:
         """Which parameters have gradients now, and their layer index (cached by pattern)."""
@@ -332,18 +374,23 @@ class Monitor:
             has_grad = np.zeros(self._n, bool)
             has_grad[layer_of] = True
             numel = np.zeros(self._n, np.int64)
-            np.add.at(numel, layer_of, self._param_numel[which])
+            np.add.at(numel, layer_of, [local(self._params[i]).numel() for i in which])
             hit = (which.tolist(), idx_t, has_grad, numel)
             if len(self._index_cache) > 64:
                 self._index_cache.clear()
             self._index_cache[key] = hit
         return hit
 
-    def _per_layer(self, per_param: torch.Tensor, idx: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+    def _per_layer(
+        self, per_param: torch.Tensor, idx: torch.Tensor, which: Sequence[int] | None, reduce: str = "sum"
+    ) -> torch.Tensor:
+        """Per-parameter values folded into per-layer values (masked across ranks when distributed)."""
         out = torch.zeros(self._n, dtype=per_param.dtype, device=per_param.device)
-        if reduce == "sum":
-            return out.index_add_(0, idx, per_param)
-        return out.scatter_reduce_(0, idx, per_param, reduce="amax", include_self=False)
+        if reduce == "amax":
+            return out.scatter_reduce_(0, idx, per_param, reduce="amax", include_self=False)
+        if self._mask is not None:
+            per_param = per_param * (self._mask if which is None else self._mask[list(which)])
+        return out.index_add_(0, idx, per_param)
 
     def _norms(self, tensors: Sequence[torch.Tensor], ord: float = 2.0) -> torch.Tensor:  # noqa: A002
         """Per-tensor norms as one accumulation-dtype vector on the main device."""
@@ -366,45 +413,73 @@ class Monitor:
         loss: torch.Tensor | float | None,
         grads_idx: tuple[list[int], torch.Tensor, np.ndarray, np.ndarray],
         detail: bool,
+        amp: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> None:
         which, idx, has_grad, numel = grads_idx
         grads = [_grad_values(self._params[i].grad) for i in which]  # type: ignore[arg-type]
-        parts: list[torch.Tensor] = []
-        acc = self._acc_dtype
+        acc, n, dist = self._acc_dtype, self._n, self.dist
+        segs: list[tuple[str, torch.Tensor, str]] = []
+
+        def seg(name: str, t: torch.Tensor, how: str = "sum") -> None:
+            segs.append((name, t.reshape(-1).to(acc), how))
 
         pnorm = self._norms(grads)
-        layer_sq = self._per_layer(pnorm * pnorm, idx)
-        total = layer_sq.sum().sqrt()
-        parts += [layer_sq, total.reshape(1)]
+        seg("layer_sq", self._per_layer(pnorm * pnorm, idx, which))
+        if dist is not None:
+            ones = torch.ones(len(which), dtype=acc, device=self._device)
+            seg("grad_params", self._per_layer(ones, idx, which))
+            numel_t = torch.tensor([g.numel() for g in grads], dtype=acc, device=self._device)
+            seg("numel", self._per_layer(numel_t, idx, which))
         # Before clipping: the statistics describe the gradients backward produced.
-        if detail and grads:
-            l1 = self._per_layer(self._norms(grads, 1.0), idx)
-            nnz = self._per_layer(self._norms(grads, 0.0), idx)
-            amax = self._per_layer(self._abs_max(grads), idx, "amax")
-            parts += [l1, nnz, amax]
         if detail:
-            wn = self._norms([p.detach() for p in self._params])
-            w_idx = torch.as_tensor(self._param_layer, device=self._device)
-            parts.append(self._per_layer(wn * wn, w_idx))
-        nonfinite_on_device = self._defer and bool(grads)
-        if nonfinite_on_device:
-            # Deferred (CUDA) reads cannot come back for the counts later, so count now:
-            # x*0 is 0 for finite x and NaN otherwise, and the 0-"norm" counts non-zeros.
+            seg("l1", self._per_layer(self._norms(grads, 1.0), idx, which))
+            seg("nnz", self._per_layer(self._norms(grads, 0.0), idx, which))
+            seg("amax", self._per_layer(self._abs_max(grads), idx, which, "amax"), "max")
+            wn = self._norms([local(p.detach()) for p in self._params])
+            seg("w_sq", self._per_layer(wn * wn, self._layer_index, None))
+        count_on_device = (self._defer or dist is not None) and bool(grads)
+        if count_on_device:
+            # Deferred (CUDA) or gathered reads cannot come back for the counts later, so
+            # count now: x*0 is 0 for finite x and NaN otherwise, and the 0-"norm" counts non-zeros.
             zeros = torch._foreach_mul(grads, 0.0)
-            parts.append(self._per_layer(torch.stack(torch._foreach_norm(zeros, 0)).to(acc), idx))
-
-        clipped = self._clip(grads, total) if grads and self.clip_mode != "off" else None
-        parts.append(clipped if clipped is not None else total.reshape(1))
-        parts.append(_loss_tensor(loss, self._device, acc))
-
+            counts = self._per_layer(torch.stack(torch._foreach_norm(zeros, 0)).to(acc), idx, which)
+            seg("nonfinite", counts)
+            if dist is not None:
+                seg("rank_nonfinite", counts.sum(), "ranks")
+        elif dist is not None:
+            seg("nonfinite", torch.zeros(n, dtype=acc, device=self._device))
+            seg("rank_nonfinite", torch.zeros(1, dtype=acc, device=self._device), "ranks")
+        seg("loss", _loss_tensor(loss, self._device, acc), "mean")
+        if amp is not None:
+            seg("found_inf", amp[0])
+            seg("scale", amp[1], "first")
         update_step = None
         if self._update_result is not None:
             update_step, upd = self._update_result
             self._update_result = None
-            parts.append(upd)
+            seg("upd_d2", upd[:n])
+            seg("upd_w2", upd[n:])
+
+        vec = torch.cat([t for _, t, _ in segs])
+        if dist is not None:
+            gathered = dist.gather(vec)  # the one collective of this sampled step
+            total_sq = gathered[:, :n].sum()
+        else:
+            gathered = vec.reshape(1, -1)
+            total_sq = segs[0][1].sum()
+        total = total_sq.sqrt()
+        clipped = (
+            self._clip(grads, total, which) if self.clip_mode != "off" else total.reshape(1)
+        )
+        if self.clip_mode != "off":
+            # The clipped norm is global already (computed from the gathered total or reduced).
+            gathered = torch.cat([gathered, clipped.reshape(1, 1).expand(gathered.shape[0], 1)], dim=1)
+        layout = [(name, t.numel(), how) for name, t, how in segs]
+        if self.clip_mode != "off":
+            layout.append(("clipped", 1, "first"))
+
         if detail and self.optimizer is not None and self._hooks:
             self._want_snapshot_step = step
-
         now = time.perf_counter()
         if self._last_sample_time is not None and step > self._last_sample_step:
             inst = (step - self._last_sample_step) / max(now - self._last_sample_time, 1e-9)
@@ -418,33 +493,34 @@ class Monitor:
             has_grad=has_grad,
             numel_with_grad=numel,
             detail=detail,
-            grad_detail=detail and bool(grads),
             clip_mode=self.clip_mode,
             clip_threshold=self.clip_threshold,
             steps_per_sec=self._rate,
             paused=self.paused,
-            nonfinite_on_device=nonfinite_on_device,
+            layout=layout,
             update_step=update_step,
         )
-        vec = torch.cat([p.reshape(-1).to(acc) for p in parts])
-        pending = _Pending(vec, meta)
-        if not self._defer:
+        if not self.primary:
+            return  # the other ranks took part in the collective; rank 0 reports
+        pending = _Pending(gathered, meta)
+        if not self._defer and not count_on_device:
             # On CPU the counts can wait until the norms say they are needed (rarely).
-            meta.counts = self._count_nonfinite_if_needed(pending.values(), grads, which)
+            meta.counts = self._count_nonfinite_if_needed(pending.values()[0, :n], grads, which)
         self._pending.append(pending)
 
     def _abs_max(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not grads:
+            return torch.zeros(0, dtype=self._acc_dtype, device=self._device)
         if self._device.type == "cpu":
             # aminmax is ~20x faster than an inf-norm on CPU (measured: 0.45 vs 8.5 ms, 3M values).
-            mm = [torch.aminmax(g) for g in grads]
+            mm = [torch.aminmax(g) if g.numel() else (g.new_zeros(()), g.new_zeros(())) for g in grads]
             return torch.stack([torch.maximum(hi.abs(), lo.abs()) for lo, hi in mm]).to(self._acc_dtype)
         return self._norms(grads, math.inf)
 
     def _count_nonfinite_if_needed(
-        self, vec: np.ndarray, grads: Sequence[torch.Tensor], which: list[int]
+        self, layer_sq: np.ndarray, grads: Sequence[torch.Tensor], which: list[int]
     ) -> np.ndarray:
         counts = np.zeros(self._n, np.int64)
-        layer_sq = vec[: self._n]
         if np.isfinite(layer_sq).all():
             return counts
         # NaN/Inf reach the L2 norm, so only layers whose norm is non-finite need counting.
@@ -456,11 +532,11 @@ class Monitor:
                 counts[li] += int((~torch.isfinite(g)).sum())
         return counts
 
-    def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None) -> torch.Tensor:
-        """Clip in place on the device with no host sync; returns the norm after clipping."""
+    def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None, which: Sequence[int]) -> torch.Tensor:
+        """Clip in place on the device with no host sync; returns the global norm after clipping."""
         if self.clip_mode == "norm":
             if total is None:
-                total = self._norms(grads).pow(2).sum().sqrt()
+                total = self._global_norm(grads, which)
             coef = torch.clamp(self.clip_threshold / (total + _EPS), max=1.0)
             for dev_grads in _by_device(grads):
                 torch._foreach_mul_(dev_grads, coef.to(dev_grads[0].device, dev_grads[0].dtype))
@@ -469,7 +545,14 @@ class Monitor:
         for dev_grads in _by_device(grads):
             torch._foreach_clamp_min_(dev_grads, -t)
             torch._foreach_clamp_max_(dev_grads, t)
-        return self._norms(grads).pow(2).sum().sqrt().reshape(1)
+        return self._global_norm(grads, which).reshape(1)
+
+    def _global_norm(self, grads: list[torch.Tensor], which: Sequence[int]) -> torch.Tensor:
+        norms = self._norms(grads)
+        sq = norms * norms
+        if self._mask is not None and self.dist is not None:
+            sq = self.dist.all_reduce_sum((sq * self._mask[list(which)]).sum().reshape(1))
+        return sq.sum().sqrt()
 
     # ------------------------------------------------------------ results
 
@@ -478,53 +561,63 @@ class Monitor:
             pending = self._pending.pop(0)
             self._publish(pending.values(), pending.meta)
 
-    def _publish(self, vec: np.ndarray, meta: _StepMeta) -> None:
+    def _publish(self, gathered: np.ndarray, meta: _StepMeta) -> None:
         n = self._n
+        parts: dict[str, np.ndarray] = {}
+        per_rank: dict[str, np.ndarray] = {}
         pos = 0
+        for name, length, how in meta.layout:
+            block = gathered[:, pos : pos + length]
+            pos += length
+            if how == "max":
+                parts[name] = block.max(axis=0)
+            elif how == "mean":
+                parts[name] = block.mean(axis=0)
+            elif how == "first":
+                parts[name] = block[0]
+            elif how == "ranks":
+                per_rank[name] = block[:, 0]
+            else:
+                parts[name] = block.sum(axis=0)
 
-        def take(k: int) -> np.ndarray:
-            nonlocal pos
-            out = vec[pos : pos + k]
-            pos += k
-            return out
-
-        layer_sq = take(n)
-        total = float(take(1)[0])
+        if "grad_params" in parts:
+            has = parts["grad_params"] > 0
+            numel = parts["numel"]
+        else:
+            has, numel = meta.has_grad, meta.numel_with_grad
+        layer_sq = parts["layer_sq"]
+        total = float(math.sqrt(layer_sq.sum())) if np.isfinite(layer_sq).all() else float(np.sqrt(layer_sq.sum()))
         mean_abs = max_abs = zero_frac = weight_norm = None
-        has = meta.has_grad
-        if meta.grad_detail:
-            l1, nnz, amax = take(n), take(n), take(n)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                denom = np.where(has, meta.numel_with_grad, 1)
-                mean_abs = np.where(has, l1 / denom, np.nan)
-                zero_frac = np.where(has, 1.0 - nnz / denom, np.nan)
-            max_abs = np.where(has, amax, np.nan)
         if meta.detail:
-            weight_norm = np.sqrt(take(n))
-        counts = meta.counts
-        if meta.nonfinite_on_device:
-            counts = np.rint(take(n)).astype(np.int64)
-        if counts is None:
-            counts = np.zeros(n, np.int64)
-        clipped_norm = float(take(1)[0])
-        loss = float(take(1)[0])
-        update = take(n) if meta.update_step is not None else None
-
-        grad_norm = np.where(has, np.sqrt(layer_sq), np.nan)
-        if meta.clip_mode == "off" or not math.isfinite(total) or total == 0.0:
-            clip_factor = 1.0 if meta.clip_mode == "off" or total == 0.0 else float("nan")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                denom = np.where(has, numel, 1)
+                mean_abs = np.where(has, parts["l1"] / denom, np.nan)
+                zero_frac = np.where(has, 1.0 - parts["nnz"] / denom, np.nan)
+            max_abs = np.where(has, parts["amax"], np.nan)
+            weight_norm = np.sqrt(parts["w_sq"])
+        if "nonfinite" in parts:
+            counts = np.rint(np.nan_to_num(parts["nonfinite"])).astype(np.int64)
+        else:
+            counts = meta.counts if meta.counts is not None else np.zeros(n, np.int64)
+        ranks = per_rank.get("rank_nonfinite")
+        nonfinite_ranks = tuple(int(r) for r in np.flatnonzero(ranks > 0)) if ranks is not None else ()
+        clipped_norm = float(parts["clipped"][0]) if "clipped" in parts else total
+        if meta.clip_mode == "off" or total == 0.0:
+            clip_factor = 1.0
+        elif not math.isfinite(total):
+            clip_factor = float("nan")
         else:
             clip_factor = min(1.0, clipped_norm / total)
         stats = StepStats(
             step=meta.step,
             time=meta.time,
-            loss=loss,
+            loss=float(parts["loss"][0]),
             lrs=meta.lrs,
-            grad_norm=grad_norm,
-            has_grad=has.copy(),
+            grad_norm=np.where(has, np.sqrt(layer_sq), np.nan),
+            has_grad=np.asarray(has, bool).copy(),
             nonfinite=counts,
             global_norm=total,
-            clipped_norm=clipped_norm if meta.clip_mode != "off" else total,
+            clipped_norm=clipped_norm,
             clip_factor=clip_factor,
             clip_mode=meta.clip_mode,
             clip_threshold=meta.clip_threshold,
@@ -534,9 +627,15 @@ class Monitor:
             max_abs=max_abs,
             zero_frac=zero_frac,
             weight_norm=weight_norm,
+            loss_scale=float(parts["scale"][0]) if "scale" in parts else math.nan,
+            amp_skipped=bool(parts["found_inf"][0] > 0) if "found_inf" in parts else False,
+            nonfinite_ranks=nonfinite_ranks,
         )
-        if update is not None and meta.update_step is not None:
-            self._emit(UpdateStats(step=meta.update_step, update_ratio=update))
+        if meta.update_step is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # 0/0 (no update, zero weights) stays NaN: undefined.
+                ratio = np.sqrt(parts["upd_d2"]) / np.sqrt(parts["upd_w2"])
+            self._emit(UpdateStats(step=meta.update_step, update_ratio=ratio))
         self._emit(stats)
         if self._detectors is not None:
             alerts: list[Alert] = self._detectors.update(stats)
@@ -550,20 +649,19 @@ class Monitor:
             return
         step, self._want_snapshot_step = self._want_snapshot_step, None
         which = [i for i, p in enumerate(self._params) if p.grad is not None]
-        self._update_snapshot = (step, which, [self._params[i].detach().clone() for i in which])
+        self._update_snapshot = (step, which, [local(self._params[i].detach()).clone() for i in which])
 
     def _post_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._update_snapshot is None:
             return
         step, which, before = self._update_snapshot
         self._update_snapshot = None
-        after = [self._params[i].detach() for i in which]
+        after = [local(self._params[i].detach()) for i in which]
         delta = torch._foreach_sub(after, before)
         idx = torch.as_tensor(self._param_layer[which], device=self._device)
-        d2 = self._per_layer(self._norms(delta) ** 2, idx)
-        w2 = self._per_layer(self._norms(before) ** 2, idx)
-        # 0/0 (a layer that got no update and has zero weights) stays NaN: undefined.
-        self._update_result = (step, d2.sqrt() / w2.sqrt())
+        d2 = self._per_layer(self._norms(delta) ** 2, idx, which)
+        w2 = self._per_layer(self._norms(before) ** 2, idx, which)
+        self._update_result = (step, torch.cat([d2, w2]))
 
     # ------------------------------------------------------------ commands
 
@@ -572,12 +670,25 @@ class Monitor:
             return ()
         return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
 
-    def _apply_commands(self, step: int) -> None:
-        while True:
+    def _take_commands(self, wait: float | None = None) -> list[Command]:
+        """Commands to apply now: this process's queue, or rank 0's on every rank."""
+        mine: list[Command] = list(self._held_commands)
+        self._held_commands = []
+        if self.primary:
             try:
-                cmd = self.commands.get_nowait()
+                if wait is not None and not mine:
+                    mine.append(self.commands.get(timeout=wait))
+                while True:
+                    mine.append(self.commands.get_nowait())
             except queue.Empty:
-                return
+                pass
+        if self.dist is None:
+            return mine
+        now, self._held_commands = self.dist.broadcast_commands(mine)
+        return now
+
+    def _apply_commands(self, step: int) -> None:
+        for cmd in self._take_commands():
             self._apply(cmd, step)
 
     def _apply(self, cmd: Command, step: int) -> None:
@@ -607,8 +718,6 @@ class Monitor:
             self.clip_mode = cmd.mode
             if cmd.threshold is not None:
                 self.clip_threshold = float(cmd.threshold)
-            if cmd.mode != "off":
-                self._last_clip_mode = cmd.mode
             message = f"clipping {old_desc} -> {_clip_desc(self.clip_mode, self.clip_threshold)}"
         elif isinstance(cmd, SetPaused):
             self.paused = cmd.paused
@@ -618,21 +727,19 @@ class Monitor:
         self._emit(CommandResult(cmd.id, kind, True, step, message))
 
     def _wait_while_paused(self, step: int) -> None:
+        # Every rank loops here in step: each round is one command broadcast from rank 0.
         while self.paused and not self.closed:
-            try:
-                cmd = self.commands.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self._apply(cmd, step)
+            for cmd in self._take_commands(wait=0.2):
+                self._apply(cmd, step)
 
     # ------------------------------------------------------------ output
 
     def _emit(self, event: Event) -> None:
-        for sink in self.sinks:
+        for sink in list(self.sinks):
             try:
                 sink.emit(event)
             except OSError as exc:
-                # A full disk must not kill the run: stop recording and say so once.
+                # A full disk must not kill the run: stop using that sink and say so once.
                 log.error("gradtui: dropping sink %r after error: %s", sink, exc)
                 self.sinks.remove(sink)
 
@@ -641,10 +748,12 @@ class Monitor:
         if self.closed:
             return
         self._resolve_pending(block=True)
-        if self._update_result is not None:
+        if self._update_result is not None and self.primary and self.dist is None:
             step, upd = self._update_result
             self._update_result = None
-            self._emit(UpdateStats(step=step, update_ratio=upd.to("cpu", torch.float64).numpy()))
+            d2, w2 = upd.to("cpu", torch.float64).numpy().reshape(2, -1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._emit(UpdateStats(step=step, update_ratio=np.sqrt(d2) / np.sqrt(w2)))
         self.closed = True
         for hook in self._hooks:
             hook.remove()
@@ -693,7 +802,7 @@ def _loss_tensor(loss: torch.Tensor | float | None, device: torch.device, dtype:
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             raise ValueError(f"step(loss) needs a scalar loss, got a tensor of shape {tuple(loss.shape)}")
-        return loss.detach().reshape(1).to(device=device, dtype=dtype)
+        return local(loss.detach()).reshape(1).to(device=device, dtype=dtype)
     if isinstance(loss, (int, float)) and not isinstance(loss, bool):
         return torch.full((1,), float(loss), dtype=dtype, device=device)
     raise TypeError(f"step(loss) takes a tensor, a number or None, got {type(loss).__name__}")
@@ -737,7 +846,7 @@ def watch(
     """Start watching `model`'s gradients (and `optimizer`'s learning rates).
 
     Args:
-        model: the module being trained.
+        model: the module being trained (plain, DDP/FSDP-wrapped or `torch.compile`d).
         optimizer: its optimizer; needed for learning-rate commands and update ratios.
         record: write every event to this record file (refuses to replace an existing one
             unless `overwrite=True`).

@@ -174,10 +174,15 @@ class SyntheticRun:
         out: list[Event] = []
         for i, layer in enumerate(self.layers):
             v = float(norms[i])
+            # Hysteresis, like the detectors: a flag clears only well inside the healthy range.
+            hi = EXPLODE_ABOVE / 4 if self._flags.get((layer.name, "exploding")) else EXPLODE_ABOVE
+            lo = VANISH_BELOW * 4 if self._flags.get((layer.name, "vanishing")) else VANISH_BELOW
+            exploding = math.isfinite(v) and v > hi
+            vanishing = math.isfinite(v) and v < lo
             states = {
                 "nonfinite": bool(nonfinite[i] > 0) or math.isinf(v),
-                "exploding": math.isfinite(v) and v > EXPLODE_ABOVE,
-                "vanishing": math.isfinite(v) and v < VANISH_BELOW,
+                "exploding": exploding,
+                "vanishing": vanishing,
             }
             thresholds = {"nonfinite": 0.0, "exploding": EXPLODE_ABOVE, "vanishing": VANISH_BELOW}
             for kind, active in states.items():

@@ -114,15 +114,18 @@ class SeriesChart:
         out: list[list[Segment]] = []
         finite = self.values[np.isfinite(self.values)]
         last = float(self.values[-1]) if self.values.size else None
-        head = f"{self.title} {fmt_number(last)}" if last is not None else f"{self.title} —"
+        now = "—" if last is None else ("nan" if math.isnan(last) else fmt_number(last))
+        head = f"{self.title} {now}".strip()
         use_log = self.log
         if use_log is None:
             use_log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() >= 100)
         if finite.size:
-            rng = f" {fmt_number(float(finite.min()))}…{fmt_number(float(finite.max()))}{' log' if use_log else ''}"
+            lo_s, hi_s = fmt_number(float(finite.min())), fmt_number(float(finite.max()))
+            rng = f"  [{lo_s} … {hi_s}{' log' if use_log else ''}]"
         else:
             rng = ""
-        title_segs = [Segment(head, st.title)]
+        bad_last = last is not None and not math.isfinite(last)
+        title_segs = [Segment(head, st.nonfinite if bad_last else st.title)]
         if len(head) + len(rng) <= width:
             title_segs.append(Segment(rng, st.axis))
         out.append(Segment.adjust_line_length(title_segs, width))

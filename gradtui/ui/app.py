@@ -1,0 +1,365 @@
+"""The gradtui viewer: a Textual app over an event `Source`.
+
+The app polls its source on a timer (10 Hz by default), folds every event into a
+`RunStore`, and redraws only what changed (`store.version`): no thread, and a burst of
+events costs one redraw. Keys turn into commands sent back through the same source;
+each stays pending until the probe acknowledges it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from rich.markdown import Markdown
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.timer import Timer
+from textual.widgets import Footer, Static
+
+from gradtui.core.channel import Source
+from gradtui.core.commands import Command
+from gradtui.core.events import Alert, CommandResult, Event, RunEnd
+from gradtui.core.store import STAT_LABELS, RunStore
+from gradtui.ui.controls import Controls, describe
+from gradtui.ui.messages import InterventionAcknowledged, InterventionRefused, InterventionSent, RunEnded
+from gradtui.ui.scale import HEATMAP_STATS
+from gradtui.ui.screens.detail import LayerDetailScreen
+from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
+from gradtui.ui.screens.help import HelpScreen
+from gradtui.ui.widgets.alert_log import AlertLog
+from gradtui.ui.widgets.charts import SeriesChartWidget
+from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
+from gradtui.ui.widgets.status import StatusHeader
+
+log = logging.getLogger(__name__)
+
+_THRESHOLD = Binding.Group("thr ×2/÷2", compact=True)
+_LR = Binding.Group("lr ×2/÷2", compact=True)
+
+INTERVENTION_BINDINGS: list[Binding] = [
+    Binding("c", "toggle_clip", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
+    Binding("m", "cycle_clip_mode", "mode", tooltip="Cycle the clip mode: norm / value", id="clip-mode"),
+    Binding("]", "scale_threshold(2.0)", "thr×2", tooltip="Clip threshold ×2", group=_THRESHOLD, id="clip-up"),
+    Binding("[", "scale_threshold(0.5)", "thr÷2", tooltip="Clip threshold ÷2", group=_THRESHOLD, id="clip-down"),
+    Binding("+", "scale_lr(2.0)", "lr×2", tooltip="Learning rate ×2", group=_LR, id="lr-up"),
+    Binding("-", "scale_lr(0.5)", "lr÷2", tooltip="Learning rate ÷2", group=_LR, id="lr-down"),
+    Binding("l", "set_lr", "set lr", tooltip="Type an exact learning rate", id="lr-set"),
+    Binding("p", "toggle_pause", "pause", tooltip="Pause / resume training", id="pause"),
+]
+VIEW_BINDINGS: list[Binding] = [
+    Binding("s", "cycle_stat", "stat", tooltip="Cycle the statistic: ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖", id="stat"),
+    Binding("question_mark", "help", "help", key_display="?", tooltip="This help", id="help"),
+    Binding("q", "quit", "quit", tooltip="Quit (asks first when that stops a training process)", id="quit"),
+]
+INTERVENTION_ACTIONS = frozenset(
+    {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause"}
+)
+
+
+class GradTUIApp(App[None]):
+    """Live view of one training run's gradient health, with interventions from the keyboard.
+
+    Args:
+        source: Where events come from and commands go.
+        title: Terminal/app title (defaults to the source's name).
+        narrative: Text for a side panel (the demo's tour); None hides it.
+        refresh_hz: Polls (and at most redraws) per second.
+        max_events_per_tick: Events folded per poll; the rest wait for the next poll.
+        store: A store to fill (a fresh one by default).
+    """
+
+    CSS_PATH = "gradtui.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS: ClassVar[list[BindingType]] = [*INTERVENTION_BINDINGS, *VIEW_BINDINGS]
+
+    stat: reactive[str] = reactive("grad_norm")
+    """Statistic the heatmap shows (cycled with `s`)."""
+    narrative: reactive[str | None] = reactive(None)
+    """Markdown shown in the side panel; None hides the panel."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        title: str | None = None,
+        narrative: str | None = None,
+        refresh_hz: float = 10.0,
+        max_events_per_tick: int = 200_000,
+        store: RunStore | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.store = store if store is not None else RunStore()
+        self.controls = Controls(self.store)
+        self.refresh_hz = refresh_hz
+        self.max_events_per_tick = max_events_per_tick
+        self.title = title or f"gradtui: {source.name}"
+        self.set_reactive(GradTUIApp.narrative, narrative)
+        self._shown: tuple[int, int, str] | None = None
+        self._timer: Timer | None = None
+        self._source_closed = False
+        self._source_error: str | None = None
+        self._bad_events = 0
+        self._error_shown = False
+        self._mounted_ui = False
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(self.store, self.controls, self.source.name, id="status")
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield LayerHeatmap(self.store, id="heatmap")
+            with Vertical(id="side"):
+                yield SeriesChartWidget(self.store, "loss", "", id="loss", classes="panel")
+                yield SeriesChartWidget(self.store, "global_norm", "", id="norm", classes="panel")
+                yield AlertLog(id="alerts", classes="panel")
+            with VerticalScroll(id="narrative"):
+                yield Static(id="narrative-text")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self._mounted_ui = True
+        heatmap = self.query_one(LayerHeatmap)
+        heatmap.color = not self.no_color
+        heatmap.focus()
+        self.query_one("#loss").border_title = "loss"
+        self.query_one("#norm").border_title = "global ‖g‖"
+        self.query_one("#alerts").border_title = "alerts"
+        self._update_heatmap_titles()
+        self.watch_narrative(self.narrative)
+        self.poll_source()
+        self._timer = self.set_interval(1.0 / self.refresh_hz, self.poll_source)
+
+    def watch_narrative(self, text: str | None) -> None:
+        if not self._mounted_ui:
+            return
+        panel = self.query_one("#narrative")
+        panel.display = bool(text)
+        panel.border_title = "tour"
+        self.query_one("#narrative-text", Static).update(Markdown(text or ""))
+
+    def watch_stat(self, stat: str) -> None:
+        if not self._mounted_ui:
+            return
+        self.query_one(LayerHeatmap).stat = stat
+        self._update_heatmap_titles()
+        self.refresh_views(force=True)
+
+    def _update_heatmap_titles(self) -> None:
+        heatmap = self.query_one(LayerHeatmap)
+        label = STAT_LABELS.get(self.stat, self.stat)
+        heatmap.border_title = f"layers × steps: {label}"
+        n = self.store.n_layers
+        shown = int(heatmap.rows.size)
+        flagged = "flagged only, " if heatmap.flagged_only else ""
+        heatmap.border_subtitle = f"{flagged}{shown}/{n} layers · enter: detail · n/N: next flag · f: filter"
+
+    # ------------------------------------------------------------ events in
+
+    def poll_source(self) -> int:
+        """Fold what the source has into the store and redraw what changed; returns the event count."""
+        try:
+            events = self.source.poll(self.max_events_per_tick)
+        except Exception as exc:  # a broken source must not take the viewer down with it
+            if self._source_error is None:
+                self._source_error = f"{type(exc).__name__}: {exc}"
+                log.exception("event source failed")
+                self.notify(f"The event source failed: {self._source_error}", severity="error", timeout=10)
+                self.query_one(AlertLog).add_note(f"■ source failed: {self._source_error}", "bold red")
+            return 0
+        if events:
+            self.ingest(events)
+        self.refresh_views()
+        return len(events)
+
+    def ingest(self, events: list[Event]) -> None:
+        """Apply events to the store, and log alerts, acknowledgements and the run's end."""
+        alert_log = self.query_one(AlertLog)
+        alerts: list[Alert] = []
+        for ev in events:
+            try:
+                self.store.apply(ev)
+            except Exception:  # one malformed event is reported, not fatal
+                self._bad_events += 1
+                log.exception("could not apply %s", type(ev).__name__)
+                if self._bad_events == 1:
+                    alert_log.add_note(f"■ ignored a malformed {type(ev).__name__} event", "bold red")
+                continue
+            if isinstance(ev, Alert):
+                alerts.append(ev)
+            elif isinstance(ev, CommandResult):
+                if alerts:
+                    alert_log.add_alerts(alerts)
+                    alerts = []
+                self._on_result(ev, alert_log)
+            elif isinstance(ev, RunEnd):
+                if alerts:
+                    alert_log.add_alerts(alerts)
+                    alerts = []
+                self._on_end(ev, alert_log)
+        if alerts:
+            alert_log.add_alerts(alerts)
+
+    def _on_result(self, result: CommandResult, alert_log: AlertLog) -> None:
+        pending = self.controls.acknowledge(result)
+        alert_log.add_result(result, pending)
+        self.query_one(StatusHeader).last_result = result
+        if not result.ok:
+            what = pending.description if pending is not None else result.kind
+            self.notify(f"{what} refused by the run: {result.message}", severity="error", timeout=6)
+        self.post_message(InterventionAcknowledged(result))
+
+    def _on_end(self, end: RunEnd, alert_log: AlertLog) -> None:
+        for p in self.controls.abandon():
+            alert_log.add_note(f"✗ {p.description} not applied: the run ended", "yellow")
+        alert_log.add_end(end)
+        self.post_message(RunEnded(end))
+        if end.status == "error" and not self._error_shown:
+            self._error_shown = True
+            self.push_screen(RunErrorScreen(end.step, end.error))
+
+    def refresh_views(self, force: bool = False) -> None:
+        """Redraw the widgets whose inputs changed since the last call."""
+        key = (self.store.version, self.controls.version, self.stat)
+        if not force and key == self._shown:
+            return
+        self._shown = key
+        self.query_one(LayerHeatmap).refresh_data()
+        self._update_heatmap_titles()
+        self.query_one(StatusHeader).refresh_data(self.stat)
+        for chart in self.query(SeriesChartWidget):
+            chart.refresh_data()
+        screen = self.screen
+        if isinstance(screen, LayerDetailScreen):
+            screen.refresh_data()
+
+    # ------------------------------------------------------------ commands out
+
+    def send_command(self, cmd: Command) -> str | None:
+        """Send a command unless it is invalid now; returns why it was not sent, or None."""
+        reason = self.controls.check(cmd) or self.source.send(cmd)
+        alert_log = self.query_one(AlertLog)
+        if reason is not None:
+            alert_log.add_note(f"✗ {describe(cmd)} not sent: {reason}", "bold red")
+            self.notify(f"{describe(cmd)} not sent: {reason}", severity="error", timeout=6)
+            self.post_message(InterventionRefused(cmd, reason))
+            return reason
+        pending = self.controls.sent(cmd)
+        alert_log.add_sent(pending)
+        self.post_message(InterventionSent(cmd, pending.description))
+        self.refresh_views()
+        return None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Interventions only from the main and detail screens, never under a dialog.
+        if action in INTERVENTION_ACTIONS and isinstance(self.screen, ModalScreen):
+            return False
+        return True
+
+    def action_toggle_clip(self) -> None:
+        self.send_command(self.controls.toggle_clip())
+
+    def action_cycle_clip_mode(self) -> None:
+        cmd = self.controls.cycle_clip_mode()
+        if cmd is None:
+            self.notify(f"Clipping is off; c turns it on in {self.controls.last_clip_mode} mode.", timeout=4)
+            self.refresh_views(force=True)
+            return
+        self.send_command(cmd)
+
+    def action_scale_threshold(self, factor: float) -> None:
+        self.send_command(self.controls.scale_threshold(factor))
+
+    def action_scale_lr(self, factor: float) -> None:
+        self.send_command(self.controls.scale_lr(factor))
+
+    def action_set_lr(self) -> None:
+        lrs = self.controls.intended().lrs
+        reason = self.controls.check(self.controls.set_lr(1.0))
+        if reason is not None:
+            self.notify(f"Cannot set the learning rate: {reason}", severity="error", timeout=6)
+            return
+
+        def done(value: float | None) -> None:
+            if value is not None:
+                self.send_command(self.controls.set_lr(value))
+
+        self.push_screen(LRDialog(lrs[0] if lrs else None, len(lrs)), callback=done)
+
+    def action_toggle_pause(self) -> None:
+        self.send_command(self.controls.toggle_pause())
+
+    def action_cycle_stat(self) -> None:
+        i = HEATMAP_STATS.index(self.stat) if self.stat in HEATMAP_STATS else -1
+        self.stat = HEATMAP_STATS[(i + 1) % len(HEATMAP_STATS)]
+
+    def action_help(self) -> None:
+        sections = [
+            ("Interventions (sent to the training process)", INTERVENTION_BINDINGS),
+            ("View", VIEW_BINDINGS),
+            ("Heatmap", [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]),
+        ]
+        self.push_screen(HelpScreen(sections))
+
+    def on_layer_heatmap_layer_selected(self, message: LayerHeatmap.LayerSelected) -> None:
+        self.push_screen(LayerDetailScreen(self.store, message.layer))
+
+    # ------------------------------------------------------------ leaving
+
+    async def action_quit(self) -> None:
+        """Quit; ask first when that stops a training process this viewer started."""
+        if isinstance(self.screen, ConfirmQuit):
+            self._leave()  # asked twice (ctrl+q under the dialog): go
+            return
+        if self.source.owns_process and self.store.end is None:
+            self.push_screen(
+                ConfirmQuit("Quitting stops the training process. Stop it and quit?"),
+                callback=lambda yes: self._leave() if yes else None,
+            )
+            return
+        self._leave()
+
+    def _leave(self) -> None:
+        self.close_source()
+        self.exit()
+
+    def close_source(self) -> None:
+        """Close the source once (which stops a child training process it started)."""
+        if self._source_closed:
+            return
+        self._source_closed = True
+        if self._timer is not None:
+            self._timer.stop()
+        try:
+            self.source.close()
+        except Exception:  # leaving must not fail because the child was already gone
+            log.exception("closing the event source failed")
+
+    def on_unmount(self) -> None:
+        self.close_source()
+
+
+def make_app(
+    source: Source,
+    *,
+    title: str | None = None,
+    narrative: str | None = None,
+    refresh_hz: float = 10.0,
+    store: RunStore | None = None,
+) -> GradTUIApp:
+    """Build the viewer for a source; the CLI and the tests both start here.
+
+    Args:
+        source: Where events come from and commands go.
+        title: App title (defaults to "gradtui: <source name>").
+        narrative: Markdown for a side panel (the demo tour); None: no panel.
+        refresh_hz: Polls (and at most redraws) per second.
+        store: A store to fill; a fresh one by default.
+    """
+    return GradTUIApp(source, title=title, narrative=narrative, refresh_hz=refresh_hz, store=store)

@@ -1,0 +1,216 @@
+"""Interventions from the keyboard: which command a key sends, and what is pending.
+
+Pure logic over the `RunStore` (no Textual), so it can be tested without an app.
+A command is *pending* from the moment it is sent until the probe's `CommandResult`
+arrives; after that it is *applied* at the step the result names (or refused). The
+state a key acts on is the *intended* one: what the run will be once every pending
+command lands, so pressing `+` twice quickly doubles the learning rate twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+from gradtui.core.commands import Command, SetClip, SetLR, SetPaused, command_kind, validate
+from gradtui.core.events import CommandResult
+from gradtui.core.store import RunStore
+
+
+@dataclass(frozen=True)
+class RunControls:
+    """The settings a viewer can change."""
+
+    lrs: tuple[float, ...] = ()
+    clip_mode: str = "off"
+    clip_threshold: float = 1.0
+    paused: bool = False
+
+
+@dataclass
+class Pending:
+    """A command sent and not yet acknowledged."""
+
+    command: Command
+    description: str
+    target: RunControls
+    """The settings once it is applied (absolute, so applying twice changes nothing)."""
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Applied:
+    """An acknowledged command whose effect the step stats may not show yet."""
+
+    result: CommandResult
+    target: RunControls
+
+
+def describe(cmd: Command) -> str:
+    """A short human description of a command ("lr ×2", "clip off")."""
+    if isinstance(cmd, SetLR):
+        if cmd.value is not None:
+            return f"lr = {cmd.value:g}"
+        f = cmd.factor or 1.0
+        return f"lr ×{f:g}" if f >= 1 else f"lr ÷{1 / f:g}"
+    if isinstance(cmd, SetClip):
+        if cmd.mode == "off":
+            return "clip off"
+        return f"clip {cmd.mode} ≤ {cmd.threshold:g}" if cmd.threshold is not None else f"clip {cmd.mode}"
+    if isinstance(cmd, SetPaused):
+        return "pause" if cmd.paused else "resume"
+    return command_kind(cmd)
+
+
+class Controls:
+    """Pending and recently applied commands of one viewer, over a store."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.pending: dict[str, Pending] = {}
+        self.applied: list[Applied] = []
+        self.last_clip_mode = "norm"
+        """Mode that `c` turns clipping back on with (the last non-off mode seen)."""
+        self.version = 0
+        """Bumped whenever pending/applied state changes."""
+
+    # ------------------------------------------------------------ state
+
+    def reported(self) -> RunControls:
+        """Settings as the probe last reported them (latest step stats, else the run start)."""
+        last, run = self.store.last, self.store.run
+        if last is not None:
+            state = RunControls(last.lrs, last.clip_mode, last.clip_threshold, last.paused)
+        elif run is not None:
+            state = RunControls(run.lrs, run.clip_mode, run.clip_threshold, False)
+        else:
+            state = RunControls()
+        if state.clip_mode != "off":
+            self.last_clip_mode = state.clip_mode
+        return state
+
+    def actual(self) -> RunControls:
+        """Settings in force: the report, plus acknowledged commands it does not show yet."""
+        state = self.reported()
+        last_step = self.store.last.step if self.store.last is not None else -1
+        # A step report newer than the acknowledgement already includes its effect.
+        self.applied = [a for a in self.applied if a.result.step >= last_step]
+        for a in self.applied:
+            state = _merge(state, a.target, a.result.kind)
+        return state
+
+    def intended(self) -> RunControls:
+        """Settings once every pending command is applied."""
+        state = self.actual()
+        for p in self.pending.values():
+            state = _merge(state, p.target, command_kind(p.command))
+        return state
+
+    def pending_of(self, kind: str) -> list[Pending]:
+        """Pending commands of one kind ("set_lr", "set_clip", "set_paused"), oldest first."""
+        return [p for p in self.pending.values() if command_kind(p.command) == kind]
+
+    # ------------------------------------------------------------ commands
+
+    def toggle_clip(self) -> SetClip:
+        """Clipping off if on; else on with the last non-off mode and the current threshold."""
+        s = self.intended()
+        if s.clip_mode != "off":
+            return SetClip("off")
+        return SetClip(self.last_clip_mode, s.clip_threshold)
+
+    def cycle_clip_mode(self) -> SetClip | None:
+        """norm <-> value when clipping is on; when off, only remembers the mode (None)."""
+        s = self.intended()
+        base = s.clip_mode if s.clip_mode != "off" else self.last_clip_mode
+        nxt = "value" if base == "norm" else "norm"
+        if s.clip_mode == "off":
+            self.last_clip_mode = nxt
+            self.version += 1
+            return None
+        return SetClip(nxt, s.clip_threshold)
+
+    def scale_threshold(self, factor: float) -> SetClip:
+        """Multiply the clip threshold (kept even while clipping is off)."""
+        s = self.intended()
+        return SetClip(s.clip_mode, s.clip_threshold * factor)
+
+    def scale_lr(self, factor: float) -> SetLR:
+        """Multiply every group's learning rate."""
+        return SetLR(factor=factor)
+
+    def set_lr(self, value: float) -> SetLR:
+        """Set every group's learning rate."""
+        return SetLR(value=value)
+
+    def toggle_pause(self) -> SetPaused:
+        """Pause when running, resume when paused (or pausing)."""
+        return SetPaused(not self.intended().paused)
+
+    def check(self, cmd: Command) -> str | None:
+        """Why `cmd` cannot be sent now, or None."""
+        if self.store.run is None and self.store.last is None:
+            return "no run yet: wait for the first event"
+        if self.store.end is not None:
+            return f"the run has ended ({self.store.end.status})"
+        return validate(cmd, len(self.reported().lrs))
+
+    def sent(self, cmd: Command) -> Pending:
+        """Record a command the source accepted; it stays pending until acknowledged."""
+        before = self.intended()
+        target = _apply(before, cmd)
+        if isinstance(cmd, SetClip) and cmd.mode != "off":
+            self.last_clip_mode = cmd.mode
+        p = Pending(cmd, describe(cmd), target)
+        self.pending[cmd.id] = p
+        self.version += 1
+        return p
+
+    def acknowledge(self, result: CommandResult) -> Pending | None:
+        """Fold in the probe's answer; returns the pending command it answers (if ours)."""
+        p = self.pending.pop(result.command_id, None)
+        if p is not None:
+            self.version += 1
+            if result.ok:
+                self.applied.append(Applied(result, p.target))
+        return p
+
+    def abandon(self) -> list[Pending]:
+        """The run ended: nothing pending will be answered."""
+        gone = list(self.pending.values())
+        if gone:
+            self.pending.clear()
+            self.version += 1
+        return gone
+
+
+def _apply(state: RunControls, cmd: Command) -> RunControls:
+    if isinstance(cmd, SetLR):
+        if cmd.value is not None:
+            lrs = tuple(cmd.value for _ in state.lrs) or (cmd.value,)
+        else:
+            lrs = tuple(lr * (cmd.factor or 1.0) for lr in state.lrs)
+        return replace(state, lrs=lrs)
+    if isinstance(cmd, SetClip):
+        thr = cmd.threshold if cmd.threshold is not None else state.clip_threshold
+        return replace(state, clip_mode=cmd.mode, clip_threshold=thr)
+    if isinstance(cmd, SetPaused):
+        return replace(state, paused=cmd.paused)
+    return state
+
+
+def _merge(state: RunControls, target: RunControls, kind: str) -> RunControls:
+    """Take from `target` only the fields a command of `kind` sets."""
+    if kind == "set_lr":
+        return replace(state, lrs=target.lrs)
+    if kind == "set_clip":
+        return replace(state, clip_mode=target.clip_mode, clip_threshold=target.clip_threshold)
+    if kind == "set_paused":
+        return replace(state, paused=target.paused)
+    return state
+
+
+def fmt_lr(lr: float) -> str:
+    """A learning rate in 3 significant digits."""
+    return "—" if not math.isfinite(lr) else f"{lr:.3g}"

@@ -1,0 +1,144 @@
+"""The alert log: flags as they are raised and cleared, and interventions as they land."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+from rich.segment import Segment
+from rich.text import Text
+from textual import events
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from gradtui.core.events import Alert, CommandResult, RunEnd
+from gradtui.ui.controls import Pending
+from gradtui.ui.scale import FLAG_GLYPHS, fmt_value
+
+MAX_ALERTS_PER_BATCH = 40
+"""Beyond this many alerts in one refresh, the rest are summarised in one line."""
+
+
+class AlertLog(ScrollView, can_focus=False):
+    """A scrolling log, newest at the bottom, re-wrapped to the width whenever it changes.
+
+    (RichLog wraps a line once, at the width it had when written, which reads badly
+    after a resize in a narrow panel.)
+    """
+
+    DEFAULT_CSS = """
+    AlertLog { height: 1fr; scrollbar-size-vertical: 1; scrollbar-gutter: stable; overflow-x: hidden; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None, max_entries: int = 1000) -> None:  # noqa: A002
+        super().__init__(id=id, classes=classes)
+        self.entries: collections.deque[Text] = collections.deque(maxlen=max_entries)
+        self.count = 0
+        self._lines: list[Strip] = []
+        self._wrap_width = 0
+
+    @property
+    def plain_lines(self) -> list[str]:
+        """The entries as plain text (oldest first)."""
+        return [t.plain for t in self.entries]
+
+    def write(self, text: Text) -> None:
+        """Append one entry; follows the end unless the user scrolled up."""
+        at_end = self.scroll_y >= self.max_scroll_y - 1
+        full = len(self.entries) == self.entries.maxlen
+        self.entries.append(text)
+        if full or not self._wrap_width:
+            self._rewrap()
+        else:
+            self._lines.extend(self._wrap(text, self._wrap_width))
+            self._sync_size()
+        if at_end:
+            self._follow()
+        self.refresh()
+
+    def _follow(self) -> None:
+        # The new virtual size only counts after the next layout.
+        self.call_after_refresh(self.scroll_end, animate=False)
+
+    def _wrap(self, text: Text, width: int) -> list[Strip]:
+        if width <= 0 or not self.is_attached:
+            return []
+        console = self.app.console
+        lines = text.wrap(console, width, overflow="fold")
+        out = []
+        for line in lines:
+            segs = list(line.render(console))
+            out.append(Strip(segs).adjust_cell_length(width))
+        return out
+
+    def _rewrap(self) -> None:
+        width = self.scrollable_content_region.width
+        self._wrap_width = width
+        self._lines = [strip for t in self.entries for strip in self._wrap(t, width)]
+        self._sync_size()
+
+    def _sync_size(self) -> None:
+        self.virtual_size = Size(self._wrap_width, len(self._lines))
+
+    def on_resize(self, event: events.Resize) -> None:
+        at_end = self.scroll_y >= self.max_scroll_y - 1
+        self._rewrap()
+        if at_end:
+            self._follow()
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        i = int(self.scroll_y) + y
+        width = self.scrollable_content_region.width
+        if 0 <= i < len(self._lines):
+            return self._lines[i].crop_extend(0, width, None)
+        return Strip([Segment(" " * width)], width)
+
+    def add_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Log a batch of alerts; in a flood, the newest are kept and the older summarised."""
+        extra = len(alerts) - MAX_ALERTS_PER_BATCH
+        if extra > 0:
+            raised = sum(a.active for a in alerts[:extra])
+            self.write(Text(f"… {extra} earlier alerts ({raised} raised, {extra - raised} cleared)", style="dim"))
+        for a in alerts[max(0, extra) :]:
+            self.write(alert_text(a))
+        self.count += len(alerts)
+
+    def add_sent(self, pending: Pending) -> None:
+        self.write(Text(f"… {pending.description} pending", style="yellow"))
+
+    def add_result(self, result: CommandResult, pending: Pending | None) -> None:
+        what = pending.description if pending is not None else result.kind
+        if result.ok:
+            t = Text(f"{result.step} ", style="dim")
+            t.append(f"✓ {what} applied", style="bold green")
+            if result.message:
+                t.append(f": {result.message}", style="green")
+        else:
+            t = Text(f"{result.step} ", style="dim")
+            t.append(f"✗ {what} refused: {result.message}", style="bold red")
+        self.write(t)
+
+    def add_end(self, end: RunEnd) -> None:
+        style = {"ok": "bold green", "error": "bold red"}.get(end.status, "bold yellow")
+        first = end.error.strip().splitlines()[-1] if end.error.strip() else ""
+        self.write(Text(f"{end.step} ■ run ended: {end.status}" + (f": {first}" if first else ""), style=style))
+
+    def add_note(self, text: str, style: str = "dim") -> None:
+        self.write(Text(text, style=style))
+
+
+def alert_text(a: Alert) -> Text:
+    """One line for an alert: step, glyph, kind, layer, value vs threshold."""
+    where = a.layer if a.layer is not None else "run"
+    t = Text(f"{a.step} ", style="dim")
+    if a.active:
+        style = {"nonfinite": "bold magenta", "exploding": "bold red", "vanishing": "bold blue"}.get(a.kind, "bold")
+        t.append(f"{FLAG_GLYPHS.get(a.kind, '?')} {a.kind} ", style=style)
+        t.append(where, style="bold")
+        t.append(f" {fmt_value(a.value, 0)}", style="")
+    else:
+        t.append(f"✓ {a.kind} cleared ", style="green")
+        t.append(where, style="")
+    return t
