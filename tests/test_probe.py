@@ -452,3 +452,33 @@ def test_memory_stays_flat_over_thousands_of_steps() -> None:
     tracemalloc.stop()
     mon.close()
     assert second - first < 64 * 1024, f"probe grew by {second - first} bytes over 3000 steps"
+
+
+class WrappedOptimizer(torch.optim.Optimizer):
+    """Like accelerate's AcceleratedOptimizer: an Optimizer subclass that skips Optimizer.__init__."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.optimizer = inner
+
+    @property
+    def param_groups(self) -> list[dict[str, object]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        self.optimizer.step()
+
+
+def test_wrapped_optimizers_are_unwrapped_for_hooks_and_lr() -> None:
+    model, x, y = mlp()
+    opt = WrappedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    mon = gradtui.watch(model, opt, queue=True, detectors=False, detail_every=1)
+    mon.send(SetLR(value=0.2))
+    for _ in range(2):
+        model.zero_grad()
+        _loss(model, x, y).backward()
+        mon.step()
+        opt.step()
+    mon.close()
+    assert opt.param_groups[0]["lr"] == 0.2
+    assert mon.events is not None
+    assert [e.step for e in mon.events.drain() if isinstance(e, UpdateStats)] == [0, 1]

@@ -188,7 +188,7 @@ class Monitor:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         clip_mode, clip_threshold = _check_clip(clip)
         self.model = model
-        self.optimizer = optimizer
+        self.optimizer = _unwrap_optimizer(optimizer)
         self.every = every
         self.detail_every = detail_every
         self.clip_mode = clip_mode
@@ -238,9 +238,9 @@ class Monitor:
         if connect:
             self._connect_from_env()
 
-        if optimizer is not None and update_ratio:
-            self._hooks.append(optimizer.register_step_pre_hook(self._pre_optimizer_step))
-            self._hooks.append(optimizer.register_step_post_hook(self._post_optimizer_step))
+        if self.optimizer is not None and update_ratio:
+            self._hooks.append(self.optimizer.register_step_pre_hook(self._pre_optimizer_step))
+            self._hooks.append(self.optimizer.register_step_post_hook(self._post_optimizer_step))
 
         self.started = time.time()
         self.run_name = run or _default_run_name()
@@ -780,6 +780,18 @@ class Monitor:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _unwrap_optimizer(optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer | None:
+    """The optimizer inside wrappers (accelerate's AcceleratedOptimizer, ...) that subclass
+    Optimizer without its hook machinery; their param groups are the inner ones."""
+    while (
+        optimizer is not None
+        and not hasattr(optimizer, "_optimizer_step_pre_hooks")
+        and isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer)
+    ):
+        optimizer = optimizer.optimizer  # type: ignore[attr-defined]
+    return optimizer
 
 
 def _check_clip(clip: tuple[str, float] | None) -> tuple[str, float]:

@@ -118,7 +118,9 @@ class SyntheticRun:
             script="synthetic.py",
         )
 
-    def _apply_commands(self) -> list[Event]:
+    def _apply_commands(self, step: int | None = None) -> list[Event]:
+        """Apply queued commands, answering each with the step it took effect at."""
+        at = self.step_no if step is None else step
         out: list[Event] = []
         while True:
             try:
@@ -128,7 +130,7 @@ class SyntheticRun:
             reason = validate(cmd, len(self.lrs))
             kind = command_kind(cmd)
             if reason is not None:
-                out.append(CommandResult(cmd.id, kind, False, self.step_no, reason))
+                out.append(CommandResult(cmd.id, kind, False, at, reason))
                 continue
             if isinstance(cmd, SetLR):
                 old = self.lrs
@@ -144,7 +146,7 @@ class SyntheticRun:
                 msg = "paused" if cmd.paused else "resumed"
             else:  # pragma: no cover - validate refuses unknown commands
                 continue
-            out.append(CommandResult(cmd.id, kind, True, self.step_no, msg))
+            out.append(CommandResult(cmd.id, kind, True, at, msg))
 
     def _norms(self) -> tuple[np.ndarray, np.ndarray]:
         s = self.step_no
@@ -196,13 +198,19 @@ class SyntheticRun:
         return out
 
     def step(self) -> list[Event]:
-        """Events of one training step (nothing while paused, except command answers)."""
+        """Events of one training step.
+
+        Like the probe: commands are applied first; a pause takes effect after this step's
+        statistics are sent, and while paused only commands are answered (at that step).
+        """
         if self.ended:
             return []
         out: list[Event] = [] if self.started else [self.start_event()]
-        out.extend(self._apply_commands())
         if self.paused:
-            return out
+            out.extend(self._apply_commands(self.step_no - 1))
+            if self.paused:
+                return out
+        out.extend(self._apply_commands())
         if self.fail_at is not None and self.step_no >= self.fail_at:
             self.ended = True
             out.append(RunEnd(self.step_no, "error", error=_FAKE_TRACEBACK.format(step=self.step_no)))
@@ -233,7 +241,7 @@ class SyntheticRun:
             clip_mode=self.clip_mode,
             clip_threshold=self.clip_threshold,
             steps_per_sec=1.0 / self.dt,
-            paused=False,
+            paused=self.paused,
             mean_abs=norms / np.sqrt(size) if detail else None,
             max_abs=norms / np.sqrt(size) * 6.0 if detail else None,
             zero_frac=np.zeros(n) if detail else None,
@@ -301,7 +309,7 @@ class ScriptedSource:
                 self._backlog.extend(self.run.events(self.steps_per_poll))
             else:
                 # Still answer commands (and resumes) while no steps are being made.
-                self._backlog.extend(self.run._apply_commands())
+                self._backlog.extend(self.run._apply_commands(self.run.step_no - 1 if self.run.paused else None))
         out, self._backlog = self._backlog[:max_events], self._backlog[max_events:]
         return out
 

@@ -1,0 +1,182 @@
+"""The heatmap as a pure Rich renderable: known inputs rendered to strings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ui_helpers import run_start, step_stats, store_of
+
+from gradtui.ui.renderables.heatmap import (
+    Heatmap,
+    HeatmapLayout,
+    bucket_size,
+    heatmap_view,
+    render_heatmap_text,
+)
+from gradtui.ui.scale import EMPTY, N_BINS, NONFINITE, PALETTE, STAT_SCALES, shade_glyph, truncate_left
+
+WIDTH = 40
+
+
+def _bg(code: int) -> str:
+    """The truecolor SGR fragment of a colour bin's background."""
+    c = PALETTE[code].bgcolor
+    assert c is not None
+    r, g, b = c.get_truecolor()
+    return f"48;2;{r};{g};{b}m"
+
+
+def _three_layer_store(steps: int = 5):
+    """fc0 cold (1e-9), fc1 healthy (0.1), fc2 hot (1e6); fc2 goes NaN at the last step."""
+    events = [run_start(3, names=["cold", "ok", "hot"])]
+    for s in range(steps):
+        norms = [1e-9, 0.1, 1e6]
+        nf = [0, 0, 0]
+        if s == steps - 1:
+            norms[2] = float("nan")
+            nf[2] = 12
+        events.append(step_stats(s, norms, nonfinite=nf))
+    return store_of(events)
+
+
+def _rows(text: str) -> list[str]:
+    return text.splitlines()[2:]
+
+
+def test_cold_hot_and_nan_without_colour_read_from_glyphs() -> None:
+    store = _three_layer_store()
+    layout = HeatmapLayout(WIDTH, name_width=6)
+    view = heatmap_view(store, "grad_norm", layout.cells)
+    text = render_heatmap_text(Heatmap(view, layout=layout, color=False), WIDTH)
+    cold, ok, hot = _rows(text)
+    cells = layout.cells
+    # Right-aligned, newest at the right: 5 steps in 5 columns.
+    assert cold == "  cold   1.0e-09 " + " " * (cells - 5) + "....."
+    assert ok.startswith("  ok     1.0e-01 ")
+    assert ok.endswith(shade_glyph(int(STAT_SCALES["grad_norm"].codes(np.array([0.1]))[0])) * 5)
+    assert hot == "  hot        nan " + " " * (cells - 5) + "████×"
+
+
+def test_colours_cold_is_coldest_bin_hot_is_hottest_nan_is_magenta() -> None:
+    store = _three_layer_store()
+    layout = HeatmapLayout(WIDTH, name_width=6)
+    view = heatmap_view(store, "grad_norm", layout.cells)
+    assert view.codes[0, -1] == 0
+    assert view.codes[2, -2] == N_BINS - 1
+    assert view.codes[2, -1] == NONFINITE
+    text = render_heatmap_text(Heatmap(view, layout=layout, header=False), WIDTH, color_system="truecolor")
+    cold, ok, hot = text.splitlines()
+    assert _bg(0) in cold and _bg(N_BINS - 1) not in cold
+    assert _bg(N_BINS - 1) in hot
+    # Non-finite: a magenta "×" that is on no part of the scale.
+    assert "×" in hot and "45m" in hot or "48;2;128;0;128" in hot
+    # Runs of equal colour are merged: one background escape per run, not per cell.
+    assert cold.count(_bg(0)) == 1
+
+
+def test_flag_glyphs_and_names_do_not_depend_on_colour() -> None:
+    from gradtui.core.events import Alert
+
+    store = _three_layer_store()
+    store.apply(Alert(4, "hot", "nonfinite", True, float("nan"), 0.0))
+    store.apply(Alert(4, "cold", "vanishing", True, 1e-9, 1e-6))
+    layout = HeatmapLayout(WIDTH, name_width=6)
+    view = heatmap_view(store, "grad_norm", layout.cells)
+    cold, ok, hot = _rows(render_heatmap_text(Heatmap(view, layout=layout, color=False), WIDTH))
+    assert cold.startswith("▼ cold")
+    assert ok.startswith("  ok")
+    assert hot.startswith("! hot")
+
+
+def test_layer_without_gradient_is_blank_not_nonfinite() -> None:
+    events = [run_start(2)]
+    for s in range(4):
+        events.append(step_stats(s, [0.1, float("nan")], has_grad=[True, False]))
+    store = store_of(events)
+    view = heatmap_view(store, "grad_norm", 10)
+    assert (view.codes[1] == EMPTY).all()
+    assert (view.codes[0, -4:] >= 0).all()
+    text = render_heatmap_text(Heatmap(view, layout=HeatmapLayout(30, 6), color=False), 30)
+    assert _rows(text)[1] == "  fc1          — " + " " * 13
+
+
+def test_infinite_norm_is_nonfinite_even_without_a_count() -> None:
+    store = store_of([run_start(1), step_stats(0, [1.0]), step_stats(1, [float("inf")])])
+    view = heatmap_view(store, "grad_norm", 4)
+    assert view.codes[0].tolist() == [EMPTY, EMPTY, int(view.codes[0, 2]), NONFINITE]
+
+
+def test_detail_stat_gaps_carry_the_last_value_instead_of_nonfinite() -> None:
+    events = [run_start(1)]
+    for s in range(20):
+        events.append(step_stats(s, [0.1], mean_abs=[1e-3] if s % 10 == 0 else None))
+    store = store_of(events)
+    view = heatmap_view(store, "mean_abs", 20)
+    code = int(STAT_SCALES["mean_abs"].codes(np.array([1e-3]))[0])
+    # Sampled at steps 0 and 10 only; every column shows the last known value.
+    assert view.codes[0].tolist() == [code] * 20
+    assert NONFINITE not in view.codes
+
+
+def test_detail_stat_of_a_nan_layer_is_nonfinite() -> None:
+    events = [run_start(1)]
+    for s in range(10):
+        nan = s >= 5
+        events.append(step_stats(s, [float("nan") if nan else 0.1], nonfinite=[3 if nan else 0]))
+    store = store_of(events)
+    view = heatmap_view(store, "max_abs", 10)
+    assert view.codes[0, 5:].tolist() == [NONFINITE] * 5
+
+
+def test_buckets_take_the_worst_finite_value_and_stay_aligned() -> None:
+    events = [run_start(1)]
+    for s in range(8):
+        events.append(step_stats(s, [1e3 if s == 2 else 1e-3]))
+    store = store_of(events)
+    view = heatmap_view(store, "grad_norm", 4)
+    assert view.steps_per_col == 2
+    hot = int(STAT_SCALES["grad_norm"].codes(np.array([1e3]))[0])
+    cool = int(STAT_SCALES["grad_norm"].codes(np.array([1e-3]))[0])
+    assert view.codes[0].tolist() == [cool, hot, cool, cool]
+    # A ninth step needs 3 steps per column: buckets are aligned to sample numbers...
+    store.apply(step_stats(8, [1e-3]))
+    view2 = heatmap_view(store, "grad_norm", 4)
+    assert view2.steps_per_col == 3
+    assert view2.codes[0].tolist() == [EMPTY, hot, cool, cool]
+    # ...so a step that opens a new bucket shifts the old columns by exactly one.
+    store.apply(step_stats(9, [1e-3]))
+    view3 = heatmap_view(store, "grad_norm", 4)
+    assert view3.codes[0].tolist() == [*view2.codes[0].tolist()[1:], cool]
+
+
+@pytest.mark.parametrize(("count", "cols", "k"), [(0, 10, 1), (10, 10, 1), (11, 10, 2), (25, 10, 3), (1000, 10, 128)])
+def test_bucket_size_ladder(count: int, cols: int, k: int) -> None:
+    assert bucket_size(count, cols) == k
+
+
+def test_empty_store_single_layer_and_two_thousand_layers_render() -> None:
+    from gradtui.core.store import RunStore
+
+    empty = render_heatmap_text(Heatmap(heatmap_view(RunStore(), "grad_norm", 20)), 40)
+    assert "no layers yet" in empty
+    one = store_of([run_start(1), step_stats(0, [0.5])])
+    assert "fc0" in render_heatmap_text(Heatmap(heatmap_view(one, "grad_norm", 20)), 40)
+    many = store_of([run_start(2000), step_stats(0, np.full(2000, 0.5)), step_stats(1, np.full(2000, np.nan))])
+    view = heatmap_view(many, "grad_norm", 30, layers=np.arange(1990, 2000))
+    assert view.rows == 10
+    assert "fc1999" in render_heatmap_text(Heatmap(view), 60)
+
+
+def test_header_shows_scale_and_step_range() -> None:
+    store = _three_layer_store(steps=50)
+    layout = HeatmapLayout(80, 6)
+    text = render_heatmap_text(Heatmap(heatmap_view(store, "grad_norm", layout.cells), layout=layout), 80)
+    legend, axis = text.splitlines()[:2]
+    assert "‖g‖₂" in legend and "1e-07" in legend and "1e+03" in legend and "nan/inf" in legend
+    assert axis.split()[:2] == ["layer", "value"]
+    assert axis.rstrip().endswith("49") and " 0 " in axis
+
+
+def test_long_names_keep_their_tail() -> None:
+    assert truncate_left("encoder.layers.11.attention.self.query", 16) == "…tion.self.query"
+    assert truncate_left("fc1", 16) == "fc1"
