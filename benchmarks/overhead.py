@@ -23,7 +23,7 @@ from torch import nn
 
 import gradtui
 
-DET = False  # until detectors land
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -83,7 +83,7 @@ def run_one(name: str, opt_name: str, device: str, rounds: int, steps: int, reco
     plain, watched, x, y = plain.to(device), watched.to(device), x.to(device), y.to(device)
     opt_p, opt_w = make_opt(opt_name, plain), make_opt(opt_name, watched)
     path = tmp / f"{abs(hash((name, opt_name)))}.gtr" if record else None
-    mon = gradtui.watch(watched, opt_w, every=1, record=path, overwrite=True, detectors=DET)
+    mon = gradtui.watch(watched, opt_w, every=1, record=path, overwrite=True)
     loss_fn = nn.CrossEntropyLoss()
 
     def sync() -> None:

@@ -1,4 +1,4 @@
-"""The `gradtui` command line: demo, report, replay.
+"""The `gradtui` command line: demo, report, ls, attach, run, replay.
 
 Nothing here imports torch at module level: the viewer side starts fast and runs on a
 machine without torch (replay, report).
@@ -74,6 +74,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--recorded", action="store_true", help="use the alerts recorded online instead of re-running the detectors"
     )
     _add_detector_options(report)
+
+    ls = sub.add_parser("ls", help="list the live runs on this machine that viewers can attach to")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+
+    attach = sub.add_parser(
+        "attach",
+        help="open the viewer on a live run (leaving it leaves training running)",
+        description="Open the viewer on a live run served by watch(..., serve=True) or GRADTUI_SERVE=1. "
+        "RUN is a run id, pid, run name or script name from `gradtui ls`, a socket path, or HOST:PORT for a "
+        "run listening on TCP (e.g. through ssh -L), which needs the run's token.",
+    )
+    attach.add_argument("run", nargs="?", help="which run (default: the only live one)")
+    token = attach.add_mutually_exclusive_group()
+    token.add_argument("--token", help="the run's token for TCP (visible to other users in ps: prefer --token-file)")
+    token.add_argument("--token-file", metavar="FILE", help="read the run's TCP token from FILE")
+
+    run = sub.add_parser(
+        "run",
+        help="start a training script under the viewer",
+        description="Start SCRIPT [ARGS...] (a .py file runs with this Python) as a child process that streams to "
+        "the viewer; its output shows in the log panel. On quit you choose to stop it or leave it running "
+        "(attach again later with gradtui attach).",
+    )
+    run.add_argument(
+        "-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE [ARGS...]", help="run a module, like python -m"
+    )
+    run.add_argument("--listen", metavar="HOST:PORT", help="also let the script serve viewers over TCP")
+    run.add_argument("--no-serve", action="store_true", help="do not let the script serve a socket (no reattach)")
+    run.add_argument("script_argv", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]")
+
+    replay = sub.add_parser("replay", help="play a record file in the viewer (pause, speed, seek)")
+    replay.add_argument("file", help="a record file (.gtr), finished or still being written")
+    replay.add_argument("--speed", type=float, default=1.0, help="times real time (default 1); 0 for max")
+    replay.add_argument("--from", dest="start_at", type=int, default=None, metavar="STEP", help="start at STEP")
+    replay.add_argument("--paused", action="store_true", help="start paused")
+    follow = replay.add_mutually_exclusive_group()
+    follow.add_argument(
+        "--follow", dest="follow", action="store_true", default=None, help="keep reading as the file grows"
+    )
+    follow.add_argument("--no-follow", dest="follow", action="store_false", help="stop at the current end")
     return parser
 
 
@@ -96,6 +136,136 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_viewer(source: Any, title: str | None = None) -> Any:
+    from gradtui.ui.app import make_app
+
+    try:
+        return make_app(source, title=title).run()
+    finally:
+        source.close()
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from gradtui.core import runs
+
+    try:
+        found = runs.list_runs()
+    except runs.RuntimeDirError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print(json.dumps([{k: v for k, v in vars(r).items() if k != "meta_path"} for r in found], indent=2))
+    elif not found:
+        print(f"no live gradtui runs (in {runs.candidate_dir()})")
+    else:
+        print(runs.format_table(found))
+    return 0
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if args.token is not None:
+        return str(args.token)
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                text = fh.read().strip()
+        except OSError as exc:
+            raise CLIError(f"cannot read the token file {args.token_file}: {exc.strerror or exc}") from None
+        if not text:
+            raise CLIError(f"the token file {args.token_file} is empty")
+        return text
+    return os.environ.get("GRADTUI_TOKEN") or None
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from gradtui.core import runs
+    from gradtui.core.server import parse_address
+    from gradtui.core.stream import AttachError, SocketSource
+
+    token = _read_token(args)
+    target: str | tuple[str, int]
+    log_path = None
+    query = args.run
+    if query is not None and (os.sep in query or query.endswith(runs.SOCK_SUFFIX)) and os.path.exists(query):
+        target = query
+    elif query is not None and ":" in query and query.rsplit(":", 1)[1].isdigit():
+        target = parse_address(query)
+        if token is None:
+            raise CLIError(f"{query} is a TCP address: give the run's token with --token-file FILE or GRADTUI_TOKEN")
+    else:
+        try:
+            info = runs.resolve(runs.list_runs(), query)
+        except (runs.RunLookupError, runs.RuntimeDirError) as exc:
+            raise CLIError(str(exc)) from None
+        if info.socket is not None:
+            target = info.socket
+        elif info.listen is not None:
+            target = parse_address(info.listen)
+            if token is None:
+                raise CLIError(f"run {info.id} only listens on TCP ({info.listen}): give its token with --token-file")
+        else:
+            raise CLIError(f"run {info.id} serves no socket")
+        log_path = info.log
+    try:
+        source = SocketSource(target, token=token, log_path=log_path)
+    except AttachError as exc:
+        raise CLIError(str(exc)) from None
+    _run_viewer(source)
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> list[str]:
+    import shutil
+
+    rest = list(args.script_argv)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if args.module is not None:
+        if not args.module:
+            raise CLIError("-m needs a module name: gradtui run -m package.train [ARGS...]")
+        return [sys.executable, "-m", *args.module]
+    if not rest:
+        raise CLIError("run needs a script: gradtui run train.py [ARGS...]")
+    script = rest[0]
+    if script.endswith(".py") or (os.path.isfile(script) and not os.access(script, os.X_OK)):
+        if not os.path.isfile(script):
+            raise CLIError(f"no such script: {script}")
+        return [sys.executable, *rest]
+    if shutil.which(script) is None:
+        raise CLIError(f"no such script or command: {script}")
+    return rest
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gradtui.core.runner import RunSource, describe_exit
+    from gradtui.core.runs import RuntimeDirError
+
+    argv = _run_command(args)
+    try:
+        source = RunSource(argv, serve=not args.no_serve, listen=args.listen)
+    except RuntimeDirError as exc:
+        raise CLIError(str(exc)) from None
+    _run_viewer(source)
+    if source.detach_message is not None:
+        print(f"gradtui: {source.detach_message}", file=sys.stderr)
+        return 0
+    rc = source.exit_code
+    if rc is None:
+        return 0
+    print(f"gradtui: {source.label} {describe_exit(rc)}; its output is in {source.log_path}", file=sys.stderr)
+    return rc if rc >= 0 else 128 - rc
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gradtui.core.replay import ReplaySource
+
+    speed = float("inf") if args.speed == 0 else args.speed
+    if speed < 0 or speed != speed:
+        raise CLIError(f"--speed must be positive (or 0 for max), got {args.speed}")
+    source = ReplaySource(args.file, speed=speed, follow=args.follow, paused=args.paused, start_at=args.start_at)
+    _run_viewer(source)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gradtui.demo import run_demo
 
@@ -109,7 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"report": cmd_report, "demo": cmd_demo}
+    handlers = {
+        "report": cmd_report,
+        "demo": cmd_demo,
+        "ls": cmd_ls,
+        "attach": cmd_attach,
+        "run": cmd_run,
+        "replay": cmd_replay,
+    }
     try:
         return handlers[args.command](args)
     except CLIError as exc:

@@ -36,6 +36,7 @@ def main() -> None:
     mode, rank, world, port, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    mode, _, inject = mode.partition("-")
     model = make_model()
     if mode == "ddp":
         model = nn.parallel.DistributedDataParallel(model)
@@ -62,6 +63,10 @@ def main() -> None:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
+        if inject == "nan" and rank == 1 and step == STEPS - 1:
+            first = next(p for p in model.parameters() if p.grad is not None)
+            grad = first.grad.to_local() if hasattr(first.grad, "to_local") else first.grad  # type: ignore[union-attr]
+            grad.view(-1)[0] = float("nan")
         if step == LR_CHANGE_STEP and rank == 0:
             mon.send(SetLR(value=0.05))  # as if a viewer attached to rank 0 sent it
         mon.step(loss)
@@ -77,7 +82,10 @@ def main() -> None:
         result["weight_norm"] = [s.weight_norm.tolist() for s in steps if s.weight_norm is not None]
         result["loss"] = [s.loss for s in steps]
         result["stat_lrs"] = [list(s.lrs) for s in steps]
+        result["nonfinite_ranks"] = [list(s.nonfinite_ranks) for s in steps]
+        result["nonfinite"] = [s.nonfinite.tolist() for s in steps]
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # neither rank tears down gloo while the other still talks to it
     dist.destroy_process_group()
 
 

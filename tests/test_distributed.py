@@ -88,6 +88,16 @@ def test_two_ranks_report_the_global_statistics_and_apply_commands_together(mode
     assert "grad_norm" not in ranks[1], "only rank 0 reports"
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_nonfinite_values_name_the_rank_they_came_from(mode: str, tmp_path: Path) -> None:
+    primary = run_ranks(f"{mode}-nan", tmp_path)[0]
+    last = dist_worker.STEPS - 1
+    assert primary["nonfinite_ranks"] == [[]] * last + [[1]]
+    np.testing.assert_allclose(primary["grad_norm"][:last], reference()["grad_norm"][:last], rtol=1e-5)  # type: ignore[index]
+    # A sharded gradient's NaN is part of the global gradient; a replicated one is only rank 1's copy.
+    assert sum(primary["nonfinite"][last]) == (1 if mode == "fsdp2" else 0)  # type: ignore[index]
+
+
 @pytest.mark.gpu
 def test_classic_fsdp_needs_an_accelerator_so_it_runs_only_on_gpu(tmp_path: Path) -> None:
     if torch.cuda.device_count() < 2:

@@ -482,3 +482,36 @@ def test_wrapped_optimizers_are_unwrapped_for_hooks_and_lr() -> None:
     assert opt.param_groups[0]["lr"] == 0.2
     assert mon.events is not None
     assert [e.step for e in mon.events.drain() if isinstance(e, UpdateStats)] == [0, 1]
+
+
+def test_lanes_measure_the_gradient_reaching_each_time_step() -> None:
+    from gradtui.core.store import RunStore
+
+    cell = nn.RNNCell(3, 5, nonlinearity="tanh")
+    head = nn.Linear(5, 2)
+    model = nn.ModuleDict({"cell": cell, "head": head})
+    mon = gradtui.watch(model, queue=True, detectors=False, lanes=[f"h[{t}]" for t in range(4)])
+    x = torch.randn(6, 4, 3)
+    h = torch.zeros(6, 5)
+    hs = []
+    for t in range(4):
+        h = mon.lane(t, cell(x[:, t], h))
+        h.retain_grad()
+        hs.append(h)
+    nn.functional.cross_entropy(head(h), torch.zeros(6, dtype=torch.long)).backward()
+    mon.step()
+    mon.close()
+    assert mon.events is not None
+    events = mon.events.drain()
+    (stats,) = [e for e in events if isinstance(e, StepStats)]
+    assert stats.lanes is not None
+    expected = [float(hh.grad.norm()) for hh in hs]  # type: ignore[union-attr]
+    np.testing.assert_allclose(stats.lanes, expected, rtol=1e-5)
+    assert expected[0] < expected[-1]  # the gradient fades back through time
+    store = RunStore()
+    for e in events:
+        store.apply(e)
+    assert [layer.name for layer in store.layers] == ["cell", "head", "h[0]", "h[1]", "h[2]", "h[3]"]
+    np.testing.assert_allclose(store.latest("grad_norm")[2:], expected, rtol=1e-5)
+    with pytest.raises(IndexError, match="lane 4 does not exist"):
+        mon.lane(4, h)

@@ -49,6 +49,9 @@ class DetectorConfig:
     """Exploding when a layer's (or the global) norm jumps this factor above the median of its recent window."""
     explode_z: float = 4.0
     """... and at least this many robust standard deviations (log scale, from the window's IQR) above it."""
+    explode_memory: float = 0.005
+    """The growth baseline is the larger of the window median and its past peak, decayed by this many decades
+    per sample: a gradient that falls as the run converges and then spikes back up is not exploding."""
     explode_clear_ratio: float = 3.0
     """An exploding flag clears once the norm is back within this factor of the window median."""
     explode_ceiling: float = 1e6
@@ -60,9 +63,10 @@ class DetectorConfig:
     dead_steps: int = 20
     """Consecutive samples of an exactly-zero gradient before a layer is flagged dead."""
     spike_z: float = 6.0
-    """Loss spike when the loss exceeds the window median by this many robust standard deviations ..."""
-    spike_ratio: float = 1.5
-    """... and is at least this multiple of the window median (for a positive median)."""
+    """Loss spike when the loss exceeds the window median by this many robust standard deviations (of log10
+    loss when the losses are positive) ..."""
+    spike_ratio: float = 2.0
+    """... and is at least this multiple of the window median (positive losses)."""
     spike_clear_z: float = 2.0
     """A loss-spike flag clears once the loss is back within this many robust standard deviations."""
     spike_min_history: int = 20
@@ -128,6 +132,8 @@ def _check(c: DetectorConfig) -> list[str]:
         out.append(f"explode_ratio must be above 1, got {c.explode_ratio}")
     if not 1 <= c.explode_clear_ratio <= c.explode_ratio:
         out.append(f"explode_clear_ratio must be in [1, explode_ratio], got {c.explode_clear_ratio}")
+    if c.explode_memory < 0:
+        out.append(f"explode_memory must be at least 0, got {c.explode_memory}")
     if c.explode_z < 0:
         out.append(f"explode_z must be at least 0, got {c.explode_z}")
     if c.explode_ceiling <= 0:
@@ -194,6 +200,7 @@ class Detectors:
         self._hist = np.zeros((c.window, units))
         self._hist_seen = np.zeros(units, np.int64)
         self._last_x = np.zeros(units)
+        self._peak = np.full(units, -np.inf)
         self._rows = 0
         self._head = 0
         self._log_ratio = math.log10(c.explode_ratio)
@@ -298,7 +305,9 @@ class Detectors:
             med, spread = _median_spread(np.sort(hist, axis=0))
             np.maximum(spread, _MIN_SPREAD, out=spread)
             excess = x - med
-            grow = med + np.maximum(self._log_ratio, c.explode_z * spread)
+            np.maximum(self._peak - c.explode_memory, med, out=self._peak)
+            self._peak[self._hist_seen == 0] = -np.inf
+            grow = self._peak + np.maximum(self._log_ratio, c.explode_z * spread)
             ready = valid & (self._hist_seen >= c.explode_min_history)
             with np.errstate(invalid="ignore"):
                 above_ceiling = valid & (x > self._log_ceiling)
@@ -328,18 +337,23 @@ class Detectors:
             return
         if self._loss_rows >= c.spike_min_history:
             hist = self._loss if self._loss_rows == c.window else self._loss[: self._loss_rows]
-            med_a, spread_a = _median_spread(np.sort(hist))
+            # Positive losses are compared on a log scale: their noise grows with their size (near zero
+            # a batch can cost 10x the median without anything being wrong).
+            log_scale = loss > 0 and float(hist.min()) > 0
+            cur = math.log10(loss) if log_scale else loss
+            med_a, spread_a = _median_spread(np.sort(np.log10(hist) if log_scale else hist))
             med, spread = float(med_a), float(spread_a)
-            # A floor on the spread, so that a flat loss does not make every wiggle a spike.
-            spread = max(spread, 1e-3 * abs(med), 1e-12)
+            spread = max(spread, _MIN_SPREAD if log_scale else 1e-3 * abs(med), 1e-12)
             limit = med + c.spike_z * spread
-            if med > 0:
-                limit = max(limit, c.spike_ratio * med)
-            self._enter[_SPIKE, n] = loss > limit
-            self._leave[_SPIKE, n] = loss <= med + c.spike_clear_z * spread
+            if log_scale:
+                limit = max(limit, med + math.log10(c.spike_ratio))
+            back = med + c.spike_clear_z * spread
+            self._enter[_SPIKE, n] = cur > limit
+            self._leave[_SPIKE, n] = cur <= back
             self._seen[_SPIKE, n] = True
             self._value[_SPIKE, n] = loss
-            self._threshold[_SPIKE, n] = med + c.spike_clear_z * spread if self._active[_SPIKE, n] else limit
+            edge = back if self._active[_SPIKE, n] else limit
+            self._threshold[_SPIKE, n] = 10.0**edge if log_scale else edge
         self._loss[self._loss_head] = loss
         self._loss_head = (self._loss_head + 1) % c.window
         self._loss_rows = min(self._loss_rows + 1, c.window)

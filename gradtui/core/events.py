@@ -53,6 +53,8 @@ class RunStart:
     script: str = ""
     sharded: bool = False
     """Some gradients are sharded across ranks (FSDP); statistics are reduced across them."""
+    lanes: tuple[str, ...] = ()
+    """Names of extra gradient lanes (e.g. dL/dh_t per time step of an RNN), see `Monitor.lane`."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -94,6 +96,8 @@ class StepStats:
     """Mixed precision: the scaler found inf/NaN, so `optimizer.step()` is skipped."""
     nonfinite_ranks: tuple[int, ...] = ()
     """Distributed runs: the ranks whose gradients held NaN/Inf at this step."""
+    lanes: np.ndarray | None = None
+    """L2 norm of the gradient reaching each lane this step (NaN where none did)."""
 
     @property
     def clipped(self) -> bool:

@@ -27,6 +27,7 @@ RUNTIME_DIR_ENV = "GRADTUI_RUNTIME_DIR"
 SOCK_SUFFIX = ".sock"
 META_SUFFIX = ".json"
 LOG_SUFFIX = ".log"
+LOG_KEEP_DAYS = 7
 
 
 class RuntimeDirError(RuntimeError):
@@ -242,6 +243,12 @@ def list_runs(directory: Path | None = None, *, clean: bool = True) -> list[RunI
                 if pid_part.isdigit() and not pid_alive(int(pid_part)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(sock)
+        # Output files of `gradtui run` scripts are kept for the user to read, for a while.
+        cutoff = time.time() - LOG_KEEP_DAYS * 86400
+        for log_file in directory.glob(f"run-*{LOG_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if log_file.stat().st_mtime < cutoff:
+                    os.unlink(log_file)
     out.sort(key=lambda r: (r.started, r.id))
     return out
 

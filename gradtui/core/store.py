@@ -77,6 +77,8 @@ class RunStore:
     run: RunStart | None = None
     end: RunEnd | None = None
     layers: tuple[LayerInfo, ...] = ()
+    n_lanes: int = 0
+    """Trailing rows of `layers` that are lanes (activation gradients), not layers."""
     count: int = 0
     """Steps held (at most capacity)."""
     total_steps: int = 0
@@ -133,8 +135,10 @@ class RunStore:
 
     def _start(self, ev: RunStart) -> None:
         self.run = ev
-        self.layers = ev.layers
-        n = len(ev.layers)
+        # Lanes (activation gradients) are shown as extra rows below the layers.
+        self.n_lanes = len(ev.lanes)
+        self.layers = ev.layers + tuple(LayerInfo(name, "lane", 0) for name in ev.lanes)
+        n = len(self.layers)
         cap = self.capacity or default_capacity(n)
         self.capacity = cap
         self._stats = {s: np.full((cap, n), np.nan, np.float32) for s in LAYER_STATS}
@@ -149,7 +153,7 @@ class RunStore:
         self.end = None
 
     def _ensure_started(self, n_layers: int) -> None:
-        if self.run is None or len(self.layers) != n_layers:
+        if self.run is None or len(self.layers) - self.n_lanes != n_layers:
             # A stream joined mid-run (or a record missing its start): name layers by index.
             infos = tuple(LayerInfo(f"layer{i}", "?", 0) for i in range(n_layers))
             self._start(
@@ -185,13 +189,23 @@ class RunStore:
             "zero_frac": ev.zero_frac,
             "update_ratio": None,
         }
+        has_grad = ev.has_grad
+        if self.n_lanes:
+            lanes = ev.lanes if ev.lanes is not None and len(ev.lanes) == self.n_lanes else None
+            pad = np.full(self.n_lanes, np.nan)
+            arrays = {k: None if v is None else np.concatenate([v, pad]) for k, v in arrays.items()}
+            if lanes is not None:
+                arrays["grad_norm"] = np.concatenate([ev.grad_norm, lanes])
+                arrays["nonfinite"] = np.concatenate([ev.nonfinite, (~np.isfinite(lanes) & ~np.isnan(lanes)) * 1])
+            seen = np.zeros(self.n_lanes, bool) if lanes is None else ~np.isnan(lanes)
+            has_grad = np.concatenate([ev.has_grad, seen])
         for name, values in arrays.items():
             dest = self._stats[name]
             if values is None:
                 dest[row] = np.nan
             else:
                 dest[row] = values
-                got = ev.has_grad if name in ("grad_norm", "mean_abs", "max_abs", "zero_frac") else slice(None)
+                got = has_grad if name in ("grad_norm", "mean_abs", "max_abs", "zero_frac") else slice(None)
                 self._latest[name][got] = values[got]
                 self._latest_step[name][got] = ev.step
         if self.first_nonfinite_step is None and (ev.nonfinite.any() or not np.isfinite(ev.global_norm)):
@@ -201,8 +215,10 @@ class RunStore:
         self.last = ev
 
     def _add_update(self, ev: UpdateStats) -> None:
-        if self.count == 0 or len(ev.update_ratio) != len(self.layers):
+        if self.count == 0 or len(ev.update_ratio) != len(self.layers) - self.n_lanes:
             return
+        if self.n_lanes:
+            ev = UpdateStats(ev.step, np.concatenate([ev.update_ratio, np.full(self.n_lanes, np.nan)]))
         cap = self._steps.shape[0]
         for back in range(1, min(self.count, 8) + 1):
             row = (self._head - back) % cap

@@ -8,6 +8,7 @@ the drop count travels as a `Dropped` event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -107,20 +108,47 @@ class StreamSink:
 
 
 class StreamSource:
-    """A viewer's source over a connected socket."""
+    """A viewer's source over a connected socket.
+
+    Args:
+        sock: A connected stream socket; the peer speaks the probe's side of the wire format.
+        name: Shown in the viewer's header.
+        maxsize: Events buffered between polls before the oldest are dropped.
+        decoder: A decoder that already consumed the start of the stream (after a handshake).
+        pending: Payloads that decoder returned and that were not handled yet.
+        send_hello: Send our hello frame first (False when a handshake already did).
+    """
 
     owns_process = False
 
-    def __init__(self, sock: socket.socket, name: str, *, maxsize: int = 200_000) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        *,
+        maxsize: int = 200_000,
+        decoder: wire.FrameDecoder | None = None,
+        pending: Sequence[dict[str, Any]] = (),
+        send_hello: bool = True,
+    ) -> None:
         self.name = name
         self._sock = sock
-        self._sock_lock = threading.Lock()
         self.events = EventQueue(maxsize)
         self.ended = False
         self.error: str | None = None
-        self._sock.sendall(wire.hello_frame(role="viewer"))
+        self._dec = decoder if decoder is not None else wire.FrameDecoder()
+        # Commands leave through their own thread: a blocking send on the UI thread could freeze
+        # it, and a timeout on the socket would also time out the reader's recv.
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
+        self._send_error: str | None = None
+        if send_hello:
+            self._sock.sendall(wire.hello_frame(role="viewer"))
+        for payload in pending:
+            self._on_payload(payload)
         self._reader = threading.Thread(target=self._read_loop, name="gradtui-source", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="gradtui-source-send", daemon=True)
         self._reader.start()
+        self._sender.start()
 
     def _on_payload(self, payload: dict[str, Any]) -> None:
         event = wire.decode_event(payload)
@@ -129,9 +157,8 @@ class StreamSource:
         self.events.put(event)
 
     def _read_loop(self) -> None:
-        dec = wire.FrameDecoder()
         try:
-            why = _recv_loop(self._sock, dec, self._on_payload)
+            why = _recv_loop(self._sock, self._dec, self._on_payload)
         except wire.WireError as exc:
             why = f"bad data from the training process: {exc}"
             self.error = why
@@ -142,25 +169,248 @@ class StreamSource:
             self.events.put(RunEnd(step=-1, status="disconnected", error=why))
             self.ended = True
 
+    def _send_loop(self) -> None:
+        while True:
+            frame = self._outbox.get()
+            if frame is None:
+                return
+            try:
+                self._sock.sendall(frame)
+            except OSError as exc:
+                self._send_error = f"could not reach the training process: {exc}"
+                return
+
     def poll(self, max_events: int = 100_000) -> list[Event]:
         return self.events.drain(max_events)
 
     def send(self, command: Command) -> str | None:
+        if self._send_error is not None:
+            return self._send_error
+        if self.ended:
+            return "the training process is no longer connected"
         try:
             frame = wire.encode(command)
-            with self._sock_lock:
-                self._sock.settimeout(1.0)
-                self._sock.sendall(frame)
-        except (OSError, wire.WireError) as exc:
-            return f"could not reach the training process: {exc}"
+        except wire.WireError as exc:
+            return f"cannot send this command: {exc}"
+        try:
+            self._outbox.put_nowait(frame)
+        except queue.Full:
+            return "too many commands are waiting to be sent"
         return None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(queue.Full):
+            self._outbox.put_nowait(None)
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
+
+
+class AttachError(ConnectionError):
+    """A viewer could not attach: nothing listening, refused (wrong token), or no answer."""
+
+
+class SocketSource(StreamSource):
+    """A viewer attached to a run's server: its history first, then the live stream.
+
+    Detaching (`close`) leaves the training process untouched. The handshake happens in
+    the constructor, so a refused connection raises before any viewer starts.
+
+    Args:
+        address: A Unix socket path, or a (host, port) pair for TCP.
+        token: The run's token (TCP only; Unix sockets are protected by their mode).
+        name: Shown in the viewer's header (default: the run's name).
+        timeout: Seconds to wait for the connection and the run's answer.
+        log_path: The script's output file (a run started by `gradtui run`): its last
+            lines, then new ones, arrive as `LogLine` events.
+
+    Raises:
+        AttachError: with a message fit for the user.
+    """
+
+    def __init__(
+        self,
+        address: str | os.PathLike[str] | tuple[str, int],
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        timeout: float = 5.0,
+        log_path: str | None = None,
+    ) -> None:
+        is_tcp = isinstance(address, tuple)
+        where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        try:
+            if isinstance(address, tuple):
+                sock = socket.create_connection(address, timeout=timeout)
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                sock.connect(os.fspath(address))
+        except FileNotFoundError:
+            raise AttachError(f"no run is serving at {where} (it has ended?)") from None
+        except ConnectionRefusedError:
+            raise AttachError(f"nothing answers at {where} (the run has ended?)") from None
+        except OSError as exc:
+            raise AttachError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        try:
+            dec, pending = _handshake(sock, token, where, is_tcp, timeout)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self.hello = dec.hello or {}
+        """The run's hello: run name, id and pid."""
+        run_name = self.hello.get("run")
+        super().__init__(
+            sock,
+            name or (f"attach: {run_name}" if isinstance(run_name, str) else f"attach: {where}"),
+            decoder=dec,
+            pending=pending,
+            send_hello=False,
+        )
+        self._tail: LogTail | None = None
+        if log_path:
+            self._tail = LogTail(log_path, self.events, last_lines=200)
+            self._tail.start()
+
+    def close(self) -> None:
+        """Detach: stop reading; the run goes on."""
+        if self._tail is not None:
+            self._tail.stop()
+        super().close()
+
+
+def _handshake(
+    sock: socket.socket, token: str | None, where: str, is_tcp: bool, timeout: float
+) -> tuple[wire.FrameDecoder, list[dict[str, Any]]]:
+    hello = wire.hello_frame(role="viewer", **({"token": token} if token is not None else {}))
+    dec = wire.FrameDecoder()
+    pending: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        sock.sendall(hello)
+        while dec.hello is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            data = sock.recv(1 << 16)
+            if not data:
+                hint = " (wrong or missing token?)" if is_tcp else ""
+                raise AttachError(f"the run at {where} refused the connection{hint}; its log says why")
+            pending = dec.feed(data)
+    except TimeoutError:
+        raise AttachError(f"no answer from {where} within {timeout:g} s") from None
+    except wire.WireError as exc:
+        raise AttachError(f"{where} does not speak gradtui: {exc}") from None
+    except OSError as exc:
+        if is_tcp and isinstance(exc, ConnectionResetError):
+            raise AttachError(f"the run at {where} refused the connection (wrong or missing token?)") from None
+        raise AttachError(f"connection to {where} failed: {exc.strerror or exc}") from None
+    if dec.hello.get("role") != "probe":
+        raise AttachError(f"{where} is not a gradtui run (it says it is a {dec.hello.get('role')!r})")
+    return dec, pending
+
+
+class LogTail:
+    """Follow a text file (a script's output) and turn each line into a `LogLine` event.
+
+    Args:
+        path: The file; it may not exist yet.
+        out: Where the events go.
+        stream: The `LogLine.stream` label.
+        last_lines: Start near the end, with at most this many earlier lines (None: from the start).
+        interval: Seconds between looks at the file when nothing new came.
+    """
+
+    MAX_LINE = 8192
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        out: EventQueue,
+        *,
+        stream: str = "output",
+        last_lines: int | None = None,
+        interval: float = 0.05,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._out = out
+        self._stream = stream
+        self._last_lines = last_lines
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gradtui-log-tail", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Read what is left, then stop (waits at most `timeout` s)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        fh: IO[bytes] | None = None
+        partial = b""
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                if fh is None:
+                    try:
+                        fh = open(self.path, "rb")  # held open for the thread's life: the file grows
+                    except FileNotFoundError:
+                        if stopping:
+                            return
+                        self._stop.wait(self._interval)
+                        continue
+                    if self._last_lines is not None:
+                        partial = self._skip_to_tail(fh)
+                chunk = fh.read(1 << 16)
+                if chunk:
+                    partial = self._emit_lines(partial + chunk)
+                    continue
+                if stopping:
+                    if partial:
+                        self._emit(partial)
+                    return
+                self._stop.wait(self._interval)
+        finally:
+            if fh is not None:
+                fh.close()
+
+    def _skip_to_tail(self, fh: IO[bytes]) -> bytes:
+        assert self._last_lines is not None
+        size = os.fstat(fh.fileno()).st_size
+        start = max(0, size - 64 * 1024)
+        fh.seek(start)
+        data = fh.read(size - start)
+        lines = data.split(b"\n")
+        if start > 0:
+            lines = lines[1:]  # the first one is cut
+        partial = lines.pop() if lines else b""
+        for raw in lines[-self._last_lines :] if self._last_lines else []:
+            self._emit(raw)
+        return partial
+
+    def _emit_lines(self, data: bytes) -> bytes:
+        *lines, partial = data.split(b"\n")
+        for raw in lines:
+            self._emit(raw)
+        if b"\r" in partial:
+            # A progress bar redraws its line with \r and may never end it: keep the latest state.
+            partial = partial.rsplit(b"\r", 1)[1]
+        if len(partial) > self.MAX_LINE:
+            self._emit(partial)
+            partial = b""
+        return partial
+
+    def _emit(self, raw: bytes) -> None:
+        if b"\r" in raw:
+            raw = raw.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+        text = raw.decode("utf-8", "replace")
+        self._out.put(LogLine(text=text[: self.MAX_LINE], stream=self._stream))
 
 
 class ChildSource(StreamSource):

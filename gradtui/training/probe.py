@@ -41,6 +41,7 @@ from gradtui.core.events import (
     UpdateStats,
 )
 from gradtui.core.record import RecordWriter
+from gradtui.core.server import ProbeServer
 from gradtui.training.dist import DistContext, local
 
 log = logging.getLogger("gradtui")
@@ -178,6 +179,10 @@ class Monitor:
         update_ratio: bool = True,
         connect: bool = True,
         defer: bool | None = None,
+        serve: bool | None = None,
+        listen: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        lanes: Sequence[str] | int = (),
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
@@ -225,6 +230,9 @@ class Monitor:
         self._update_result: tuple[int, torch.Tensor] | None = None
         self._want_snapshot_step: int | None = None
         self._hooks: list[Any] = []
+        self.lanes: tuple[str, ...] = _lane_names(lanes)
+        self._lane_sq = torch.zeros(len(self.lanes), dtype=self._acc_dtype, device=self._device)
+        self._lane_seen = torch.zeros(len(self.lanes), dtype=self._acc_dtype, device=self._device)
 
         self.events: EventQueue | None = EventQueue(queue_size) if queue_size and self.primary else None
         """In-process event queue (when `queue=` was given to `watch`; rank 0 only)."""
@@ -244,6 +252,10 @@ class Monitor:
 
         self.started = time.time()
         self.run_name = run or _default_run_name()
+        self.server: ProbeServer | None = None
+        """The socket server viewers attach to, when serving (rank 0 only)."""
+        if self.primary:
+            self._serve(serve, listen, token_file)
         self._emit(
             RunStart(
                 run=self.run_name,
@@ -262,6 +274,7 @@ class Monitor:
                 world_size=self.dist.world_size if self.dist else 1,
                 script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
                 sharded=bool(self.dist and any(self.dist.sharded)),
+                lanes=self.lanes,
             )
         )
 
@@ -290,6 +303,36 @@ class Monitor:
             return
         self.sinks.append(StreamSink(sock, self.commands))
 
+    def _serve(self, serve: bool | None, listen: str | None, token_file: str | os.PathLike[str] | None) -> None:
+        from gradtui.core import server as srv
+
+        explicit = serve is True or listen is not None
+        if serve is not False:
+            listen = listen if listen is not None else (os.environ.get(srv.LISTEN_ENV) or None)
+            token_file = token_file if token_file is not None else (os.environ.get(srv.TOKEN_FILE_ENV) or None)
+        unix = serve if serve is not None else (srv.env_flag(srv.SERVE_ENV) or listen is not None)
+        if not unix and listen is None:
+            return
+        try:
+            self.server = srv.ProbeServer(
+                self.commands,
+                run=self.run_name,
+                started=self.started,
+                script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+                argv=list(sys.argv),
+                unix=unix,
+                listen=listen,
+                token_file=token_file,
+                log_path=os.environ.get(srv.LOG_ENV) or None,
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            if explicit:
+                raise
+            # Asked for by the environment only: training matters more than the viewer.
+            log.error("gradtui: not serving viewers: %s", exc)
+            return
+        self.sinks.append(self.server)
+
     def add_sink(self, sink: Sink) -> None:
         """Send this monitor's events to another sink too (from now on)."""
         self.sinks.append(sink)
@@ -303,6 +346,26 @@ class Monitor:
     @property
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self._layers]
+
+    def lane(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Measure the gradient that reaches `tensor` in the coming backward, as lane `index`.
+
+        For activations (e.g. an RNN's hidden state at time step t, `h = mon.lane(t, h)`):
+        the L2 norm of dL/d`tensor` is summed into the lane, on the device, and shows as
+        a row of its own below the layers. Returns `tensor` unchanged.
+        """
+        if not 0 <= index < len(self.lanes):
+            raise IndexError(f"lane {index} does not exist: watch(lanes=...) declared {len(self.lanes)}")
+        if tensor.requires_grad:
+            sq, seen = self._lane_sq, self._lane_seen
+
+            def hook(grad: torch.Tensor) -> None:
+                g = local(grad).detach()
+                sq[index] += g.to(sq.dtype).pow(2).sum().to(sq.device)
+                seen[index] = 1.0
+
+            tensor.register_hook(hook)
+        return tensor
 
     def send(self, command: Command) -> None:
         """Queue a command as a viewer would; it is applied at the next step."""
@@ -442,14 +505,21 @@ class Monitor:
             # Deferred (CUDA) or gathered reads cannot come back for the counts later, so
             # count now: x*0 is 0 for finite x and NaN otherwise, and the 0-"norm" counts non-zeros.
             zeros = torch._foreach_mul(grads, 0.0)
-            counts = self._per_layer(torch.stack(torch._foreach_norm(zeros, 0)).to(acc), idx, which)
-            seg("nonfinite", counts)
+            per_param = torch.stack(torch._foreach_norm(zeros, 0)).to(acc)
+            seg("nonfinite", self._per_layer(per_param, idx, which))
             if dist is not None:
-                seg("rank_nonfinite", counts.sum(), "ranks")
+                # Unmasked: a NaN in any rank's copy names that rank, replicated or not.
+                seg("rank_nonfinite", per_param.sum(), "ranks")
         elif dist is not None:
             seg("nonfinite", torch.zeros(n, dtype=acc, device=self._device))
             seg("rank_nonfinite", torch.zeros(1, dtype=acc, device=self._device), "ranks")
         seg("loss", _loss_tensor(loss, self._device, acc), "mean")
+        if self.lanes:
+            # Activations are per-rank data: their squared norms add up across ranks.
+            seg("lane_sq", self._lane_sq.clone())
+            seg("lane_seen", self._lane_seen.clone(), "max")
+            self._lane_sq.zero_()
+            self._lane_seen.zero_()
         if amp is not None:
             seg("found_inf", amp[0])
             seg("scale", amp[1], "first")
@@ -630,6 +700,7 @@ class Monitor:
             loss_scale=float(parts["scale"][0]) if "scale" in parts else math.nan,
             amp_skipped=bool(parts["found_inf"][0] > 0) if "found_inf" in parts else False,
             nonfinite_ranks=nonfinite_ranks,
+            lanes=np.where(parts["lane_seen"] > 0, np.sqrt(parts["lane_sq"]), np.nan) if self.lanes else None,
         )
         if meta.update_step is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -794,6 +865,19 @@ def _unwrap_optimizer(optimizer: torch.optim.Optimizer | None) -> torch.optim.Op
     return optimizer
 
 
+def _lane_names(lanes: Sequence[str] | int) -> tuple[str, ...]:
+    if isinstance(lanes, bool):
+        raise TypeError("lanes must be a number of lanes or a sequence of names")
+    if isinstance(lanes, int):
+        if lanes < 0:
+            raise ValueError(f"lanes must not be negative, got {lanes}")
+        return tuple(f"lane{i}" for i in range(lanes))
+    names = tuple(str(x) for x in lanes)
+    if len(set(names)) != len(names):
+        raise ValueError("lane names must be unique")
+    return names
+
+
 def _check_clip(clip: tuple[str, float] | None) -> tuple[str, float]:
     if clip is None:
         return "off", 1.0
@@ -854,6 +938,10 @@ def watch(
     detectors: Any = True,
     run: str | None = None,
     update_ratio: bool = True,
+    serve: bool | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    lanes: Sequence[str] | int = (),
 ) -> Monitor:
     """Start watching `model`'s gradients (and `optimizer`'s learning rates).
 
@@ -871,6 +959,16 @@ def watch(
         detectors: True (defaults), False, or a `gradtui.core.detectors.DetectorConfig`.
         run: the run's name (default: script name and pid).
         update_ratio: snapshot weights on detail steps to measure ||Δw||/||w||.
+        serve: serve viewers (`gradtui attach`, `gradtui ls`) on a Unix socket in the
+            user's private runtime directory. Default: on when GRADTUI_SERVE=1 is set or
+            `listen` is given; False also ignores GRADTUI_LISTEN and GRADTUI_TOKEN_FILE.
+        listen: also serve on TCP at "HOST:PORT" (host defaults to 127.0.0.1, for
+            `ssh -L`; default: GRADTUI_LISTEN). Viewers must present a token: read from
+            `token_file` (written there, mode 0600, when missing), else a new one logged
+            at start.
+        token_file: where the TCP token lives (default: GRADTUI_TOKEN_FILE).
+        lanes: extra rows for gradients that reach activations, as names or a count;
+            fill them with `mon.lane(i, tensor)` during the forward pass.
 
     Returns:
         The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
@@ -893,4 +991,8 @@ def watch(
         detectors=detectors,
         run=run,
         update_ratio=update_ratio,
+        serve=serve,
+        listen=listen,
+        token_file=token_file,
+        lanes=lanes,
     )

@@ -92,7 +92,7 @@ class SyntheticRun:
         self.step_no = 0
         self.ended = False
         self.commands: queue.Queue[Command] = queue.Queue()
-        self._flags: dict[tuple[str | None, str], bool] = {}
+        self._state = {kind: np.zeros(n_layers, bool) for kind in ("nonfinite", "exploding", "vanishing")}
         depth = np.linspace(0.0, 1.0, max(1, n_layers))
         self._base = 0.1 * (1.0 + 0.5 * np.sin(np.arange(n_layers) * 1.7))
         self._depth = depth
@@ -173,28 +173,26 @@ class SyntheticRun:
         return norms, nonfinite
 
     def _alerts(self, norms: np.ndarray, nonfinite: np.ndarray) -> list[Event]:
+        """Raise and clear flags on thresholds, with hysteresis like the real detectors."""
         out: list[Event] = []
-        for i, layer in enumerate(self.layers):
-            v = float(norms[i])
-            # Hysteresis, like the detectors: a flag clears only well inside the healthy range.
-            hi = EXPLODE_ABOVE / 4 if self._flags.get((layer.name, "exploding")) else EXPLODE_ABOVE
-            lo = VANISH_BELOW * 4 if self._flags.get((layer.name, "vanishing")) else VANISH_BELOW
-            exploding = math.isfinite(v) and v > hi
-            vanishing = math.isfinite(v) and v < lo
+        finite = np.isfinite(norms)
+        with np.errstate(invalid="ignore"):
+            was_hot = self._state["exploding"]
+            was_cold = self._state["vanishing"]
             states = {
-                "nonfinite": bool(nonfinite[i] > 0) or math.isinf(v),
-                "exploding": exploding,
-                "vanishing": vanishing,
+                "nonfinite": (nonfinite > 0) | np.isinf(norms),
+                "exploding": finite & (norms > np.where(was_hot, EXPLODE_ABOVE / 4, EXPLODE_ABOVE)),
+                "vanishing": finite & (norms < np.where(was_cold, VANISH_BELOW * 4, VANISH_BELOW)),
             }
-            thresholds = {"nonfinite": 0.0, "exploding": EXPLODE_ABOVE, "vanishing": VANISH_BELOW}
-            for kind, active in states.items():
-                key = (layer.name, kind)
-                if self._flags.get(key, False) != active:
-                    self._flags[key] = active
-                    verb = "raised" if active else "cleared"
-                    out.append(
-                        Alert(self.step_no, layer.name, kind, active, v, thresholds[kind], f"{kind} {verb}: {v:.2e}")
-                    )
+        thresholds = {"nonfinite": 0.0, "exploding": EXPLODE_ABOVE, "vanishing": VANISH_BELOW}
+        for kind, now in states.items():
+            for i in np.flatnonzero(now != self._state[kind]).tolist():
+                v = float(norms[i])
+                active = bool(now[i])
+                verb = "raised" if active else "cleared"
+                name = self.layers[i].name
+                out.append(Alert(self.step_no, name, kind, active, v, thresholds[kind], f"{kind} {verb}: {v:.2e}"))
+            self._state[kind] = now
         return out
 
     def step(self) -> list[Event]:
@@ -223,7 +221,11 @@ class SyntheticRun:
         if self.clip_mode == "norm" and math.isfinite(global_norm) and global_norm > self.clip_threshold:
             factor = self.clip_threshold / global_norm
         detail = self.step_no % self.detail_every == 0
-        loss = 2.0 * math.exp(-self.step_no / 200) + 0.05 if self.scenario == "healthy" else 1.0
+        if self.scenario == "healthy":
+            loss = 2.0 * math.exp(-self.step_no / 200) + 0.05
+        else:
+            # Vanishing: the loss stalls early, as it does when the first layers stop learning.
+            loss = 1.6 + 0.7 * math.exp(-self.step_no / 40) + 0.02 * math.sin(self.step_no / 7)
         if self.scenario in ("exploding", "nan"):
             loss = 0.5 + 0.01 * float(np.nansum(norms)) if finite.all() else float("nan")
         size = np.array([info.numel for info in self.layers], np.float64)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from textual.pilot import Pilot
-from ui_helpers import manual_app, synthetic_source
+from ui_helpers import manual_app, synthetic_source, text_of
 
 from gradtui.core.commands import SetClip, SetLR, SetPaused
 from gradtui.ui.app import GradTUIApp
@@ -148,10 +148,10 @@ def test_l_types_an_exact_lr_and_refuses_bad_values_in_the_dialog() -> None:
         assert isinstance(app.screen, LRDialog)
         await pilot.press(*"abc", "enter")
         assert isinstance(app.screen, LRDialog), "a bad value must not close the dialog"
-        error = str(app.screen.query_one("#lr-error").render())
+        error = text_of(app.screen.query_one("#lr-error"))
         assert "'abc' is not a number" in error
         await pilot.press("backspace", "backspace", "backspace", "-", "1", "enter")
-        assert "positive" in str(app.screen.query_one("#lr-error").render())
+        assert "positive" in text_of(app.screen.query_one("#lr-error"))
         assert src.sent == []
         for _ in range(2):
             await pilot.press("backspace")
@@ -232,7 +232,7 @@ def test_question_mark_opens_help_listing_every_key() -> None:
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
-        text = str(app.screen.query_one("#help-body").render())
+        text = text_of(app.screen.query_one("#help-body"))
         for key in ("c", "m", "]", "[", "+", "-", "l", "p", "s", "?", "q", "j / down", "ctrl+d"):
             assert f"\n{key} " in "\n" + text or f" {key} " in text, key
         await pilot.press("c")  # interventions are off under a dialog
@@ -318,14 +318,14 @@ def test_enter_opens_the_layer_detail_with_every_statistic() -> None:
 
         await pilot.press("G", "enter")
         assert isinstance(app.screen, LayerDetailScreen)
-        title = str(app.screen.query_one("#detail-title").render())
+        title = text_of(app.screen.query_one("#detail-title"))
         assert app.store.layers[11].name in title and "nonfinite" in title
         for stat in ("grad_norm", "mean_abs", "max_abs", "update_ratio", "weight_norm", "zero_frac", "nonfinite"):
-            assert str(app.screen.query_one(f"#values-{stat}").render()).strip()
-        alerts = str(app.screen.query_one("#detail-alert-list").render())
+            assert text_of(app.screen.query_one(f"#values-{stat}")).strip()
+        alerts = text_of(app.screen.query_one("#detail-alert-list"))
         assert "nonfinite" in alerts
         await pilot.press("k")
-        assert app.store.layers[10].name in str(app.screen.query_one("#detail-title").render())
+        assert app.store.layers[10].name in text_of(app.screen.query_one("#detail-title"))
         await pilot.press("escape")
         assert isinstance(app.screen.query_one(LayerHeatmap), LayerHeatmap)
 

@@ -87,3 +87,21 @@ def synthetic_source(
 def manual_app(source: ScriptedSource, **kwargs: object) -> GradTUIApp:
     """An app whose timer never fires: the test polls."""
     return make_app(source, refresh_hz=MANUAL, **kwargs)  # type: ignore[arg-type]
+
+
+def text_of(widget: object, width: int = 120) -> str:
+    """Plain text of a Static's content (a string, a Text or any Rich renderable)."""
+    from rich.console import Console
+    from rich.text import Text
+    from textual.widgets import Static
+
+    assert isinstance(widget, Static)
+    content = widget.content
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Text):
+        return content.plain
+    console = Console(width=width, color_system=None, force_terminal=False)
+    with console.capture() as cap:
+        console.print(content)
+    return cap.get()

@@ -21,6 +21,9 @@ from gradtui.ui.scale import fmt_number
 
 BARS = " ▁▂▃▄▅▆▇█"
 
+_PLAIN = Style()
+"""An explicit empty style: Textual's NO_COLOR filter cannot take segments with none."""
+
 MARKER_GLYPHS: dict[str, str] = {"set_lr": "L", "set_clip": "C", "set_paused": "P"}
 """Letter drawn on the chart axis for an intervention of each command kind."""
 
@@ -128,10 +131,10 @@ class SeriesChart:
         title_segs = [Segment(head, st.nonfinite if bad_last else st.title)]
         if len(head) + len(rng) <= width:
             title_segs.append(Segment(rng, st.axis))
-        out.append(Segment.adjust_line_length(title_segs, width))
+        out.append(Segment.adjust_line_length(title_segs, width, style=_PLAIN))
         if self.values.size == 0 or width < 2:
-            out.extend([Segment(" " * width)] for _ in range(rows))
-            out.append([Segment(" " * width)])
+            out.extend([Segment(" " * width, _PLAIN)] for _ in range(rows))
+            out.append([Segment(" " * width, _PLAIN)])
             return out
 
         worst, bad, _, first_bucket, k = self._buckets(width)
@@ -161,34 +164,43 @@ class SeriesChart:
                 if 0 <= col < width:
                     marks[col] = m.glyph if col not in marks or marks[col] == m.glyph else "*"
 
+        # Each row as characters plus a style class per cell, then one segment per run.
+        style_of = (_PLAIN, st.bar, st.marker, st.nonfinite, st.axis)
+        glyphs = np.array(list(BARS))
+        mark_cols = np.array(sorted(marks), dtype=np.intp)
         for r in range(rows):
-            base = (rows - 1 - r) * 8
-            segs: list[Segment] = []
-            for c in range(width):
-                if bad[c] and r == 0:
-                    segs.append(Segment("×", st.nonfinite))
-                    continue
-                fill = int(levels[c]) - base
-                if fill > 0:
-                    segs.append(Segment(BARS[min(8, fill)], st.bar))
-                elif c in marks:
-                    segs.append(Segment("│", st.marker))
-                else:
-                    segs.append(Segment(" "))
-            out.append(list(Segment.simplify(segs)))
+            fill = np.clip(levels - (rows - 1 - r) * 8, 0, 8)
+            chars = glyphs[fill]
+            cls = np.where(fill > 0, 1, 0)
+            if mark_cols.size:
+                free = fill[mark_cols] == 0
+                chars[mark_cols[free]] = "│"
+                cls[mark_cols[free]] = 2
+            if r == 0 and bad.any():
+                chars[bad] = "×"
+                cls[bad] = 3
+            out.append(_runs_to_segments(chars, cls, style_of))
 
-        axis: list[Segment] = []
-        for c in range(width):
-            if c in marks:
-                axis.append(Segment(marks[c], st.marker))
-            else:
-                axis.append(Segment("─", st.axis))
+        chars = np.full(width, "─")
+        cls = np.full(width, 4)
+        for c, g in marks.items():
+            chars[c] = g
+            cls[c] = 2
         a, b = str(int(self.steps[0])) if self.steps.size else "", str(int(self.steps[-1])) if self.steps.size else ""
         if len(a) + len(b) + 2 < width and not any(c < len(a) + 1 or c >= width - len(b) - 1 for c in marks):
-            axis[: len(a)] = [Segment(a, st.axis)] + [Segment("")] * (len(a) - 1)
-            axis[width - len(b) :] = [Segment(b, st.axis)] + [Segment("")] * (len(b) - 1)
-        out.append(list(Segment.simplify(s for s in axis if s.text)))
+            chars[: len(a)] = list(a)
+            chars[width - len(b) :] = list(b)
+        out.append(_runs_to_segments(chars, cls, style_of))
         return out
+
+
+def _runs_to_segments(chars: np.ndarray, cls: np.ndarray, styles: tuple[Style, ...]) -> list[Segment]:
+    """One segment per run of cells with the same style class."""
+    cuts = np.flatnonzero(np.diff(cls)) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    ends = np.concatenate((cuts, [cls.size])).tolist()
+    text = "".join(chars.tolist())
+    return [Segment(text[a:b], styles[int(cls[a])]) for a, b in zip(starts, ends, strict=True)]
 
 
 def log_friendly(values: np.ndarray) -> bool:

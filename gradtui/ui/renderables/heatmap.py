@@ -63,14 +63,23 @@ def bucket_size(count: int, cols: int) -> int:
 def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray) -> np.ndarray:
     """(last, len(layers)) float32 block of the ring, oldest first, for the given layer columns.
 
-    Reads the store's ring directly so that 2,000 layers do not copy every column each
-    frame when only the visible ones are drawn (RunStore.window copies them all).
+    Reads the store's ring directly, with slices where it can (a window that does not
+    wrap, a contiguous run of layers), so that a frame copies only the visible cells
+    (RunStore.window copies every layer).
     """
-    order = store._order(last)
     data = store._stats.get(stat)
-    if data is None or order.size == 0 or layers.size == 0:
-        return np.full((order.size, layers.size), np.nan, np.float32)
-    return np.asarray(data[np.ix_(order, layers)])
+    if data is None or last <= 0 or layers.size == 0:
+        return np.full((max(0, last), layers.size), np.nan, np.float32)
+    head = store._head
+    rows: slice | np.ndarray = slice(head - last, head) if head >= last else store._order(last)
+    first, final = int(layers[0]), int(layers[-1])
+    contiguous = layers.size == final - first + 1 and bool(np.all(np.diff(layers) == 1))
+    cols: slice | np.ndarray = slice(first, final + 1) if contiguous else layers
+    if isinstance(rows, slice):
+        return np.asarray(data[rows, cols])
+    if isinstance(cols, slice):
+        return np.asarray(data[rows][:, cols])
+    return np.asarray(data[np.ix_(rows, cols)])
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:
@@ -132,7 +141,10 @@ def heatmap_view(
     values = latest[idx] if latest.size else np.full(idx.size, np.nan)
     seen = store.latest_step(stat)
     known = seen[idx] >= 0 if seen.size else np.zeros(idx.size, bool)
-    flags = tuple(primary_flag(store.layer_flags(n)) for n in names)
+    by_layer: dict[str | None, list[str]] = {}
+    for layer, kind in store.active_flags:
+        by_layer.setdefault(layer, []).append(kind)
+    flags = tuple(primary_flag(by_layer[n]) if n in by_layer else None for n in names)
     codes = np.full((idx.size, cols), EMPTY, np.int16)
     if store.count == 0 or cols == 0 or idx.size == 0:
         return HeatmapView(stat, names, values, flags, codes, known=known, scale=scale)
@@ -299,11 +311,11 @@ class Heatmap:
             value_style = value_style + glyph_style.without_color + Style(color=glyph_style.color)
         return [
             Segment(glyph, glyph_style),
-            Segment(" "),
+            Segment(" ", EMPTY_STYLE),
             Segment(name, name_style),
-            Segment(" "),
+            Segment(" ", EMPTY_STYLE),
             Segment(text[-VALUE_WIDTH:], value_style),
-            Segment(" "),
+            Segment(" ", EMPTY_STYLE),
         ]
 
     def row_segments(self, row: int, layout: HeatmapLayout, *, cursor: bool = False) -> list[Segment]:
@@ -351,7 +363,7 @@ class Heatmap:
 
 def _fit(segs: list[Segment], width: int) -> list[Segment]:
     """Crop or pad a line of segments to exactly `width` cells."""
-    return Segment.adjust_line_length(segs, width)
+    return Segment.adjust_line_length(segs, width, style=EMPTY_STYLE)
 
 
 def render_heatmap_text(renderable: Heatmap, width: int, *, color_system: str | None = None) -> str:

@@ -6,15 +6,19 @@ import collections
 from collections.abc import Sequence
 
 from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 
 from gradtui.core.events import Alert, CommandResult, RunEnd
 from gradtui.ui.controls import Pending
 from gradtui.ui.scale import FLAG_GLYPHS, fmt_value
+
+_PLAIN = Style()
 
 MAX_ALERTS_PER_BATCH = 40
 """Beyond this many alerts in one refresh, the rest are summarised in one line."""
@@ -28,7 +32,13 @@ class AlertLog(ScrollView, can_focus=False):
     """
 
     DEFAULT_CSS = """
-    AlertLog { height: 1fr; scrollbar-size-vertical: 1; scrollbar-gutter: stable; overflow-x: hidden; }
+    AlertLog {
+        height: 1fr;
+        background: transparent;
+        scrollbar-size-vertical: 1;
+        overflow-y: scroll;
+        overflow-x: hidden;
+    }
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None, max_entries: int = 1000) -> None:  # noqa: A002
@@ -43,23 +53,26 @@ class AlertLog(ScrollView, can_focus=False):
         """The entries as plain text (oldest first)."""
         return [t.plain for t in self.entries]
 
-    def write(self, text: Text) -> None:
-        """Append one entry; follows the end unless the user scrolled up."""
+    def write(self, *texts: Text) -> None:
+        """Append entries; follows the end unless the user scrolled up."""
+        if not texts:
+            return
         at_end = self.scroll_y >= self.max_scroll_y - 1
-        full = len(self.entries) == self.entries.maxlen
-        self.entries.append(text)
+        full = len(self.entries) + len(texts) > (self.entries.maxlen or 0)
+        self.entries.extend(texts)
         if full or not self._wrap_width:
             self._rewrap()
         else:
-            self._lines.extend(self._wrap(text, self._wrap_width))
+            for text in texts:
+                self._lines.extend(self._wrap(text, self._wrap_width))
             self._sync_size()
         if at_end:
             self._follow()
         self.refresh()
 
     def _follow(self) -> None:
-        # The new virtual size only counts after the next layout.
-        self.call_after_refresh(self.scroll_end, animate=False)
+        # The virtual size is set synchronously (see _sync_size), so the end is known now.
+        self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
 
     def _wrap(self, text: Text, width: int) -> list[Strip]:
         if width <= 0 or not self.is_attached:
@@ -68,8 +81,8 @@ class AlertLog(ScrollView, can_focus=False):
         lines = text.wrap(console, width, overflow="fold")
         out = []
         for line in lines:
-            segs = list(line.render(console))
-            out.append(Strip(segs).adjust_cell_length(width))
+            segs = [Segment(seg.text, seg.style or _PLAIN) for seg in line.render(console)]
+            out.append(Strip(segs).adjust_cell_length(width, _PLAIN))
         return out
 
     def _rewrap(self) -> None:
@@ -79,7 +92,14 @@ class AlertLog(ScrollView, can_focus=False):
         self._sync_size()
 
     def _sync_size(self) -> None:
-        self.virtual_size = Size(self._wrap_width, len(self._lines))
+        size = Size(self._wrap_width, len(self._lines))
+        if size == self.virtual_size:
+            return
+        # Setting `virtual_size` asks for a layout of the whole screen (tens of ms at
+        # 200x60) on every alert; this widget's size does not depend on its content, and
+        # its scrollbar is always shown, so updating the scrollbar is enough.
+        self.set_reactive(Widget.virtual_size, size)
+        self._scroll_update(size)
 
     def on_resize(self, event: events.Resize) -> None:
         at_end = self.scroll_y >= self.max_scroll_y - 1
@@ -92,17 +112,20 @@ class AlertLog(ScrollView, can_focus=False):
         i = int(self.scroll_y) + y
         width = self.scrollable_content_region.width
         if 0 <= i < len(self._lines):
-            return self._lines[i].crop_extend(0, width, None)
-        return Strip([Segment(" " * width)], width)
+            return self._lines[i].crop_extend(0, width, _PLAIN)
+        if i == 0 and not self._lines:
+            return Strip([Segment("no alerts yet"[:width].ljust(width), Style(dim=True))], width)
+        return Strip([Segment(" " * width, _PLAIN)], width)
 
     def add_alerts(self, alerts: Sequence[Alert]) -> None:
         """Log a batch of alerts; in a flood, the newest are kept and the older summarised."""
         extra = len(alerts) - MAX_ALERTS_PER_BATCH
+        texts = []
         if extra > 0:
             raised = sum(a.active for a in alerts[:extra])
-            self.write(Text(f"… {extra} earlier alerts ({raised} raised, {extra - raised} cleared)", style="dim"))
-        for a in alerts[max(0, extra) :]:
-            self.write(alert_text(a))
+            texts.append(Text(f"… {extra} earlier alerts ({raised} raised, {extra - raised} cleared)", style="dim"))
+        texts.extend(alert_text(a) for a in alerts[max(0, extra) :])
+        self.write(*texts)
         self.count += len(alerts)
 
     def add_sent(self, pending: Pending) -> None:

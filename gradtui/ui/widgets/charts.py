@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from textual.app import RenderResult
+from rich.style import Style
+from textual.strip import Strip
 from textual.widget import Widget
 
 from gradtui.core.store import RunStore
@@ -37,14 +38,24 @@ class SeriesChartWidget(Widget):
         self.title = title
         self.log_scale = log
         self._version = -1
+        self._lines: list[Strip] | None = None
 
     def refresh_data(self) -> None:
         """Redraw if the store changed."""
         if self.store.version != self._version:
             self._version = self.store.version
+            self._lines = None
             self.refresh()
 
-    def render(self) -> RenderResult:
+    def on_resize(self) -> None:
+        self._lines = None
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._lines = None
+
+    def chart(self, height: int) -> SeriesChart:
+        """The renderable for the current data."""
         st = self.store
         get = self.get_component_rich_style
         styles = ChartStyles(
@@ -57,9 +68,18 @@ class SeriesChartWidget(Widget):
             st.steps(),
             st.series(self.series),
             title=self.title,
-            height=self.content_region.height,
+            height=height,
             log=self.log_scale,
             markers=markers,
             first_index=st.total_steps - st.count,
             styles=styles,
         )
+
+    def render_line(self, y: int) -> Strip:
+        # Line API: the chart's few lines go straight to strips, skipping Rich's console.
+        width, height = self.content_region.width, self.content_region.height
+        if self._lines is None or len(self._lines) != height or self._lines[0].cell_length != width:
+            self._lines = [Strip(line, width) for line in self.chart(height).lines(width, height)] if width else []
+        if 0 <= y < len(self._lines):
+            return self._lines[y]
+        return Strip.blank(width, Style())

@@ -7,6 +7,8 @@ statistic or the cursor on that line changes. So 2,000 layers cost what 40 do.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -14,7 +16,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -29,7 +31,13 @@ from gradtui.ui.renderables.heatmap import (
     HeatmapView,
     heatmap_view,
 )
-from gradtui.ui.scale import FLAG_PRIORITY
+from gradtui.ui.scale import FLAG_PRIORITY, fmt_value
+
+VALUE_REFRESH_S = 0.5
+"""Least time between two redraws of the value column alone."""
+
+_PLAIN = Style()
+"""Every segment gets a style: Textual's NO_COLOR filter fails on segments without one."""
 
 
 class LayerHeatmap(ScrollView, can_focus=True):
@@ -106,6 +114,9 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._view: HeatmapView | None = None
         self._view_key: tuple[object, ...] | None = None
         self._header: list[Strip] = []
+        self._dirty_rows: list[int] = []
+        self._values_drawn = 0.0
+        self._legend: tuple[tuple[object, ...], Strip] | None = None
         self._layout = HeatmapLayout(0, 0)
         self._renderable = Heatmap(heatmap_view(store, self.stat, 0, []))
 
@@ -128,10 +139,26 @@ class LayerHeatmap(ScrollView, can_focus=True):
         if self.store.version == self._data_version:
             return
         self._data_version = self.store.version
-        self._update_rows()
-        self._invalidate()
+        width = self.scrollable_content_region.width
+        if self._update_rows() or self._view is None or width <= 0 or not self.is_mounted:
+            self._invalidate()
+            return
+        # Rebuild the view now and repaint only the lines whose content changed: in a
+        # quiet run most rows keep their strip from one frame to the next.
+        old_view, old_header, old_key = self._view, self._header, self._view_key
+        self._view_key = None
+        self._ensure_view(width, previous=(old_view, old_key))
+        top = int(self.scroll_y)
+        changed = sorted(
+            {y for y in range(HEADER_LINES) if self._header[y] != old_header[y]}
+            | {HEADER_LINES + pos - top for pos in self._dirty_rows}
+        )
+        regions = [Region(0, y0, self.size.width, y1 - y0) for y0, y1 in _runs(changed)]
+        if regions:
+            self.refresh(*regions)
 
-    def _update_rows(self) -> None:
+    def _update_rows(self) -> bool:
+        """Recompute which layers are shown; True when that changed."""
         selected = self.selected_layer
         n = self.store.n_layers
         if self.flagged_only:
@@ -148,6 +175,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
                 self.set_reactive(LayerHeatmap.cursor, min(pos, rows.size - 1))
             else:
                 self.set_reactive(LayerHeatmap.cursor, 0)
+        return changed
 
     def _invalidate(self) -> None:
         self._strips.clear()
@@ -179,6 +207,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
         super().notify_style_update()
         self._strips.clear()
         self._view_key = None
+        self._legend = None
 
     # ------------------------------------------------------------ drawing
 
@@ -198,27 +227,54 @@ class LayerHeatmap(ScrollView, can_focus=True):
         visible = max(0, self.size.height - HEADER_LINES)
         return top, min(int(self._rows.size), top + visible)
 
-    def _ensure_view(self, width: int) -> tuple[Heatmap, HeatmapLayout, int]:
+    def _ensure_view(
+        self,
+        width: int,
+        previous: tuple[HeatmapView | None, tuple[object, ...] | None] | None = None,
+    ) -> tuple[Heatmap, HeatmapLayout, int]:
+        """The view of the visible rows (rebuilt when data, size, scroll or options changed).
+
+        With `previous` (the view and key before new data arrived), strips of rows that
+        did not change are kept and `_dirty_rows` lists the positions that did.
+        """
         a, b = self._visible_range()
         key = (self._data_version, self.stat, a, b, width, self.flagged_only, self.color)
         if self._view_key != key or self._view is None:
             names = [self.store.layers[i].name for i in self._rows[a:b]] if b > a else []
             layout = HeatmapLayout.fit(width, names or ["layer"])
+            view = heatmap_view(self.store, self.stat, layout.cells, self._rows[a:b])
+            old_view, old_key = previous if previous is not None else (None, None)
+            if old_view is not None and old_key is not None and old_key[1:] == key[1:] and layout == self._layout:
+                # The value column alone is redrawn at most VALUE_REFRESH_S apart: at 10 Hz a
+                # noisy value would otherwise redraw every row of the screen every frame.
+                now = time.monotonic()
+                with_values = now - self._values_drawn >= VALUE_REFRESH_S
+                dirty = _changed_rows(old_view, view, values=with_values)
+                if with_values:
+                    self._values_drawn = now
+                else:
+                    # Rows not redrawn keep showing the values of the view they were drawn from.
+                    view = _keep_values(view, old_view, dirty)
+                for local in dirty:
+                    self._strips.pop(a + local, None)
+                self._dirty_rows = [a + local for local in dirty]
+            else:
+                self._strips.clear()
+                self._dirty_rows = list(range(a, b))
             self._layout = layout
-            self._view = heatmap_view(self.store, self.stat, layout.cells, self._rows[a:b])
+            self._view = view
             self._view_key = key
-            self._strips.clear()
-            self._renderable = Heatmap(self._view, layout=layout, color=self.color, styles=self._styles())
-            self._header = [
-                Strip(self._renderable.legend_segments(layout), width),
-                Strip(self._renderable.axis_segments(layout), width),
-            ]
+            self._renderable = Heatmap(view, layout=layout, color=self.color, styles=self._styles())
+            legend_key = (self.stat, layout, self.color)
+            if self._legend is None or self._legend[0] != legend_key:
+                self._legend = (legend_key, Strip(self._renderable.legend_segments(layout), width))
+            self._header = [self._legend[1], Strip(self._renderable.axis_segments(layout), width)]
         return self._renderable, self._layout, a
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         if width <= 0:
-            return Strip.blank(0)
+            return Strip.blank(0, _PLAIN)
         renderable, layout, first = self._ensure_view(width)
         if y < HEADER_LINES:
             return self._header[y]
@@ -227,7 +283,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
             if pos == 0:
                 msg = "  no flagged layers (f: show all)" if self.flagged_only else "  waiting for the first step…"
                 return Strip([Segment(msg[:width].ljust(width), Style(dim=True))], width)
-            return Strip.blank(width)
+            return Strip.blank(width, _PLAIN)
         strip = self._strips.get(pos)
         if strip is None:
             local = pos - first
@@ -235,7 +291,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
                 segs = renderable.row_segments(local, layout, cursor=pos == self.cursor)
             else:
                 # Scrolled between the view update and this line: rebuilt on the next frame.
-                segs = [Segment(" " * width)]
+                segs = [Segment(" " * width, _PLAIN)]
             strip = Strip(segs, width)
             self._strips[pos] = strip
         return strip
@@ -296,3 +352,45 @@ class LayerHeatmap(ScrollView, can_focus=True):
             self._move(pos)
             if event.chain >= 2:
                 self.action_select()
+
+
+def _changed_rows(old: HeatmapView, new: HeatmapView, *, values: bool = True) -> list[int]:
+    """Rows whose cells, flag or (with `values`) shown value differ between two views of the same rows."""
+    if old.rows != new.rows or old.codes.shape != new.codes.shape or old.names != new.names:
+        return list(range(new.rows))
+    differs = (old.codes != new.codes).any(axis=1)
+    out = []
+    for i in range(new.rows):
+        if differs[i] or old.flags[i] != new.flags[i]:
+            out.append(i)
+            continue
+        if not values:
+            continue
+        a, b = old.values[i], new.values[i]
+        known_a = old.known is None or bool(old.known[i])
+        known_b = new.known is None or bool(new.known[i])
+        if known_a != known_b or fmt_value(float(a)) != fmt_value(float(b)):
+            out.append(i)
+    return out
+
+
+def _keep_values(new: HeatmapView, old: HeatmapView, redrawn: list[int]) -> HeatmapView:
+    """`new` with the values of `old` on the rows that are not redrawn now."""
+    keep = np.ones(new.rows, bool)
+    keep[redrawn] = False
+    values = np.where(keep, old.values, new.values)
+    known = None
+    if new.known is not None and old.known is not None:
+        known = np.where(keep, old.known, new.known)
+    return dataclasses.replace(new, values=values, known=known)
+
+
+def _runs(lines: list[int]) -> list[tuple[int, int]]:
+    """Sorted line numbers as (start, stop) runs of consecutive lines."""
+    out: list[tuple[int, int]] = []
+    for y in lines:
+        if out and out[-1][1] == y:
+            out[-1] = (out[-1][0], y + 1)
+        else:
+            out.append((y, y + 1))
+    return out

@@ -24,23 +24,28 @@ class Chips:
         self.lines = lines
         self.gap = gap
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = options.max_width
+    def pack(self, width: int) -> list[Text]:
+        """The lines as drawn in `width` cells."""
+        out: list[Text] = []
         for items in self.lines:
             line = Text()
             for item in items:
                 need = item.cell_len + (self.gap if line.cell_len else 0)
                 if line.cell_len and line.cell_len + need > width:
-                    yield from line.render(console)
-                    yield Segment.line()
+                    out.append(line)
                     line = Text()
                 if line.cell_len:
                     line.append(" " * self.gap)
                 line.append_text(item)
             if line.cell_len:
-                line.truncate(width)
-                yield from line.render(console)
-                yield Segment.line()
+                line.truncate(max(1, width))
+                out.append(line)
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in self.pack(options.max_width):
+            yield from line.render(console)
+            yield Segment.line()
 
 
 def _chip(label: str, value: str, style: str = "") -> Text:
@@ -68,12 +73,16 @@ class StatusHeader(Widget):
         self.stat = "grad_norm"
         self.last_result: CommandResult | None = None
         self._chips = Chips([])
+        self._height = -1
 
     def refresh_data(self, stat: str) -> None:
         """Rebuild the text from the store and the pending commands."""
         self.stat = stat
         self._chips = Chips(self._lines())
-        self.refresh(layout=True)
+        # A layout pass redraws the whole screen: only ask for one when the height changes.
+        height = len(self._chips.pack(self.content_region.width or 80))
+        self.refresh(layout=height != self._height)
+        self._height = height
 
     def render(self) -> TextualRenderResult:
         return self._chips
