@@ -23,7 +23,6 @@ from torch import nn
 
 import gradtui
 
-
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 

@@ -22,9 +22,14 @@ def _seeded() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _no_viewer_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A viewer that started pytest must not make the probes under test connect to it."""
-    monkeypatch.delenv("GRADTUI_CONNECT", raising=False)
+def _no_viewer_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A viewer that started pytest (`gradtui run pytest`) must not make the probes under
+    test connect or serve, and tests never touch the user's real runtime directory."""
+    for name in ("GRADTUI_CONNECT", "GRADTUI_SERVE", "GRADTUI_LISTEN", "GRADTUI_TOKEN_FILE", "GRADTUI_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    monkeypatch.setenv("GRADTUI_RUNTIME_DIR", str(runtime))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -25,7 +25,7 @@ from gradtui.core.events import CommandResult, Dropped, Event, LayerInfo, RunEnd
 from gradtui.core.stream import AttachError, SocketSource
 
 PHASE = 2.0
-HISTORY = 1000
+HISTORY = 500
 HELLO = wire.hello_frame(role="viewer")
 
 
@@ -66,12 +66,12 @@ def test_training_keeps_its_pace_with_viewers_attached_stalled_killed_and_reatta
     env = env_for(rt)
     stop_file, times_file = tmp_path / "stop", tmp_path / "times.json"
     a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    # Detail statistics on every step make frames big enough for a stalled viewer to overflow
-    # the kernel's socket buffer and a backlog cut to 600 kB within the stall; the history is cut
-    # so that a new viewer's backlog still holds what comes while it digests the history.
+    # Detail statistics on every step make frames (~1.2 kB a step) big enough for a stalled viewer
+    # to overflow the kernel's socket buffer and a backlog cut to 300 kB within the stall; the
+    # history is cut so that a new viewer's backlog holds what comes while it digests the history.
     proc = start(
         [str(train), "--until", str(stop_file), "--times", str(times_file), "--layers", "12",
-         "--detail-every", "1", "--client-bytes", "600000", "--history-steps", str(HISTORY)],
+         "--detail-every", "1", "--client-bytes", "300000", "--history-steps", str(HISTORY)],
         env, stderr=tmp_path / "train.err",
     )
     viewers: list[subprocess.Popen[bytes]] = []
@@ -91,7 +91,10 @@ def test_training_keeps_its_pace_with_viewers_attached_stalled_killed_and_reatta
         time.sleep(PHASE)
         t_stalled = time.monotonic()
         a.send_signal(signal.SIGSTOP)
+        step_at_stall = _run_step(rt)
         time.sleep(PHASE * 1.5)
+        # Long enough for ~1.8 MB of frames: past the socket buffer and the viewer's backlog.
+        wait_for(lambda: _run_step(rt) >= step_at_stall + 1500, 30, "1500 steps while viewer A is stalled")
         t_stalled_end = time.monotonic()
         a.send_signal(signal.SIGCONT)
         wait_for(lambda: any(x["t"] == "dropped" for x in read_lines(a_out)), 30, "viewer A to be told of its drops")
@@ -140,6 +143,7 @@ def test_training_keeps_its_pace_with_viewers_attached_stalled_killed_and_reatta
     assert a_steps == sorted(set(a_steps)), "viewer A got steps out of order or twice"
     drops = [x for x in a_lines if x["t"] == "dropped"]
     assert drops and drops[0]["count"] > 0
+    print(f"viewer A was told it missed {sum(d['count'] for d in drops)} frames while stalled")
     first_drop = a_lines.index(drops[0])
     before = [x["step"] for x in a_lines[:first_drop] if x["t"] == "step"]
     after = [x["step"] for x in a_lines[first_drop:] if x["t"] == "step"]

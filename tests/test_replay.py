@@ -114,7 +114,7 @@ def test_at_max_speed_every_event_plays_in_file_order(record: Path) -> None:
     finally:
         src.close()
     _same(got, read_record(record).events)
-    assert src.position == N and src.last_step == N - 1 and src.first_step == 0
+    assert src.position == N - 1 and src.last_step == N - 1 and src.first_step == 0
     assert "end of record" in src.status
 
 
@@ -181,7 +181,7 @@ def test_a_seek_starts_a_fresh_store_with_the_history_up_to_the_target(record: P
         assert _steps(back) == list(range(11)) and not any(isinstance(e, CommandResult) for e in back)
         assert src.step_by(5) == 15
         assert _steps(src.poll())[-1] == 15
-        assert src.seek(10**9) == N  # the end: RunEnd's step
+        assert src.seek(10**9) == N - 1  # clamped to the last step
         end = src.poll()
         assert _steps(end)[-1] == N - 1 and isinstance(end[-1], RunEnd) and src.at_end
         assert src.send(SetLR(value=1.0)) is not None

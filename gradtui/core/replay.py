@@ -377,7 +377,7 @@ class ReplaySource:
         except wire.WireError as exc:
             out.append(LogLine(text=f"skipped a frame of {self.path.name}: {exc}", stream="gradtui"))
             return
-        if self._kinds[i] != _K_START:
+        if self._kinds[i] == _K_STEP:
             self._position = max(self._position, self._keys[i])
         out.append(event)
 
@@ -479,11 +479,13 @@ class ReplaySource:
         n = len(self._offsets)
         pos = bisect.bisect_right(self._keys, step, 0, n)
         # The last `backlog_steps` sampled steps before pos, plus every non-step event before it.
-        lo, seen = pos, 0
+        lo, seen, shown = pos, 0, -1
         kinds = self._kinds
-        while lo > 0 and seen < self._backlog_steps:
+        while lo > 0 and (seen < self._backlog_steps or shown < 0):
             lo -= 1
-            seen += kinds[lo] == _K_STEP
+            if kinds[lo] == _K_STEP:
+                seen += 1
+                shown = max(shown, self._keys[lo])
         burst: list[int] = []
         if 0 <= self._start_idx < pos:
             burst.append(self._start_idx)
@@ -500,4 +502,4 @@ class ReplaySource:
         self._caught_up = False
         # Notices are part of what a fresh store must show.
         self._new_notices = list(self.notices)
-        return self._keys[pos - 1] if pos > 0 else -1
+        return shown

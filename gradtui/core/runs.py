@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import stat
 import tempfile
 import time
@@ -176,28 +177,31 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _process_start_time(pid: int) -> float | None:
-    """Unix time a process started (Linux /proc), or None where unknown."""
+def _socket_answers(path: str) -> bool:
+    """Whether something listens on a Unix socket (a connection refused means nobody does)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(0.5)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of stat(5), counted after the command name
-        with open("/proc/stat", "rb") as fh:
-            btime = next(int(line.split()[1]) for line in fh if line.startswith(b"btime"))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+        sock.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # busy or slow, but there: never remove a live run's entry on a guess
+    finally:
+        sock.close()
+    return True
 
 
 def is_stale(info: RunInfo) -> bool:
-    """True when the process behind an entry is gone (or its pid now names a newer process)."""
+    """True when the process behind an entry is gone, or its pid now names another process.
+
+    A reused pid is caught by the socket: nothing listens on a dead run's socket.
+    """
     if not pid_alive(info.pid):
         return True
-    began = _process_start_time(info.pid)
-    # The sidecar's start time comes from the probe, so its process cannot have begun after it.
-    if began is not None and info.started and began > info.started + 5.0:
-        return True
-    return info.socket is not None and not os.path.exists(info.socket)
+    if info.socket is None:
+        return False
+    return not os.path.exists(info.socket) or not _socket_answers(info.socket)
 
 
 def remove_entry(directory: Path, run_id: str, *, keep_log: bool = True) -> None:

@@ -6,7 +6,7 @@ Preallocated NumPy arrays, written one step (one row) at a time in O(layers) wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -248,10 +248,39 @@ class RunStore:
         out: np.ndarray = self._steps[self._order(last)]
         return out
 
-    def window(self, stat: str, last: int | None = None) -> np.ndarray:
-        """(steps, layers) float32 matrix of `stat` over the newest `last` steps."""
-        out: np.ndarray = self._stats[stat][self._order(last)] if self._stats else np.zeros((0, 0), np.float32)
+    def window(self, stat: str, last: int | None = None, layers: np.ndarray | None = None) -> np.ndarray:
+        """(steps, layers) float32 matrix of `stat` over the newest `last` steps, oldest first.
+
+        Args:
+            stat: one of `LAYER_STATS`.
+            last: the newest steps to take (all held by default).
+            layers: indices of the layer columns to take (all by default). Sorted
+                contiguous indices and a window that does not wrap are read with slices,
+                so a view copies only the cells it shows.
+        """
+        data = self._stats.get(stat)
+        n = self.count if last is None else max(0, min(last, self.count))
+        cols: slice | np.ndarray = slice(None) if layers is None else np.asarray(layers, np.intp)
+        if data is None or n == 0:
+            width = len(self.layers) if layers is None else len(np.asarray(layers))
+            return np.full((n, width), np.nan, np.float32)
+        if isinstance(cols, np.ndarray) and cols.size:
+            first, final = int(cols[0]), int(cols[-1])
+            if cols.size == final - first + 1 and bool(np.all(np.diff(cols) == 1)):
+                cols = slice(first, final + 1)
+        rows: slice | np.ndarray = slice(self._head - n, self._head) if self._head >= n else self._order(n)
+        if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray):
+            return np.asarray(data[np.ix_(rows, cols)])
+        out: np.ndarray = np.asarray(data[rows][:, cols] if isinstance(rows, np.ndarray) else data[rows, cols])
         return out
+
+    def reset(self) -> None:
+        """Forget everything (a replay seek starts over); `version` keeps counting up."""
+        version = self.version
+        fresh = RunStore(capacity=None, max_logs=self.max_logs)
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+        self.version = version + 1
 
     def series(self, name: str, last: int | None = None) -> np.ndarray:
         """A run-wide series (loss, global_norm, lr, ...) over the newest `last` steps."""

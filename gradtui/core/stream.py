@@ -1,5 +1,7 @@
 """Framed event streams over a connected socket: the probe's side (`StreamSink`) and
-the viewer's side (`StreamSource`, `ChildSource`).
+the viewer's side (`StreamSource`; `ChildSource`, which starts the training process;
+`SocketSource`, which attaches to a run's server, see `gradtui.core.server`), and
+`LogTail`, which follows a script's output file.
 
 Training never waits on a viewer: the sink hands events to a bounded queue that a
 writer thread drains; a stalled viewer makes the queue drop its oldest events and

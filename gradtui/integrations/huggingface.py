@@ -20,7 +20,7 @@ from gradtui.training.probe import Monitor, watch
 log = logging.getLogger("gradtui")
 
 
-class GradTUICallback(TrainerCallback):  # type: ignore[misc]
+class GradTUICallback(TrainerCallback):
     """Watch a Trainer's model; keyword arguments go to `gradtui.watch`.
 
     The Trainer clips gradients (`max_grad_norm`, 1.0 by default) before its

@@ -9,17 +9,12 @@ import torch
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
 except ImportError:  # pragma: no cover - depends on what is installed
-    try:
-        from pytorch_lightning import Callback, LightningModule, Trainer  # type: ignore[no-redef]
-    except ImportError:
-        raise ImportError(
-            "gradtui's Lightning callback needs Lightning: pip install 'gradtui[lightning]' (or lightning)"
-        ) from None
+    raise ImportError("gradtui's Lightning callback needs Lightning: pip install 'gradtui[lightning]'") from None
 
 from gradtui.training.probe import Monitor, watch
 
 
-class GradTUICallback(Callback):  # type: ignore[misc]
+class GradTUICallback(Callback):
     """Watch a LightningModule's gradients; keyword arguments go to `gradtui.watch`.
 
     Lightning calls `on_before_optimizer_step` after backward (and after unscaling under

@@ -9,14 +9,15 @@ nothing is downloaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from gradtui.training.catalog import CATALOG, ScenarioInfo
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -83,25 +84,12 @@ class ScenarioRun:
         return float(loss.item())
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """A named training setup, for the tests and a chapter of the demo."""
+@dataclass(frozen=True, kw_only=True)
+class Scenario(ScenarioInfo):
+    """A scenario's description (`catalog.ScenarioInfo`) and the code that builds it."""
 
-    name: str
-    title: str
-    """Short, for a header."""
-    blurb: str
-    """One line, for `gradtui demo --list`."""
-    narrative: str
-    """A few short paragraphs for the side panel: what to look at, which key to press."""
-    steps: int
-    """Default number of steps."""
     build: Callable[[int, str], ScenarioRun]
     """`build(seed, device)` -> a ready-to-train setup."""
-    watch_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    """Extra keyword arguments for `gradtui.watch(...)`, e.g. `{"clip": ("norm", 1.0)}`."""
-    chapter: str = ""
-    """Groups a failure with its cures in the demo ("vanishing", "exploding", ...)."""
 
 
 # ---------------------------------------------------------------- data
@@ -200,7 +188,8 @@ class _ResidualBlock(nn.Module):
         _init_linear(self.fc2, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+        out: torch.Tensor = x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+        return out
 
 
 class _ResidualMLP(nn.Module):
@@ -213,7 +202,8 @@ class _ResidualMLP(nn.Module):
         self.head = nn.Linear(width, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.norm(self.blocks(self.inp(x)))))
+        logits: torch.Tensor = self.head(torch.relu(self.norm(self.blocks(self.inp(x)))))
+        return logits
 
 
 class _SmallCNN(nn.Module):
@@ -229,11 +219,12 @@ class _SmallCNN(nn.Module):
         x = x.view(-1, 1, 8, 8)
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
-        return self.head(x.flatten(1))
+        logits: torch.Tensor = self.head(x.flatten(1))
+        return logits
 
 
 class _SeqClassifier(nn.Module):
-    def __init__(self, cell: str, n_in: int, hidden: int, n_out: int) -> None:
+    def __init__(self, cell: str, n_in: int, hidden: int, n_out: int, carry_bias: float = 0.0) -> None:
         super().__init__()
         self.rnn: nn.Module
         if cell == "lstm":
@@ -242,11 +233,18 @@ class _SeqClassifier(nn.Module):
             self.rnn = nn.GRU(n_in, hidden, batch_first=True)
         else:
             self.rnn = nn.RNN(n_in, hidden, nonlinearity="tanh", batch_first=True)
+        if carry_bias and cell in ("lstm", "gru"):
+            # Bias the forget (LSTM) or update (GRU) gate toward keeping the state: the usual init
+            # for long memories. Both gates are the second block of the bias vectors.
+            with torch.no_grad():
+                self.rnn.get_parameter("bias_hh_l0")[hidden : 2 * hidden] = carry_bias
+                self.rnn.get_parameter("bias_ih_l0")[hidden : 2 * hidden] = 0.0
         self.head = nn.Linear(hidden, n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
-        return self.head(out[:, -1])
+        logits: torch.Tensor = self.head(out[:, -1])
+        return logits
 
 
 def _seeded_model(seed: int, device: str, make: Callable[[], nn.Module]) -> nn.Module:
@@ -351,12 +349,20 @@ def _cnn(seed: int, device: str) -> ScenarioRun:
     return _classifier_run(seed, device, _digits(), _SmallCNN, _adam(3e-3), batch=128)
 
 
-def _seq_run(cell: str, length: int, lr: float, clip: tuple[str, float] | None = None) -> Callable[[int, str], ScenarioRun]:
+def _seq_run(
+    cell: str, length: int, lr: float, clip: tuple[str, float] | None = None, carry_bias: float = 0.0
+) -> Callable[[int, str], ScenarioRun]:
     def build(seed: int, device: str) -> ScenarioRun:
         rng = np.random.default_rng(seed)
         data = _first_token_task(rng, 2000, length, vocab=4)
         return _classifier_run(
-            seed, device, data, lambda: _SeqClassifier(cell, 4, 32, 4), _adam(lr), batch=64, clip=clip
+            seed,
+            device,
+            data,
+            lambda: _SeqClassifier(cell, 4, 32, 4, carry_bias),
+            _adam(lr),
+            batch=64,
+            clip=clip,
         )
 
     return build
@@ -398,288 +404,38 @@ def _optimizer_run(
 
 # ---------------------------------------------------------------- the library
 
-_CLIP = MappingProxyType({"clip": ("norm", 1.0)})
-
-_LIST: list[Scenario] = [
-    Scenario(
-        name="sigmoid",
-        title="Vanishing: a sigmoid MLP with a tiny init",
-        blurb="4 hidden sigmoid layers, normal(0, 0.05) init, two circles: the first layers get no gradient",
-        narrative=(
-            "Each sigmoid passes back at most a quarter of the gradient, and weights drawn with std 0.05 "
-            "shrink it further: every layer toward the input sees about ten times less than the one above.\n\n"
-            "Watch the heatmap: the rows of the first layers go dark within a few dozen steps and get the "
-            "vanishing flag, while the loss sits at ln 2 = 0.69, a coin toss.\n\n"
-            "Raising the learning rate does not help. The cure is in the init and the activation: see the "
-            "next chapters, sigmoid-relu-he and sigmoid-glorot."
-        ),
-        steps=300,
-        build=_circles_mlp(nn.Sigmoid, "normal0.05"),
-        chapter="vanishing",
-    ),
-    Scenario(
-        name="sigmoid-relu-he",
-        title="Cure: ReLU with He init",
-        blurb="The same MLP with ReLU and He init: gradients reach every layer",
-        narrative=(
-            "ReLU passes the gradient through unchanged where a unit is active, and He init scales the "
-            "weights so that signals keep their size through depth.\n\n"
-            "Every row of the heatmap stays in the same band, no flag is raised, and the loss falls as the "
-            "net learns the two circles."
-        ),
-        steps=300,
-        build=_circles_mlp(nn.ReLU, "he"),
-        chapter="vanishing",
-    ),
-    Scenario(
-        name="sigmoid-glorot",
-        title="Cure: sigmoid with Glorot init",
-        blurb="The same sigmoid MLP with Glorot init: no vanishing at this depth",
-        narrative=(
-            "Keeping the sigmoid but scaling the initial weights by Glorot's rule keeps the gradient within "
-            "a factor of a few per layer: the first layers are dimmer than the last, not dark.\n\n"
-            "No flag, and the loss leaves 0.69. Glorot alone stops helping with much deeper sigmoid nets: "
-            "see deep-sigmoid."
-        ),
-        steps=300,
-        build=_circles_mlp(nn.Sigmoid, "glorot"),
-        chapter="vanishing",
-    ),
-    Scenario(
-        name="relu-explode",
-        title="Exploding: plain SGD on raw regression targets",
-        blurb="5 hidden ReLU layers, He-uniform init, plain SGD on unscaled targets: the run blows up",
-        narrative=(
-            "The targets are in the hundreds and nothing scales them, so the first gradients are large; "
-            "each SGD step overshoots and makes the next gradient larger still.\n\n"
-            "Watch the global norm climb by orders of magnitude: the exploding flag comes up a few steps "
-            "before the first NaN. Press c to clip the gradient norm, or - to halve the learning rate, "
-            "before it is too late; relu-explode-clip shows the run clipped from the start."
-        ),
-        steps=200,
-        build=_regression_mlp(None),
-        chapter="exploding",
-    ),
-    Scenario(
-        name="relu-explode-clip",
-        title="Cure: clip the gradient norm to 1.0",
-        blurb="The same run with the gradient norm clipped to 1.0: no NaN, the loss falls",
-        narrative=(
-            "Clipping rescales the whole gradient whenever its norm passes 1.0, so no step can overshoot by "
-            "much. The raw norms on the heatmap are still large at first (they are measured before "
-            "clipping), but they settle as the loss falls.\n\n"
-            "Press c to turn clipping off and watch the run blow up."
-        ),
-        steps=200,
-        build=_regression_mlp(("norm", 1.0)),
-        watch_options=_CLIP,
-        chapter="exploding",
-    ),
-    Scenario(
-        name="deep-linear",
-        title="A 20-layer deep linear net with Adam",
-        blurb="20 linear layers on the digits with Adam: products of many weights are unstable",
-        narrative=(
-            "Without nonlinearities the net is a product of 20 matrices. Adam moves every weight at the "
-            "same pace whatever its gradient, and in a product of 20 factors small moves compound.\n\n"
-            "Watch the loss line for spikes and the global norm for bursts. Press - to halve the learning "
-            "rate; deep-linear-clip shows that clipping the norm does little under Adam, which rescales "
-            "gradients itself."
-        ),
-        steps=300,
-        build=_deep_linear(None),
-        chapter="exploding",
-    ),
-    Scenario(
-        name="deep-linear-clip",
-        title="The deep linear net, clipped",
-        blurb="The same 20-layer linear net with the gradient norm clipped to 1.0",
-        narrative=(
-            "Clipping bounds each gradient, but Adam divides it by its own running size, so the step a "
-            "weight takes hardly changes.\n\n"
-            "Compare the loss and the alerts with deep-linear: the cure for Adam is a smaller learning rate "
-            "(press -) or warm-up, not clipping."
-        ),
-        steps=300,
-        build=_deep_linear(("norm", 1.0)),
-        watch_options=_CLIP,
-        chapter="exploding",
-    ),
-    Scenario(
-        name="residual-mlp",
-        title="Healthy: a residual MLP with LayerNorm",
-        blurb="Residual blocks with LayerNorm on the digits: the reference healthy run",
-        narrative=(
-            "Skip connections carry the gradient past every block, and LayerNorm keeps activations in range.\n\n"
-            "This is what healthy looks like: every layer in one band of the heatmap, the whole band drifting "
-            "down together as the loss goes to zero. Shrinking together is convergence, not vanishing: no "
-            "flag is raised."
-        ),
-        steps=300,
-        build=_residual,
-        chapter="healthy",
-    ),
-    Scenario(
-        name="cnn-bn",
-        title="Healthy: a small CNN with BatchNorm",
-        blurb="Two conv layers with BatchNorm on the 8x8 digits",
-        narrative=(
-            "A small convolutional net with BatchNorm after each convolution.\n\n"
-            "The BatchNorm rows carry their own scale and shift parameters; their gradients move with the "
-            "conv layers around them. No flag, and the loss goes to near zero."
-        ),
-        steps=300,
-        build=_cnn,
-        chapter="healthy",
-    ),
-    Scenario(
-        name="lstm",
-        title="Healthy: an LSTM on a short memory task",
-        blurb="An LSTM recalls the first of 10 tokens",
-        narrative=(
-            "The LSTM's gates keep a memory cell through the sequence, so the gradient from the last step "
-            "reaches the first token.\n\n"
-            "Watch the loss fall to near zero with every row of the heatmap steady."
-        ),
-        steps=300,
-        build=_seq_run("lstm", 10, 1e-2),
-        chapter="healthy",
-    ),
-    Scenario(
-        name="deep-sigmoid",
-        title="Vanishing: 10 sigmoid layers of 256 with Adam",
-        blurb="10 hidden sigmoid layers on the digits: depth alone starves the first layers",
-        narrative=(
-            "With PyTorch's default init and Adam, ten sigmoid layers still pass back too little gradient: "
-            "each one divides it by four or more.\n\n"
-            "Watch the first rows of the heatmap: they are orders of magnitude below the last ones and get "
-            "the vanishing flag. Adam rescales the small gradients, so the loss may still move, slowly. "
-            "deep-sigmoid-cure shows the modern recipe."
-        ),
-        steps=300,
-        build=_deep_sigmoid,
-        chapter="vanishing",
-    ),
-    Scenario(
-        name="deep-sigmoid-cure",
-        title="Cure: ReLU, Glorot, BatchNorm and skip connections",
-        blurb="The deep net rebuilt as residual ReLU blocks with BatchNorm: every layer learns",
-        narrative=(
-            "ReLU, Glorot init, BatchNorm and residual connections each keep the gradient's size through "
-            "depth; together they make depth cheap.\n\n"
-            "Every row stays in one band and the loss falls fast."
-        ),
-        steps=300,
-        build=_deep_sigmoid_cure,
-        chapter="vanishing",
-    ),
-    Scenario(
-        name="rnn-tanh",
-        title="Vanishing through time: a tanh RNN",
-        blurb="A vanilla tanh RNN must recall the first of 40 tokens: the gradient fades through time",
-        narrative=(
-            "The gradient from the answer has to travel back 40 time steps, through a tanh and the same "
-            "recurrent matrix each time, and fades to nothing: the loss stays near ln 4 = 1.39.\n\n"
-            "The recurrent layer is one row of the heatmap, so look at the loss: it does not move. "
-            "rnn-lstm and rnn-gru show gated cells, clipped, learning the same task."
-        ),
-        steps=400,
-        build=_seq_run("rnn", 40, 3e-3),
-        chapter="recurrent",
-    ),
-    Scenario(
-        name="rnn-lstm",
-        title="Cure: an LSTM, clipped",
-        blurb="The same long-range task with an LSTM and the gradient norm clipped to 1.0",
-        narrative=(
-            "The LSTM's cell state carries information and gradient across the 40 steps. Clipping at 1.0 "
-            "guards against the occasional burst that recurrent nets are known for.\n\n"
-            "Watch the loss drop once the net finds the first token."
-        ),
-        steps=400,
-        build=_seq_run("lstm", 40, 3e-3, ("norm", 1.0)),
-        watch_options=_CLIP,
-        chapter="recurrent",
-    ),
-    Scenario(
-        name="rnn-gru",
-        title="Cure: a GRU, clipped",
-        blurb="The same long-range task with a GRU and the gradient norm clipped to 1.0",
-        narrative=(
-            "A GRU gates its hidden state like an LSTM with fewer parameters.\n\n"
-            "Compare how fast it finds the first token with rnn-lstm."
-        ),
-        steps=400,
-        build=_seq_run("gru", 40, 3e-3, ("norm", 1.0)),
-        watch_options=_CLIP,
-        chapter="recurrent",
-    ),
-    Scenario(
-        name="high-lr",
-        title="A healthy CNN with far too high a learning rate",
-        blurb="The BatchNorm CNN with SGD at lr 3.0: loss spikes and bursts of gradient",
-        narrative=(
-            "The model is fine; the step is not. Each update overshoots, the loss jumps, and the gradient "
-            "norm with it.\n\n"
-            "Watch for loss-spike and exploding alerts. Press - a few times to halve the learning rate and "
-            "watch the run settle; the marker on the chart shows the step the change took effect."
-        ),
-        steps=300,
-        build=_high_lr,
-        chapter="learning-rate",
-    ),
-    Scenario(
-        name="opt-sgd",
-        title="Optimisers: plain SGD",
-        blurb="A ReLU MLP on two moons with plain SGD (lr 0.05)",
-        narrative="The baseline: each step moves along the gradient, no memory. Compare the loss curves of opt-*.",
-        steps=300,
-        build=_optimizer_run(_sgd(0.05)),
-        chapter="optimisers",
-    ),
-    Scenario(
-        name="opt-momentum",
-        title="Optimisers: SGD with momentum",
-        blurb="The same MLP with SGD and momentum 0.9",
-        narrative="Momentum accumulates past gradients: faster along consistent directions, damped across noise.",
-        steps=300,
-        build=_optimizer_run(_sgd(0.05, 0.9)),
-        chapter="optimisers",
-    ),
-    Scenario(
-        name="opt-adam",
-        title="Optimisers: Adam",
-        blurb="The same MLP with Adam (lr 1e-2)",
-        narrative="Adam scales each parameter's step by its gradient's running size: every layer moves at one pace.",
-        steps=300,
-        build=_optimizer_run(_adam(1e-2)),
-        chapter="optimisers",
-    ),
-    Scenario(
-        name="opt-step-lr",
-        title="Optimisers: momentum with step decay",
-        blurb="SGD with momentum; the learning rate is divided by 10 every 100 steps",
-        narrative="Watch the LR line step down and the loss settle lower after each drop.",
-        steps=300,
-        build=_optimizer_run(
+_BUILDERS: dict[str, Callable[[int, str], ScenarioRun]] = {
+    'sigmoid': _circles_mlp(nn.Sigmoid, "normal0.05"),
+    'sigmoid-relu-he': _circles_mlp(nn.ReLU, "he"),
+    'sigmoid-glorot': _circles_mlp(nn.Sigmoid, "glorot"),
+    'relu-explode': _regression_mlp(None),
+    'relu-explode-clip': _regression_mlp(("norm", 1.0)),
+    'deep-linear': _deep_linear(None),
+    'deep-linear-clip': _deep_linear(("norm", 1.0)),
+    'residual-mlp': _residual,
+    'cnn-bn': _cnn,
+    'lstm': _seq_run("lstm", 6, 1e-2),
+    'deep-sigmoid': _deep_sigmoid,
+    'deep-sigmoid-cure': _deep_sigmoid_cure,
+    'rnn-tanh': _seq_run("rnn", 70, 3e-3),
+    'rnn-gru': _seq_run("gru", 70, 1e-2, ("norm", 1.0), carry_bias=3.0),
+    'high-lr': _high_lr,
+    'opt-sgd': _optimizer_run(_sgd(0.05)),
+    'opt-momentum': _optimizer_run(_sgd(0.05, 0.9)),
+    'opt-adam': _optimizer_run(_adam(1e-2)),
+    'opt-step-lr': _optimizer_run(
             _sgd(0.1, 0.9), lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.1)
         ),
-        chapter="optimisers",
-    ),
-    Scenario(
-        name="opt-exp-lr",
-        title="Optimisers: momentum with exponential decay",
-        blurb="SGD with momentum; the learning rate shrinks by 1% every step",
-        narrative="A smooth decay: big steps early, fine ones late. Compare with opt-step-lr.",
-        steps=300,
-        build=_optimizer_run(
-            _sgd(0.1, 0.9), lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=math.exp(math.log(0.01) / 300))
+    'opt-exp-lr': _optimizer_run(
+            _sgd(0.1, 0.9),
+            lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=math.exp(math.log(0.01) / 300)),
         ),
-        chapter="optimisers",
-    ),
-]
+}
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in _LIST}
+SCENARIOS: dict[str, Scenario] = {
+    name: Scenario(**{f.name: getattr(info, f.name) for f in fields(info)}, build=_BUILDERS[name])
+    for name, info in CATALOG.items()
+}
 """Every scenario by name, in tour order."""
 
 

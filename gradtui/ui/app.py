@@ -24,7 +24,7 @@ from textual.widgets import Footer, Static
 
 from gradtui.core.channel import Source
 from gradtui.core.commands import Command
-from gradtui.core.events import Alert, CommandResult, Event, RunEnd
+from gradtui.core.events import Alert, CommandResult, Event, LogLine, RunEnd
 from gradtui.core.store import STAT_LABELS, RunStore
 from gradtui.ui.controls import Controls, describe
 from gradtui.ui.messages import InterventionAcknowledged, InterventionRefused, InterventionSent, RunEnded
@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 GC_THRESHOLDS = (50_000, 20, 100)
 """Garbage-collector thresholds while the viewer runs (see GradTUIApp.on_mount)."""
 
-_THRESHOLD = Binding.Group("thr ×2/÷2", compact=True)
-_LR = Binding.Group("lr ×2/÷2", compact=True)
+_THRESHOLD = Binding.Group("thr", compact=True)
+_LR = Binding.Group("lr", compact=True)
+_SPEED = Binding.Group("speed", compact=True)
+_STEP = Binding.Group("step", compact=True)
 
 INTERVENTION_BINDINGS: list[Binding] = [
     Binding("c", "toggle_clip", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
@@ -52,17 +54,28 @@ INTERVENTION_BINDINGS: list[Binding] = [
     Binding("[", "scale_threshold(0.5)", "thr÷2", tooltip="Clip threshold ÷2", group=_THRESHOLD, id="clip-down"),
     Binding("+", "scale_lr(2.0)", "lr×2", tooltip="Learning rate ×2", group=_LR, id="lr-up"),
     Binding("-", "scale_lr(0.5)", "lr÷2", tooltip="Learning rate ÷2", group=_LR, id="lr-down"),
-    Binding("l", "set_lr", "set lr", tooltip="Type an exact learning rate", id="lr-set"),
+    Binding("l", "set_lr", "lr=", tooltip="Type an exact learning rate", id="lr-set"),
     Binding("p", "toggle_pause", "pause", tooltip="Pause / resume training", id="pause"),
+]
+REPLAY_BINDINGS: list[Binding] = [
+    Binding("p,space", "replay_play", "play", tooltip="Play / pause the replay", id="replay-play"),
+    Binding("+", "replay_speed(2.0)", "speed×2", tooltip="Replay speed ×2", group=_SPEED, id="replay-faster"),
+    Binding("-", "replay_speed(0.5)", "speed÷2", tooltip="Replay speed ÷2", group=_SPEED, id="replay-slower"),
+    Binding("<", "replay_step(-100)", "back", tooltip="Replay: back 100 steps", group=_STEP, id="replay-back"),
+    Binding(">", "replay_step(100)", "fwd", tooltip="Replay: forward 100 steps", group=_STEP, id="replay-forward"),
 ]
 VIEW_BINDINGS: list[Binding] = [
     Binding("s", "cycle_stat", "stat", tooltip="Cycle the statistic: ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖", id="stat"),
+    Binding("o", "toggle_output", "output", tooltip="Log panel: training output / alerts", id="output"),
     Binding("question_mark", "help", "help", key_display="?", tooltip="This help", id="help"),
     Binding("q", "quit", "quit", tooltip="Quit (asks first when that stops a training process)", id="quit"),
 ]
 INTERVENTION_ACTIONS = frozenset(
     {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause"}
 )
+REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
+OUTPUT_TAIL = 40
+"""Lines of the training process's output shown with its error when it crashes."""
 
 
 class GradTUIApp(App[None]):
@@ -80,7 +93,7 @@ class GradTUIApp(App[None]):
     CSS_PATH = "gradtui.tcss"
     ENABLE_COMMAND_PALETTE = False
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    BINDINGS: ClassVar[list[BindingType]] = [*INTERVENTION_BINDINGS, *VIEW_BINDINGS]
+    BINDINGS: ClassVar[list[BindingType]] = [*INTERVENTION_BINDINGS, *REPLAY_BINDINGS, *VIEW_BINDINGS]
 
     stat: reactive[str] = reactive("grad_norm")
     """Statistic the heatmap shows (cycled with `s`)."""
@@ -122,6 +135,10 @@ class GradTUIApp(App[None]):
             SeriesChartWidget(self.store, "global_norm", "global ‖g‖", id="norm", classes="panel"),
         )
         self.alert_log = AlertLog(id="alerts", classes="panel")
+        self.output_log = AlertLog(id="output", classes="panel", placeholder="no output yet")
+        self.replay = getattr(source, "controls", None)
+        """The source's replay controls (play, speed, seek) when it plays a record, else None."""
+        self._replay_generation = self.replay.generation if self.replay is not None else 0
         self.narrative_text = Static(id="narrative-text")
 
     # ------------------------------------------------------------ layout
@@ -134,6 +151,7 @@ class GradTUIApp(App[None]):
             with Vertical(id="side"):
                 yield from self.charts
                 yield self.alert_log
+                yield self.output_log
             with VerticalScroll(id="narrative"):
                 yield self.narrative_text
         yield Footer(compact=True)
@@ -142,7 +160,9 @@ class GradTUIApp(App[None]):
         self._mounted_ui = True
         self.heatmap.color = not self.no_color
         self.heatmap.focus()
-        self.alert_log.border_title = "alerts"
+        self.alert_log.border_title = "alerts (o: output)"
+        self.output_log.border_title = "output (o: alerts)"
+        self.output_log.display = False
         self._update_heatmap_titles()
         self.watch_narrative(self.narrative)
         self.poll_source()
@@ -174,11 +194,16 @@ class GradTUIApp(App[None]):
     def _update_heatmap_titles(self) -> None:
         heatmap = self.heatmap
         label = STAT_LABELS.get(self.stat, self.stat)
-        heatmap.border_title = f"layers × steps: {label}"
         n = self.store.n_layers
         shown = int(heatmap.rows.size)
         flagged = "flagged only, " if heatmap.flagged_only else ""
-        heatmap.border_subtitle = f"{flagged}{shown}/{n} layers · enter: detail · n/N: next flag · f: filter"
+        title = f"layers × steps: {label}"
+        subtitle = f"{flagged}{shown}/{n} layers · enter: detail · n/N: next flag · f: filter"
+        # Setting a border title repaints the widget even when it is unchanged.
+        if heatmap.border_title != title:
+            heatmap.border_title = title
+        if heatmap.border_subtitle != subtitle:
+            heatmap.border_subtitle = subtitle
 
     # ------------------------------------------------------------ events in
 
@@ -195,15 +220,27 @@ class GradTUIApp(App[None]):
                 self.notify(f"The event source failed: {self._source_error}", severity="error", timeout=10)
                 self.alert_log.add_note(f"■ source failed: {self._source_error}", "bold red")
             return 0
+        if self.replay is not None and self.replay.generation != self._replay_generation:
+            # A seek: what follows starts from the run's beginning again.
+            self._replay_generation = self.replay.generation
+            self.reset_store()
         if events:
             self.ingest(events)
         self.refresh_views()
         return len(events)
 
+    def reset_store(self) -> None:
+        """Empty the store in place (the widgets keep their reference to it)."""
+        self.store.reset()
+        self.controls.pending.clear()
+        self.controls.applied.clear()
+        self.heatmap.scroll_to(y=0, animate=False)
+
     def ingest(self, events: list[Event]) -> None:
         """Apply events to the store, and log alerts, acknowledgements and the run's end."""
         alert_log = self.alert_log
         alerts: list[Alert] = []
+        output: list[LogLine] = []
         for ev in events:
             try:
                 self.store.apply(ev)
@@ -215,6 +252,8 @@ class GradTUIApp(App[None]):
                 continue
             if isinstance(ev, Alert):
                 alerts.append(ev)
+            elif isinstance(ev, LogLine):
+                output.append(ev)
             elif isinstance(ev, CommandResult):
                 if alerts:
                     alert_log.add_alerts(alerts)
@@ -227,6 +266,8 @@ class GradTUIApp(App[None]):
                 self._on_end(ev, alert_log)
         if alerts:
             alert_log.add_alerts(alerts)
+        if output:
+            self.output_log.add_output(output)
 
     def _on_result(self, result: CommandResult, alert_log: AlertLog) -> None:
         pending = self.controls.acknowledge(result)
@@ -244,7 +285,9 @@ class GradTUIApp(App[None]):
         self.post_message(RunEnded(end))
         if end.status == "error" and not self._error_shown:
             self._error_shown = True
-            self.push_screen(RunErrorScreen(end.step, end.error))
+            step = end.step if end.step >= 0 else (self.store.last.step if self.store.last is not None else None)
+            tail = [line.text for line in self.store.logs[-OUTPUT_TAIL:]]
+            self.push_screen(RunErrorScreen(step, end.error, tail))
 
     def refresh_views(self, force: bool = False) -> None:
         """Redraw the widgets whose inputs changed since the last call."""
@@ -254,6 +297,8 @@ class GradTUIApp(App[None]):
         self._shown = key
         self.heatmap.refresh_data()
         self._update_heatmap_titles()
+        if self.replay is not None:
+            self.status_header.replay_status = self.replay.status
         self.status_header.refresh_data(self.stat)
         for chart in self.charts:
             chart.refresh_data()
@@ -281,6 +326,11 @@ class GradTUIApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Interventions only from the main and detail screens, never under a dialog.
         if action in INTERVENTION_ACTIONS and isinstance(self.screen, ModalScreen):
+            return False
+        # A replay has no probe to command: its keys drive the playback instead.
+        if action in INTERVENTION_ACTIONS and self.replay is not None:
+            return False
+        if action in REPLAY_ACTIONS and self.replay is None:
             return False
         return True
 
@@ -317,6 +367,25 @@ class GradTUIApp(App[None]):
     def action_toggle_pause(self) -> None:
         self.send_command(self.controls.toggle_pause())
 
+    def action_toggle_output(self) -> None:
+        show_output = not self.output_log.display
+        self.output_log.display = show_output
+        self.alert_log.display = not show_output
+
+    def action_replay_play(self) -> None:
+        if self.replay is not None:
+            self.replay.toggle_play()
+            self.refresh_views(force=True)
+
+    def action_replay_speed(self, factor: float) -> None:
+        if self.replay is not None:
+            self.replay.set_speed(self.replay.speed * factor)
+            self.refresh_views(force=True)
+
+    def action_replay_step(self, steps: int) -> None:
+        if self.replay is not None:
+            self.replay.step_by(steps)
+
     def action_cycle_stat(self) -> None:
         i = HEATMAP_STATS.index(self.stat) if self.stat in HEATMAP_STATS else -1
         self.stat = HEATMAP_STATS[(i + 1) % len(HEATMAP_STATS)]
@@ -324,6 +393,7 @@ class GradTUIApp(App[None]):
     def action_help(self) -> None:
         sections = [
             ("Interventions (sent to the training process)", INTERVENTION_BINDINGS),
+            ("Replay (when playing a record)", REPLAY_BINDINGS),
             ("View", VIEW_BINDINGS),
             ("Heatmap", [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]),
         ]
@@ -340,14 +410,28 @@ class GradTUIApp(App[None]):
             self._leave()  # asked twice (ctrl+q under the dialog): go
             return
         if self.source.owns_process and self.store.end is None:
+            can_detach = bool(getattr(self.source, "can_detach", False))
             self.push_screen(
-                ConfirmQuit("Quitting stops the training process. Stop it and quit?"),
-                callback=lambda yes: self._leave() if yes else None,
+                ConfirmQuit("Quitting stops the training process.", can_detach=can_detach),
+                callback=self._on_quit_answer,
             )
             return
         self._leave()
 
-    def _leave(self) -> None:
+    def _on_quit_answer(self, answer: str | None) -> None:
+        if answer == "stop":
+            self._leave()
+        elif answer == "detach":
+            self._leave(detach=True)
+
+    def _leave(self, detach: bool = False) -> None:
+        if detach:
+            detach_fn = getattr(self.source, "detach", None)
+            try:
+                if callable(detach_fn):
+                    detach_fn()
+            except Exception:  # leaving must not fail; the CLI reports what happened
+                log.exception("detaching from the training process failed")
         self.close_source()
         self.exit()
 

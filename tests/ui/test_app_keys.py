@@ -7,6 +7,7 @@ a command pending before the acknowledgement and applied after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -92,7 +93,7 @@ def test_clip_toggle_off_on_keeps_mode_and_threshold_and_m_cycles() -> None:
         await ack(app, pilot)
         assert "clip norm ≤0.25" in status(app)
         await pilot.press("c")
-        assert src.sent[-1].mode == "off"  # type: ignore[union-attr]
+        assert isinstance(src.sent[-1], SetClip) and src.sent[-1].mode == "off"
         await ack(app, pilot)
         assert "clip off" in status(app)
         await pilot.press("c")
@@ -185,16 +186,13 @@ def test_interventions_are_refused_in_the_ui_when_they_cannot_apply() -> None:
     app = manual_app(src)
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
-        app.store.run = app.store.run.__class__(**{**_fields(app.store.run), "lrs": ()})  # type: ignore[arg-type]
+        assert app.store.run is not None
+        app.store.run = dataclasses.replace(app.store.run, lrs=())
         await pilot.press("+")
         assert src.sent == []
         assert "no optimizer is watched" in log_text(app)
 
     drive(app, body)
-
-
-def _fields(obj: object) -> dict[str, object]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}  # type: ignore[attr-defined]
 
 
 def test_commands_after_the_run_ended_are_refused() -> None:

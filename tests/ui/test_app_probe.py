@@ -129,7 +129,7 @@ def drive(body: Callable[[Ctx], Awaitable[None]]) -> None:
 def same_command(a: Command, b: Command) -> bool:
     """Equal but for the random id."""
     return type(a) is type(b) and all(
-        getattr(a, f.name) == getattr(b, f.name) for f in fields(a) if f.name != "id"  # type: ignore[arg-type]
+        getattr(a, f.name) == getattr(b, f.name) for f in fields(a) if f.name != "id"
     )
 
 

@@ -20,8 +20,10 @@ from gradtui.ui.widgets.alert_log import AlertLog
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
 from gradtui.ui.widgets.status import StatusHeader
 
+Body = Callable[[GradTUIApp, Pilot[None]], Awaitable[None]]
 
-def drive(app: GradTUIApp, body: Callable[[GradTUIApp, Pilot[None]], Awaitable[None]], size=(80, 24)) -> None:
+
+def drive(app: GradTUIApp, body: Body, size: tuple[int, int] = (80, 24)) -> None:
     async def main() -> None:
         async with app.run_test(size=size) as pilot:
             await pilot.pause()

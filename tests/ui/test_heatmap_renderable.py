@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from ui_helpers import run_start, step_stats, store_of
 
+from gradtui.core.events import Event
+from gradtui.core.store import RunStore
 from gradtui.ui.renderables.heatmap import (
     Heatmap,
     HeatmapLayout,
@@ -26,9 +28,9 @@ def _bg(code: int) -> str:
     return f"48;2;{r};{g};{b}m"
 
 
-def _three_layer_store(steps: int = 5):
+def _three_layer_store(steps: int = 5) -> RunStore:
     """fc0 cold (1e-9), fc1 healthy (0.1), fc2 hot (1e6); fc2 goes NaN at the last step."""
-    events = [run_start(3, names=["cold", "ok", "hot"])]
+    events: list[Event] = [run_start(3, names=["cold", "ok", "hot"])]
     for s in range(steps):
         norms = [1e-9, 0.1, 1e6]
         nf = [0, 0, 0]
@@ -89,7 +91,7 @@ def test_flag_glyphs_and_names_do_not_depend_on_colour() -> None:
 
 
 def test_layer_without_gradient_is_blank_not_nonfinite() -> None:
-    events = [run_start(2)]
+    events: list[Event] = [run_start(2)]
     for s in range(4):
         events.append(step_stats(s, [0.1, float("nan")], has_grad=[True, False]))
     store = store_of(events)
@@ -107,7 +109,7 @@ def test_infinite_norm_is_nonfinite_even_without_a_count() -> None:
 
 
 def test_detail_stat_gaps_carry_the_last_value_instead_of_nonfinite() -> None:
-    events = [run_start(1)]
+    events: list[Event] = [run_start(1)]
     for s in range(20):
         events.append(step_stats(s, [0.1], mean_abs=[1e-3] if s % 10 == 0 else None))
     store = store_of(events)
@@ -119,7 +121,7 @@ def test_detail_stat_gaps_carry_the_last_value_instead_of_nonfinite() -> None:
 
 
 def test_detail_stat_of_a_nan_layer_is_nonfinite() -> None:
-    events = [run_start(1)]
+    events: list[Event] = [run_start(1)]
     for s in range(10):
         nan = s >= 5
         events.append(step_stats(s, [float("nan") if nan else 0.1], nonfinite=[3 if nan else 0]))
@@ -129,7 +131,7 @@ def test_detail_stat_of_a_nan_layer_is_nonfinite() -> None:
 
 
 def test_buckets_take_the_worst_finite_value_and_stay_aligned() -> None:
-    events = [run_start(1)]
+    events: list[Event] = [run_start(1)]
     for s in range(8):
         events.append(step_stats(s, [1e3 if s == 2 else 1e-3]))
     store = store_of(events)
@@ -155,8 +157,6 @@ def test_bucket_size_ladder(count: int, cols: int, k: int) -> None:
 
 
 def test_empty_store_single_layer_and_two_thousand_layers_render() -> None:
-    from gradtui.core.store import RunStore
-
     empty = render_heatmap_text(Heatmap(heatmap_view(RunStore(), "grad_norm", 20)), 40)
     assert "no layers yet" in empty
     one = store_of([run_start(1), step_stats(0, [0.5])])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from gradtui.core.events import Event, LayerInfo, RunStart, StepStats
@@ -63,7 +65,7 @@ def step_stats(
     )
 
 
-def store_of(events: list[Event]) -> RunStore:
+def store_of(events: Sequence[Event]) -> RunStore:
     """A store with the events applied."""
     store = RunStore()
     for ev in events:

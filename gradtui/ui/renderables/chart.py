@@ -201,9 +201,3 @@ def _runs_to_segments(chars: np.ndarray, cls: np.ndarray, styles: tuple[Style, .
     ends = np.concatenate((cuts, [cls.size])).tolist()
     text = "".join(chars.tolist())
     return [Segment(text[a:b], styles[int(cls[a])]) for a, b in zip(starts, ends, strict=True)]
-
-
-def log_friendly(values: np.ndarray) -> bool:
-    """True when a series is positive and spans at least two decades."""
-    fin = values[np.isfinite(values)]
-    return bool(fin.size and fin.min() > 0 and math.log10(fin.max() / fin.min()) >= 2)

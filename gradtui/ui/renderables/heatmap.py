@@ -61,25 +61,14 @@ def bucket_size(count: int, cols: int) -> int:
 
 
 def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray) -> np.ndarray:
-    """(last, len(layers)) float32 block of the ring, oldest first, for the given layer columns.
-
-    Reads the store's ring directly, with slices where it can (a window that does not
-    wrap, a contiguous run of layers), so that a frame copies only the visible cells
-    (RunStore.window copies every layer).
-    """
-    data = store._stats.get(stat)
-    if data is None or last <= 0 or layers.size == 0:
+    """(last, len(layers)) float32 block of the ring, oldest first, for the given layer columns."""
+    if last <= 0 or layers.size == 0:
         return np.full((max(0, last), layers.size), np.nan, np.float32)
-    head = store._head
-    rows: slice | np.ndarray = slice(head - last, head) if head >= last else store._order(last)
-    first, final = int(layers[0]), int(layers[-1])
-    contiguous = layers.size == final - first + 1 and bool(np.all(np.diff(layers) == 1))
-    cols: slice | np.ndarray = slice(first, final + 1) if contiguous else layers
-    if isinstance(rows, slice):
-        return np.asarray(data[rows, cols])
-    if isinstance(cols, slice):
-        return np.asarray(data[rows][:, cols])
-    return np.asarray(data[np.ix_(rows, cols)])
+    block = store.window(stat, last, layers)
+    if block.shape[0] < last:  # fewer steps held than asked for: pad the old end
+        pad = np.full((last - block.shape[0], layers.size), np.nan, np.float32)
+        block = np.concatenate([pad, block])
+    return block
 
 
 def _ffill(values: np.ndarray) -> np.ndarray:
@@ -165,7 +154,8 @@ def heatmap_view(
 
     vals_b = block(stat)
     vals = np.fmax.reduce(vals_b, axis=1)
-    bad = (np.nan_to_num(block("nonfinite"), nan=0.0) > 0).any(axis=1)
+    # NaN (no sample) compares False, so padding never counts as non-finite.
+    bad = (block("nonfinite") > 0).any(axis=1)
     bad |= np.isinf(vals_b).any(axis=1)
     if stat != "grad_norm":
         bad |= np.isinf(block("grad_norm")).any(axis=1)

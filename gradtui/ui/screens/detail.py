@@ -45,7 +45,7 @@ class LayerDetailScreen(Screen[None]):
     LayerDetailScreen #detail-title { height: auto; padding: 0 1; background: $panel; }
     LayerDetailScreen .stat-row { height: 1; }
     LayerDetailScreen .stat-label { width: 12; color: $text-muted; }
-    LayerDetailScreen .stat-values { width: 40; }
+    LayerDetailScreen .stat-values { width: 46; }
     LayerDetailScreen Sparkline { width: 1fr; height: 1; }
     LayerDetailScreen #detail-stats { height: auto; padding: 1 1 0 1; }
     LayerDetailScreen #detail-alerts { height: 1fr; padding: 1 1 0 1; }
@@ -56,6 +56,7 @@ class LayerDetailScreen(Screen[None]):
         self.store = store
         self.layer_index = layer
         self._version = -1
+        self._composed = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
@@ -70,12 +71,13 @@ class LayerDetailScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._composed = True
         self.refresh_data(force=True)
 
     def refresh_data(self, force: bool = False) -> None:
         """Redraw from the store if it changed."""
         st = self.store
-        if not force and st.version == self._version:
+        if not self._composed or (not force and st.version == self._version):
             return
         self._version = st.version
         if not (0 <= self.layer_index < st.n_layers):
@@ -108,7 +110,7 @@ class LayerDetailScreen(Screen[None]):
             rng = f"{fmt_value(float(fin.min()), 0)}…{fmt_value(float(fin.max()), 0)}" if fin.size else "—"
             text = Text(fmt_value(v if at >= 0 else None), style="bold")
             text.append(f" @{at}" if at >= 0 else "", style="dim")
-            text.append(f"  range {rng}", style="dim")
+            text.append(f"  range {rng}  n={fin.size}", style="dim")
             self.query_one(f"#values-{stat}", Static).update(text)
             self.query_one(f"#spark-{stat}", Sparkline).data = spark_data(hist, stat)
 
@@ -119,7 +121,10 @@ class LayerDetailScreen(Screen[None]):
         if not alerts:
             table.add_row(Text("none so far", style="dim"))
         for a in reversed(alerts):
-            table.add_row(alert_text(a))
+            line = alert_text(a)
+            if a.message:
+                line.append(f"  {a.message}", style="dim")
+            table.add_row(line)
         self.query_one("#detail-alert-list", Static).update(table)
 
     def action_back(self) -> None:

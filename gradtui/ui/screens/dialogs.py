@@ -64,33 +64,42 @@ class LRDialog(ModalScreen[float | None]):
         self.dismiss(None)
 
 
-class ConfirmQuit(ModalScreen[bool]):
-    """Confirm leaving when that stops the training process this viewer started."""
+class ConfirmQuit(ModalScreen[str | None]):
+    """Confirm leaving when that stops the training process this viewer started.
+
+    Dismisses with "stop", "detach" (leave it running; only when the source can) or None.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Yes", id="confirm-yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm-no"),
+        Binding("y", "answer('stop')", "Stop and quit", id="confirm-yes"),
+        Binding("d", "answer('detach')", "Leave it running", id="confirm-detach"),
+        Binding("n,escape", "answer(None)", "Stay", id="confirm-no"),
     ]
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, can_detach: bool = False) -> None:
         super().__init__()
         self.message = message
+        self.can_detach = can_detach
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
             yield Label(self.message, classes="dialog-title")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Stop and quit (y)", variant="error", id="yes")
-                yield Button("Stay (n)", variant="primary", id="no")
+                yield Button("Stop it and quit (y)", variant="error", id="stop")
+                if self.can_detach:
+                    yield Button("Leave it running (d)", variant="warning", id="detach")
+                yield Button("Stay (n)", variant="primary", id="stay")
 
     def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
+        self.query_one("#stay", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
+        self.dismiss(event.button.id if event.button.id in ("stop", "detach") else None)
 
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
+    def action_answer(self, answer: str | None) -> None:
+        if answer == "detach" and not self.can_detach:
+            return
+        self.dismiss(answer)
 
 
 class RunErrorScreen(ModalScreen[None]):
@@ -98,18 +107,25 @@ class RunErrorScreen(ModalScreen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter", "close", "Close", id="error-close")]
 
-    def __init__(self, step: int, error: str) -> None:
+    def __init__(self, step: int | None, error: str, output: list[str] | None = None) -> None:
         super().__init__()
         self.step = step
-        self.error = error or "(no traceback was sent)"
+        self.error = error or "(no error text was sent)"
+        self.output = output or []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="error-dialog", classes="dialog"):
             last = self.error.strip().splitlines()[-1] if self.error.strip() else ""
-            yield Label(Text(f"✖ Training crashed at step {self.step}", style="bold"), classes="dialog-title")
+            where = f" at step {self.step}" if self.step is not None else ""
+            yield Label(Text(f"✖ Training crashed{where}", style="bold"), classes="dialog-title")
             yield Label(Text(last, style="bold"), classes="dialog-hint")
+            text = Text(self.error.rstrip() + "\n")
+            if self.output and "Traceback" not in self.error:
+                # The probe could not send the traceback (the process died): its output has it.
+                text.append("\nLast output of the training process:\n", style="bold")
+                text.append("\n".join(self.output))
             with VerticalScroll(id="traceback"):
-                yield Static(Text(self.error), id="traceback-text")
+                yield Static(text, id="traceback-text")
             yield Label("Esc: close (the run's history stays on screen)  q: quit", classes="dialog-hint")
 
     def action_close(self) -> None:

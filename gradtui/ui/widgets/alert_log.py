@@ -14,7 +14,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from gradtui.core.events import Alert, CommandResult, RunEnd
+from gradtui.core.events import Alert, CommandResult, LogLine, RunEnd
 from gradtui.ui.controls import Pending
 from gradtui.ui.scale import FLAG_GLYPHS, fmt_value
 
@@ -41,8 +41,17 @@ class AlertLog(ScrollView, can_focus=False):
     }
     """
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None, max_entries: int = 1000) -> None:  # noqa: A002
+    def __init__(
+        self,
+        *,
+        id: str | None = None,  # noqa: A002
+        classes: str | None = None,
+        max_entries: int = 1000,
+        placeholder: str = "no alerts yet",
+    ) -> None:
         super().__init__(id=id, classes=classes)
+        self.placeholder = placeholder
+        self._max_batch = max_entries
         self.entries: collections.deque[Text] = collections.deque(maxlen=max_entries)
         self.count = 0
         self._lines: list[Strip] = []
@@ -114,7 +123,7 @@ class AlertLog(ScrollView, can_focus=False):
         if 0 <= i < len(self._lines):
             return self._lines[i].crop_extend(0, width, _PLAIN)
         if i == 0 and not self._lines:
-            return Strip([Segment("no alerts yet"[:width].ljust(width), Style(dim=True))], width)
+            return Strip([Segment(self.placeholder[:width].ljust(width), Style(dim=True))], width)
         return Strip([Segment(" " * width, _PLAIN)], width)
 
     def add_alerts(self, alerts: Sequence[Alert]) -> None:
@@ -147,6 +156,11 @@ class AlertLog(ScrollView, can_focus=False):
         style = {"ok": "bold green", "error": "bold red"}.get(end.status, "bold yellow")
         first = end.error.strip().splitlines()[-1] if end.error.strip() else ""
         self.write(Text(f"{end.step} ■ run ended: {end.status}" + (f": {first}" if first else ""), style=style))
+
+    def add_output(self, lines: Sequence[LogLine]) -> None:
+        """Log lines printed by the training process (stderr in red, the viewer's own notes bold)."""
+        styles = {"stderr": "red", "gradtui": "bold"}
+        self.write(*(Text(line.text, style=styles.get(line.stream, "")) for line in lines[-self._max_batch :]))
 
     def add_note(self, text: str, style: str = "dim") -> None:
         self.write(Text(text, style=style))

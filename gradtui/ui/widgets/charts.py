@@ -39,6 +39,7 @@ class SeriesChartWidget(Widget):
         self.log_scale = log
         self._version = -1
         self._lines: list[Strip] | None = None
+        self._styles: ChartStyles | None = None
 
     def refresh_data(self) -> None:
         """Redraw if the store changed."""
@@ -53,16 +54,19 @@ class SeriesChartWidget(Widget):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._lines = None
+        self._styles = None
 
     def chart(self, height: int) -> SeriesChart:
         """The renderable for the current data."""
         st = self.store
-        get = self.get_component_rich_style
-        styles = ChartStyles(
-            bar=get("series-chart--bar", partial=True),
-            marker=get("series-chart--marker", partial=True),
-            axis=get("series-chart--axis", partial=True),
-        )
+        if self._styles is None:
+            get = self.get_component_rich_style
+            self._styles = ChartStyles(
+                bar=get("series-chart--bar", partial=True),
+                marker=get("series-chart--marker", partial=True),
+                axis=get("series-chart--axis", partial=True),
+            )
+        styles = self._styles
         markers = [ChartMarker(m.step, MARKER_GLYPHS.get(m.kind, "*")) for m in st.markers]
         return SeriesChart(
             st.steps(),

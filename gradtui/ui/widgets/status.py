@@ -72,6 +72,8 @@ class StatusHeader(Widget):
         self.source_name = source_name
         self.stat = "grad_norm"
         self.last_result: CommandResult | None = None
+        self.replay_status: str | None = None
+        """The replay's own status line (play/pause, speed, position) when playing a record."""
         self._chips = Chips([])
         self._height = -1
 
@@ -100,6 +102,8 @@ class StatusHeader(Widget):
             if st.end.status == "interrupted":
                 return Text("■ interrupted", style="bold yellow")
             return Text("✓ finished", style="bold green")
+        if self.replay_status is not None:
+            return Text(f"⏵ replay {self.replay_status}", style="bold cyan")
         if st.run is None:
             return Text("… waiting", style="dim")
         paused = self.controls.actual().paused
@@ -114,7 +118,9 @@ class StatusHeader(Widget):
         ctl = self.controls
         actual = ctl.actual()
         name = run.run if run is not None else "—"
-        line1: list[Text] = [self._state(), _chip("", name, "bold"), Text(self.source_name, style="dim")]
+        line1: list[Text] = [self._state(), _chip("", name, "bold")]
+        if self.source_name != name:
+            line1.append(Text(self.source_name, style="dim"))
         step = f"{last.step}" if last is not None else "—"
         line1.append(_chip("step", step))
         if last is not None:
