@@ -48,6 +48,12 @@ def _detector_config(pairs: Sequence[str]) -> Any:
         raise CLIError(str(exc)) from None
 
 
+def _export_detector_options(pairs: Sequence[str]) -> None:
+    """Check -D options here, then hand them to the training process through its environment."""
+    _detector_config(pairs)
+    os.environ["GRADTUI_DETECTORS"] = ",".join(p.strip() for p in pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradtui",
@@ -66,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=20.0, help="steps per second at most, 0 for as fast as possible (default 20)"
     )
     demo.add_argument("--record", default=None, metavar="FILE", help="also record the run to FILE")
+    _add_detector_options(demo)
 
     report = sub.add_parser("report", help="summarise a record file")
     report.add_argument("file", help="a record file (.gtr)")
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--listen", metavar="HOST:PORT", help="also let the script serve viewers over TCP")
     run.add_argument("--no-serve", action="store_true", help="do not let the script serve a socket (no reattach)")
+    _add_detector_options(run)
     run.add_argument("script_argv", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]")
 
     replay = sub.add_parser("replay", help="play a record file in the viewer (pause, speed, seek)")
@@ -288,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": cmd_replay,
     }
     try:
+        if args.command in ("run", "demo") and args.detector:
+            _export_detector_options(args.detector)
         return handlers[args.command](args)
     except CLIError as exc:
         print(f"gradtui: error: {exc}", file=sys.stderr)

@@ -515,3 +515,54 @@ def test_lanes_measure_the_gradient_reaching_each_time_step() -> None:
     np.testing.assert_allclose(store.latest("grad_norm")[2:], expected, rtol=1e-5)
     with pytest.raises(IndexError, match="lane 4 does not exist"):
         mon.lane(4, h)
+
+
+@pytest.mark.parametrize("kind", ["lambda", "step", "onecycle"])
+def test_lr_commands_survive_the_scheduler(kind: str) -> None:
+    model, x, y = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if kind == "lambda":  # a warm-up recomputes lr from base_lrs at every step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    elif kind == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=100)
+    twin = copy_schedule(kind)
+    mon = gradtui.watch(model, opt, detectors=False, scheduler=sched)
+    for step in range(6):
+        if step == 3:
+            mon.send(SetLR(factor=0.5))
+        model.zero_grad()
+        _loss(model, x, y).backward()
+        mon.step()
+        opt.step()
+        sched.step()
+        twin.optimizer.step()
+        twin.step()
+        expected = twin.get_last_lr()[0] * (0.5 if step >= 3 else 1.0)
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected), step
+    mon.close()
+
+
+def copy_schedule(kind: str) -> torch.optim.lr_scheduler.LRScheduler:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    if kind == "lambda":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=100)
+
+
+def test_detector_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _, _ = mlp()
+    monkeypatch.setenv("GRADTUI_DETECTORS", "dead_steps=7")
+    mon = gradtui.watch(model)
+    assert mon._detectors is not None and mon._detectors.config.dead_steps == 7
+    mon.close()
+    monkeypatch.setenv("GRADTUI_DETECTORS", "no_such_key=1")
+    with pytest.raises(ValueError, match="GRADTUI_DETECTORS: .*no_such_key"):
+        gradtui.watch(model)
+    monkeypatch.setenv("GRADTUI_DETECTORS", "oops")
+    with pytest.raises(ValueError, match="is not key=value"):
+        gradtui.watch(model)

@@ -7,7 +7,7 @@ number of consecutive samples, and cleared once its stricter leave condition has
 `clear_steps` samples. Between the two thresholds nothing moves, so a value hovering at a
 threshold cannot make a flag flicker. `update()` is vectorised over layers and keeps only
 fixed-size ring buffers: its cost per call and its memory stay flat however long the run.
-The rules and their defaults are described in docs/detectors.md.
+The rules and their defaults are described in README.md (Detectors).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ from gradtui.core.events import Event, LogLine, RunEnd
 
 log = logging.getLogger("gradtui")
 
+VIEWER_PID_ENV = "GRADTUI_VIEWER_PID"
+"""Set by a viewer for a child it starts, so that the child can tell when the viewer is gone."""
+
 CONNECT_ENV = "GRADTUI_CONNECT"
 """Set by a viewer that starts a training process: `fd:N` names an inherited socket."""
 
@@ -435,6 +438,7 @@ class ChildSource(StreamSource):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         full_env = dict(os.environ if env is None else env)
         full_env[CONNECT_ENV] = f"fd:{child.fileno()}"
+        full_env[VIEWER_PID_ENV] = str(os.getpid())
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             self.process = subprocess.Popen(

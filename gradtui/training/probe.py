@@ -183,6 +183,7 @@ class Monitor:
         listen: str | None = None,
         token_file: str | os.PathLike[str] | None = None,
         lanes: Sequence[str] | int = (),
+        scheduler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
@@ -194,6 +195,7 @@ class Monitor:
         clip_mode, clip_threshold = _check_clip(clip)
         self.model = model
         self.optimizer = _unwrap_optimizer(optimizer)
+        self.scheduler = scheduler
         self.every = every
         self.detail_every = detail_every
         self.clip_mode = clip_mode
@@ -288,6 +290,8 @@ class Monitor:
         config = detectors if isinstance(detectors, DetectorConfig) else None
         if config is None and detectors is not True:
             raise TypeError(f"detectors must be True, False or a DetectorConfig, got {type(detectors).__name__}")
+        if config is None and os.environ.get(DETECTORS_ENV):
+            config = _config_from_env(DetectorConfig)
         names = [layer.name for layer in self._layers]
         numel = [sum(p.numel() for p in layer.params) for layer in self._layers]
         return Detectors(names, config, numel=numel)
@@ -775,11 +779,14 @@ class Monitor:
             old = self._lrs()
             for gi in groups:
                 group = self.optimizer.param_groups[gi]
-                new = cmd.value if cmd.value is not None else float(group["lr"]) * (cmd.factor or 1.0)
+                current = float(group["lr"])
+                new = cmd.value if cmd.value is not None else current * (cmd.factor or 1.0)
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"].fill_(new)
                 else:
                     group["lr"] = new
+                if current > 0:
+                    self._rescale_schedule(gi, new / current)
             new_lrs = self._lrs()
             where = "all groups" if cmd.group is None else f"group {cmd.group}"
             changes = ", ".join(f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(old, new_lrs, strict=True) if a != b)
@@ -796,6 +803,22 @@ class Monitor:
         else:  # pragma: no cover - validate() refuses everything else
             return
         self._emit(CommandResult(cmd.id, kind, True, step, message))
+
+    def _rescale_schedule(self, group_index: int, ratio: float) -> None:
+        """Scale what a scheduler computes the LR from, so that its next step keeps the change.
+
+        Closed-form schedules (LambdaLR, warm-up, OneCycle, cosine) recompute the LR from
+        `base_lrs` or the group's `initial_lr`/`max_lr`/`min_lr`; chained ones from the
+        group's `lr`, already set.
+        """
+        assert self.optimizer is not None
+        group = self.optimizer.param_groups[group_index]
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            if isinstance(group.get(key), (int, float)) and not isinstance(group.get(key), bool):
+                group[key] = group[key] * ratio
+        base = getattr(self.scheduler, "base_lrs", None)
+        if isinstance(base, list) and group_index < len(base):
+            base[group_index] = base[group_index] * ratio
 
     def _wait_while_paused(self, step: int) -> None:
         # Every rank loops here in step: each round is one command broadcast from rank 0.
@@ -863,6 +886,24 @@ def _unwrap_optimizer(optimizer: torch.optim.Optimizer | None) -> torch.optim.Op
     ):
         optimizer = optimizer.optimizer  # type: ignore[attr-defined]
     return optimizer
+
+
+DETECTORS_ENV = "GRADTUI_DETECTORS"
+"""Detector thresholds as "key=value,key=value", set by `gradtui run/demo -D key=value`."""
+
+
+def _config_from_env(config_cls: Any) -> Any:
+    spec = os.environ.get(DETECTORS_ENV, "")
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{DETECTORS_ENV}={spec!r}: {item!r} is not key=value")
+        options[key.strip()] = value.strip()
+    try:
+        return config_cls.from_options(options)
+    except ValueError as exc:
+        raise ValueError(f"{DETECTORS_ENV}: {exc}") from None
 
 
 def _lane_names(lanes: Sequence[str] | int) -> tuple[str, ...]:
@@ -942,6 +983,7 @@ def watch(
     listen: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     lanes: Sequence[str] | int = (),
+    scheduler: Any = None,
 ) -> Monitor:
     """Start watching `model`'s gradients (and `optimizer`'s learning rates).
 
@@ -969,6 +1011,8 @@ def watch(
         token_file: where the TCP token lives (default: GRADTUI_TOKEN_FILE).
         lanes: extra rows for gradients that reach activations, as names or a count;
             fill them with `mon.lane(i, tensor)` during the forward pass.
+        scheduler: the LR scheduler, if any: a learning-rate command then also scales
+            what the schedule computes from, so the change survives its next step.
 
     Returns:
         The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
@@ -995,4 +1039,5 @@ def watch(
         listen=listen,
         token_file=token_file,
         lanes=lanes,
+        scheduler=scheduler,
     )

@@ -58,6 +58,18 @@ class ScenarioRun:
         self.clip = clip
         self.steps_done = 0
 
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        """Names of the activation-gradient lanes this setup can show (see `use_monitor_lanes`)."""
+        if isinstance(self.model, _SeqClassifier) and self.model.lane_steps:
+            return tuple(f"h[t={t}]" for t in self.model.lane_steps)
+        return ()
+
+    def use_monitor_lanes(self, lane: Callable[[int, torch.Tensor], torch.Tensor]) -> None:
+        """Route the lanes' tensors through `lane` (a `Monitor.lane`) from now on."""
+        if isinstance(self.model, _SeqClassifier):
+            self.model.lane_fn = lane
+
     def train_step(self, mon: Stepper | None) -> float:
         """One full step: batch, forward, loss, backward, `mon.step(loss)`, optimizer and scheduler.
 
@@ -240,11 +252,40 @@ class _SeqClassifier(nn.Module):
                 self.rnn.get_parameter("bias_hh_l0")[hidden : 2 * hidden] = carry_bias
                 self.rnn.get_parameter("bias_ih_l0")[hidden : 2 * hidden] = 0.0
         self.head = nn.Linear(hidden, n_out)
+        self.cell = cell
+        self.lane_fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+        """Set to `Monitor.lane` to measure dL/dh_t at the time steps in `lane_steps`."""
+        self.lane_steps: tuple[int, ...] = ()
+
+    def use_lanes(self, length: int, count: int = 12) -> tuple[str, ...]:
+        """Choose `count` time steps, first and last included, to show as lanes; their names."""
+        self.lane_steps = tuple(sorted({int(round(t)) for t in np.linspace(0, length - 1, count)}))
+        return tuple(f"h[t={t}]" for t in self.lane_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        logits: torch.Tensor = self.head(out[:, -1])
-        return logits
+        if self.lane_fn is None:
+            out, _ = self.rnn(x)
+            logits: torch.Tensor = self.head(out[:, -1])
+            return logits
+        return self.head(self._unrolled(x, self.lane_fn))
+
+    def _unrolled(self, x: torch.Tensor, lane: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # The same cell kernels nn.RNN/LSTM/GRU run, one step at a time, so that the hidden
+        # state of each time step is a tensor whose gradient can be measured.
+        w = [self.rnn.get_parameter(n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+        h = x.new_zeros(x.shape[0], self.head.in_features)
+        c = torch.zeros_like(h)
+        lanes = {t: i for i, t in enumerate(self.lane_steps)}
+        for t in range(x.shape[1]):
+            if self.cell == "lstm":
+                h, c = torch._VF.lstm_cell(x[:, t], (h, c), *w)  # type: ignore[attr-defined]
+            elif self.cell == "gru":
+                h = torch._VF.gru_cell(x[:, t], h, *w)  # type: ignore[attr-defined]
+            else:
+                h = torch._VF.rnn_tanh_cell(x[:, t], h, *w)  # type: ignore[attr-defined]
+            if t in lanes:
+                h = lane(lanes[t], h)
+        return h
 
 
 def _seeded_model(seed: int, device: str, make: Callable[[], nn.Module]) -> nn.Module:
@@ -355,7 +396,7 @@ def _seq_run(
     def build(seed: int, device: str) -> ScenarioRun:
         rng = np.random.default_rng(seed)
         data = _first_token_task(rng, 2000, length, vocab=4)
-        return _classifier_run(
+        run = _classifier_run(
             seed,
             device,
             data,
@@ -364,6 +405,9 @@ def _seq_run(
             batch=64,
             clip=clip,
         )
+        if isinstance(run.model, _SeqClassifier):
+            run.model.use_lanes(length)
+        return run
 
     return build
 

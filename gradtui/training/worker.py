@@ -7,6 +7,7 @@ also runnable by hand: `python -m gradtui.training.worker sigmoid --steps 300`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from types import FrameType
 import torch
 
 import gradtui
+from gradtui.core.stream import VIEWER_PID_ENV
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -32,6 +34,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--record", default=None)
     p.add_argument("--run", default=None, help="run name shown in the viewer")
     return p.parse_args(argv)
+
+
+def _viewer_pid() -> int:
+    """The viewer that started this worker: named by it (no race with its exit), else our parent."""
+    named = os.environ.get(VIEWER_PID_ENV, "")
+    return int(named) if named.isdigit() else os.getppid()
 
 
 def check_device(device: str) -> str | None:
@@ -67,12 +75,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = scenario.build(args.seed, args.device)
     options = dict(scenario.watch_options)
     mon = gradtui.watch(
-        setup.model, setup.optimizer, record=args.record, run=args.run or f"demo: {scenario.name}", **options
+        setup.model,
+        setup.optimizer,
+        record=args.record,
+        run=args.run or f"demo: {scenario.name}",
+        lanes=setup.lanes,
+        scheduler=setup.scheduler,
+        **options,
     )
+    setup.use_monitor_lanes(mon.lane)
     period = 1.0 / args.speed if args.speed > 0 else 0.0
     next_at = time.perf_counter()
+    parent = _viewer_pid()
     with mon:
         for _ in range(steps):
+            if os.getppid() != parent:
+                # The viewer that started us is gone (its pane closed, it was killed):
+                # nobody is watching, so stop rather than train unseen.
+                raise KeyboardInterrupt
             setup.train_step(mon)
             if period:
                 next_at += period

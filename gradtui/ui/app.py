@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from typing import ClassVar
 
 from rich.markdown import Markdown
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.timer import Timer
-from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from gradtui.core.channel import Source
@@ -27,15 +28,23 @@ from gradtui.core.commands import Command
 from gradtui.core.events import Alert, CommandResult, Event, LogLine, RunEnd
 from gradtui.core.store import STAT_LABELS, RunStore
 from gradtui.ui.controls import Controls, describe
-from gradtui.ui.messages import InterventionAcknowledged, InterventionRefused, InterventionSent, RunEnded
+from gradtui.ui.messages import (
+    ChapterStarted,
+    InterventionAcknowledged,
+    InterventionRefused,
+    InterventionSent,
+    RunEnded,
+)
 from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
 from gradtui.ui.screens.help import HelpScreen
+from gradtui.ui.screens.tour import NEXT_KEY, PREVIOUS_KEY, ChapterScreen, heading, key_line
+from gradtui.ui.tour import Tour
 from gradtui.ui.widgets.alert_log import AlertLog
 from gradtui.ui.widgets.charts import SeriesChartWidget
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
-from gradtui.ui.widgets.status import StatusHeader
+from gradtui.ui.widgets.status import Chips, StatusHeader
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,31 @@ _THRESHOLD = Binding.Group("thr", compact=True)
 _LR = Binding.Group("lr", compact=True)
 _SPEED = Binding.Group("speed", compact=True)
 _STEP = Binding.Group("step", compact=True)
+_CHAPTER = Binding.Group("chapter", compact=True)
+
+# `.` and `,` are `>` and `<` without shift (the replay's forward/back), free in every mode,
+# and the same key on the main screen, the detail screen and the story dialog.
+TOUR_BINDINGS: list[Binding] = [
+    Binding(
+        "comma",
+        "tour_move(-1)",
+        "back",
+        key_display=PREVIOUS_KEY,
+        tooltip="Tour: previous chapter (restarts its training)",
+        group=_CHAPTER,
+        id="tour-back",
+    ),
+    Binding(
+        "full_stop",
+        "tour_move(1)",
+        "next",
+        key_display=NEXT_KEY,
+        tooltip="Tour: next chapter (stops this run, starts the next)",
+        group=_CHAPTER,
+        id="tour-next",
+    ),
+    Binding("t", "tour_story", "story", tooltip="Tour: the chapter's story in full", id="tour-story"),
+]
 
 INTERVENTION_BINDINGS: list[Binding] = [
     Binding("c", "toggle_clip", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
@@ -74,6 +108,11 @@ INTERVENTION_ACTIONS = frozenset(
     {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause"}
 )
 REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
+TOUR_ACTIONS = frozenset({"tour_move", "tour_story"})
+WIDE_AT = 120
+"""Columns from which the side panels sit beside the heatmap (below it on narrower terminals)."""
+CLOSE_WAIT_S = 10.0
+"""How long leaving waits for the training processes of earlier chapters to stop."""
 OUTPUT_TAIL = 40
 """Lines of the training process's output shown with its error when it crashes."""
 
@@ -88,12 +127,19 @@ class GradTUIApp(App[None]):
         refresh_hz: Polls (and at most redraws) per second.
         max_events_per_tick: Events folded per poll; the rest wait for the next poll.
         store: A store to fill (a fresh one by default).
+        tour: The demo's guided tour; `source` is its current chapter's. Adds the chapter
+            keys, and a heading and key line that stay visible at any size.
     """
 
     CSS_PATH = "gradtui.tcss"
     ENABLE_COMMAND_PALETTE = False
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    BINDINGS: ClassVar[list[BindingType]] = [*INTERVENTION_BINDINGS, *REPLAY_BINDINGS, *VIEW_BINDINGS]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE_AT, "-wide")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *TOUR_BINDINGS,
+        *INTERVENTION_BINDINGS,
+        *REPLAY_BINDINGS,
+        *VIEW_BINDINGS,
+    ]
 
     stat: reactive[str] = reactive("grad_norm")
     """Statistic the heatmap shows (cycled with `s`)."""
@@ -109,9 +155,14 @@ class GradTUIApp(App[None]):
         refresh_hz: float = 10.0,
         max_events_per_tick: int = 200_000,
         store: RunStore | None = None,
+        tour: Tour | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.tour = tour
+        """The guided tour (`gradtui demo`), or None."""
+        if tour is not None:
+            narrative = tour.current.narrative
         self.store = store if store is not None else RunStore()
         self.controls = Controls(self.store)
         self.refresh_hz = refresh_hz
@@ -140,11 +191,19 @@ class GradTUIApp(App[None]):
         """The source's replay controls (play, speed, seek) when it plays a record, else None."""
         self._replay_generation = self.replay.generation if self.replay is not None else 0
         self.narrative_text = Static(id="narrative-text")
+        self.narrative_head = Static(id="narrative-head")
+        self.narrative_keys = Static(id="narrative-keys")
+        self.narrative_scroll = VerticalScroll(self.narrative_text, id="narrative-scroll")
+        self.narrative_panel = Vertical(self.narrative_head, self.narrative_scroll, self.narrative_keys, id="narrative")
+        self.tour_banner = Static(id="tour-banner")
+        """Narrow terminals: the chapter and its keys in two lines above the heatmap."""
+        self._retiring: list[threading.Thread] = []
 
     # ------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
         yield self.status_header
+        yield self.tour_banner
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield self.heatmap
@@ -152,8 +211,7 @@ class GradTUIApp(App[None]):
                 yield from self.charts
                 yield self.alert_log
                 yield self.output_log
-            with VerticalScroll(id="narrative"):
-                yield self.narrative_text
+            yield self.narrative_panel
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -164,6 +222,16 @@ class GradTUIApp(App[None]):
         self.output_log.border_title = "output (o: alerts)"
         self.output_log.display = False
         self._update_heatmap_titles()
+        if self.tour is not None:
+            # CSS picks banner or side panel by width (see gradtui.tcss, Screen.-tour).
+            self.screen.add_class("-tour")
+            self._show_chapter()
+            if self._narrow():
+                # No room beside the heatmap: the story opens over it, one key to close.
+                self.push_screen(ChapterScreen(self.tour, None))
+        else:
+            self.narrative_head.display = False
+            self.narrative_keys.display = False
         self.watch_narrative(self.narrative)
         self.poll_source()
         self._timer = self.set_interval(1.0 / self.refresh_hz, self.poll_source)
@@ -178,11 +246,11 @@ class GradTUIApp(App[None]):
     def watch_narrative(self, text: str | None) -> None:
         if not self._mounted_ui:
             return
-        panel = self.narrative_text.parent
-        if isinstance(panel, Widget):
-            panel.display = bool(text)
-            panel.border_title = "tour"
+        if self.tour is None:
+            self.narrative_panel.display = bool(text)
+            self.narrative_panel.border_title = "tour"
         self.narrative_text.update(Markdown(text or ""))
+        self.narrative_scroll.scroll_home(animate=False)
 
     def watch_stat(self, stat: str) -> None:
         if not self._mounted_ui:
@@ -283,11 +351,20 @@ class GradTUIApp(App[None]):
             alert_log.add_note(f"✗ {p.description} not applied: the run ended", "yellow")
         alert_log.add_end(end)
         self.post_message(RunEnded(end))
+        if self.tour is not None:
+            self._show_chapter()
+            if end.status != "error":
+                nxt = self.tour.next_chapter
+                invite = f"Press {NEXT_KEY} for the next chapter: {nxt.title}" if nxt else "That was the last chapter."
+                self.notify(f"This chapter's run is over. {invite}", title="Chapter finished", timeout=8)
         if end.status == "error" and not self._error_shown:
             self._error_shown = True
             step = end.step if end.step >= 0 else (self.store.last.step if self.store.last is not None else None)
             tail = [line.text for line in self.store.logs[-OUTPUT_TAIL:]]
-            self.push_screen(RunErrorScreen(step, end.error, tail))
+            hint = None
+            if self.tour is not None and self.tour.next_chapter is not None:
+                hint = f"Esc: close  {NEXT_KEY}: next chapter  q: quit"
+            self.push_screen(RunErrorScreen(step, end.error, tail, hint=hint))
 
     def refresh_views(self, force: bool = False) -> None:
         """Redraw the widgets whose inputs changed since the last call."""
@@ -332,6 +409,11 @@ class GradTUIApp(App[None]):
             return False
         if action in REPLAY_ACTIONS and self.replay is None:
             return False
+        if action in TOUR_ACTIONS:
+            if self.tour is None or (action == "tour_move" and len(self.tour) < 2):
+                return False
+            # A run's own screens give way to the next chapter; other dialogs ask first.
+            return not isinstance(self.screen, ModalScreen) or isinstance(self.screen, (ChapterScreen, RunErrorScreen))
         return True
 
     def action_toggle_clip(self) -> None:
@@ -391,7 +473,9 @@ class GradTUIApp(App[None]):
         self.stat = HEATMAP_STATS[(i + 1) % len(HEATMAP_STATS)]
 
     def action_help(self) -> None:
+        tour = [("Tour (gradtui demo)", TOUR_BINDINGS)] if self.tour is not None else []
         sections = [
+            *tour,
             ("Interventions (sent to the training process)", INTERVENTION_BINDINGS),
             ("Replay (when playing a record)", REPLAY_BINDINGS),
             ("View", VIEW_BINDINGS),
@@ -401,6 +485,105 @@ class GradTUIApp(App[None]):
 
     def on_layer_heatmap_layer_selected(self, message: LayerHeatmap.LayerSelected) -> None:
         self.push_screen(LayerDetailScreen(self.store, message.layer))
+
+    # ------------------------------------------------------------ the tour
+
+    def action_tour_move(self, delta: int) -> None:
+        """Go `delta` chapters along the tour: stop this chapter's training, start that one's."""
+        if self.tour is None:
+            return
+        if not self.tour.move(delta):
+            where = "last" if delta > 0 else "first"
+            self.notify(f"This is the {where} chapter of the tour.", timeout=3)
+            return
+        self.start_chapter()
+
+    def action_tour_story(self) -> None:
+        if self.tour is None:
+            return
+        if isinstance(self.screen, ChapterScreen):
+            self.screen.dismiss(None)
+            return
+        self.push_screen(ChapterScreen(self.tour, self._ended()))
+
+    def start_chapter(self) -> None:
+        """Switch to the tour's current chapter.
+
+        The old source is closed on a thread (a worker may take a moment to stop) while
+        the new one starts; the store, the logs and the pending commands start empty.
+        """
+        tour = self.tour
+        if tour is None:
+            return
+        story_open = isinstance(self.screen, ChapterScreen)
+        # The old run's screens (layer detail, crash dialog) have nothing to show any more.
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self._retire(self.source)
+        self.reset_store()
+        self.heatmap.reset()
+        self.alert_log.clear()
+        self.output_log.clear()
+        self.status_header.last_result = None
+        self._error_shown = False
+        self._source_error = None
+        self._bad_events = 0
+        self._shown = None
+        self.source = tour.start()
+        self.status_header.source_name = self.source.name
+        self.narrative = tour.current.narrative
+        self._show_chapter()
+        self.refresh_views(force=True)
+        self.post_message(ChapterStarted(tour.index, tour.current.name))
+        if story_open or self._narrow():
+            self.push_screen(ChapterScreen(tour, None))
+
+    def _narrow(self) -> bool:
+        return self.size.width < WIDE_AT
+
+    def _ended(self) -> str | None:
+        return self.store.end.status if self.store.end is not None else None
+
+    def _show_chapter(self) -> None:
+        """Write the chapter's heading and key line into the banner, the side panel and the story."""
+        tour = self.tour
+        if tour is None:
+            return
+        chapter = tour.current
+        ended = self._ended()
+        head = heading(tour)
+        keys = key_line(tour, ended=ended)
+        self.title = f"gradtui demo · {chapter.title}"
+        self.tour_banner.update(Chips([[head], *keys.lines]))
+        self.narrative_panel.border_title = " · ".join(p for p in (tour.position, chapter.group) if p) or "demo"
+        self.narrative_head.update(Text(chapter.title, style="bold"))
+        self.narrative_keys.update(keys)
+        if isinstance(self.screen, ChapterScreen):
+            self.screen.show(tour, ended)
+
+    def _retire(self, source: Source) -> None:
+        """Close a chapter's source on a thread; leaving the app waits for it."""
+        if self._timer is None:  # never mounted: nothing runs concurrently
+            self._close_quietly(source)
+            return
+
+        thread = threading.Thread(target=self._close_quietly, args=(source,), name="gradtui-close-chapter")
+        thread.start()
+        self._retiring.append(thread)
+
+    @staticmethod
+    def _close_quietly(source: Source) -> None:
+        try:
+            source.close()
+        except Exception:  # the old chapter's process may already be gone
+            log.exception("closing a chapter's source failed")
+
+    def wait_retired(self, timeout: float = CLOSE_WAIT_S) -> bool:
+        """Wait for the sources of earlier chapters to close; True when all did."""
+        for thread in self._retiring:
+            thread.join(timeout)
+        self._retiring = [t for t in self._retiring if t.is_alive()]
+        return not self._retiring
 
     # ------------------------------------------------------------ leaving
 
@@ -449,6 +632,8 @@ class GradTUIApp(App[None]):
 
     def on_unmount(self) -> None:
         self.close_source()
+        if not self.wait_retired():
+            log.warning("a training process of an earlier chapter did not stop in time")
         if self._gc_saved is not None:
             gc.set_threshold(*self._gc_saved)
             gc.unfreeze()
@@ -462,6 +647,7 @@ def make_app(
     narrative: str | None = None,
     refresh_hz: float = 10.0,
     store: RunStore | None = None,
+    tour: Tour | None = None,
 ) -> GradTUIApp:
     """Build the viewer for a source; the CLI and the tests both start here.
 
@@ -471,5 +657,6 @@ def make_app(
         narrative: Markdown for a side panel (the demo tour); None: no panel.
         refresh_hz: Polls (and at most redraws) per second.
         store: A store to fill; a fresh one by default.
+        tour: The guided tour, whose current chapter `source` runs (see `gradtui.demo`).
     """
-    return GradTUIApp(source, title=title, narrative=narrative, refresh_hz=refresh_hz, store=store)
+    return GradTUIApp(source, title=title, narrative=narrative, refresh_hz=refresh_hz, store=store, tour=tour)

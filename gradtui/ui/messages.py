@@ -40,3 +40,12 @@ class RunEnded(Message):
     def __init__(self, end: RunEnd) -> None:
         self.end = end
         super().__init__()
+
+
+class ChapterStarted(Message):
+    """The tour moved to a chapter: its training was started and the store emptied."""
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        super().__init__()

@@ -107,11 +107,14 @@ class RunErrorScreen(ModalScreen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter", "close", "Close", id="error-close")]
 
-    def __init__(self, step: int | None, error: str, output: list[str] | None = None) -> None:
+    def __init__(
+        self, step: int | None, error: str, output: list[str] | None = None, *, hint: str | None = None
+    ) -> None:
         super().__init__()
         self.step = step
         self.error = error or "(no error text was sent)"
         self.output = output or []
+        self.hint = hint or "Esc: close (the run's history stays on screen)  q: quit"
 
     def compose(self) -> ComposeResult:
         with Vertical(id="error-dialog", classes="dialog"):
@@ -126,7 +129,7 @@ class RunErrorScreen(ModalScreen[None]):
                 text.append("\n".join(self.output))
             with VerticalScroll(id="traceback"):
                 yield Static(text, id="traceback-text")
-            yield Label("Esc: close (the run's history stays on screen)  q: quit", classes="dialog-hint")
+            yield Label(self.hint, classes="dialog-hint")
 
     def action_close(self) -> None:
         self.dismiss(None)

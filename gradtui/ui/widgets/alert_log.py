@@ -62,6 +62,15 @@ class AlertLog(ScrollView, can_focus=False):
         """The entries as plain text (oldest first)."""
         return [t.plain for t in self.entries]
 
+    def clear(self) -> None:
+        """Forget every entry (a new run starts)."""
+        self.entries.clear()
+        self.count = 0
+        self._lines = []
+        self._sync_size()
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self.refresh()
+
     def write(self, *texts: Text) -> None:
         """Append entries; follows the end unless the user scrolled up."""
         if not texts:

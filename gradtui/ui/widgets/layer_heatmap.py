@@ -158,6 +158,18 @@ class LayerHeatmap(ScrollView, can_focus=True):
         if regions:
             self.refresh(*regions)
 
+    def reset(self) -> None:
+        """Start over for a new run (other layers): cursor on the first row, nothing cached."""
+        self._rows = np.zeros(0, np.intp)
+        self._data_version = -1
+        self._view = None
+        self._header = []
+        self._dirty_rows = []
+        self._layout = HeatmapLayout(0, 0)
+        self.set_reactive(LayerHeatmap.cursor, 0)
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self._invalidate()
+
     def _update_rows(self) -> bool:
         """Recompute which layers are shown; True when that changed."""
         selected = self.selected_layer
