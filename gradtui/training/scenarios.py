@@ -267,7 +267,8 @@ class _SeqClassifier(nn.Module):
             out, _ = self.rnn(x)
             logits: torch.Tensor = self.head(out[:, -1])
             return logits
-        return self.head(self._unrolled(x, self.lane_fn))
+        unrolled: torch.Tensor = self.head(self._unrolled(x, self.lane_fn))
+        return unrolled
 
     def _unrolled(self, x: torch.Tensor, lane: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         # The same cell kernels nn.RNN/LSTM/GRU run, one step at a time, so that the hidden
@@ -278,11 +279,11 @@ class _SeqClassifier(nn.Module):
         lanes = {t: i for i, t in enumerate(self.lane_steps)}
         for t in range(x.shape[1]):
             if self.cell == "lstm":
-                h, c = torch._VF.lstm_cell(x[:, t], (h, c), *w)  # type: ignore[attr-defined]
+                h, c = torch._VF.lstm_cell(x[:, t], (h, c), *w)
             elif self.cell == "gru":
-                h = torch._VF.gru_cell(x[:, t], h, *w)  # type: ignore[attr-defined]
+                h = torch._VF.gru_cell(x[:, t], h, *w)
             else:
-                h = torch._VF.rnn_tanh_cell(x[:, t], h, *w)  # type: ignore[attr-defined]
+                h = torch._VF.rnn_tanh_cell(x[:, t], h, *w)
             if t in lanes:
                 h = lane(lanes[t], h)
         return h

@@ -101,7 +101,7 @@ class Tour:
 
     @property
     def position(self) -> str:
-        """"Chapter i/N" (1-based), or "" for a one-chapter tour (`gradtui demo NAME`)."""
+        """The position as "Chapter i/N" (1-based), or "" for a one-chapter tour (`gradtui demo NAME`)."""
         return f"Chapter {self.index + 1}/{len(self.chapters)}" if len(self.chapters) > 1 else ""
 
     def start(self) -> Source:

@@ -27,7 +27,7 @@ _KEY = "bold cyan"
 
 
 def heading(tour: Tour) -> Text:
-    """"Chapter i/N · title" (just the title for a one-chapter tour)."""
+    """The chapter heading: "Chapter i/N · title" (just the title for a one-chapter tour)."""
     text = Text()
     if tour.position:
         text.append(tour.position, style="bold reverse")
