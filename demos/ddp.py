@@ -45,6 +45,7 @@ def main() -> None:
             loss.backward()
             mon.step(loss)
             optimizer.step()
+    dist.barrier()  # gloo aborts a rank that tears down while its peer still talks to it
     dist.destroy_process_group()
 
 

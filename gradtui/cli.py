@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--device", default="cpu", help="cpu, or cuda when present (default cpu)")
     demo.add_argument(
-        "--speed", type=float, default=20.0, help="steps per second at most, 0 for as fast as possible (default 20)"
+        "--speed",
+        type=float,
+        default=None,
+        help="steps per second at most, 0 for as fast as possible (default: the scenario's own, 20 for most)",
     )
     demo.add_argument("--record", default=None, metavar="FILE", help="also record the run to FILE")
     _add_detector_options(demo)

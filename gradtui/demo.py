@@ -57,14 +57,16 @@ def check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"unknown scenario {args.name!r}; valid names: {', '.join(chapter_order())}")
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
-    if math.isnan(args.speed) or args.speed < 0:
+    if args.speed is not None and (math.isnan(args.speed) or args.speed < 0):
         raise CLIError(f"--speed must be 0 (as fast as possible) or a positive number of steps/s, got {args.speed}")
     if not _DEVICE.fullmatch(args.device):
         raise CLIError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.record is not None:
-        names = [args.name] if args.name is not None else list(TOUR)
-        for name in names:
-            _check_record_path(record_path(args.record, name if args.name is None else None))
+        if args.name is not None:
+            _check_record_path(record_path(args.record, None))
+        else:
+            for name in TOUR:
+                _check_record_path(record_path(args.record, name))
 
 
 def record_path(base: str, chapter: str | None, visit: int = 1) -> Path:
@@ -93,7 +95,8 @@ def worker_argv(name: str, args: argparse.Namespace, record: Path | None) -> lis
     argv = [sys.executable, "-m", "gradtui.training.worker", name]
     if args.steps is not None:
         argv += ["--steps", str(args.steps)]
-    argv += ["--seed", str(args.seed), "--device", args.device, "--speed", repr(float(args.speed))]
+    speed = args.speed if args.speed is not None else get_info(name).speed
+    argv += ["--seed", str(args.seed), "--device", args.device, "--speed", repr(float(speed))]
     if record is not None:
         argv += ["--record", str(record)]
     argv += ["--run", f"demo: {name}"]
@@ -147,12 +150,12 @@ def run_demo(args: argparse.Namespace) -> int:
     single = args.name is not None
     names = [args.name] if single else list(TOUR)
     tour = build_tour(names, make_starter(args, tour=not single))
-    source = tour.start()
-    app = make_app(source, tour=tour)
+    # The app starts the first chapter once it knows its width (see GradTUIApp.start_chapter).
+    app = make_app(None, tour=tour)
     try:
         app.run()
     finally:
-        # The app closes what it started; this is for a crash before it mounted.
+        # The app closes what it started when it leaves; this covers a crash on the way.
         app.close_source()
         app.wait_retired()
     return 0

@@ -29,6 +29,8 @@ class ScenarioInfo:
     """Extra keyword arguments for `gradtui.watch(...)`, e.g. `{"clip": ("norm", 1.0)}`."""
     chapter: str = ""
     """Groups a failure with its cures in the demo ("vanishing", "exploding", ...)."""
+    speed: float = 20.0
+    """Steps per second the demo trains at (slower where the user must act in time)."""
 
 
 _CLIP = MappingProxyType({"clip": ("norm", 1.0)})
@@ -82,6 +84,7 @@ _LIST: list[ScenarioInfo] = [
             "before it is too late; relu-explode-clip shows the run clipped from the start.",
         steps=200,
         chapter="exploding",
+        speed=4.0,
     ),
     ScenarioInfo(
         name="relu-explode-clip",
@@ -208,6 +211,7 @@ _LIST: list[ScenarioInfo] = [
             "smaller rate from the start (cnn-bn).",
         steps=300,
         chapter="learning-rate",
+        speed=8.0,
     ),
     ScenarioInfo(
         name="opt-sgd",

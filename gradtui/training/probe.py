@@ -118,13 +118,20 @@ def _grad_values(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce()._values() if g.is_sparse else g
 
 
+_GradIndex = tuple[list[int], torch.Tensor, np.ndarray, np.ndarray, np.ndarray]
+"""Parameters with a gradient now, their layers (device tensor), layers with a gradient,
+numel with a gradient per layer, and the layer of each such parameter."""
+
+
 class _Pending:
     """Host copy of one step's statistics; ready at once on CPU, after an event on CUDA."""
 
-    def __init__(self, vec: torch.Tensor, meta: _StepMeta) -> None:
+    def __init__(self, vec: torch.Tensor | np.ndarray, meta: _StepMeta) -> None:
         self.meta = meta
         self._event: torch.cuda.Event | None = None
-        if vec.device.type == "cuda":
+        if isinstance(vec, np.ndarray):
+            self.host = torch.from_numpy(vec)
+        elif vec.device.type == "cuda":
             self.host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
             self.host.copy_(vec, non_blocking=True)
             self._event = torch.cuda.Event()
@@ -217,12 +224,19 @@ class Monitor:
         # float64 accumulation keeps huge-but-finite norms finite; MPS has no float64.
         self._acc_dtype = torch.float32 if self._device.type == "mps" else torch.float64
         self._defer = (self._device.type == "cuda") if defer is None else defer
+        self._fast_cpu = False  # set once the process group is known
         self.dist = DistContext.detect(model, self._params)
         self.primary = self.dist is None or self.dist.primary
         """Only the primary process (rank 0) runs detectors, records and serves."""
         self._mask = self.dist.mask(self._device, self._acc_dtype) if self.dist is not None else None
+        self._fast_cpu = (
+            self._device.type == "cpu"
+            and not self._defer
+            and self.dist is None
+            and all(p.dtype in (torch.float32, torch.float64) and not p.is_sparse for p in self._params)
+        )
         self._layer_index = torch.as_tensor(self._param_layer, device=self._device)
-        self._index_cache: dict[bytes, tuple[list[int], torch.Tensor, np.ndarray, np.ndarray]] = {}
+        self._index_cache: dict[bytes, _GradIndex] = {}
         self._pending: list[_Pending] = []
         self._held_commands: list[Command] = []
         self._last_sample_time: float | None = None
@@ -429,20 +443,19 @@ class Monitor:
         scale = scaler._scale if scaler._scale is not None else torch.tensor(math.nan)
         return found_inf.reshape(1), scale.detach().to(self._device, self._acc_dtype).reshape(1)
 
-    def _grad_index(self) -> tuple[list[int], torch.Tensor, np.ndarray, np.ndarray]:
+    def _grad_index(self) -> _GradIndex:
         """Which parameters have gradients now, and their layer index (cached by pattern)."""
-        mask = np.fromiter((p.grad is not None for p in self._params), bool, len(self._params))
-        key = mask.tobytes()
+        key = bytes(p.grad is not None for p in self._params)
         hit = self._index_cache.get(key)
         if hit is None:
-            which = np.flatnonzero(mask)
+            which = np.flatnonzero(np.frombuffer(key, np.uint8))
             layer_of = self._param_layer[which]
             idx_t = torch.as_tensor(layer_of, device=self._device)
             has_grad = np.zeros(self._n, bool)
             has_grad[layer_of] = True
             numel = np.zeros(self._n, np.int64)
             np.add.at(numel, layer_of, [local(self._params[i]).numel() for i in which])
-            hit = (which.tolist(), idx_t, has_grad, numel)
+            hit = (which.tolist(), idx_t, has_grad, numel, layer_of)
             if len(self._index_cache) > 64:
                 self._index_cache.clear()
             self._index_cache[key] = hit
@@ -474,24 +487,40 @@ class Monitor:
             out[torch.as_tensor(dev_idx, device=self._device)] = vals.to(self._acc_dtype)
         return out
 
+    def _sq_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-tensor squared L2 norms as one accumulation-dtype vector on the main device."""
+        if self._device.type == "cpu" and all(
+            t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
+        ):
+            # BLAS dot beats the fused norm on CPU (measured 0.26 vs 0.41 ms for 3.4M values)
+            # and, with its blocked partial sums, rounds less (rel. 1e-5 vs 1e-4 on 3M values).
+            if not tensors:
+                return torch.zeros(0, dtype=self._acc_dtype)
+            flat = [t.reshape(-1) for t in tensors]
+            return torch.stack([torch.dot(f, f) for f in flat]).to(self._acc_dtype)
+        norms = self._norms(tensors)
+        return norms * norms
+
     def _sample(
         self,
         step: int,
         loss: torch.Tensor | float | None,
-        grads_idx: tuple[list[int], torch.Tensor, np.ndarray, np.ndarray],
+        grads_idx: _GradIndex,
         detail: bool,
         amp: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> None:
-        which, idx, has_grad, numel = grads_idx
+        which, idx, has_grad, numel, layer_of = grads_idx
         grads = [_grad_values(self._params[i].grad) for i in which]  # type: ignore[arg-type]
         acc, n, dist = self._acc_dtype, self._n, self.dist
+        if self._fast_cpu and not detail and amp is None and not self.lanes and self._update_result is None:
+            self._sample_fast(step, loss, grads, which, has_grad, numel, layer_of)
+            return
         segs: list[tuple[str, torch.Tensor, str]] = []
 
         def seg(name: str, t: torch.Tensor, how: str = "sum") -> None:
             segs.append((name, t.reshape(-1).to(acc), how))
 
-        pnorm = self._norms(grads)
-        seg("layer_sq", self._per_layer(pnorm * pnorm, idx, which))
+        seg("layer_sq", self._per_layer(self._sq_norms(grads), idx, which))
         if dist is not None:
             ones = torch.ones(len(which), dtype=acc, device=self._device)
             seg("grad_params", self._per_layer(ones, idx, which))
@@ -502,8 +531,8 @@ class Monitor:
             seg("l1", self._per_layer(self._norms(grads, 1.0), idx, which))
             seg("nnz", self._per_layer(self._norms(grads, 0.0), idx, which))
             seg("amax", self._per_layer(self._abs_max(grads), idx, which, "amax"), "max")
-            wn = self._norms([local(p.detach()) for p in self._params])
-            seg("w_sq", self._per_layer(wn * wn, self._layer_index, None))
+            w_sq = self._sq_norms([local(p.detach()) for p in self._params])
+            seg("w_sq", self._per_layer(w_sq, self._layer_index, None))
         count_on_device = (self._defer or dist is not None) and bool(grads)
         if count_on_device:
             # Deferred (CUDA) or gathered reads cannot come back for the counts later, so
@@ -554,13 +583,30 @@ class Monitor:
 
         if detail and self.optimizer is not None and self._hooks:
             self._want_snapshot_step = step
+        meta = self._meta(step, has_grad, numel, detail, layout, update_step)
+        if not self.primary:
+            return  # the other ranks took part in the collective; rank 0 reports
+        pending = _Pending(gathered, meta)
+        if not self._defer and not count_on_device:
+            # On CPU the counts can wait until the norms say they are needed (rarely).
+            meta.counts = self._count_nonfinite_if_needed(pending.values()[0, :n], grads, which)
+        self._pending.append(pending)
+
+    def _meta(
+        self,
+        step: int,
+        has_grad: np.ndarray,
+        numel: np.ndarray,
+        detail: bool,
+        layout: list[tuple[str, int, str]],
+        update_step: int | None,
+    ) -> _StepMeta:
         now = time.perf_counter()
         if self._last_sample_time is not None and step > self._last_sample_step:
             inst = (step - self._last_sample_step) / max(now - self._last_sample_time, 1e-9)
             self._rate = inst if self._rate == 0.0 else 0.8 * self._rate + 0.2 * inst
         self._last_sample_time, self._last_sample_step = now, step
-
-        meta = _StepMeta(
+        return _StepMeta(
             step=step,
             time=time.time(),
             lrs=self._lrs(),
@@ -574,13 +620,31 @@ class Monitor:
             layout=layout,
             update_step=update_step,
         )
-        if not self.primary:
-            return  # the other ranks took part in the collective; rank 0 reports
-        pending = _Pending(gathered, meta)
-        if not self._defer and not count_on_device:
-            # On CPU the counts can wait until the norms say they are needed (rarely).
-            meta.counts = self._count_nonfinite_if_needed(pending.values()[0, :n], grads, which)
-        self._pending.append(pending)
+
+    def _sample_fast(
+        self,
+        step: int,
+        loss: torch.Tensor | float | None,
+        grads: list[torch.Tensor],
+        which: list[int],
+        has_grad: np.ndarray,
+        numel: np.ndarray,
+        layer_of: np.ndarray,
+    ) -> None:
+        """The common sampled step on CPU: host and device are one, so each small result is
+        read as a float and combined in NumPy (a torch op on a tiny tensor costs ~5 us)."""
+        sq = np.array([float(torch.dot(g.reshape(-1), g.reshape(-1))) for g in grads], np.float64)
+        layer_sq = np.bincount(layer_of, weights=sq, minlength=self._n) if len(sq) else np.zeros(self._n)
+        total = math.sqrt(layer_sq.sum())
+        row = [layer_sq, [_loss_value(loss)]]
+        layout = [("layer_sq", self._n, "sum"), ("loss", 1, "mean")]
+        if self.clip_mode != "off" and grads:
+            clipped = float(self._clip(grads, torch.tensor(total, dtype=self._acc_dtype), which)[0])
+            row.append([clipped])
+            layout.append(("clipped", 1, "first"))
+        meta = self._meta(step, has_grad, numel, False, layout, None)
+        meta.counts = self._count_nonfinite_if_needed(layer_sq, grads, which)
+        self._pending.append(_Pending(np.concatenate(row)[None, :], meta))
 
     def _abs_max(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         if not grads:
@@ -622,8 +686,7 @@ class Monitor:
         return self._global_norm(grads, which).reshape(1)
 
     def _global_norm(self, grads: list[torch.Tensor], which: Sequence[int]) -> torch.Tensor:
-        norms = self._norms(grads)
-        sq = norms * norms
+        sq = self._sq_norms(grads)
         if self._mask is not None and self.dist is not None:
             sq = self.dist.all_reduce_sum((sq * self._mask[list(which)]).sum().reshape(1))
         return sq.sum().sqrt()
@@ -734,8 +797,8 @@ class Monitor:
         after = [local(self._params[i].detach()) for i in which]
         delta = torch._foreach_sub(after, before)
         idx = torch.as_tensor(self._param_layer[which], device=self._device)
-        d2 = self._per_layer(self._norms(delta) ** 2, idx, which)
-        w2 = self._per_layer(self._norms(before) ** 2, idx, which)
+        d2 = self._per_layer(self._sq_norms(delta), idx, which)
+        w2 = self._per_layer(self._sq_norms(before), idx, which)
         self._update_result = (step, torch.cat([d2, w2]))
 
     # ------------------------------------------------------------ commands
@@ -749,7 +812,7 @@ class Monitor:
         """Commands to apply now: this process's queue, or rank 0's on every rank."""
         mine: list[Command] = list(self._held_commands)
         self._held_commands = []
-        if self.primary:
+        if self.primary and (wait is not None or not self.commands.empty()):
             try:
                 if wait is not None and not mine:
                     mine.append(self.commands.get(timeout=wait))
@@ -943,6 +1006,12 @@ def _loss_tensor(loss: torch.Tensor | float | None, device: torch.device, dtype:
     if isinstance(loss, (int, float)) and not isinstance(loss, bool):
         return torch.full((1,), float(loss), dtype=dtype, device=device)
     raise TypeError(f"step(loss) takes a tensor, a number or None, got {type(loss).__name__}")
+
+
+def _loss_value(loss: torch.Tensor | float | None) -> float:
+    if isinstance(loss, torch.Tensor) and loss.device.type == "cpu" and loss.numel() == 1:
+        return float(loss.detach().item())  # on CPU a read costs no device sync
+    return float(_loss_tensor(loss, torch.device("cpu"), torch.float64)[0]) if loss is not None else math.nan
 
 
 def _by_device(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:

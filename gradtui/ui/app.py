@@ -14,7 +14,6 @@ import threading
 from typing import ClassVar
 
 from rich.markdown import Markdown
-from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -39,8 +38,8 @@ from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
 from gradtui.ui.screens.help import HelpScreen
-from gradtui.ui.screens.tour import NEXT_KEY, PREVIOUS_KEY, ChapterScreen, heading, key_line
-from gradtui.ui.tour import Tour
+from gradtui.ui.screens.tour import NEXT_KEY, PREVIOUS_KEY, STORY_KEY, ChapterScreen, heading, key_line
+from gradtui.ui.tour import HeldSource, Tour
 from gradtui.ui.widgets.alert_log import AlertLog
 from gradtui.ui.widgets.charts import SeriesChartWidget
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
@@ -55,30 +54,37 @@ _THRESHOLD = Binding.Group("thr", compact=True)
 _LR = Binding.Group("lr", compact=True)
 _SPEED = Binding.Group("speed", compact=True)
 _STEP = Binding.Group("step", compact=True)
-_CHAPTER = Binding.Group("chapter", compact=True)
-
 # `.` and `,` are `>` and `<` without shift (the replay's forward/back), free in every mode,
-# and the same key on the main screen, the detail screen and the story dialog.
+# and the same key on the main screen, the detail screen and the story dialog. Only `.`
+# goes in the footer: with it the footer still fits 80 columns, and the tour's banner or
+# side panel always shows all three keys.
 TOUR_BINDINGS: list[Binding] = [
-    Binding(
-        "comma",
-        "tour_move(-1)",
-        "back",
-        key_display=PREVIOUS_KEY,
-        tooltip="Tour: previous chapter (restarts its training)",
-        group=_CHAPTER,
-        id="tour-back",
-    ),
     Binding(
         "full_stop",
         "tour_move(1)",
         "next",
         key_display=NEXT_KEY,
         tooltip="Tour: next chapter (stops this run, starts the next)",
-        group=_CHAPTER,
         id="tour-next",
     ),
-    Binding("t", "tour_story", "story", tooltip="Tour: the chapter's story in full", id="tour-story"),
+    Binding(
+        "comma",
+        "tour_move(-1)",
+        "back",
+        key_display=PREVIOUS_KEY,
+        tooltip="Tour: previous chapter (starts its training again)",
+        show=False,
+        id="tour-back",
+    ),
+    Binding(
+        "t",
+        "tour_story",
+        "story",
+        key_display=STORY_KEY,
+        tooltip="Tour: the chapter's story in full",
+        show=False,
+        id="tour-story",
+    ),
 ]
 
 INTERVENTION_BINDINGS: list[Binding] = [
@@ -127,8 +133,9 @@ class GradTUIApp(App[None]):
         refresh_hz: Polls (and at most redraws) per second.
         max_events_per_tick: Events folded per poll; the rest wait for the next poll.
         store: A store to fill (a fresh one by default).
-        tour: The demo's guided tour; `source` is its current chapter's. Adds the chapter
-            keys, and a heading and key line that stay visible at any size.
+        tour: The demo's guided tour; `source` is its current chapter's, or None to let
+            the app start it. Adds the chapter keys, and a heading and key line that stay
+            visible at any size.
     """
 
     CSS_PATH = "gradtui.tcss"
@@ -148,7 +155,7 @@ class GradTUIApp(App[None]):
 
     def __init__(
         self,
-        source: Source,
+        source: Source | None,
         *,
         title: str | None = None,
         narrative: str | None = None,
@@ -158,11 +165,18 @@ class GradTUIApp(App[None]):
         tour: Tour | None = None,
     ) -> None:
         super().__init__()
-        self.source = source
         self.tour = tour
         """The guided tour (`gradtui demo`), or None."""
+        self._held = False
         if tour is not None:
             narrative = tour.current.narrative
+            if source is None:
+                # Started on mount, once the width says whether the story opens over the heatmap.
+                source = HeldSource(f"demo: {tour.current.name}")
+                self._held = True
+        if source is None:
+            raise ValueError("a source is needed (or a tour whose chapters start their own)")
+        self.source = source
         self.store = store if store is not None else RunStore()
         self.controls = Controls(self.store)
         self.refresh_hz = refresh_hz
@@ -225,10 +239,10 @@ class GradTUIApp(App[None]):
         if self.tour is not None:
             # CSS picks banner or side panel by width (see gradtui.tcss, Screen.-tour).
             self.screen.add_class("-tour")
-            self._show_chapter()
-            if self._narrow():
-                # No room beside the heatmap: the story opens over it, one key to close.
-                self.push_screen(ChapterScreen(self.tour, None))
+            if self._held:
+                self.start_chapter()
+            else:
+                self._show_chapter()
         else:
             self.narrative_head.display = False
             self.narrative_keys.display = False
@@ -504,20 +518,24 @@ class GradTUIApp(App[None]):
         if isinstance(self.screen, ChapterScreen):
             self.screen.dismiss(None)
             return
-        self.push_screen(ChapterScreen(self.tour, self._ended()))
+        self._open_story()
 
     def start_chapter(self) -> None:
         """Switch to the tour's current chapter.
 
-        The old source is closed on a thread (a worker may take a moment to stop) while
-        the new one starts; the store, the logs and the pending commands start empty.
+        The old source is closed on a thread (a worker may take a moment to stop); the
+        store, the logs and the pending commands start empty. When the story shows over
+        the heatmap (below 120 columns, or opened with `t`), the chapter's training starts
+        when the story is closed, so that nothing happens unseen; beside it, at once.
         """
         tour = self.tour
         if tour is None:
             return
+        # The old run's screens (layer detail, crash dialog) have nothing to show any more;
+        # an open story stays and shows the new chapter.
         story_open = isinstance(self.screen, ChapterScreen)
-        # The old run's screens (layer detail, crash dialog) have nothing to show any more.
-        while len(self.screen_stack) > 1:
+        keep = 2 if story_open and len(self.screen_stack) == 2 else 1
+        while len(self.screen_stack) > keep:
             self.pop_screen()
         self._retire(self.source)
         self.reset_store()
@@ -529,14 +547,39 @@ class GradTUIApp(App[None]):
         self._source_error = None
         self._bad_events = 0
         self._shown = None
-        self.source = tour.start()
-        self.status_header.source_name = self.source.name
         self.narrative = tour.current.narrative
+        self._held = story_open or self._narrow()
+        if self._held:
+            self._set_source(HeldSource(f"demo: {tour.current.name}"))
+            if not isinstance(self.screen, ChapterScreen):
+                self._open_story()
+            self._show_chapter()
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        """Start the current chapter's training (its story was read or is beside the heatmap)."""
+        tour = self.tour
+        if tour is None:
+            return
+        self._held = False
+        self._set_source(tour.start())
         self._show_chapter()
-        self.refresh_views(force=True)
+        self.poll_source()
         self.post_message(ChapterStarted(tour.index, tour.current.name))
-        if story_open or self._narrow():
-            self.push_screen(ChapterScreen(tour, None))
+
+    def _set_source(self, source: Source) -> None:
+        self.source = source
+        self.status_header.source_name = source.name
+        self.refresh_views(force=True)
+
+    def _open_story(self) -> None:
+        if self.tour is not None:
+            self.push_screen(ChapterScreen(self.tour, self._ended(), held=self._held), callback=self._story_closed)
+
+    def _story_closed(self, _: None) -> None:
+        if self._held:
+            self._release()
 
     def _narrow(self) -> bool:
         return self.size.width < WIDE_AT
@@ -554,12 +597,12 @@ class GradTUIApp(App[None]):
         head = heading(tour)
         keys = key_line(tour, ended=ended)
         self.title = f"gradtui demo · {chapter.title}"
-        self.tour_banner.update(Chips([[head], *keys.lines]))
-        self.narrative_panel.border_title = " · ".join(p for p in (tour.position, chapter.group) if p) or "demo"
-        self.narrative_head.update(Text(chapter.title, style="bold"))
+        self.tour_banner.update(Chips([[head], *keys.lines], fold=True))
+        self.narrative_panel.border_title = f"tour · {chapter.group}" if len(tour) > 1 else "demo"
+        self.narrative_head.update(head)
         self.narrative_keys.update(keys)
         if isinstance(self.screen, ChapterScreen):
-            self.screen.show(tour, ended)
+            self.screen.show(tour, ended, held=self._held)
 
     def _retire(self, source: Source) -> None:
         """Close a chapter's source on a thread; leaving the app waits for it."""
@@ -641,7 +684,7 @@ class GradTUIApp(App[None]):
 
 
 def make_app(
-    source: Source,
+    source: Source | None,
     *,
     title: str | None = None,
     narrative: str | None = None,
@@ -652,11 +695,12 @@ def make_app(
     """Build the viewer for a source; the CLI and the tests both start here.
 
     Args:
-        source: Where events come from and commands go.
+        source: Where events come from and commands go; None with a tour: the app starts
+            the tour's current chapter itself.
         title: App title (defaults to "gradtui: <source name>").
         narrative: Markdown for a side panel (the demo tour); None: no panel.
         refresh_hz: Polls (and at most redraws) per second.
         store: A store to fill; a fresh one by default.
-        tour: The guided tour, whose current chapter `source` runs (see `gradtui.demo`).
+        tour: The guided tour (see `gradtui.demo`); `source` runs its current chapter, or is None.
     """
     return GradTUIApp(source, title=title, narrative=narrative, refresh_hz=refresh_hz, store=store, tour=tour)

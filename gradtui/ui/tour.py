@@ -146,3 +146,21 @@ class FailedSource:
 
     def close(self) -> None:
         return None
+
+
+class HeldSource:
+    """Stands in for a chapter whose training has not started yet (its story is open)."""
+
+    owns_process = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def poll(self, max_events: int = 100_000) -> list[Event]:
+        return []
+
+    def send(self, command: Command) -> str | None:
+        return "this chapter's run starts when you close its story (Esc)"
+
+    def close(self) -> None:
+        return None

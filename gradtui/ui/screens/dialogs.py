@@ -105,7 +105,12 @@ class ConfirmQuit(ModalScreen[str | None]):
 class RunErrorScreen(ModalScreen[None]):
     """The training process died: its error and traceback."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter", "close", "Close", id="error-close")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,enter", "close", "Close", id="error-close"),
+        # In the demo's tour a crashed chapter need not stop the tour (the app refuses these otherwise).
+        Binding("full_stop", "app.tour_move(1)", "next chapter", show=False, id="error-next-chapter"),
+        Binding("comma", "app.tour_move(-1)", "previous chapter", show=False, id="error-previous-chapter"),
+    ]
 
     def __init__(
         self, step: int | None, error: str, output: list[str] | None = None, *, hint: str | None = None
@@ -119,6 +124,11 @@ class RunErrorScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="error-dialog", classes="dialog"):
             last = self.error.strip().splitlines()[-1] if self.error.strip() else ""
+            said = [line for line in self.output if line.strip()]
+            if said and "Traceback" not in self.error:
+                # The process died without a traceback from the probe: what it said last is
+                # the reason ("gradtui worker: CUDA was asked for ..."), more than its exit code.
+                last = said[-1].strip()
             where = f" at step {self.step}" if self.step is not None else ""
             yield Label(Text(f"✖ Training crashed{where}", style="bold"), classes="dialog-title")
             yield Label(Text(last, style="bold"), classes="dialog-hint")

@@ -31,7 +31,7 @@ def heading(tour: Tour) -> Text:
     text = Text()
     if tour.position:
         text.append(tour.position, style="bold reverse")
-        text.append(" ")
+        text.append(" · ")
     text.append(tour.current.title, style="bold")
     return text
 
@@ -55,7 +55,7 @@ def key_items(tour: Tour, *, ended: str | None = None, story_key: bool = True) -
         item.append(nxt.title)
         items.append(item)
     elif len(tour) > 1:
-        items.append(Text.assemble(("end of the tour ", "bold"), ("q", _KEY), " quit"))
+        items.append(Text.assemble(("end of the tour", "bold"), " · ", ("q", _KEY), " quit"))
     if tour.previous_chapter is not None:
         items.append(Text.assemble((PREVIOUS_KEY, _KEY), " back"))
     if story_key:
@@ -73,20 +73,26 @@ def key_items(tour: Tour, *, ended: str | None = None, story_key: bool = True) -
 
 def key_line(tour: Tour, *, ended: str | None = None, story_key: bool = True) -> Chips:
     """The key line as a renderable that wraps between items, never inside one."""
-    return Chips([key_items(tour, ended=ended, story_key=story_key)])
+    return Chips([key_items(tour, ended=ended, story_key=story_key)], fold=True)
 
 
 class ChapterScreen(ModalScreen[None]):
     """The current chapter's story in full; `.`/`,` (app keys) move on and update it in place."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,t,q", "close", "watch the run", id="story-close"),
+        Binding("escape,t", "close", "watch the run", id="story-close"),
+        Binding("q", "app.quit", "quit", id="story-quit"),
+        # A modal screen hides the app's bindings: route the chapter keys to the app.
+        Binding("full_stop", "app.tour_move(1)", "next", key_display=NEXT_KEY, show=False, id="story-next"),
+        Binding("comma", "app.tour_move(-1)", "back", key_display=PREVIOUS_KEY, show=False, id="story-back"),
     ]
 
-    def __init__(self, tour: Tour, ended: str | None = None) -> None:
+    def __init__(self, tour: Tour, ended: str | None = None, *, held: bool = False) -> None:
         super().__init__()
         self.tour = tour
         self.ended = ended
+        self.held = held
+        self._composed = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="story-dialog", classes="dialog"):
@@ -94,18 +100,28 @@ class ChapterScreen(ModalScreen[None]):
             with VerticalScroll(id="story-scroll"):
                 yield Static(id="story-text")
             yield Static(id="story-keys")
-            close = Text.assemble(("Esc", _KEY), " or ", (STORY_KEY, _KEY), ": watch the run")
-            yield Static(close, classes="dialog-hint")
+            yield Static(id="story-close", classes="dialog-hint")
 
     def on_mount(self) -> None:
-        self.show(self.tour, self.ended)
+        self._composed = True
+        self.show(self.tour, self.ended, held=self.held)
 
-    def show(self, tour: Tour, ended: str | None = None) -> None:
-        """Show the tour's current chapter (called again when the chapter changes)."""
+    def show(self, tour: Tour, ended: str | None = None, *, held: bool = False) -> None:
+        """Show the tour's current chapter (called again when the chapter changes).
+
+        Args:
+            tour: The tour, at the chapter to show.
+            ended: The run's end status once it ended.
+            held: The chapter's training waits for this dialog to close.
+        """
         self.tour = tour
         self.ended = ended
-        if not self.is_mounted:
+        self.held = held
+        if not self._composed:
             return
+        what = "start this chapter's run" if held else "back to the run"
+        close = Text.assemble(("Esc", _KEY), " or ", (STORY_KEY, _KEY), f": {what}  ", ("q", _KEY), ": quit")
+        self.query_one("#story-close", Static).update(close)
         self.query_one("#story-head", Static).update(heading(tour))
         self.query_one("#story-text", Static).update(Markdown(tour.current.narrative))
         self.query_one("#story-keys", Static).update(key_line(tour, ended=ended, story_key=False))

@@ -18,25 +18,37 @@ from gradtui.ui.scale import FLAG_GLYPHS, FLAG_PRIORITY, fmt_duration, fmt_numbe
 
 
 class Chips:
-    """Rich renderable: short items laid out left to right, wrapped between items only."""
+    """Rich renderable: short items laid out left to right, wrapped between items only.
 
-    def __init__(self, lines: Sequence[Sequence[Text]], gap: int = 2) -> None:
+    Args:
+        lines: Rows of items; each row starts on a new line.
+        gap: Cells between two items.
+        fold: An item wider than the width is folded at its spaces (else truncated).
+    """
+
+    def __init__(self, lines: Sequence[Sequence[Text]], gap: int = 2, *, fold: bool = False) -> None:
         self.lines = lines
         self.gap = gap
+        self.fold = fold
 
     def pack(self, width: int) -> list[Text]:
         """The lines as drawn in `width` cells."""
         out: list[Text] = []
         for items in self.lines:
             line = Text()
-            for item in items:
-                need = item.cell_len + (self.gap if line.cell_len else 0)
-                if line.cell_len and line.cell_len + need > width:
+            for whole in items:
+                pieces = _fold(whole, width) if self.fold else [whole]
+                for item in pieces:
+                    need = item.cell_len + (self.gap if line.cell_len else 0)
+                    if line.cell_len and line.cell_len + need > width:
+                        out.append(line)
+                        line = Text()
+                    if line.cell_len:
+                        line.append(" " * self.gap)
+                    line.append_text(item)
+                if len(pieces) > 1:  # a folded item reads as a paragraph: nothing after it on its line
                     out.append(line)
                     line = Text()
-                if line.cell_len:
-                    line.append(" " * self.gap)
-                line.append_text(item)
             if line.cell_len:
                 line.truncate(max(1, width))
                 out.append(line)
@@ -46,6 +58,24 @@ class Chips:
         for line in self.pack(options.max_width):
             yield from line.render(console)
             yield Segment.line()
+
+
+def _fold(text: Text, width: int) -> list[Text]:
+    """`text` cut at spaces into pieces of at most `width` cells (hard cuts for longer words)."""
+    pieces: list[Text] = []
+    rest = text
+    while rest.cell_len > width > 0:
+        plain = rest.plain
+        cut = plain.rfind(" ", 0, width + 1)
+        if cut <= 0:
+            cut = width
+        head, tail = rest.divide([cut])
+        pieces.append(head)
+        rest = tail
+        if rest.plain.startswith(" "):
+            rest = rest[1:]
+    pieces.append(rest)
+    return pieces
 
 
 def _chip(label: str, value: str, style: str = "") -> Text:
