@@ -13,6 +13,11 @@ import sys
 import pytest
 
 CASES = [
+    pytest.param(["gradtui"], ["torch", "textual", "rich"], id="package-root-is-light"),
+    pytest.param(["gradtui.core.*"], ["torch", "textual", "rich"], id="core-is-numpy-only"),
+    pytest.param(["gradtui.training.probe"], ["textual", "rich"], id="probe-without-textual"),
+    pytest.param(["gradtui.training.catalog", "gradtui.demo"], ["torch"], id="demo-viewer-without-torch"),
+    pytest.param(["gradtui.cli"], ["torch", "textual"], id="cli-imports-lazily"),
     pytest.param(["gradtui.ui.app"], ["torch"], id="ui.app-without-torch"),
     pytest.param(["gradtui.ui.*"], ["torch"], id="every-ui-module-without-torch"),
 ]
@@ -44,3 +49,31 @@ def test_imports_stay_inside_their_layer(modules: list[str], forbidden: list[str
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     leaked = sorted(loaded & set(forbidden))
     assert not leaked, f"importing {modules} loaded {leaked}"
+
+
+FORBIDDEN_IMPORTS = {
+    "gradtui/core": {"torch", "textual", "rich", "gradtui.ui", "gradtui.training"},
+    "gradtui/training": {"textual", "rich", "gradtui.ui"},
+    "gradtui/ui": {"torch", "gradtui.training.probe", "gradtui.training.scenarios"},
+}
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN_IMPORTS))
+def test_no_module_imports_across_its_layer_even_lazily(folder: str) -> None:
+    """Static check: also catches imports inside functions, which the run-time check misses."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for path in sorted((root / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IMPORTS[folder]):
+                    bad.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
+    assert not bad, "\n".join(bad)
