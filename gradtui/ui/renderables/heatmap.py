@@ -240,6 +240,7 @@ class Heatmap:
         self.color = color
         self.header = header
         self.styles = styles or HeatmapStyles()
+        self._value_styles: dict[str, Style] = {}
 
     def _layout(self, width: int) -> HeatmapLayout:
         return self.layout if self.layout is not None else HeatmapLayout.fit(width, self.view.names)
@@ -269,12 +270,28 @@ class Heatmap:
             out.append(Segment(EMPTY_GLYPH * pad, EMPTY_STYLE))
         if codes.size == 0:
             return out
-        cuts = np.flatnonzero(np.diff(codes)) + 1
-        starts = np.concatenate(([0], cuts))
-        ends = np.concatenate((cuts, [codes.size]))
-        for a, b, code in zip(starts.tolist(), ends.tolist(), codes[starts].tolist(), strict=True):
-            out.append(self._cell(code, b - a))
+        # Drawn for every changed row of every frame: one NumPy pass for the run bounds,
+        # and a table lookup (not a call) per run.
+        cuts = (np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist()
+        starts = [0, *cuts]
+        ends = [*cuts, int(codes.size)]
+        table = self._cell_table()
+        cell = self._cell
+        for a, b, code in zip(starts, ends, codes[starts].tolist(), strict=True):
+            glyph_style = table.get(code)
+            out.append(cell(code, b - a) if glyph_style is None else Segment(glyph_style[0] * (b - a), glyph_style[1]))
         return out
+
+    def _cell_table(self) -> dict[int, tuple[str, Style]]:
+        """Glyph and style of one cell of each code (what `_cell` draws), built once per colour mode."""
+        table = _CELL_TABLES.get(self.color)
+        if table is None:
+            table = {}
+            for code in (NONFINITE, EMPTY, *range(N_BINS)):
+                seg = self._cell(code, 1)
+                table[code] = (seg.text, seg.style if seg.style is not None else EMPTY_STYLE)
+            _CELL_TABLES[self.color] = table
+        return table
 
     def _cell(self, code: int, n: int) -> Segment:
         if code == NONFINITE:
@@ -290,7 +307,7 @@ class Heatmap:
         v = self.view
         flag = v.flags[row]
         glyph = FLAG_GLYPHS.get(flag, "?") if flag else " "
-        glyph_style = self.styles.flags.get(flag, Style()) if flag else Style()
+        glyph_style = self.styles.flags.get(flag, EMPTY_STYLE) if flag else EMPTY_STYLE
         name = truncate_left(v.names[row], layout.name_width).ljust(layout.name_width)
         name_style = self.styles.label + self.styles.cursor if cursor else self.styles.label
         value = float(v.values[row]) if row < len(v.values) else float("nan")
@@ -298,7 +315,7 @@ class Heatmap:
         text = fmt_value(value if known else None, VALUE_WIDTH)
         value_style = self.styles.value
         if flag:
-            value_style = value_style + glyph_style.without_color + Style(color=glyph_style.color)
+            value_style = self._flag_value_style(flag, glyph_style)
         return [
             Segment(glyph, glyph_style),
             Segment(" ", EMPTY_STYLE),
@@ -307,6 +324,15 @@ class Heatmap:
             Segment(text[-VALUE_WIDTH:], value_style),
             Segment(" ", EMPTY_STYLE),
         ]
+
+    def _flag_value_style(self, flag: str, glyph_style: Style) -> Style:
+        """The value's style on a flagged row: the flag's colour and attributes over the value style."""
+        cache = self._value_styles
+        style = cache.get(flag)
+        if style is None:
+            style = self.styles.value + glyph_style.without_color + Style(color=glyph_style.color)
+            cache[flag] = style
+        return style
 
     def row_segments(self, row: int, layout: HeatmapLayout, *, cursor: bool = False) -> list[Segment]:
         """A whole line of the heatmap for one layer."""
@@ -349,6 +375,10 @@ class Heatmap:
                 body = a + " " * max(1, span - len(a) - len(b)) + b
             axis = body.rjust(cells)[-cells:]
         return _fit([Segment(left[: layout.width], self.styles.axis), Segment(axis, self.styles.axis)], layout.width)
+
+
+_CELL_TABLES: dict[bool, dict[int, tuple[str, Style]]] = {}
+"""Per colour mode: glyph and style of a cell of each code (see `Heatmap._cell_table`)."""
 
 
 def _fit(segs: list[Segment], width: int) -> list[Segment]:

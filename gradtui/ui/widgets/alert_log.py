@@ -55,6 +55,8 @@ class AlertLog(ScrollView, can_focus=False):
         self.entries: collections.deque[Text] = collections.deque(maxlen=max_entries)
         self.count = 0
         self._lines: list[Strip] = []
+        self._heights: collections.deque[int] = collections.deque()
+        """Lines of each entry in `_lines` (oldest first), while they are wrapped at `_wrap_width`."""
         self._wrap_width = 0
 
     @property
@@ -67,6 +69,7 @@ class AlertLog(ScrollView, can_focus=False):
         self.entries.clear()
         self.count = 0
         self._lines = []
+        self._heights.clear()
         self._sync_size()
         self.scroll_to(y=0, animate=False, immediate=True)
         self.refresh()
@@ -76,13 +79,25 @@ class AlertLog(ScrollView, can_focus=False):
         if not texts:
             return
         at_end = self.scroll_y >= self.max_scroll_y - 1
-        full = len(self.entries) + len(texts) > (self.entries.maxlen or 0)
+        maxlen = self.entries.maxlen or 0
+        evicted = max(0, len(self.entries) + len(texts) - maxlen)
         self.entries.extend(texts)
-        if full or not self._wrap_width:
+        width = self._wrap_width
+        if not width or (evicted and (evicted > len(self._heights) or width != self.scrollable_content_region.width)):
             self._rewrap()
         else:
-            for text in texts:
-                self._lines.extend(self._wrap(text, self._wrap_width))
+            # A full log drops its oldest entries: drop their lines rather than wrap every
+            # entry again (a flood of alerts would otherwise rewrap 1,000 entries a frame).
+            heights = self._heights
+            if evicted:
+                drop = sum(heights[i] for i in range(evicted))
+                for _ in range(evicted):
+                    heights.popleft()
+                del self._lines[:drop]
+            for text in texts[-maxlen:] if maxlen else texts:
+                wrapped = self._wrap(text, width)
+                heights.append(len(wrapped))
+                self._lines.extend(wrapped)
             self._sync_size()
         if at_end:
             self._follow()
@@ -106,7 +121,12 @@ class AlertLog(ScrollView, can_focus=False):
     def _rewrap(self) -> None:
         width = self.scrollable_content_region.width
         self._wrap_width = width
-        self._lines = [strip for t in self.entries for strip in self._wrap(t, width)]
+        self._lines = []
+        self._heights.clear()
+        for t in self.entries:
+            wrapped = self._wrap(t, width)
+            self._heights.append(len(wrapped))
+            self._lines.extend(wrapped)
         self._sync_size()
 
     def _sync_size(self) -> None:

@@ -8,6 +8,7 @@ statistic or the cursor on that line changes. So 2,000 layers cost what 40 do.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import ClassVar
 
@@ -116,10 +117,15 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._header: list[Strip] = []
         self._dirty_rows: list[int] = []
         self._values_drawn = 0.0
+        """When `_values_due` last ran (monotonic seconds)."""
+        self._row_values_drawn: dict[int, float] = {}
+        """Per row position: when its value column was last looked at for a redraw."""
         self._legend: tuple[tuple[object, ...], Strip] | None = None
         self._styles_cache_hm: HeatmapStyles | None = None
         self._layout = HeatmapLayout(0, 0)
         self._renderable = Heatmap(heatmap_view(store, self.stat, 0, []))
+        self._paint: tuple[int, Heatmap, HeatmapLayout, int, int, int] | None = None
+        """What `render_line` draws with while `render_lines` paints (else looked up per line)."""
 
     # ------------------------------------------------------------ data
 
@@ -266,12 +272,9 @@ class LayerHeatmap(ScrollView, can_focus=True):
             if old_view is not None and old_key is not None and old_key[1:] == key[1:] and layout == self._layout:
                 # The value column alone is redrawn at most VALUE_REFRESH_S apart: at 10 Hz a
                 # noisy value would otherwise redraw every row of the screen every frame.
-                now = time.monotonic()
-                with_values = now - self._values_drawn >= VALUE_REFRESH_S
-                dirty = _changed_rows(old_view, view, values=with_values)
-                if with_values:
-                    self._values_drawn = now
-                else:
+                due = self._values_due(a, b)
+                dirty = _changed_rows(old_view, view, values=due)
+                if not due.all():
                     # Rows not redrawn keep showing the values of the view they were drawn from.
                     view = _keep_values(view, old_view, dirty)
                 for local in dirty:
@@ -292,14 +295,55 @@ class LayerHeatmap(ScrollView, can_focus=True):
             self._header = [self._legend[1], axis]
         return self._renderable, self._layout, a
 
-    def render_line(self, y: int) -> Strip:
+    def _values_due(self, a: int, b: int) -> np.ndarray:
+        """Per visible row (positions a..b): whether its value column may be redrawn now.
+
+        Each row's value is looked at again once it is VALUE_REFRESH_S old, but no more
+        rows at a time than their share of that period since the last look: in a live run
+        the value redraws are spread over the frames (a few rows each) instead of all
+        rows landing on one frame every VALUE_REFRESH_S. After a longer pause every stale
+        row is due at once.
+        """
+        now = time.monotonic()
+        n = b - a
+        elapsed = now - self._values_drawn
+        self._values_drawn = now
+        seen = self._row_values_drawn
+        stale = [i for i in range(n) if now - seen.get(a + i, 0.0) >= VALUE_REFRESH_S]
+        budget = n if elapsed >= VALUE_REFRESH_S else max(1, math.ceil(n * elapsed / VALUE_REFRESH_S))
+        if len(stale) > budget:
+            # The longest-waiting rows first; equal waits in row order.
+            stale = sorted(stale, key=lambda i: seen.get(a + i, 0.0))[:budget]
+        due = np.zeros(n, bool)
+        for i in stale:
+            seen[a + i] = now
+            due[i] = True
+        return due
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # The width, view, scroll offset and cursor are looked up once per paint, not per line.
         width = self.scrollable_content_region.width
-        if width <= 0:
-            return Strip.blank(0, _PLAIN)
-        renderable, layout, first = self._ensure_view(width)
+        if width > 0:
+            renderable, layout, first = self._ensure_view(width)
+            self._paint = (width, renderable, layout, first, int(self.scroll_y), self.cursor)
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint = None
+
+    def render_line(self, y: int) -> Strip:
+        paint = self._paint
+        if paint is None:
+            width = self.scrollable_content_region.width
+            if width <= 0:
+                return Strip.blank(0, _PLAIN)
+            renderable, layout, first = self._ensure_view(width)
+            top, cursor = int(self.scroll_y), self.cursor
+        else:
+            width, renderable, layout, first, top, cursor = paint
         if y < HEADER_LINES:
             return self._header[y]
-        pos = int(self.scroll_y) + y - HEADER_LINES
+        pos = top + y - HEADER_LINES
         if pos >= self._rows.size:
             if pos == 0:
                 msg = "  no flagged layers (f: show all)" if self.flagged_only else "  waiting for the first step…"
@@ -309,7 +353,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
         if strip is None:
             local = pos - first
             if 0 <= local < renderable.view.rows:
-                segs = renderable.row_segments(local, layout, cursor=pos == self.cursor)
+                segs = renderable.row_segments(local, layout, cursor=pos == cursor)
                 segs.append(Segment(" ", _PLAIN))
             else:
                 # Scrolled between the view update and this line: rebuilt on the next frame.
@@ -376,17 +420,25 @@ class LayerHeatmap(ScrollView, can_focus=True):
                 self.action_select()
 
 
-def _changed_rows(old: HeatmapView, new: HeatmapView, *, values: bool = True) -> list[int]:
-    """Rows whose cells, flag or (with `values`) shown value differ between two views of the same rows."""
+def _changed_rows(old: HeatmapView, new: HeatmapView, *, values: bool | np.ndarray = True) -> list[int]:
+    """Rows whose cells, flag or shown value differ between two views of the same rows.
+
+    `values`: compare the shown values of every row (True), of none (False), or of the
+    rows where this boolean array is True.
+    """
     if old.rows != new.rows or old.codes.shape != new.codes.shape or old.names != new.names:
         return list(range(new.rows))
     differs = (old.codes != new.codes).any(axis=1)
+    if isinstance(values, bool):
+        check = [values] * new.rows
+    else:
+        check = values.tolist()
     out = []
     for i in range(new.rows):
         if differs[i] or old.flags[i] != new.flags[i]:
             out.append(i)
             continue
-        if not values:
+        if not check[i]:
             continue
         a, b = old.values[i], new.values[i]
         known_a = old.known is None or bool(old.known[i])
