@@ -111,3 +111,24 @@ def parse_lr(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"learning rate must be a positive finite number, got {text.strip()}")
     return value
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def clip_text(mode: str, threshold: float) -> str:
+    """A clipping state as shown in acknowledgements: "off", "norm 1", "value 0.5"."""
+    return "off" if mode == "off" else f"{mode} {_fmt(threshold)}"
+
+
+def lr_change_text(old: tuple[float, ...], new: tuple[float, ...], group: int | None) -> str:
+    """The acknowledgement of a learning-rate change: "lr 0.1 -> 0.05 (all groups)"."""
+    changes = ", ".join(f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(old, new, strict=True) if a != b)
+    where = "all groups" if group is None else f"group {group}"
+    return f"lr {changes or 'unchanged'} ({where})"
+
+
+def clip_change_text(old_mode: str, old_threshold: float, new_mode: str, new_threshold: float) -> str:
+    """The acknowledgement of a clipping change: "clipping off -> norm 1"."""
+    return f"clipping {clip_text(old_mode, old_threshold)} -> {clip_text(new_mode, new_threshold)}"

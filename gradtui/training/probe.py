@@ -28,9 +28,17 @@ import torch
 from torch import nn
 
 from gradtui.core.channel import EventQueue, QueueSource
-from gradtui.core.commands import Command, SetClip, SetLR, SetPaused, command_kind, validate
+from gradtui.core.commands import (
+    Command,
+    SetClip,
+    SetLR,
+    SetPaused,
+    clip_change_text,
+    command_kind,
+    lr_change_text,
+    validate,
+)
 from gradtui.core.events import (
-    CLIP_MODES,
     Alert,
     CommandResult,
     Event,
@@ -88,7 +96,7 @@ class _Layer:
     params: list[nn.Parameter]
 
 
-def layer_name(qualified: str, root_is_wrapper: bool = False) -> str:
+def layer_name(qualified: str) -> str:
     """A module's name without the segments that wrappers (DDP, FSDP, compile) add."""
     parts = [p for p in qualified.split(".") if p and p not in _WRAPPERS] if qualified else []
     return ".".join(parts)
@@ -723,7 +731,7 @@ class Monitor:
         else:
             has, numel = meta.has_grad, meta.numel_with_grad
         layer_sq = parts["layer_sq"]
-        total = float(math.sqrt(layer_sq.sum())) if np.isfinite(layer_sq).all() else float(np.sqrt(layer_sq.sum()))
+        total = float(np.sqrt(layer_sq.sum()))
         mean_abs = max_abs = zero_frac = weight_norm = None
         if meta.detail:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -850,16 +858,13 @@ class Monitor:
                     group["lr"] = new
                 if current > 0:
                     self._rescale_schedule(gi, new / current)
-            new_lrs = self._lrs()
-            where = "all groups" if cmd.group is None else f"group {cmd.group}"
-            changes = ", ".join(f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(old, new_lrs, strict=True) if a != b)
-            message = f"lr {changes or 'unchanged'} ({where})"
+            message = lr_change_text(old, self._lrs(), cmd.group)
         elif isinstance(cmd, SetClip):
-            old_desc = _clip_desc(self.clip_mode, self.clip_threshold)
+            old_mode, old_threshold = self.clip_mode, self.clip_threshold
             self.clip_mode = cmd.mode
             if cmd.threshold is not None:
                 self.clip_threshold = float(cmd.threshold)
-            message = f"clipping {old_desc} -> {_clip_desc(self.clip_mode, self.clip_threshold)}"
+            message = clip_change_text(old_mode, old_threshold, self.clip_mode, self.clip_threshold)
         elif isinstance(cmd, SetPaused):
             self.paused = cmd.paused
             message = "paused" if cmd.paused else "resumed"
@@ -991,8 +996,6 @@ def _check_clip(clip: tuple[str, float] | None) -> tuple[str, float]:
     reason = validate(SetClip(mode=mode, threshold=threshold), 0)
     if reason is not None:
         raise ValueError(reason)
-    if mode not in CLIP_MODES:  # pragma: no cover - validate checks it
-        raise ValueError(f"unknown clip mode {mode!r}")
     return mode, float(threshold)
 
 
@@ -1019,14 +1022,6 @@ def _by_device(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     return list(groups.values())
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _clip_desc(mode: str, threshold: float) -> str:
-    return "off" if mode == "off" else f"{mode} {_fmt(threshold)}"
 
 
 def _default_run_name() -> str:
