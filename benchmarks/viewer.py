@@ -15,7 +15,7 @@
   CPU time of the app's thread so that other processes on a shared box do not inflate
   it. Also the heatmap renderable alone (visible rows only). Target: under 20 ms.
 - cpu: the viewer runs in a pseudo-terminal (200x60) on a real demo training process
-  (`python -m gradtui.training.worker SCENARIO`) started through `RunSource`; its own CPU
+  (`python -m gradtui.demo.worker SCENARIO`) started through `RunSource`; its own CPU
   time (not the child's) over the wall time. Target: under 15% of a core at 10 Hz.
 """
 
@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from gradtui.core.store import RunStore
+from gradtui.model.store import RunStore
+from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp, make_app
 from gradtui.ui.renderables.heatmap import Heatmap, HeatmapLayout, heatmap_view, render_heatmap_text
-from gradtui.ui.scripted import ScriptedSource, SyntheticRun
 
 MANUAL_HZ = 0.001
 
@@ -198,9 +198,9 @@ def bench_renderable(n_layers: int, width: int = 130, rows: int = 56, repeat: in
 
 def viewer_child(scenario: str, speed: float) -> int:
     """The viewer on a real demo worker (run by `bench_cpu` inside a pseudo-terminal)."""
-    from gradtui.core.runner import RunSource
+    from gradtui.sources.child import RunSource
 
-    argv = [sys.executable, "-m", "gradtui.training.worker", scenario, "--speed", str(speed), "--steps", "100000"]
+    argv = [sys.executable, "-m", "gradtui.demo.worker", scenario, "--speed", str(speed), "--steps", "100000"]
     source = RunSource(argv, name=f"demo: {scenario}", serve=False)
     try:
         make_app(source, title=f"bench: {scenario}").run()

@@ -1,5 +1,11 @@
 """gradtui: a live terminal monitor of gradient health for PyTorch training runs.
 
+The house, by role (imports point one way; `tests/test_import_hygiene.py` checks it):
+`model` (events, the command rule, store, detectors, report; NumPy only) <- `wire`
+(frames, records, queues, environment names, run entries) <- `probe` (the training
+side, torch) and `sources` (the viewer's event sources) <- `ui` (the Textual viewer).
+`demo` is the guided tour; `cli` ties them together.
+
 Importing this package imports neither torch nor textual: `watch` loads the probe
 (and torch) on first use.
 """
@@ -11,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from gradtui.training.probe import Monitor, watch
+    from gradtui.probe.monitor import Monitor, watch
 
 __all__ = ["Monitor", "__version__", "watch"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("watch", "Monitor"):
-        from gradtui.training import probe
+        from gradtui.probe import monitor as probe
 
         return getattr(probe, name)
     raise AttributeError(f"module 'gradtui' has no attribute {name!r}")

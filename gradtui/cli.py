@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradtui import __version__
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+from gradtui.errors import CLIError
+from gradtui.wire import env
 
 
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
@@ -32,26 +30,18 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def _detector_config(pairs: Sequence[str]) -> Any:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--detector takes KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value.strip()
-    if not options:
-        return None
-    from gradtui.core.detectors import DetectorConfig
+    from gradtui.model.detectors import DetectorConfig
 
     try:
-        return DetectorConfig.from_options(options)
+        return DetectorConfig.parse(pairs)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(f"--detector: {exc}") from None
 
 
 def _export_detector_options(pairs: Sequence[str]) -> None:
     """Check -D options here, then hand them to the training process through its environment."""
     _detector_config(pairs)
-    os.environ["GRADTUI_DETECTORS"] = ",".join(p.strip() for p in pairs)
+    os.environ[env.DETECTORS_ENV] = ",".join(p.strip() for p in pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gradtui.core.record import read_record
-    from gradtui.core.report import summarize
+    from gradtui.model.report import summarize
+    from gradtui.wire.record import read_record
 
     config = _detector_config(args.detector)
     if args.recorded and config is not None:
@@ -157,7 +147,7 @@ def _run_viewer(source: Any, title: str | None = None) -> Any:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from gradtui.core import runs
+    from gradtui.wire import runs
 
     try:
         found = runs.list_runs()
@@ -184,13 +174,12 @@ def _read_token(args: argparse.Namespace) -> str | None:
         if not text:
             raise CLIError(f"the token file {args.token_file} is empty")
         return text
-    return os.environ.get("GRADTUI_TOKEN") or None
+    return env.get(env.TOKEN_ENV)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from gradtui.core import runs
-    from gradtui.core.server import parse_address
-    from gradtui.core.stream import AttachError, SocketSource
+    from gradtui.sources.attach import AttachError, SocketSource
+    from gradtui.wire import runs
 
     token = _read_token(args)
     target: str | tuple[str, int]
@@ -199,7 +188,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if query is not None and (os.sep in query or query.endswith(runs.SOCK_SUFFIX)) and os.path.exists(query):
         target = query
     elif query is not None and ":" in query and query.rsplit(":", 1)[1].isdigit():
-        target = parse_address(query)
+        target = runs.parse_address(query)
         if token is None:
             raise CLIError(f"{query} is a TCP address: give the run's token with --token-file FILE or GRADTUI_TOKEN")
     else:
@@ -210,7 +199,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         if info.socket is not None:
             target = info.socket
         elif info.listen is not None:
-            target = parse_address(info.listen)
+            target = runs.parse_address(info.listen)
             if token is None:
                 raise CLIError(f"run {info.id} only listens on TCP ({info.listen}): give its token with --token-file")
         else:
@@ -247,8 +236,8 @@ def _run_command(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gradtui.core.runner import RunSource, describe_exit
-    from gradtui.core.runs import RuntimeDirError
+    from gradtui.sources.child import RunSource, describe_exit
+    from gradtui.wire.runs import RuntimeDirError
 
     argv = _run_command(args)
     try:
@@ -267,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from gradtui.core.replay import ReplaySource
+    from gradtui.sources.replay import ReplaySource
 
     speed = float("inf") if args.speed == 0 else args.speed
     if speed < 0 or speed != speed:
@@ -278,7 +267,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gradtui.demo import run_demo
+    from gradtui.demo.launcher import run_demo
 
     return run_demo(args)
 
@@ -317,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        from gradtui.core.wire import WireError
+        from gradtui.wire.codec import WireError
 
         if isinstance(exc, WireError):
             print(f"gradtui: error: not a readable gradtui record: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ p.add_argument("--print-every", type=int, default=0)
 args = p.parse_args()
 
 import gradtui
-from gradtui.core import server
+from gradtui.probe import server
 if args.client_bytes:
     server.CLIENT_BYTES = args.client_bytes
 if args.history_steps:
@@ -93,8 +93,8 @@ print("training done", flush=True)
 
 VIEWER_SCRIPT = r'''
 import json, signal, sys, time
-from gradtui.core.stream import SocketSource
-from gradtui.core.events import CommandResult, Dropped, LogLine, RunEnd, RunStart, StepStats, UpdateStats
+from gradtui.sources.attach import SocketSource
+from gradtui.model.events import CommandResult, Dropped, LogLine, RunEnd, RunStart, StepStats, UpdateStats
 
 out = open(sys.argv[2], "w", buffering=1)
 src = SocketSource(sys.argv[1])

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
         "gradtui's Hugging Face callback needs transformers: pip install 'gradtui[huggingface]'"
     ) from None
 
-from gradtui.training.probe import Monitor, watch
+from gradtui.probe.monitor import Monitor, watch
 
 log = logging.getLogger("gradtui")
 

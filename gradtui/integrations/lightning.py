@@ -11,7 +11,7 @@ try:
 except ImportError:  # pragma: no cover - depends on what is installed
     raise ImportError("gradtui's Lightning callback needs Lightning: pip install 'gradtui[lightning]'") from None
 
-from gradtui.training.probe import Monitor, watch
+from gradtui.probe.monitor import Monitor, watch
 
 
 class GradTUICallback(Callback):

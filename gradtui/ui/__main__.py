@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gradtui.sources.synthetic import SCENARIOS, ScriptedSource, SyntheticRun
 from gradtui.ui.app import make_app
-from gradtui.ui.scripted import SCENARIOS, ScriptedSource, SyntheticRun
 
 
 def main(argv: list[str] | None = None) -> int:

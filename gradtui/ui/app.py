@@ -4,6 +4,9 @@ The app polls its source on a timer (10 Hz by default), folds every event into a
 `RunStore`, and redraws only what changed (`store.version`): no thread, and a burst of
 events costs one redraw. Keys turn into commands sent back through the same source;
 each stays pending until the probe acknowledges it.
+
+The key tables are in `gradtui.ui.bindings`; switching the tour's chapters is in
+`gradtui.ui.tour_switch` (`TourSwitching`, this app's base class).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 from typing import ClassVar
 
 from rich.markdown import Markdown
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
@@ -22,13 +25,21 @@ from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
-from gradtui.core.channel import Source
-from gradtui.core.commands import Command
-from gradtui.core.events import Alert, CommandResult, Event, LogLine, RunEnd
-from gradtui.core.store import STAT_LABELS, RunStore
+from gradtui.model.commands import Command
+from gradtui.model.events import Alert, CommandResult, Event, LogLine, RunEnd
+from gradtui.model.store import STAT_LABELS, RunStore
+from gradtui.sources.base import Source
+from gradtui.ui.bindings import (
+    INTERVENTION_ACTIONS,
+    INTERVENTION_BINDINGS,
+    REPLAY_ACTIONS,
+    REPLAY_BINDINGS,
+    TOUR_ACTIONS,
+    TOUR_BINDINGS,
+    VIEW_BINDINGS,
+)
 from gradtui.ui.controls import Controls, describe
 from gradtui.ui.messages import (
-    ChapterStarted,
     InterventionAcknowledged,
     InterventionRefused,
     InterventionSent,
@@ -38,92 +49,24 @@ from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
 from gradtui.ui.screens.help import HelpScreen
-from gradtui.ui.screens.tour import NEXT_KEY, PREVIOUS_KEY, STORY_KEY, ChapterScreen, heading, key_line
+from gradtui.ui.screens.tour import NEXT_KEY, ChapterScreen
 from gradtui.ui.tour import HeldSource, Tour
+from gradtui.ui.tour_switch import WIDE_AT, TourSwitching
 from gradtui.ui.widgets.alert_log import AlertLog
 from gradtui.ui.widgets.charts import SeriesChartWidget
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
-from gradtui.ui.widgets.status import Chips, StatusHeader
+from gradtui.ui.widgets.status import StatusHeader
 
 log = logging.getLogger(__name__)
 
 GC_THRESHOLDS = (50_000, 20, 100)
 """Garbage-collector thresholds while the viewer runs (see GradTUIApp.on_mount)."""
 
-_THRESHOLD = Binding.Group("thr", compact=True)
-_LR = Binding.Group("lr", compact=True)
-_SPEED = Binding.Group("speed", compact=True)
-_STEP = Binding.Group("step", compact=True)
-# `.` and `,` are `>` and `<` without shift (the replay's forward/back), free in every mode,
-# and the same key on the main screen, the detail screen and the story dialog. Only `.`
-# goes in the footer: with it the footer still fits 80 columns, and the tour's banner or
-# side panel always shows all three keys.
-TOUR_BINDINGS: list[Binding] = [
-    Binding(
-        "full_stop",
-        "tour_move(1)",
-        "next",
-        key_display=NEXT_KEY,
-        tooltip="Tour: next chapter (stops this run, starts the next)",
-        id="tour-next",
-    ),
-    Binding(
-        "comma",
-        "tour_move(-1)",
-        "back",
-        key_display=PREVIOUS_KEY,
-        tooltip="Tour: previous chapter (starts its training again)",
-        show=False,
-        id="tour-back",
-    ),
-    Binding(
-        "t",
-        "tour_story",
-        "story",
-        key_display=STORY_KEY,
-        tooltip="Tour: the chapter's story in full",
-        show=False,
-        id="tour-story",
-    ),
-]
-
-INTERVENTION_BINDINGS: list[Binding] = [
-    Binding("c", "toggle_clip", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
-    Binding("m", "cycle_clip_mode", "mode", tooltip="Cycle the clip mode: norm / value", id="clip-mode"),
-    Binding("]", "scale_threshold(2.0)", "thr×2", tooltip="Clip threshold ×2", group=_THRESHOLD, id="clip-up"),
-    Binding("[", "scale_threshold(0.5)", "thr÷2", tooltip="Clip threshold ÷2", group=_THRESHOLD, id="clip-down"),
-    Binding("+", "scale_lr(2.0)", "lr×2", tooltip="Learning rate ×2", group=_LR, id="lr-up"),
-    Binding("-", "scale_lr(0.5)", "lr÷2", tooltip="Learning rate ÷2", group=_LR, id="lr-down"),
-    Binding("l", "set_lr", "lr=", tooltip="Type an exact learning rate", id="lr-set"),
-    Binding("p", "toggle_pause", "pause", tooltip="Pause / resume training", id="pause"),
-]
-REPLAY_BINDINGS: list[Binding] = [
-    Binding("p,space", "replay_play", "play", tooltip="Play / pause the replay", id="replay-play"),
-    Binding("+", "replay_speed(2.0)", "speed×2", tooltip="Replay speed ×2", group=_SPEED, id="replay-faster"),
-    Binding("-", "replay_speed(0.5)", "speed÷2", tooltip="Replay speed ÷2", group=_SPEED, id="replay-slower"),
-    Binding("<", "replay_step(-100)", "back", tooltip="Replay: back 100 steps", group=_STEP, id="replay-back"),
-    Binding(">", "replay_step(100)", "fwd", tooltip="Replay: forward 100 steps", group=_STEP, id="replay-forward"),
-]
-VIEW_BINDINGS: list[Binding] = [
-    Binding("s", "cycle_stat", "stat", tooltip="Cycle the statistic: ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖", id="stat"),
-    Binding("o", "toggle_output", "output", tooltip="Log panel: training output / alerts", id="output"),
-    Binding("question_mark", "help", "help", key_display="?", tooltip="This help", id="help"),
-    Binding("q", "quit", "quit", tooltip="Quit (asks first when that stops a training process)", id="quit"),
-]
-INTERVENTION_ACTIONS = frozenset(
-    {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause"}
-)
-REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
-TOUR_ACTIONS = frozenset({"tour_move", "tour_story"})
-WIDE_AT = 120
-"""Columns from which the side panels sit beside the heatmap (below it on narrower terminals)."""
-CLOSE_WAIT_S = 10.0
-"""How long leaving waits for the training processes of earlier chapters to stop."""
 OUTPUT_TAIL = 40
 """Lines of the training process's output shown with its error when it crashes."""
 
 
-class GradTUIApp(App[None]):
+class GradTUIApp(TourSwitching):
     """Live view of one training run's gradient health, with interventions from the keyboard.
 
     Args:
@@ -201,7 +144,7 @@ class GradTUIApp(App[None]):
         )
         self.alert_log = AlertLog(id="alerts", classes="panel")
         self.output_log = AlertLog(id="output", classes="panel", placeholder="no output yet")
-        self.replay = getattr(source, "controls", None)
+        self.replay = source.controls
         """The source's replay controls (play, speed, seek) when it plays a record, else None."""
         self._replay_generation = self.replay.generation if self.replay is not None else 0
         self.narrative_text = Static(id="narrative-text")
@@ -500,134 +443,6 @@ class GradTUIApp(App[None]):
     def on_layer_heatmap_layer_selected(self, message: LayerHeatmap.LayerSelected) -> None:
         self.push_screen(LayerDetailScreen(self.store, message.layer))
 
-    # ------------------------------------------------------------ the tour
-
-    def action_tour_move(self, delta: int) -> None:
-        """Go `delta` chapters along the tour: stop this chapter's training, start that one's."""
-        if self.tour is None:
-            return
-        if not self.tour.move(delta):
-            where = "last" if delta > 0 else "first"
-            self.notify(f"This is the {where} chapter of the tour.", timeout=3)
-            return
-        self.start_chapter()
-
-    def action_tour_story(self) -> None:
-        if self.tour is None:
-            return
-        if isinstance(self.screen, ChapterScreen):
-            self.screen.dismiss(None)
-            return
-        self._open_story()
-
-    def start_chapter(self) -> None:
-        """Switch to the tour's current chapter.
-
-        The old source is closed on a thread (a worker may take a moment to stop); the
-        store, the logs and the pending commands start empty. When the story shows over
-        the heatmap (below 120 columns, or opened with `t`), the chapter's training starts
-        when the story is closed, so that nothing happens unseen; beside it, at once.
-        """
-        tour = self.tour
-        if tour is None:
-            return
-        # The old run's screens (layer detail, crash dialog) have nothing to show any more;
-        # an open story stays and shows the new chapter.
-        story_open = isinstance(self.screen, ChapterScreen)
-        keep = 2 if story_open and len(self.screen_stack) == 2 else 1
-        while len(self.screen_stack) > keep:
-            self.pop_screen()
-        self._retire(self.source)
-        self.reset_store()
-        self.heatmap.reset()
-        self.alert_log.clear()
-        self.output_log.clear()
-        self.status_header.last_result = None
-        self._error_shown = False
-        self._source_error = None
-        self._bad_events = 0
-        self._shown = None
-        self.narrative = tour.current.narrative
-        self._held = story_open or self._narrow()
-        if self._held:
-            self._set_source(HeldSource(f"demo: {tour.current.name}"))
-            if not isinstance(self.screen, ChapterScreen):
-                self._open_story()
-            self._show_chapter()
-        else:
-            self._release()
-
-    def _release(self) -> None:
-        """Start the current chapter's training (its story was read or is beside the heatmap)."""
-        tour = self.tour
-        if tour is None:
-            return
-        self._held = False
-        self._set_source(tour.start())
-        self._show_chapter()
-        self.poll_source()
-        self.post_message(ChapterStarted(tour.index, tour.current.name))
-
-    def _set_source(self, source: Source) -> None:
-        self.source = source
-        self.status_header.source_name = source.name
-        self.refresh_views(force=True)
-
-    def _open_story(self) -> None:
-        if self.tour is not None:
-            self.push_screen(ChapterScreen(self.tour, self._ended(), held=self._held), callback=self._story_closed)
-
-    def _story_closed(self, _: None) -> None:
-        if self._held:
-            self._release()
-
-    def _narrow(self) -> bool:
-        return self.size.width < WIDE_AT
-
-    def _ended(self) -> str | None:
-        return self.store.end.status if self.store.end is not None else None
-
-    def _show_chapter(self) -> None:
-        """Write the chapter's heading and key line into the banner, the side panel and the story."""
-        tour = self.tour
-        if tour is None:
-            return
-        chapter = tour.current
-        ended = self._ended()
-        head = heading(tour)
-        keys = key_line(tour, ended=ended)
-        self.title = f"gradtui demo · {chapter.title}"
-        self.tour_banner.update(Chips([[head], *keys.lines], fold=True))
-        self.narrative_panel.border_title = f"tour · {chapter.group}" if len(tour) > 1 else "demo"
-        self.narrative_head.update(head)
-        self.narrative_keys.update(keys)
-        if isinstance(self.screen, ChapterScreen):
-            self.screen.show(tour, ended, held=self._held)
-
-    def _retire(self, source: Source) -> None:
-        """Close a chapter's source on a thread; leaving the app waits for it."""
-        if self._timer is None:  # never mounted: nothing runs concurrently
-            self._close_quietly(source)
-            return
-
-        thread = threading.Thread(target=self._close_quietly, args=(source,), name="gradtui-close-chapter")
-        thread.start()
-        self._retiring.append(thread)
-
-    @staticmethod
-    def _close_quietly(source: Source) -> None:
-        try:
-            source.close()
-        except Exception:  # the old chapter's process may already be gone
-            log.exception("closing a chapter's source failed")
-
-    def wait_retired(self, timeout: float = CLOSE_WAIT_S) -> bool:
-        """Wait for the sources of earlier chapters to close; True when all did."""
-        for thread in self._retiring:
-            thread.join(timeout)
-        self._retiring = [t for t in self._retiring if t.is_alive()]
-        return not self._retiring
-
     # ------------------------------------------------------------ leaving
 
     async def action_quit(self) -> None:
@@ -636,9 +451,8 @@ class GradTUIApp(App[None]):
             self._leave()  # asked twice (ctrl+q under the dialog): go
             return
         if self.source.owns_process and self.store.end is None:
-            can_detach = bool(getattr(self.source, "can_detach", False))
             self.push_screen(
-                ConfirmQuit("Quitting stops the training process.", can_detach=can_detach),
+                ConfirmQuit("Quitting stops the training process.", can_detach=self.source.can_detach),
                 callback=self._on_quit_answer,
             )
             return
@@ -652,10 +466,8 @@ class GradTUIApp(App[None]):
 
     def _leave(self, detach: bool = False) -> None:
         if detach:
-            detach_fn = getattr(self.source, "detach", None)
             try:
-                if callable(detach_fn):
-                    detach_fn()
+                self.source.detach()
             except Exception:  # leaving must not fail; the CLI reports what happened
                 log.exception("detaching from the training process failed")
         self.close_source()

@@ -1,6 +1,7 @@
 """Interventions from the keyboard: which command a key sends, and what is pending.
 
-Pure logic over the `RunStore` (no Textual), so it can be tested without an app.
+Pure logic over the `RunStore` (no Textual), so it can be tested without an app. What a
+command will do is decided by `gradtui.model.commands.apply`, the rule the probe applies.
 A command is *pending* from the moment it is sent until the probe's `CommandResult`
 arrives; after that it is *applied* at the step the result names (or refused). The
 state a key acts on is the *intended* one: what the run will be once every pending
@@ -13,19 +14,22 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
-from gradtui.core.commands import Command, SetClip, SetLR, SetPaused, command_kind, validate
-from gradtui.core.events import CommandResult
-from gradtui.core.store import RunStore
+from gradtui.model.commands import (
+    Command,
+    CommandRefused,
+    ControlState,
+    SetClip,
+    SetLR,
+    SetPaused,
+    apply,
+    command_kind,
+    validate,
+)
+from gradtui.model.events import CommandResult
+from gradtui.model.store import RunStore
 
-
-@dataclass(frozen=True)
-class RunControls:
-    """The settings a viewer can change."""
-
-    lrs: tuple[float, ...] = ()
-    clip_mode: str = "off"
-    clip_threshold: float = 1.0
-    paused: bool = False
+RunControls = ControlState
+"""The settings a viewer can change (the state the command rule works on)."""
 
 
 @dataclass
@@ -159,7 +163,11 @@ class Controls:
     def sent(self, cmd: Command) -> Pending:
         """Record a command the source accepted; it stays pending until acknowledged."""
         before = self.intended()
-        target = _apply(before, cmd)
+        try:
+            target, _ = apply(before, cmd)
+        except CommandRefused:
+            target = before  # the probe will refuse it too, with the same reason
+
         if isinstance(cmd, SetClip) and cmd.mode != "off":
             self.last_clip_mode = cmd.mode
         p = Pending(cmd, describe(cmd), target)
@@ -183,21 +191,6 @@ class Controls:
             self.pending.clear()
             self.version += 1
         return gone
-
-
-def _apply(state: RunControls, cmd: Command) -> RunControls:
-    if isinstance(cmd, SetLR):
-        if cmd.value is not None:
-            lrs = tuple(cmd.value for _ in state.lrs) or (cmd.value,)
-        else:
-            lrs = tuple(lr * (cmd.factor or 1.0) for lr in state.lrs)
-        return replace(state, lrs=lrs)
-    if isinstance(cmd, SetClip):
-        thr = cmd.threshold if cmd.threshold is not None else state.clip_threshold
-        return replace(state, clip_mode=cmd.mode, clip_threshold=thr)
-    if isinstance(cmd, SetPaused):
-        return replace(state, paused=cmd.paused)
-    return state
 
 
 def _merge(state: RunControls, target: RunControls, kind: str) -> RunControls:

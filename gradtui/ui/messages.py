@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from gradtui.core.commands import Command
-from gradtui.core.events import CommandResult, RunEnd
+from gradtui.model.commands import Command
+from gradtui.model.events import CommandResult, RunEnd
 
 
 class InterventionSent(Message):

@@ -21,7 +21,7 @@ def _num(x: float | None) -> str:
 
 
 def print_report(summary: dict[str, Any], path: str, console: Console | None = None) -> None:
-    """Print a report summary (see `gradtui.core.report.summarize`)."""
+    """Print a report summary (see `gradtui.model.report.summarize`)."""
     console = console or Console()
     nf = summary["first_nonfinite_step"]
     head = (

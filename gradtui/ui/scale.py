@@ -49,9 +49,6 @@ FLAG_GLYPHS: dict[str, str] = {
 }
 """One glyph per flag kind, so that no meaning depends on colour alone."""
 
-FLAG_PRIORITY: tuple[str, ...] = ("nonfinite", "exploding", "vanishing", "dead", "loss_spike")
-"""Which flag a row shows when it has several: the most urgent first."""
-
 FLAG_COLORS: dict[str, str] = {
     "nonfinite": "bold bright_white on magenta",
     "exploding": "bold red",
@@ -142,14 +139,6 @@ def shade_glyph(code: int) -> str:
     # Level 0 is a dot rather than blank so a vanished layer is not mistaken for "no data".
     level = min(len(SHADES) - 1, code * len(SHADES) // N_BINS)
     return "." if level == 0 else SHADES[level]
-
-
-def primary_flag(kinds: list[str] | tuple[str, ...]) -> str | None:
-    """The most urgent of a layer's active flag kinds, or None."""
-    for kind in FLAG_PRIORITY:
-        if kind in kinds:
-            return kind
-    return kinds[0] if kinds else None
 
 
 def fmt_value(value: float | None, width: int = 7) -> str:

@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gradtui.core.channel import Source
-from gradtui.core.commands import Command
-from gradtui.core.events import Event, RunEnd
+from gradtui.model.commands import Command
+from gradtui.model.events import Event, RunEnd
+from gradtui.sources.base import Source, no_detach
 
 SUGGESTIBLE_KEYS: dict[str, str] = {
     "c": "clip",
@@ -129,6 +129,9 @@ class FailedSource:
     """A source whose training process could not be started: one error `RunEnd`, then nothing."""
 
     owns_process = False
+    can_detach = False
+    controls = None
+    detach = no_detach
 
     def __init__(self, name: str, error: str) -> None:
         self.name = name
@@ -152,6 +155,9 @@ class HeldSource:
     """Stands in for a chapter whose training has not started yet (its story is open)."""
 
     owns_process = False
+    can_detach = False
+    controls = None
+    detach = no_detach
 
     def __init__(self, name: str) -> None:
         self.name = name

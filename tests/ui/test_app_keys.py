@@ -14,7 +14,7 @@ import pytest
 from textual.pilot import Pilot
 from ui_helpers import manual_app, synthetic_source, text_of
 
-from gradtui.core.commands import SetClip, SetLR, SetPaused
+from gradtui.model.commands import SetClip, SetLR, SetPaused
 from gradtui.ui.app import GradTUIApp
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog
 from gradtui.ui.screens.help import HelpScreen
@@ -182,7 +182,7 @@ def test_interventions_are_refused_in_the_ui_when_they_cannot_apply() -> None:
     # No optimizer: no learning rate to change; the reason shows and nothing is sent.
     src = synthetic_source(layers=4, prefill=3)
     assert src.run is not None
-    src.run.lrs = ()
+    src.run.state = dataclasses.replace(src.run.state, lrs=())
     app = manual_app(src)
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:

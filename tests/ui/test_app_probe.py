@@ -18,14 +18,14 @@ from dataclasses import dataclass, fields
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("gradtui.training.probe")
+pytest.importorskip("gradtui.probe.monitor")
 
 from textual.message import Message  # noqa: E402
 from textual.pilot import Pilot  # noqa: E402
 from ui_helpers import MANUAL  # noqa: E402
 
 import gradtui  # noqa: E402
-from gradtui.core.commands import Command, SetClip, SetLR, SetPaused  # noqa: E402
+from gradtui.model.commands import Command, SetClip, SetLR, SetPaused  # noqa: E402
 from gradtui.ui.app import GradTUIApp, make_app  # noqa: E402
 from gradtui.ui.messages import InterventionAcknowledged, InterventionSent  # noqa: E402
 from gradtui.ui.screens.dialogs import LRDialog  # noqa: E402

@@ -11,11 +11,11 @@ import pytest
 from textual.pilot import Pilot
 from ui_helpers import manual_app, run_start, step_stats, synthetic_source, text_of
 
-from gradtui.core.commands import Command
-from gradtui.core.events import Dropped, Event, RunEnd
+from gradtui.model.commands import Command
+from gradtui.model.events import Dropped, Event, RunEnd
+from gradtui.sources.synthetic import ScriptedSource
 from gradtui.ui.app import GradTUIApp
 from gradtui.ui.screens.dialogs import RunErrorScreen
-from gradtui.ui.scripted import ScriptedSource
 from gradtui.ui.widgets.alert_log import AlertLog
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
 from gradtui.ui.widgets.status import StatusHeader

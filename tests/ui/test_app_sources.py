@@ -10,11 +10,11 @@ from pathlib import Path
 from textual.pilot import Pilot
 from ui_helpers import manual_app, synthetic_source, text_of
 
-from gradtui.core.events import LogLine, RunEnd
+from gradtui.model.events import LogLine, RunEnd
+from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp, make_app
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, RunErrorScreen
-from gradtui.ui.scripted import ScriptedSource, SyntheticRun
 
 Body = Callable[[GradTUIApp, Pilot[None]], Awaitable[None]]
 
@@ -90,8 +90,8 @@ def test_quit_can_leave_the_process_running() -> None:
 
 
 def test_replay_keys_drive_the_playback(tmp_path: Path) -> None:
-    from gradtui.core.record import RecordWriter
-    from gradtui.core.replay import ReplaySource
+    from gradtui.sources.replay import ReplaySource
+    from gradtui.wire.record import RecordWriter
 
     path = tmp_path / "run.gtr"
     writer = RecordWriter(path)

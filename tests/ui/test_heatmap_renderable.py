@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from ui_helpers import run_start, step_stats, store_of
 
-from gradtui.core.events import Event
-from gradtui.core.store import RunStore
+from gradtui.model.events import Event
+from gradtui.model.store import RunStore
 from gradtui.ui.renderables.heatmap import (
     Heatmap,
     HeatmapLayout,
@@ -77,7 +77,7 @@ def test_colours_cold_is_coldest_bin_hot_is_hottest_nan_is_magenta() -> None:
 
 
 def test_flag_glyphs_and_names_do_not_depend_on_colour() -> None:
-    from gradtui.core.events import Alert
+    from gradtui.model.events import Alert
 
     store = _three_layer_store()
     store.apply(Alert(4, "hot", "nonfinite", True, float("nan"), 0.0))

@@ -10,8 +10,8 @@ from typing import Any
 
 from ui_helpers import manual_app
 
+from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp
-from gradtui.ui.scripted import ScriptedSource, SyntheticRun
 
 
 def recorded(scenario: str, layers: int, steps: int, **kwargs: Any) -> GradTUIApp:

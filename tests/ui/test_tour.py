@@ -13,15 +13,15 @@ from textual.pilot import Pilot
 from textual.widgets._footer import FooterKey
 from ui_helpers import text_of
 
-from gradtui.core.stream import ChildSource
-from gradtui.demo import build_tour, chapter_of, make_starter
-from gradtui.training.catalog import TOUR
+from gradtui.demo.catalog import TOUR
+from gradtui.demo.launcher import build_tour, chapter_of, make_starter
+from gradtui.sources.child import ChildSource
+from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp, make_app
 from gradtui.ui.messages import ChapterStarted
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, RunErrorScreen
 from gradtui.ui.screens.tour import ChapterScreen
-from gradtui.ui.scripted import ScriptedSource, SyntheticRun
 from gradtui.ui.tour import Chapter, FailedSource, HeldSource, Tour, suggested_keys
 
 MANUAL = 0.001
@@ -41,7 +41,7 @@ class Starter:
         run = SyntheticRun("vanishing", 3 + len(self.started) % 4, run=f"demo: {chapter.name}")
         events = run.events(steps)
         if chapter.name in self.fail:
-            from gradtui.core.events import LogLine, RunEnd
+            from gradtui.model.events import LogLine, RunEnd
 
             events += [
                 LogLine("gradtui worker: CUDA was asked for but torch sees no CUDA device here", "stderr"),
@@ -197,7 +197,7 @@ def test_a_chapter_that_ends_invites_the_next_and_one_that_crashes_shows_why() -
     notes: list[str] = []
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
-        from gradtui.core.events import RunEnd
+        from gradtui.model.events import RunEnd
 
         app.notify = lambda message, **kw: notes.append(str(message))  # type: ignore[method-assign]
         starter.started[-1].feed([RunEnd(step=4, status="ok")])

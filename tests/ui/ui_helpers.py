@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gradtui.core.events import Event, LayerInfo, RunStart, StepStats
-from gradtui.core.store import RunStore
+from gradtui.model.events import Event, LayerInfo, RunStart, StepStats
+from gradtui.model.store import RunStore
+from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp, make_app
-from gradtui.ui.scripted import ScriptedSource, SyntheticRun
 
 MANUAL = 0.001
 """refresh_hz that never fires within a test: the test drives `app.poll_source()` itself."""

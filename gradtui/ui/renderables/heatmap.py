@@ -16,7 +16,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
 
-from gradtui.core.store import STAT_LABELS, RunStore
+from gradtui.model.events import primary_flag
+from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.ui.scale import (
     EMPTY,
     EMPTY_GLYPH,
@@ -31,7 +32,6 @@ from gradtui.ui.scale import (
     STAT_SCALES,
     LogScale,
     fmt_value,
-    primary_flag,
     shade_glyph,
     truncate_left,
 )

@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
-from gradtui.core.store import LAYER_STATS, STAT_LABELS, RunStore
+from gradtui.model.store import LAYER_STATS, STAT_LABELS, RunStore
 from gradtui.ui.scale import FLAG_GLYPHS, fmt_value
 from gradtui.ui.widgets.alert_log import alert_text
 

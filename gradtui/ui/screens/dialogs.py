@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from gradtui.core.commands import SetLR, parse_lr, validate
+from gradtui.model.commands import SetLR, parse_lr, validate
 
 
 class LRDialog(ModalScreen[float | None]):

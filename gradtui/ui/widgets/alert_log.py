@@ -14,7 +14,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from gradtui.core.events import Alert, CommandResult, LogLine, RunEnd
+from gradtui.model.events import Alert, CommandResult, LogLine, RunEnd
 from gradtui.ui.controls import Pending
 from gradtui.ui.scale import FLAG_GLYPHS, fmt_value
 

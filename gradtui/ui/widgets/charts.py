@@ -6,7 +6,7 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-from gradtui.core.store import RunStore
+from gradtui.model.store import RunStore
 from gradtui.ui.renderables.chart import MARKER_GLYPHS, ChartMarker, ChartStyles, SeriesChart
 
 

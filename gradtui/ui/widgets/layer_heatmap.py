@@ -23,7 +23,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from gradtui.core.store import RunStore
+from gradtui.model.events import FLAG_PRIORITY
+from gradtui.model.store import RunStore
 from gradtui.ui.renderables.heatmap import (
     HEADER_LINES,
     Heatmap,
@@ -32,7 +33,7 @@ from gradtui.ui.renderables.heatmap import (
     HeatmapView,
     heatmap_view,
 )
-from gradtui.ui.scale import FLAG_PRIORITY, fmt_value
+from gradtui.ui.scale import fmt_value
 
 VALUE_REFRESH_S = 0.5
 """Least time between two redraws of the value column alone."""

@@ -11,10 +11,10 @@ from rich.text import Text
 from textual.app import RenderResult as TextualRenderResult
 from textual.widget import Widget
 
-from gradtui.core.events import CommandResult
-from gradtui.core.store import STAT_LABELS, RunStore
+from gradtui.model.events import FLAG_PRIORITY, CommandResult
+from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.ui.controls import Controls, fmt_lr
-from gradtui.ui.scale import FLAG_GLYPHS, FLAG_PRIORITY, fmt_duration, fmt_number
+from gradtui.ui.scale import FLAG_GLYPHS, fmt_duration, fmt_number
 
 
 class Chips:

@@ -1,1 +1,0 @@
-"""gradtui core: events, commands, wire format, store, detectors. NumPy only."""

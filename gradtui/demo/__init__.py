@@ -1,0 +1,1 @@
+"""The guided tour: catalog and launcher (torch-free), scenarios and worker (torch)."""

@@ -1,0 +1,225 @@
+"""Typed events that flow from the probe to viewers and record files.
+
+Events are frozen dataclasses holding plain Python values and NumPy arrays, never
+tensors, so that `core` and `ui` can use them without torch. Per-layer arrays are
+indexed in the order of `RunStart.layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ClipMode = Literal["off", "norm", "value"]
+CLIP_MODES: tuple[str, ...] = ("off", "norm", "value")
+
+AlertKind = Literal["vanishing", "exploding", "nonfinite", "dead", "loss_spike"]
+ALERT_KINDS: tuple[str, ...] = ("vanishing", "exploding", "nonfinite", "dead", "loss_spike")
+
+FLAG_PRIORITY: tuple[str, ...] = ("nonfinite", "exploding", "vanishing", "dead", "loss_spike")
+"""Alert kinds, most urgent first: a layer carrying several flags shows (and is judged by) the first."""
+VERDICTS: tuple[str, ...] = ("healthy", "vanishing", "exploding", "nonfinite", "dead")
+"""Per-layer verdicts, as in the report contract."""
+
+
+def primary_flag(kinds: Iterable[str]) -> str | None:
+    """The most urgent of some flag kinds (see `FLAG_PRIORITY`), or None when there are none."""
+    have = list(kinds)
+    for kind in FLAG_PRIORITY:
+        if kind in have:
+            return kind
+    return have[0] if have else None
+
+
+def verdict_of(kinds: Iterable[str]) -> str:
+    """A layer's verdict from the flags it carries: its most urgent layer flag, else healthy."""
+    flag = primary_flag(k for k in kinds if k in VERDICTS)
+    return flag if flag is not None else "healthy"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """A layer: a module that owns parameters directly."""
+
+    name: str
+    """Qualified name from `model.named_modules()` ("" for a root that owns parameters)."""
+    kind: str
+    """The module's class name, e.g. "Linear"."""
+    numel: int
+    """Number of parameter values the layer owns (tied parameters count in their first owner)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """First event of a run: what is being watched."""
+
+    run: str
+    pid: int
+    started: float
+    """Unix time at which `watch()` was called."""
+    layers: tuple[LayerInfo, ...]
+    lrs: tuple[float, ...]
+    """Learning rate of each optimizer param group (empty without an optimizer)."""
+    clip_mode: str
+    clip_threshold: float
+    every: int
+    """Per-layer statistics are sampled every `every` steps."""
+    detail_every: int
+    """Mean/max |g|, zero fraction, weight norm and update ratio every `detail_every` steps."""
+    device: str
+    world_size: int = 1
+    script: str = ""
+    sharded: bool = False
+    """Some gradients are sharded across ranks (FSDP); statistics are reduced across them."""
+    lanes: tuple[str, ...] = ()
+    """Names of extra gradient lanes (e.g. dL/dh_t per time step of an RNN), see `Monitor.lane`."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StepStats:
+    """Statistics of one sampled step, taken before clipping and before `optimizer.step()`."""
+
+    step: int
+    time: float
+    loss: float
+    """NaN when no loss was given or it was not finite."""
+    lrs: tuple[float, ...]
+    grad_norm: np.ndarray
+    """Per-layer gradient L2 norm (float64); NaN where the layer had no gradient."""
+    has_grad: np.ndarray
+    """Per-layer bool: at least one parameter of the layer had a gradient."""
+    nonfinite: np.ndarray
+    """Per-layer int64 count of NaN/Inf gradient values."""
+    global_norm: float
+    """L2 norm of all gradients before clipping."""
+    clipped_norm: float
+    """L2 norm of all gradients after clipping (== global_norm when not clipped)."""
+    clip_factor: float
+    """clipped_norm / global_norm; 1.0 when the step was not clipped."""
+    clip_mode: str
+    clip_threshold: float
+    steps_per_sec: float
+    paused: bool = False
+    mean_abs: np.ndarray | None = None
+    """Per-layer mean |g| (detail steps only, else None)."""
+    max_abs: np.ndarray | None = None
+    """Per-layer max |g| (detail steps only)."""
+    zero_frac: np.ndarray | None = None
+    """Per-layer fraction of gradient values exactly 0 (detail steps only)."""
+    weight_norm: np.ndarray | None = None
+    """Per-layer weight L2 norm (detail steps only)."""
+    loss_scale: float = float("nan")
+    """Mixed precision: the GradScaler's scale at this step (NaN without a scaler)."""
+    amp_skipped: bool = False
+    """Mixed precision: the scaler found inf/NaN, so `optimizer.step()` is skipped."""
+    nonfinite_ranks: tuple[int, ...] = ()
+    """Distributed runs: the ranks whose gradients held NaN/Inf at this step."""
+    lanes: np.ndarray | None = None
+    """L2 norm of the gradient reaching each lane this step (NaN where none did)."""
+
+    @property
+    def clipped(self) -> bool:
+        return self.clip_factor < 1.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UpdateStats:
+    """Size of the optimizer update taken at `step`, relative to the weights before it."""
+
+    step: int
+    update_ratio: np.ndarray
+    """Per-layer ||w_after - w_before|| / ||w_before|| (float64); NaN where undefined."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """Acknowledgement of a command: applied at `step`, or refused with a reason."""
+
+    command_id: str
+    kind: str
+    ok: bool
+    step: int
+    """Step at which the command took effect (or was refused)."""
+    message: str
+    """What changed ("lr 0.1 -> 0.05 (all groups)") or why it was refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A detector state change: a flag raised (`active`) or cleared on a layer or the run."""
+
+    step: int
+    layer: str | None
+    """Layer name, or None for a run-wide alert (loss_spike, global exploding)."""
+    kind: str
+    active: bool
+    value: float
+    """The value that tripped (or released) the detector."""
+    threshold: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Events a slow consumer missed since the last report (training never waits)."""
+
+    count: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """A line of text from the training process (stdout/stderr or the probe's own log)."""
+
+    text: str
+    stream: str = "log"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """Last event of a run."""
+
+    step: int
+    status: str
+    """"ok", "error" or "interrupted"."""
+    error: str = ""
+    """Exception summary and traceback when status is "error"."""
+
+
+Event = RunStart | StepStats | UpdateStats | CommandResult | Alert | Dropped | LogLine | RunEnd
+
+EVENT_TYPES: dict[str, type] = {
+    "run_start": RunStart,
+    "step": StepStats,
+    "update": UpdateStats,
+    "command_result": CommandResult,
+    "alert": Alert,
+    "dropped": Dropped,
+    "log": LogLine,
+    "run_end": RunEnd,
+}
+
+__all__ = [
+    "ALERT_KINDS",
+    "CLIP_MODES",
+    "Alert",
+    "AlertKind",
+    "ClipMode",
+    "CommandResult",
+    "Dropped",
+    "EVENT_TYPES",
+    "FLAG_PRIORITY",
+    "VERDICTS",
+    "Event",
+    "LayerInfo",
+    "LogLine",
+    "RunEnd",
+    "RunStart",
+    "StepStats",
+    "UpdateStats",
+    "primary_flag",
+    "verdict_of",
+]

@@ -1,0 +1,304 @@
+"""Ring-buffer history of a run: layers x steps for every statistic.
+
+Preallocated NumPy arrays, written one step (one row) at a time in O(layers) with no
+`np.roll`; reads put the ring back in order only when a view asks for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from gradtui.model.events import (
+    Alert,
+    CommandResult,
+    Dropped,
+    Event,
+    LayerInfo,
+    LogLine,
+    RunEnd,
+    RunStart,
+    StepStats,
+    UpdateStats,
+)
+
+LAYER_STATS: tuple[str, ...] = (
+    "grad_norm",
+    "mean_abs",
+    "max_abs",
+    "update_ratio",
+    "weight_norm",
+    "zero_frac",
+    "nonfinite",
+)
+"""Per-layer statistics kept in the store (rows: steps, columns: layers)."""
+
+STAT_LABELS: dict[str, str] = {
+    "grad_norm": "‖g‖₂",
+    "mean_abs": "mean|g|",
+    "max_abs": "max|g|",
+    "update_ratio": "‖Δw‖/‖w‖",
+    "weight_norm": "‖w‖₂",
+    "zero_frac": "zero frac",
+    "nonfinite": "non-finite",
+}
+
+RUN_SERIES: tuple[str, ...] = (
+    "time",
+    "loss",
+    "global_norm",
+    "clipped_norm",
+    "clip_factor",
+    "lr",
+    "steps_per_sec",
+)
+
+
+def default_capacity(n_layers: int) -> int:
+    """Steps kept: about 2M cells per statistic, between 256 and 4096 steps."""
+    return int(min(4096, max(256, 2_000_000 // max(1, n_layers))))
+
+
+@dataclass
+class Marker:
+    """An intervention on the record, drawn on the charts at `step`."""
+
+    step: int
+    kind: str
+    message: str
+
+
+@dataclass
+class RunStore:
+    """Everything a viewer or report needs to know about one run."""
+
+    capacity: int | None = None
+    run: RunStart | None = None
+    end: RunEnd | None = None
+    layers: tuple[LayerInfo, ...] = ()
+    n_lanes: int = 0
+    """Trailing rows of `layers` that are lanes (activation gradients), not layers."""
+    count: int = 0
+    """Steps held (at most capacity)."""
+    total_steps: int = 0
+    """Sampled steps seen since the start (including those that left the ring)."""
+    last: StepStats | None = None
+    version: int = 0
+    """Bumped on every change; views cache on it."""
+    dropped_total: int = 0
+    first_nonfinite_step: int | None = None
+    first_nonfinite_layers: tuple[str, ...] = ()
+    markers: list[Marker] = field(default_factory=list)
+    results: list[CommandResult] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    active_flags: dict[tuple[str | None, str], Alert] = field(default_factory=dict)
+    logs: list[LogLine] = field(default_factory=list)
+    max_logs: int = 2000
+    _head: int = 0
+    _stats: dict[str, np.ndarray] = field(default_factory=dict)
+    _series: dict[str, np.ndarray] = field(default_factory=dict)
+    _steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    _latest: dict[str, np.ndarray] = field(default_factory=dict)
+    _latest_step: dict[str, np.ndarray] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ ingest
+
+    def apply(self, event: Event) -> None:
+        """Fold one event into the store."""
+        if isinstance(event, StepStats):
+            self._add_step(event)
+        elif isinstance(event, UpdateStats):
+            self._add_update(event)
+        elif isinstance(event, RunStart):
+            self._start(event)
+        elif isinstance(event, Alert):
+            self.alerts.append(event)
+            key = (event.layer, event.kind)
+            if event.active:
+                self.active_flags[key] = event
+            else:
+                self.active_flags.pop(key, None)
+        elif isinstance(event, CommandResult):
+            self.results.append(event)
+            if event.ok:
+                self.markers.append(Marker(event.step, event.kind, event.message))
+        elif isinstance(event, Dropped):
+            self.dropped_total = max(self.dropped_total + event.count, event.total)
+        elif isinstance(event, LogLine):
+            self.logs.append(event)
+            if len(self.logs) > self.max_logs:
+                del self.logs[: len(self.logs) - self.max_logs]
+        elif isinstance(event, RunEnd):
+            self.end = event
+        self.version += 1
+
+    def _start(self, ev: RunStart) -> None:
+        self.run = ev
+        # Lanes (activation gradients) are shown as extra rows below the layers.
+        self.n_lanes = len(ev.lanes)
+        self.layers = ev.layers + tuple(LayerInfo(name, "lane", 0) for name in ev.lanes)
+        n = len(self.layers)
+        cap = self.capacity or default_capacity(n)
+        self.capacity = cap
+        self._stats = {s: np.full((cap, n), np.nan, np.float32) for s in LAYER_STATS}
+        self._series = {s: np.full(cap, np.nan, np.float64) for s in RUN_SERIES}
+        self._steps = np.full(cap, -1, np.int64)
+        self._latest = {s: np.full(n, np.nan, np.float64) for s in LAYER_STATS}
+        self._latest_step = {s: np.full(n, -1, np.int64) for s in LAYER_STATS}
+        self._head = 0
+        self.count = 0
+        self.total_steps = 0
+        self.last = None
+        self.end = None
+
+    def _ensure_started(self, n_layers: int) -> None:
+        if self.run is None or len(self.layers) - self.n_lanes != n_layers:
+            # A stream joined mid-run (or a record missing its start): name layers by index.
+            infos = tuple(LayerInfo(f"layer{i}", "?", 0) for i in range(n_layers))
+            self._start(
+                RunStart(
+                    run="?", pid=0, started=0.0, layers=infos, lrs=(), clip_mode="off", clip_threshold=1.0,
+                    every=1, detail_every=1, device="?",
+                )
+            )
+
+    def _add_step(self, ev: StepStats) -> None:
+        n = len(ev.grad_norm)
+        self._ensure_started(n)
+        cap = self._steps.shape[0]
+        row = self._head
+        self._head = (row + 1) % cap
+        self.count = min(self.count + 1, cap)
+        self.total_steps += 1
+        self._steps[row] = ev.step
+        s = self._series
+        s["time"][row] = ev.time
+        s["loss"][row] = ev.loss
+        s["global_norm"][row] = ev.global_norm
+        s["clipped_norm"][row] = ev.clipped_norm
+        s["clip_factor"][row] = ev.clip_factor
+        s["lr"][row] = ev.lrs[0] if ev.lrs else np.nan
+        s["steps_per_sec"][row] = ev.steps_per_sec
+        arrays = {
+            "grad_norm": ev.grad_norm,
+            "nonfinite": ev.nonfinite,
+            "mean_abs": ev.mean_abs,
+            "max_abs": ev.max_abs,
+            "weight_norm": ev.weight_norm,
+            "zero_frac": ev.zero_frac,
+            "update_ratio": None,
+        }
+        has_grad = ev.has_grad
+        if self.n_lanes:
+            lanes = ev.lanes if ev.lanes is not None and len(ev.lanes) == self.n_lanes else None
+            pad = np.full(self.n_lanes, np.nan)
+            arrays = {k: None if v is None else np.concatenate([v, pad]) for k, v in arrays.items()}
+            if lanes is not None:
+                arrays["grad_norm"] = np.concatenate([ev.grad_norm, lanes])
+                arrays["nonfinite"] = np.concatenate([ev.nonfinite, (~np.isfinite(lanes) & ~np.isnan(lanes)) * 1])
+            seen = np.zeros(self.n_lanes, bool) if lanes is None else ~np.isnan(lanes)
+            has_grad = np.concatenate([ev.has_grad, seen])
+        for name, values in arrays.items():
+            dest = self._stats[name]
+            if values is None:
+                dest[row] = np.nan
+            else:
+                dest[row] = values
+                got = has_grad if name in ("grad_norm", "mean_abs", "max_abs", "zero_frac") else slice(None)
+                self._latest[name][got] = values[got]
+                self._latest_step[name][got] = ev.step
+        if self.first_nonfinite_step is None and (ev.nonfinite.any() or not np.isfinite(ev.global_norm)):
+            self.first_nonfinite_step = ev.step
+            bad = np.flatnonzero(ev.nonfinite > 0)
+            self.first_nonfinite_layers = tuple(self.layers[i].name for i in bad)
+        self.last = ev
+
+    def _add_update(self, ev: UpdateStats) -> None:
+        if self.count == 0 or len(ev.update_ratio) != len(self.layers) - self.n_lanes:
+            return
+        if self.n_lanes:
+            ev = UpdateStats(ev.step, np.concatenate([ev.update_ratio, np.full(self.n_lanes, np.nan)]))
+        cap = self._steps.shape[0]
+        for back in range(1, min(self.count, 8) + 1):
+            row = (self._head - back) % cap
+            if self._steps[row] == ev.step:
+                self._stats["update_ratio"][row] = ev.update_ratio
+                break
+        self._latest["update_ratio"][:] = ev.update_ratio
+        self._latest_step["update_ratio"][:] = ev.step
+
+    # ------------------------------------------------------------ read
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def _order(self, last: int | None = None) -> np.ndarray:
+        """Ring rows of the newest `last` steps, oldest first."""
+        n = self.count if last is None else max(0, min(last, self.count))
+        if n == 0:
+            return np.zeros(0, np.intp)
+        cap = self._steps.shape[0]
+        order: np.ndarray = (np.arange(self._head - n, self._head) % cap).astype(np.intp)
+        return order
+
+    def steps(self, last: int | None = None) -> np.ndarray:
+        """Step numbers held, oldest first."""
+        out: np.ndarray = self._steps[self._order(last)]
+        return out
+
+    def window(self, stat: str, last: int | None = None, layers: np.ndarray | None = None) -> np.ndarray:
+        """(steps, layers) float32 matrix of `stat` over the newest `last` steps, oldest first.
+
+        Args:
+            stat: one of `LAYER_STATS`.
+            last: the newest steps to take (all held by default).
+            layers: indices of the layer columns to take (all by default). Sorted
+                contiguous indices and a window that does not wrap are read with slices,
+                so a view copies only the cells it shows.
+        """
+        data = self._stats.get(stat)
+        n = self.count if last is None else max(0, min(last, self.count))
+        cols: slice | np.ndarray = slice(None) if layers is None else np.asarray(layers, np.intp)
+        if data is None or n == 0:
+            width = len(self.layers) if layers is None else len(np.asarray(layers))
+            return np.full((n, width), np.nan, np.float32)
+        if isinstance(cols, np.ndarray) and cols.size:
+            first, final = int(cols[0]), int(cols[-1])
+            if cols.size == final - first + 1 and bool(np.all(np.diff(cols) == 1)):
+                cols = slice(first, final + 1)
+        rows: slice | np.ndarray = slice(self._head - n, self._head) if self._head >= n else self._order(n)
+        if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray):
+            return np.asarray(data[np.ix_(rows, cols)])
+        out: np.ndarray = np.asarray(data[rows][:, cols] if isinstance(rows, np.ndarray) else data[rows, cols])
+        return out
+
+    def reset(self) -> None:
+        """Forget everything (a replay seek starts over); `version` keeps counting up."""
+        version = self.version
+        fresh = RunStore(capacity=None, max_logs=self.max_logs)
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+        self.version = version + 1
+
+    def series(self, name: str, last: int | None = None) -> np.ndarray:
+        """A run-wide series (loss, global_norm, lr, ...) over the newest `last` steps."""
+        return self._series[name][self._order(last)] if self._series else np.zeros(0)
+
+    def layer_history(self, layer: int, stat: str, last: int | None = None) -> np.ndarray:
+        """One layer's history of `stat`, oldest first."""
+        out: np.ndarray = self._stats[stat][self._order(last), layer]
+        return out
+
+    def latest(self, stat: str) -> np.ndarray:
+        """Per-layer most recent known value of `stat` (NaN where never computed)."""
+        return self._latest.get(stat, np.zeros(0))
+
+    def latest_step(self, stat: str) -> np.ndarray:
+        """Per-layer step of the most recent value of `stat` (-1 where never computed)."""
+        return self._latest_step.get(stat, np.zeros(0, np.int64))
+
+    def layer_flags(self, layer: str) -> list[str]:
+        """Kinds of the flags currently raised on a layer."""
+        return [kind for (name, kind) in self.active_flags if name == layer]

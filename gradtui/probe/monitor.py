@@ -1,0 +1,426 @@
+"""The probe: per-layer gradient statistics from a live training loop.
+
+`watch(model, optimizer)` returns a `Monitor`; `Monitor.step(loss)` is called after
+`loss.backward()` and before `optimizer.step()`. Each sampled step costs a handful of
+fused `torch._foreach_*` kernels on the gradients' own device and one host copy of a
+small vector (`stats`); the more expensive statistics (mean/max |g|, zero fraction,
+weight norm, update ratio) run every `detail_every` sampled steps. Commands from viewers
+are applied at the step boundary and acknowledged with the step they took effect at
+(`control`); clipping runs on the device (`clip`). Only rank 0 runs the detectors,
+records and serves (`sinks`, `server`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradtui.model.commands import Command
+from gradtui.model.detectors import DetectorConfig, Detectors
+from gradtui.model.events import Alert, Event, LayerInfo, RunEnd, RunStart, UpdateStats
+from gradtui.probe import amp
+from gradtui.probe.clip import check_clip, clip_grads
+from gradtui.probe.control import Control
+from gradtui.probe.dist import DistContext
+from gradtui.probe.lanes import Lanes, lane_names
+from gradtui.probe.layers import find_layers, unwrap_optimizer
+from gradtui.probe.server import ProbeServer
+from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
+from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, publish, update_ratio
+from gradtui.probe.updates import UpdateRatio
+from gradtui.wire import env
+from gradtui.wire.queue import EventQueue, QueueSource
+from gradtui.wire.record import RecordWriter
+
+
+class Monitor:
+    """Watches a model's gradients during training. Create it with `gradtui.watch`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        record: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        every: int = 1,
+        detail_every: int = 50,
+        clip: tuple[str, float] | None = None,
+        queue_size: int | None = None,
+        detectors: Any = True,
+        run: str | None = None,
+        update_ratio: bool = True,
+        connect: bool = True,
+        defer: bool | None = None,
+        serve: bool | None = None,
+        listen: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        lanes: Sequence[str] | int = (),
+        scheduler: Any = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        for label, value in (("every", every), ("detail_every", detail_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        start_clip = check_clip(clip)
+        self.model = model
+        self.optimizer = unwrap_optimizer(optimizer)
+        self.every = every
+        self.detail_every = detail_every
+        self.step_count = 0
+        """Number of `step()` calls so far; the next call is step number `step_count`."""
+        self.closed = False
+
+        self._layers = find_layers(model)
+        if not self._layers:
+            raise ValueError("the model has no parameters to watch")
+        self.dist = DistContext.detect(model, [p for layer in self._layers for p in layer.params])
+        self.primary = self.dist is None or self.dist.primary
+        """Only the primary process (rank 0) runs detectors, records and serves."""
+        self._stats = GradStats(self._layers, self.dist, defer)
+        self._pending: list[Pending] = []
+        self._last_sample_time: float | None = None
+        self._last_sample_step = -1
+        self._rate = 0.0
+        self.lanes: tuple[str, ...] = lane_names(lanes)
+        self._lanes = Lanes(self.lanes, self._stats.device, self._stats.acc)
+        self._outputs = Outputs()
+        self.control = Control(self.optimizer, scheduler, start_clip, self.dist, self._outputs.emit)
+        """The settings viewers change (learning rate, clipping, pause) and their command queue."""
+        self.commands = self.control.commands
+        """Commands for the probe; applied at the next step boundary."""
+        self._updates: UpdateRatio | None = None
+        if self.optimizer is not None and update_ratio:
+            self._updates = UpdateRatio(self.optimizer, self._stats)
+
+        self.events: EventQueue | None = EventQueue(queue_size) if queue_size and self.primary else None
+        """In-process event queue (when `queue=` was given to `watch`; rank 0 only)."""
+        self._detectors = self._make_detectors(detectors) if self.primary else None
+        self.record_path = Path(record) if record is not None and self.primary else None
+        if self.events is not None:
+            self._outputs.add(QueueSink(self.events))
+        if self.record_path is not None:
+            self._outputs.add(RecordSink(RecordWriter(self.record_path, overwrite=overwrite)), needs_frame=True)
+
+        self.started = time.time()
+        self.run_name = run or _default_run_name()
+        inherited = inherited_socket() if connect else None
+        self.server: ProbeServer | None = None
+        """The socket server viewers attach to, when serving (rank 0 only)."""
+        if not self.primary:
+            if inherited is not None:
+                inherited.close()  # torchrun gives every rank the same environment: only rank 0 streams
+        else:
+            self.server = open_server(
+                self.commands,
+                run=self.run_name,
+                started=self.started,
+                serve=serve,
+                listen=listen,
+                token_file=token_file,
+                inherited=inherited,
+            )
+            if self.server is not None:
+                self._outputs.add(self.server)
+        state = self.control.state()
+        self._emit(
+            RunStart(
+                run=self.run_name,
+                pid=os.getpid(),
+                started=self.started,
+                layers=tuple(
+                    LayerInfo(layer.name, type(layer.module).__name__, sum(p.numel() for p in layer.params))
+                    for layer in self._layers
+                ),
+                lrs=state.lrs,
+                clip_mode=state.clip_mode,
+                clip_threshold=state.clip_threshold,
+                every=every,
+                detail_every=detail_every,
+                device=str(self._stats.device),
+                world_size=self.dist.world_size if self.dist else 1,
+                script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+                sharded=bool(self.dist and any(self.dist.sharded)),
+                lanes=self.lanes,
+            )
+        )
+
+    def _make_detectors(self, detectors: Any) -> Detectors | None:
+        if detectors is False or detectors is None:
+            return None
+        config = detectors if isinstance(detectors, DetectorConfig) else None
+        if config is None and detectors is not True:
+            raise TypeError(f"detectors must be True, False or a DetectorConfig, got {type(detectors).__name__}")
+        spec = env.get(env.DETECTORS_ENV)
+        if config is None and spec:
+            try:
+                config = DetectorConfig.parse(part for part in spec.split(",") if part.strip())
+            except ValueError as exc:
+                raise ValueError(f"{env.DETECTORS_ENV}: {exc}") from None
+        numel = [sum(p.numel() for p in layer.params) for layer in self._layers]
+        return Detectors([layer.name for layer in self._layers], config, numel=numel)
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def clip_mode(self) -> str:
+        return self.control.clip_mode
+
+    @property
+    def clip_threshold(self) -> float:
+        return self.control.clip_threshold
+
+    @property
+    def paused(self) -> bool:
+        return self.control.paused
+
+    @property
+    def scheduler(self) -> Any:
+        return self.control.scheduler
+
+    @property
+    def sinks(self) -> list[Sink]:
+        """Where this monitor's events go."""
+        return self._outputs.sinks
+
+    def add_sink(self, sink: Sink) -> None:
+        """Send this monitor's events to another sink too (from now on)."""
+        self._outputs.add(sink)
+
+    def source(self) -> QueueSource:
+        """A viewer source over this monitor's in-process queue (needs `queue=` in watch)."""
+        if self.events is None:
+            raise ValueError("this monitor keeps no in-process queue: pass queue=True to watch()")
+        return QueueSource(self.events, self.commands, name=self.run_name)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self._layers]
+
+    def lane(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        """Measure the gradient that reaches `tensor` in the coming backward, as lane `index`.
+
+        For activations (e.g. an RNN's hidden state at time step t, `h = mon.lane(t, h)`):
+        the L2 norm of dL/d`tensor` is summed into the lane, on the device, and shows as
+        a row of its own below the layers. Returns `tensor` unchanged.
+        """
+        return self._lanes.watch(index, tensor)
+
+    def send(self, command: Command) -> None:
+        """Queue a command as a viewer would; it is applied at the next step."""
+        self.commands.put_nowait(command)
+
+    # ------------------------------------------------------------ the step
+
+    def step(self, loss: torch.Tensor | float | None = None, *, scaler: Any = None) -> None:
+        """Record this step's gradients and apply pending commands and clipping.
+
+        Call after `loss.backward()` and before `optimizer.step()`.
+
+        Args:
+            loss: the step's loss (a scalar tensor or a number), shown and checked.
+            scaler: a `torch.amp.GradScaler` when training with one: the gradients are
+                unscaled first (`scaler.unscale_(optimizer)`, as for clipping), so the
+                statistics describe the true gradients; skipped steps and the loss scale
+                are recorded.
+        """
+        if self.closed:
+            raise RuntimeError("this monitor is closed")
+        step = self.step_count
+        self.step_count += 1
+        self.control.apply_pending(step)
+        self._resolve_pending(block=False)
+        stats = self._stats
+        found_scale = amp.unscale(scaler, self.optimizer, stats.device, stats.acc)
+
+        sampled = step % self.every == 0
+        detail = sampled and (step // self.every) % self.detail_every == 0
+        index = stats.grad_index()
+        clip = self._clip if self.control.clip_mode != "off" else None
+        if sampled:
+            update = self._updates.take() if self._updates is not None else None
+            inputs = StepInputs(
+                loss=loss,
+                detail=detail,
+                amp=found_scale,
+                lanes=self._lanes.take() if self._lanes else None,
+                update=update[1] if update is not None else None,
+            )
+            if detail and self._updates is not None:
+                self._updates.want(step)
+            meta = self._meta(step, index, detail, update[0] if update is not None else None)
+            pending = stats.sample(index, inputs, meta, clip)
+            if pending is not None:
+                self._pending.append(pending)
+        elif clip is not None:
+            clip(stats.grads(index[0]), None, index[0])
+        if not stats.defer:
+            self._resolve_pending(block=True)
+        if self.control.paused:
+            self.control.wait_while_paused(step, lambda: self.closed)
+
+    def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None, which: Sequence[int]) -> torch.Tensor:
+        c = self.control
+        return clip_grads(grads, c.clip_mode, c.clip_threshold, total, lambda: self._stats.global_norm(grads, which))
+
+    def _meta(self, step: int, index: Any, detail: bool, update_step: int | None) -> StepMeta:
+        now = time.perf_counter()
+        if self._last_sample_time is not None and step > self._last_sample_step:
+            inst = (step - self._last_sample_step) / max(now - self._last_sample_time, 1e-9)
+            self._rate = inst if self._rate == 0.0 else 0.8 * self._rate + 0.2 * inst
+        self._last_sample_time, self._last_sample_step = now, step
+        state = self.control.state()
+        return StepMeta(
+            step=step,
+            time=time.time(),
+            lrs=state.lrs,
+            has_grad=index[2],
+            numel_with_grad=index[3],
+            detail=detail,
+            clip_mode=state.clip_mode,
+            clip_threshold=state.clip_threshold,
+            steps_per_sec=self._rate,
+            paused=state.paused,
+            update_step=update_step,
+        )
+
+    # ------------------------------------------------------------ results
+
+    def _resolve_pending(self, block: bool) -> None:
+        while self._pending and (block or self._pending[0].ready()):
+            pending = self._pending.pop(0)
+            stats, update = publish(pending.values(), pending.meta, self._stats.n, bool(self.lanes))
+            if update is not None:
+                self._emit(update)
+            self._emit(stats)
+            if self._detectors is not None:
+                alerts: list[Alert] = self._detectors.update(stats)
+                for alert in alerts:
+                    self._emit(alert)
+
+    def _emit(self, event: Event) -> None:
+        self._outputs.emit(event)
+
+    def close(self, status: str = "ok", error: str = "") -> None:
+        """Flush statistics still in flight, send `RunEnd` and close every sink."""
+        if self.closed:
+            return
+        self._resolve_pending(block=True)
+        last = self._updates.take() if self._updates is not None else None
+        if last is not None and self.primary and self.dist is None:
+            step, upd = last
+            d2, w2 = upd.to("cpu", torch.float64).numpy().reshape(2, -1)
+            self._emit(UpdateStats(step=step, update_ratio=update_ratio(d2, w2)))
+        self.closed = True
+        if self._updates is not None:
+            self._updates.remove()
+        self._emit(RunEnd(step=self.step_count, status=status, error=error))
+        self._outputs.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("error", "".join(traceback.format_exception(exc_type, exc, tb)))
+
+
+def _default_run_name() -> str:
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    stem = Path(script).stem if script and script not in ("-c", "") else "python"
+    return f"{stem}-{os.getpid()}"
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    record: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    every: int = 1,
+    detail_every: int = 50,
+    clip: tuple[str, float] | None = None,
+    queue: bool | int = False,
+    detectors: Any = True,
+    run: str | None = None,
+    update_ratio: bool = True,
+    serve: bool | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    lanes: Sequence[str] | int = (),
+    scheduler: Any = None,
+) -> Monitor:
+    """Start watching `model`'s gradients (and `optimizer`'s learning rates).
+
+    Args:
+        model: the module being trained (plain, DDP/FSDP-wrapped or `torch.compile`d).
+        optimizer: its optimizer; needed for learning-rate commands and update ratios.
+        record: write every event to this record file (refuses to replace an existing one
+            unless `overwrite=True`).
+        every: sample per-layer statistics every `every` steps.
+        detail_every: compute mean/max |g|, zero fraction, weight norm and update ratio on
+            every `detail_every`-th sampled step.
+        clip: start with clipping on, e.g. ("norm", 1.0) or ("value", 0.5).
+        queue: keep events in an in-process queue (`mon.events`): True for 20,000 events,
+            or the queue size.
+        detectors: True (defaults), False, or a `gradtui.model.detectors.DetectorConfig`.
+        run: the run's name (default: script name and pid).
+        update_ratio: snapshot weights on detail steps to measure ||Δw||/||w||.
+        serve: serve viewers (`gradtui attach`, `gradtui ls`) on a Unix socket in the
+            user's private runtime directory. Default: on when GRADTUI_SERVE=1 is set or
+            `listen` is given; False also ignores GRADTUI_LISTEN and GRADTUI_TOKEN_FILE.
+        listen: also serve on TCP at "HOST:PORT" (host defaults to 127.0.0.1, for
+            `ssh -L`; default: GRADTUI_LISTEN). Viewers must present a token: read from
+            `token_file` (written there, mode 0600, when missing), else a new one logged
+            at start.
+        token_file: where the TCP token lives (default: GRADTUI_TOKEN_FILE).
+        lanes: extra rows for gradients that reach activations, as names or a count;
+            fill them with `mon.lane(i, tensor)` during the forward pass.
+        scheduler: the LR scheduler, if any: a learning-rate command then also scales
+            what the schedule computes from, so the change survives its next step.
+
+    Returns:
+        The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
+    """
+    if isinstance(queue, bool):
+        queue_size = 20_000 if queue else None
+    elif isinstance(queue, int) and queue > 0:
+        queue_size = queue
+    else:
+        raise ValueError(f"queue must be True, False or a positive size, got {queue!r}")
+    return Monitor(
+        model,
+        optimizer,
+        record=record,
+        overwrite=overwrite,
+        every=every,
+        detail_every=detail_every,
+        clip=clip,
+        queue_size=queue_size,
+        detectors=detectors,
+        run=run,
+        update_ratio=update_ratio,
+        serve=serve,
+        listen=listen,
+        token_file=token_file,
+        lanes=lanes,
+        scheduler=scheduler,
+    )

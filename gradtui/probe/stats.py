@@ -1,0 +1,408 @@
+"""The fused per-layer statistics of a step: computed on the gradients' own device with a
+handful of `torch._foreach_*` kernels, packed into one small vector (named segments, one
+collective when distributed) and copied to the host once.
+
+`GradStats` computes; `Pending` holds a step's host copy until it is ready (at once on
+CPU, after a CUDA event otherwise); `publish` turns the vector back into events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradtui.model.events import StepStats, UpdateStats
+from gradtui.probe.dist import DistContext, local
+from gradtui.probe.layers import Layer, grad_values
+
+GradIndex = tuple[list[int], torch.Tensor, np.ndarray, np.ndarray, np.ndarray]
+"""Parameters with a gradient now, their layers (device tensor), layers with a gradient,
+numel with a gradient per layer, and the layer of each such parameter."""
+
+
+@dataclass
+class StepMeta:
+    """What a step's vector does not carry: known on the host when the step was sampled."""
+
+    step: int
+    time: float
+    lrs: tuple[float, ...]
+    has_grad: np.ndarray
+    numel_with_grad: np.ndarray
+    detail: bool
+    clip_mode: str
+    clip_threshold: float
+    steps_per_sec: float
+    paused: bool
+    update_step: int | None = None
+    layout: list[tuple[str, int, str]] = field(default_factory=list)
+    """(segment name, length, how ranks combine: sum | max | mean | first | ranks)."""
+    counts: np.ndarray | None = None
+
+
+class Pending:
+    """Host copy of one step's statistics; ready at once on CPU, after an event on CUDA."""
+
+    def __init__(self, vec: torch.Tensor | np.ndarray, meta: StepMeta) -> None:
+        self.meta = meta
+        self._event: torch.cuda.Event | None = None
+        if isinstance(vec, np.ndarray):
+            self.host = torch.from_numpy(vec)
+        elif vec.device.type == "cuda":
+            self.host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
+            self.host.copy_(vec, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self.host = vec.to("cpu")
+
+    def ready(self) -> bool:
+        return self._event is None or bool(self._event.query())
+
+    def values(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        out: np.ndarray = self.host.numpy()
+        return out
+
+
+@dataclass
+class StepInputs:
+    """What a sampled step folds in besides the gradients."""
+
+    loss: torch.Tensor | float | None
+    detail: bool
+    amp: tuple[torch.Tensor, torch.Tensor] | None = None
+    lanes: tuple[torch.Tensor, torch.Tensor] | None = None
+    update: torch.Tensor | None = None
+    """Squared update and weight norms per layer of the last detail step (see `UpdateRatio`)."""
+
+
+Clip = Callable[[list[torch.Tensor], torch.Tensor | None, Sequence[int]], torch.Tensor]
+
+
+class GradStats:
+    """Per-layer gradient statistics over a fixed list of parameters."""
+
+    def __init__(self, layers: list[Layer], dist: DistContext | None, defer: bool | None) -> None:
+        self.layers = layers
+        self.params: list[nn.Parameter] = [p for layer in layers for p in layer.params]
+        self.param_layer = np.array([i for i, layer in enumerate(layers) for _ in layer.params], np.int64)
+        self.n = len(layers)
+        self.device = local(self.params[0]).device
+        # float64 accumulation keeps huge-but-finite norms finite; MPS has no float64.
+        self.acc = torch.float32 if self.device.type == "mps" else torch.float64
+        self.defer = (self.device.type == "cuda") if defer is None else defer
+        """Read each step's host copy one step later (CUDA), so training never waits on it."""
+        self.dist = dist
+        self.mask = dist.mask(self.device, self.acc) if dist is not None else None
+        self.fast_cpu = (
+            self.device.type == "cpu"
+            and not self.defer
+            and dist is None
+            and all(p.dtype in (torch.float32, torch.float64) and not p.is_sparse for p in self.params)
+        )
+        self.layer_index = torch.as_tensor(self.param_layer, device=self.device)
+        self._index_cache: dict[bytes, GradIndex] = {}
+
+    # ------------------------------------------------------------ building blocks
+
+    def grad_index(self) -> GradIndex:
+        """Which parameters have gradients now, and their layer index (cached by pattern)."""
+        key = bytes(p.grad is not None for p in self.params)
+        hit = self._index_cache.get(key)
+        if hit is None:
+            which = np.flatnonzero(np.frombuffer(key, np.uint8))
+            layer_of = self.param_layer[which]
+            idx_t = torch.as_tensor(layer_of, device=self.device)
+            has_grad = np.zeros(self.n, bool)
+            has_grad[layer_of] = True
+            numel = np.zeros(self.n, np.int64)
+            np.add.at(numel, layer_of, [local(self.params[i]).numel() for i in which])
+            hit = (which.tolist(), idx_t, has_grad, numel, layer_of)
+            if len(self._index_cache) > 64:
+                self._index_cache.clear()
+            self._index_cache[key] = hit
+        return hit
+
+    def grads(self, which: Sequence[int]) -> list[torch.Tensor]:
+        return [grad_values(self.params[i].grad) for i in which]  # type: ignore[arg-type]
+
+    def per_layer(
+        self, per_param: torch.Tensor, idx: torch.Tensor, which: Sequence[int] | None, reduce: str = "sum"
+    ) -> torch.Tensor:
+        """Per-parameter values folded into per-layer values (masked across ranks when distributed)."""
+        out = torch.zeros(self.n, dtype=per_param.dtype, device=per_param.device)
+        if reduce == "amax":
+            return out.scatter_reduce_(0, idx, per_param, reduce="amax", include_self=False)
+        if self.mask is not None:
+            per_param = per_param * (self.mask if which is None else self.mask[list(which)])
+        return out.index_add_(0, idx, per_param)
+
+    def norms(self, tensors: Sequence[torch.Tensor], ord: float = 2.0) -> torch.Tensor:  # noqa: A002
+        """Per-tensor norms as one accumulation-dtype vector on the main device."""
+        if not tensors:
+            return torch.zeros(0, dtype=self.acc, device=self.device)
+        by_dev: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_dev.setdefault(t.device, []).append(i)
+        if len(by_dev) == 1:
+            return torch.stack(torch._foreach_norm(list(tensors), ord)).to(self.acc)
+        out = torch.empty(len(tensors), dtype=self.acc, device=self.device)
+        for dev_idx in by_dev.values():
+            vals = torch.stack(torch._foreach_norm([tensors[i] for i in dev_idx], ord)).to(self.device)
+            out[torch.as_tensor(dev_idx, device=self.device)] = vals.to(self.acc)
+        return out
+
+    def sq_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-tensor squared L2 norms as one accumulation-dtype vector on the main device."""
+        if self.device.type == "cpu" and all(
+            t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors
+        ):
+            # BLAS dot beats the fused norm on CPU (measured 0.26 vs 0.41 ms for 3.4M values)
+            # and, with its blocked partial sums, rounds less (rel. 1e-5 vs 1e-4 on 3M values).
+            if not tensors:
+                return torch.zeros(0, dtype=self.acc)
+            flat = [t.reshape(-1) for t in tensors]
+            return torch.stack([torch.dot(f, f) for f in flat]).to(self.acc)
+        norms = self.norms(tensors)
+        return norms * norms
+
+    def abs_max(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not grads:
+            return torch.zeros(0, dtype=self.acc, device=self.device)
+        if self.device.type == "cpu":
+            # aminmax is ~20x faster than an inf-norm on CPU (measured: 0.45 vs 8.5 ms, 3M values).
+            mm = [torch.aminmax(g) if g.numel() else (g.new_zeros(()), g.new_zeros(())) for g in grads]
+            return torch.stack([torch.maximum(hi.abs(), lo.abs()) for lo, hi in mm]).to(self.acc)
+        return self.norms(grads, math.inf)
+
+    def global_norm(self, grads: list[torch.Tensor], which: Sequence[int]) -> torch.Tensor:
+        """The L2 norm of all gradients (across ranks when distributed), on the device."""
+        sq = self.sq_norms(grads)
+        if self.mask is not None and self.dist is not None:
+            sq = self.dist.all_reduce_sum((sq * self.mask[list(which)]).sum().reshape(1))
+        return sq.sum().sqrt()
+
+    def count_nonfinite_if_needed(
+        self, layer_sq: np.ndarray, grads: Sequence[torch.Tensor], which: list[int]
+    ) -> np.ndarray:
+        counts = np.zeros(self.n, np.int64)
+        if np.isfinite(layer_sq).all():
+            return counts
+        # NaN/Inf reach the L2 norm, so only layers whose norm is non-finite need counting.
+        # (An overflowing but finite layer is counted too, and correctly gives 0.)
+        bad_layers = set(np.flatnonzero(~np.isfinite(layer_sq)).tolist())
+        for g, pi in zip(grads, which, strict=True):
+            li = int(self.param_layer[pi])
+            if li in bad_layers:
+                counts[li] += int((~torch.isfinite(g)).sum())
+        return counts
+
+    # ------------------------------------------------------------ a sampled step
+
+    def sample(self, index: GradIndex, inputs: StepInputs, meta: StepMeta, clip: Clip | None) -> Pending | None:
+        """Compute a sampled step's statistics (clipping when `clip` is given, after measuring);
+        returns its host copy on the primary rank, None on the others."""
+        which, idx, _, _, layer_of = index
+        grads = self.grads(which)
+        plain = not inputs.detail and inputs.amp is None and inputs.lanes is None and inputs.update is None
+        if self.fast_cpu and plain:
+            return self._sample_fast(inputs.loss, grads, which, layer_of, meta, clip)
+        acc, n, dist = self.acc, self.n, self.dist
+        segs: list[tuple[str, torch.Tensor, str]] = []
+
+        def seg(name: str, t: torch.Tensor, how: str = "sum") -> None:
+            segs.append((name, t.reshape(-1).to(acc), how))
+
+        seg("layer_sq", self.per_layer(self.sq_norms(grads), idx, which))
+        if dist is not None:
+            ones = torch.ones(len(which), dtype=acc, device=self.device)
+            seg("grad_params", self.per_layer(ones, idx, which))
+            numel_t = torch.tensor([g.numel() for g in grads], dtype=acc, device=self.device)
+            seg("numel", self.per_layer(numel_t, idx, which))
+        # Before clipping: the statistics describe the gradients backward produced.
+        if inputs.detail:
+            seg("l1", self.per_layer(self.norms(grads, 1.0), idx, which))
+            seg("nnz", self.per_layer(self.norms(grads, 0.0), idx, which))
+            seg("amax", self.per_layer(self.abs_max(grads), idx, which, "amax"), "max")
+            w_sq = self.sq_norms([local(p.detach()) for p in self.params])
+            seg("w_sq", self.per_layer(w_sq, self.layer_index, None))
+        count_on_device = (self.defer or dist is not None) and bool(grads)
+        if count_on_device:
+            # Deferred (CUDA) or gathered reads cannot come back for the counts later, so
+            # count now: x*0 is 0 for finite x and NaN otherwise, and the 0-"norm" counts non-zeros.
+            zeros = torch._foreach_mul(grads, 0.0)
+            per_param = torch.stack(torch._foreach_norm(zeros, 0)).to(acc)
+            seg("nonfinite", self.per_layer(per_param, idx, which))
+            if dist is not None:
+                # Unmasked: a NaN in any rank's copy names that rank, replicated or not.
+                seg("rank_nonfinite", per_param.sum(), "ranks")
+        elif dist is not None:
+            seg("nonfinite", torch.zeros(n, dtype=acc, device=self.device))
+            seg("rank_nonfinite", torch.zeros(1, dtype=acc, device=self.device), "ranks")
+        seg("loss", loss_tensor(inputs.loss, self.device, acc), "mean")
+        if inputs.lanes is not None:
+            # Activations are per-rank data: their squared norms add up across ranks.
+            seg("lane_sq", inputs.lanes[0])
+            seg("lane_seen", inputs.lanes[1], "max")
+        if inputs.amp is not None:
+            seg("found_inf", inputs.amp[0])
+            seg("scale", inputs.amp[1], "first")
+        if inputs.update is not None:
+            seg("upd_d2", inputs.update[:n])
+            seg("upd_w2", inputs.update[n:])
+
+        vec = torch.cat([t for _, t, _ in segs])
+        if dist is not None:
+            gathered = dist.gather(vec)  # the one collective of this sampled step
+            total_sq = gathered[:, :n].sum()
+        else:
+            gathered = vec.reshape(1, -1)
+            total_sq = segs[0][1].sum()
+        meta.layout = [(name, t.numel(), how) for name, t, how in segs]
+        if clip is not None:
+            # The clipped norm is global already (computed from the gathered total or reduced).
+            clipped = clip(grads, total_sq.sqrt(), which)
+            gathered = torch.cat([gathered, clipped.reshape(1, 1).expand(gathered.shape[0], 1)], dim=1)
+            meta.layout.append(("clipped", 1, "first"))
+        if dist is not None and not dist.primary:
+            return None  # the other ranks took part in the collective; rank 0 reports
+        pending = Pending(gathered, meta)
+        if not self.defer and not count_on_device:
+            # On CPU the counts can wait until the norms say they are needed (rarely).
+            meta.counts = self.count_nonfinite_if_needed(pending.values()[0, :n], grads, which)
+        return pending
+
+    def _sample_fast(
+        self,
+        loss: torch.Tensor | float | None,
+        grads: list[torch.Tensor],
+        which: list[int],
+        layer_of: np.ndarray,
+        meta: StepMeta,
+        clip: Clip | None,
+    ) -> Pending:
+        """The common sampled step on CPU: host and device are one, so each small result is
+        read as a float and combined in NumPy (a torch op on a tiny tensor costs ~5 us)."""
+        sq = np.array([float(torch.dot(g.reshape(-1), g.reshape(-1))) for g in grads], np.float64)
+        layer_sq = np.bincount(layer_of, weights=sq, minlength=self.n) if len(sq) else np.zeros(self.n)
+        total = math.sqrt(layer_sq.sum())
+        row = [layer_sq, [loss_value(loss)]]
+        meta.layout = [("layer_sq", self.n, "sum"), ("loss", 1, "mean")]
+        if clip is not None and grads:
+            clipped = float(clip(grads, torch.tensor(total, dtype=self.acc), which)[0])
+            row.append([clipped])
+            meta.layout.append(("clipped", 1, "first"))
+        meta.counts = self.count_nonfinite_if_needed(layer_sq, grads, which)
+        return Pending(np.concatenate(row)[None, :], meta)
+
+
+# ---------------------------------------------------------------- back to events
+
+
+def publish(gathered: np.ndarray, meta: StepMeta, n: int, lanes: bool) -> tuple[StepStats, UpdateStats | None]:
+    """The events of a sampled step from its (ranks, vector) host copy."""
+    parts: dict[str, np.ndarray] = {}
+    per_rank: dict[str, np.ndarray] = {}
+    pos = 0
+    for name, length, how in meta.layout:
+        block = gathered[:, pos : pos + length]
+        pos += length
+        if how == "max":
+            parts[name] = block.max(axis=0)
+        elif how == "mean":
+            parts[name] = block.mean(axis=0)
+        elif how == "first":
+            parts[name] = block[0]
+        elif how == "ranks":
+            per_rank[name] = block[:, 0]
+        else:
+            parts[name] = block.sum(axis=0)
+
+    if "grad_params" in parts:
+        has = parts["grad_params"] > 0
+        numel = parts["numel"]
+    else:
+        has, numel = meta.has_grad, meta.numel_with_grad
+    layer_sq = parts["layer_sq"]
+    total = float(np.sqrt(layer_sq.sum()))
+    mean_abs = max_abs = zero_frac = weight_norm = None
+    if meta.detail:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            denom = np.where(has, numel, 1)
+            mean_abs = np.where(has, parts["l1"] / denom, np.nan)
+            zero_frac = np.where(has, 1.0 - parts["nnz"] / denom, np.nan)
+        max_abs = np.where(has, parts["amax"], np.nan)
+        weight_norm = np.sqrt(parts["w_sq"])
+    if "nonfinite" in parts:
+        counts = np.rint(np.nan_to_num(parts["nonfinite"])).astype(np.int64)
+    else:
+        counts = meta.counts if meta.counts is not None else np.zeros(n, np.int64)
+    ranks = per_rank.get("rank_nonfinite")
+    nonfinite_ranks = tuple(int(r) for r in np.flatnonzero(ranks > 0)) if ranks is not None else ()
+    clipped_norm = float(parts["clipped"][0]) if "clipped" in parts else total
+    if meta.clip_mode == "off" or total == 0.0:
+        clip_factor = 1.0
+    elif not math.isfinite(total):
+        clip_factor = float("nan")
+    else:
+        clip_factor = min(1.0, clipped_norm / total)
+    stats = StepStats(
+        step=meta.step,
+        time=meta.time,
+        loss=float(parts["loss"][0]),
+        lrs=meta.lrs,
+        grad_norm=np.where(has, np.sqrt(layer_sq), np.nan),
+        has_grad=np.asarray(has, bool).copy(),
+        nonfinite=counts,
+        global_norm=total,
+        clipped_norm=clipped_norm,
+        clip_factor=clip_factor,
+        clip_mode=meta.clip_mode,
+        clip_threshold=meta.clip_threshold,
+        steps_per_sec=meta.steps_per_sec,
+        paused=meta.paused,
+        mean_abs=mean_abs,
+        max_abs=max_abs,
+        zero_frac=zero_frac,
+        weight_norm=weight_norm,
+        loss_scale=float(parts["scale"][0]) if "scale" in parts else math.nan,
+        amp_skipped=bool(parts["found_inf"][0] > 0) if "found_inf" in parts else False,
+        nonfinite_ranks=nonfinite_ranks,
+        lanes=np.where(parts["lane_seen"] > 0, np.sqrt(parts["lane_sq"]), np.nan) if lanes else None,
+    )
+    update = None
+    if meta.update_step is not None:
+        update = UpdateStats(step=meta.update_step, update_ratio=update_ratio(parts["upd_d2"], parts["upd_w2"]))
+    return stats, update
+
+
+def update_ratio(d2: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """||Δw|| / ||w|| per layer from squared norms; 0/0 (no update, zero weights) stays NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: np.ndarray = np.sqrt(d2) / np.sqrt(w2)
+    return out
+
+
+def loss_tensor(loss: torch.Tensor | float | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if loss is None:
+        return torch.full((1,), math.nan, dtype=dtype, device=device)
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"step(loss) needs a scalar loss, got a tensor of shape {tuple(loss.shape)}")
+        return local(loss.detach()).reshape(1).to(device=device, dtype=dtype)
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return torch.full((1,), float(loss), dtype=dtype, device=device)
+    raise TypeError(f"step(loss) takes a tensor, a number or None, got {type(loss).__name__}")
+
+
+def loss_value(loss: torch.Tensor | float | None) -> float:
+    if isinstance(loss, torch.Tensor) and loss.device.type == "cpu" and loss.numel() == 1:
+        return float(loss.detach().item())  # on CPU a read costs no device sync
+    return float(loss_tensor(loss, torch.device("cpu"), torch.float64)[0]) if loss is not None else math.nan

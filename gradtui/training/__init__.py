@@ -1,1 +1,0 @@
-"""The probe and the training-side code (torch, no textual)."""

@@ -1,0 +1,4 @@
+"""Transport: the frame codec, record files, the in-process queue, environment names, run entries.
+
+Imports only `gradtui.model`.
+"""
