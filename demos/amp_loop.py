@@ -1,5 +1,7 @@
-"""Mixed precision with torch.amp: pass the GradScaler to `mon.step` so the statistics
-describe the unscaled gradients, and skipped steps and the loss scale are recorded.
+"""Mixed precision with torch.amp, the standard recipe: `mon.step(loss, scaler=scaler)` right
+after backward; gradtui reads the scale (never touching the scaler), so the statistics
+describe the unscaled gradients, and `unscale_`, `clip_grad_norm_` and `scaler.step` stay
+yours. The record shows the norm before clipping and the norm the optimizer stepped with.
 
     .venv/bin/python demos/amp_loop.py --record amp.gtr && .venv/bin/gradtui report amp.gtr
 """
@@ -38,7 +40,9 @@ def main() -> None:
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad()
             scaler.scale(loss).backward()
-            mon.step(loss, scaler=scaler)  # unscales in place (as for clipping), then measures
+            mon.step(loss, scaler=scaler)  # after backward, before unscale_ and clipping
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             scaler.step(optimizer)
             scaler.update()
             if step % 100 == 0:

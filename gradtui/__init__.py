@@ -14,17 +14,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gradtui.model.commands import Release, SetClip, SetLR, SetPaused
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from gradtui.probe.monitor import Monitor, watch
+    from gradtui.wire.load import RunData, load
 
-__all__ = ["Monitor", "__version__", "watch"]
+__all__ = ["Monitor", "Release", "RunData", "SetClip", "SetLR", "SetPaused", "__version__", "load", "watch"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("watch", "Monitor"):
-        from gradtui.probe import monitor as probe
+        from gradtui.probe import monitor
 
-        return getattr(probe, name)
+        return getattr(monitor, name)
+    if name in ("load", "RunData"):
+        from gradtui.wire import load as loader
+
+        return getattr(loader, name)
     raise AttributeError(f"module 'gradtui' has no attribute {name!r}")

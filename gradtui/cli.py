@@ -120,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from gradtui.model.report import summarize
-    from gradtui.wire.record import read_record
+    from gradtui.wire.record import Record, iter_record
 
     config = _detector_config(args.detector)
     if args.recorded and config is not None:
         raise CLIError("--recorded uses the alerts as recorded: it cannot be combined with --detector")
-    record = read_record(args.file)
-    summary = summarize(record.events, detector_config=config, recompute=not args.recorded)
+    record = Record()  # streamed: a long record is never held in memory whole
+    summary = summarize(iter_record(args.file, record), detector_config=config, recompute=not args.recorded)
     summary["truncated_bytes"] = record.truncated_bytes
     if args.json:
         print(json.dumps(summary, indent=2))

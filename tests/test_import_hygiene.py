@@ -47,7 +47,11 @@ RULES: list[tuple[str, set[str], set[str]]] = [
         {"gradtui", "gradtui.model", "gradtui.wire", "gradtui.probe", "gradtui.demo"},
         {"textual", "rich"},
     ),
-    ("gradtui.integrations", {"gradtui.model", "gradtui.wire", "gradtui.probe"}, {"textual", "rich"}),
+    (
+        "gradtui.integrations",
+        {"gradtui.model", "gradtui.wire", "gradtui.probe", "gradtui.integrations"},
+        {"textual", "rich"},
+    ),
     (
         "gradtui.cli",
         {"gradtui", "gradtui.errors", "gradtui.model", "gradtui.wire", "gradtui.sources", "gradtui.ui",

@@ -6,6 +6,11 @@ A command is applied by the probe at its next step boundary and answered with a
 viewer's own bookkeeping (what the run will be once a pending command lands) all call
 them, so all three refuse the same commands with the same reason and describe a change
 with the same words.
+
+A learning-rate command is an override that persists: the probe re-applies it at every
+step on top of the learning rate the loop or its scheduler set that step (a factor keeps
+the schedule's shape, a value pins it) until another command changes it or `Release`
+hands control back to the loop (`follow_schedule`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,19 @@ def new_command_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class SetLR:
-    """Set the learning rate to `value`, or multiply it by `factor`, in one group or all."""
+    """Set the learning rate to `value`, or multiply it by `factor`, in one group or all.
+
+    The change holds at every later step, on top of whatever the loop or its scheduler
+    sets: a factor multiplies the schedule's learning rate, a value replaces it.
+    """
 
     value: float | None = None
     factor: float | None = None
     group: int | None = None
-    """Param group index; None for every group."""
+    """Param group index (within `optimizer` when given, else across every watched optimizer's
+    groups in order); None for every group."""
+    optimizer: int | None = None
+    """Index of the optimizer in `watch(model, [opt0, opt1])`; None for all."""
     id: str = field(default_factory=new_command_id)
 
 
@@ -51,6 +63,18 @@ class SetPaused:
     id: str = field(default_factory=new_command_id)
 
 
+RELEASE_TARGETS: tuple[str, ...] = ("all", "lr", "clip")
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give control back to the loop: drop learning-rate overrides ("lr"), return clipping to
+    what the run started with ("clip"), or both ("all")."""
+
+    what: str = "all"
+    id: str = field(default_factory=new_command_id)
+
+
 @dataclass(frozen=True, slots=True)
 class UnknownCommand:
     """A command frame of a kind this version does not know; always refused."""
@@ -59,9 +83,14 @@ class UnknownCommand:
     id: str = ""
 
 
-Command = SetLR | SetClip | SetPaused | UnknownCommand
+Command = SetLR | SetClip | SetPaused | Release | UnknownCommand
 
-COMMAND_TYPES: dict[str, type] = {"set_lr": SetLR, "set_clip": SetClip, "set_paused": SetPaused}
+COMMAND_TYPES: dict[str, type] = {
+    "set_lr": SetLR,
+    "set_clip": SetClip,
+    "set_paused": SetPaused,
+    "release": Release,
+}
 
 
 def command_kind(cmd: Command) -> str:
@@ -74,12 +103,82 @@ def command_kind(cmd: Command) -> str:
     raise TypeError(f"not a command: {cmd!r}")
 
 
+# ---------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class LROverride:
+    """A viewer's learning rate for one group: a factor on the schedule, or a pinned value."""
+
+    factor: float | None = None
+    value: float | None = None
+
+    def on(self, schedule: float) -> float:
+        """The learning rate this override gives when the schedule says `schedule`."""
+        return self.value if self.value is not None else schedule * (self.factor or 1.0)
+
+    def scaled(self, factor: float) -> LROverride:
+        if self.value is not None:
+            return LROverride(value=self.value * factor)
+        return LROverride(factor=(self.factor or 1.0) * factor)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """What commands change: the learning rate of each param group, clipping, pause.
+
+    `lrs` are the learning rates in force; `schedule_lrs` what the loop set (empty: the same
+    as `lrs`); `overrides` a viewer's override per group (None: the loop's own); `owners`
+    the optimizer of each group (empty: all belong to optimizer 0); `loop_clip` the
+    clipping the run started with, which `Release` returns to.
+    """
+
+    lrs: tuple[float, ...] = ()
+    clip_mode: str = "off"
+    clip_threshold: float = 1.0
+    paused: bool = False
+    schedule_lrs: tuple[float, ...] = ()
+    overrides: tuple[LROverride | None, ...] = ()
+    owners: tuple[int, ...] = ()
+    loop_clip: tuple[str, float] = ("off", 1.0)
+
+    @property
+    def schedule(self) -> tuple[float, ...]:
+        return self.schedule_lrs or self.lrs
+
+    def override(self, group: int) -> LROverride | None:
+        return self.overrides[group] if group < len(self.overrides) else None
+
+    def owner(self, group: int) -> int:
+        return self.owners[group] if group < len(self.owners) else 0
+
+    @property
+    def n_optimizers(self) -> int:
+        return (max(self.owners) + 1) if self.owners else (1 if self.lrs else 0)
+
+
+class CommandRefused(ValueError):
+    """A command that cannot be applied; the message says why."""
+
+
+# ---------------------------------------------------------------- validation
+
+
 def _positive_finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def validate(cmd: Command, n_groups: int) -> str | None:
-    """Return why `cmd` cannot be applied to an optimizer with `n_groups` groups, or None."""
+def lr_targets(state: ControlState, cmd: SetLR) -> list[int]:
+    """The groups (indices into `state.lrs`) a learning-rate command acts on."""
+    groups = [g for g in range(len(state.lrs)) if cmd.optimizer is None or state.owner(g) == cmd.optimizer]
+    if cmd.group is None:
+        return groups
+    return [groups[cmd.group]] if 0 <= cmd.group < len(groups) else []
+
+
+def validate(cmd: Command, n_groups: int | ControlState) -> str | None:
+    """Return why `cmd` cannot be applied (to a run with `n_groups` param groups, or in `state`), or None."""
+    state = n_groups if isinstance(n_groups, ControlState) else ControlState(lrs=(1.0,) * n_groups)
     if isinstance(cmd, UnknownCommand):
         return f"unknown command kind {cmd.kind!r}"
     if isinstance(cmd, SetLR):
@@ -89,16 +188,23 @@ def validate(cmd: Command, n_groups: int) -> str | None:
             return f"learning rate must be a positive finite number, got {cmd.value!r}"
         if cmd.factor is not None and not _positive_finite(cmd.factor):
             return f"learning-rate factor must be a positive finite number, got {cmd.factor!r}"
-        if n_groups == 0:
+        if not state.lrs:
             return "no optimizer is watched, so there is no learning rate to set"
-        if cmd.group is not None and not (0 <= cmd.group < n_groups):
-            return f"unknown param group {cmd.group} (the optimizer has {n_groups})"
+        if cmd.optimizer is not None and not (0 <= cmd.optimizer < state.n_optimizers):
+            return f"unknown optimizer {cmd.optimizer} (the run watches {state.n_optimizers})"
+        if cmd.group is not None and not lr_targets(state, cmd):
+            n = len(lr_targets(state, SetLR(factor=1.0, optimizer=cmd.optimizer)))
+            return f"unknown param group {cmd.group} (the optimizer has {n})"
         return None
     if isinstance(cmd, SetClip):
         if cmd.mode not in CLIP_MODES:
             return f"unknown clip mode {cmd.mode!r} (expected one of {', '.join(CLIP_MODES)})"
         if cmd.threshold is not None and not _positive_finite(cmd.threshold):
             return f"clip threshold must be a positive finite number, got {cmd.threshold!r}"
+        return None
+    if isinstance(cmd, Release):
+        if cmd.what not in RELEASE_TARGETS:
+            return f"unknown release target {cmd.what!r} (expected one of {', '.join(RELEASE_TARGETS)})"
         return None
     if isinstance(cmd, SetPaused):
         return None
@@ -116,6 +222,9 @@ def parse_lr(text: str) -> float:
     return value
 
 
+# ---------------------------------------------------------------- words
+
+
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
@@ -125,10 +234,10 @@ def clip_text(mode: str, threshold: float) -> str:
     return "off" if mode == "off" else f"{mode} {_fmt(threshold)}"
 
 
-def lr_change_text(old: tuple[float, ...], new: tuple[float, ...], group: int | None) -> str:
+def lr_change_text(old: tuple[float, ...], new: tuple[float, ...], group: int | None, where: str = "") -> str:
     """The acknowledgement of a learning-rate change: "lr 0.1 -> 0.05 (all groups)"."""
     changes = ", ".join(f"{_fmt(a)} -> {_fmt(b)}" for a, b in zip(old, new, strict=True) if a != b)
-    where = "all groups" if group is None else f"group {group}"
+    where = where or ("all groups" if group is None else f"group {group}")
     return f"lr {changes or 'unchanged'} ({where})"
 
 
@@ -137,21 +246,28 @@ def clip_change_text(old_mode: str, old_threshold: float, new_mode: str, new_thr
     return f"clipping {clip_text(old_mode, old_threshold)} -> {clip_text(new_mode, new_threshold)}"
 
 
+def _where(cmd: SetLR) -> str:
+    if cmd.optimizer is None:
+        return ""
+    return f"optimizer {cmd.optimizer}, " + ("all groups" if cmd.group is None else f"group {cmd.group}")
+
+
 # ---------------------------------------------------------------- the rule
 
 
-@dataclass(frozen=True, slots=True)
-class ControlState:
-    """What commands change: the learning rate of each param group, clipping, pause."""
-
-    lrs: tuple[float, ...] = ()
-    clip_mode: str = "off"
-    clip_threshold: float = 1.0
-    paused: bool = False
+def _with_overrides(state: ControlState, overrides: list[LROverride | None]) -> ControlState:
+    schedule = state.schedule
+    lrs = tuple(float(ov.on(s)) if ov is not None else float(s) for ov, s in zip(overrides, schedule, strict=True))
+    keep = tuple(overrides) if any(ov is not None for ov in overrides) else ()
+    return replace(state, lrs=lrs, schedule_lrs=tuple(schedule), overrides=keep)
 
 
-class CommandRefused(ValueError):
-    """A command that cannot be applied; the message says why."""
+def follow_schedule(state: ControlState, schedule_lrs: tuple[float, ...]) -> ControlState:
+    """The state once the loop has set `schedule_lrs`: every override re-applied on top of it."""
+    if len(schedule_lrs) != len(state.lrs):
+        raise ValueError(f"{len(schedule_lrs)} learning rates for {len(state.lrs)} param groups")
+    base = replace(state, schedule_lrs=tuple(float(x) for x in schedule_lrs))
+    return _with_overrides(base, [state.override(g) for g in range(len(state.lrs))])
 
 
 def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
@@ -160,20 +276,32 @@ def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
     Raises:
         CommandRefused: `cmd` is invalid for `state` (the reason `validate` gives).
     """
-    reason = validate(cmd, len(state.lrs))
+    reason = validate(cmd, state)
     if reason is not None:
         raise CommandRefused(reason)
     if isinstance(cmd, SetLR):
-        groups = range(len(state.lrs)) if cmd.group is None else (cmd.group,)
-        lrs = list(state.lrs)
-        for gi in groups:
-            lrs[gi] = cmd.value if cmd.value is not None else lrs[gi] * (cmd.factor or 1.0)
-        new = replace(state, lrs=tuple(float(x) for x in lrs))
-        return new, lr_change_text(state.lrs, new.lrs, cmd.group)
+        overrides = [state.override(g) for g in range(len(state.lrs))]
+        for g in lr_targets(state, cmd):
+            if cmd.value is not None:
+                overrides[g] = LROverride(value=float(cmd.value))
+            else:
+                overrides[g] = (overrides[g] or LROverride()).scaled(float(cmd.factor or 1.0))
+        new = _with_overrides(state, overrides)
+        return new, lr_change_text(state.lrs, new.lrs, cmd.group, _where(cmd))
     if isinstance(cmd, SetClip):
         threshold = state.clip_threshold if cmd.threshold is None else float(cmd.threshold)
         new = replace(state, clip_mode=cmd.mode, clip_threshold=threshold)
         return new, clip_change_text(state.clip_mode, state.clip_threshold, new.clip_mode, new.clip_threshold)
+    if isinstance(cmd, Release):
+        new, parts = state, []
+        if cmd.what in ("all", "lr"):
+            new = _with_overrides(new, [None] * len(new.lrs))
+            parts.append(lr_change_text(state.lrs, new.lrs, None, "back to the loop's schedule"))
+        if cmd.what in ("all", "clip"):
+            mode, threshold = state.loop_clip
+            new = replace(new, clip_mode=mode, clip_threshold=threshold)
+            parts.append(clip_change_text(state.clip_mode, state.clip_threshold, mode, threshold) + " (as started)")
+        return new, "released: " + "; ".join(parts)
     assert isinstance(cmd, SetPaused)  # validate() refuses everything else
     return replace(state, paused=cmd.paused), "paused" if cmd.paused else "resumed"
 
@@ -187,5 +315,5 @@ def respond(state: ControlState, cmd: Command, step: int) -> tuple[ControlState,
     try:
         new, message = apply(state, cmd)
     except CommandRefused as exc:
-        return state, CommandResult(cmd.id, kind, False, step, str(exc))
+        return state, CommandResult(getattr(cmd, "id", ""), kind, False, step, str(exc))
     return new, CommandResult(cmd.id, kind, True, step, message)

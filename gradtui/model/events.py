@@ -62,7 +62,7 @@ class RunStart:
     """Unix time at which `watch()` was called."""
     layers: tuple[LayerInfo, ...]
     lrs: tuple[float, ...]
-    """Learning rate of each optimizer param group (empty without an optimizer)."""
+    """Learning rate of each param group of every watched optimizer, in order (empty without one)."""
     clip_mode: str
     clip_threshold: float
     every: int
@@ -76,6 +76,9 @@ class RunStart:
     """Some gradients are sharded across ranks (FSDP); statistics are reduced across them."""
     lanes: tuple[str, ...] = ()
     """Names of extra gradient lanes (e.g. dL/dh_t per time step of an RNN), see `Monitor.lane`."""
+    lr_groups: tuple[str, ...] = ()
+    """A name per entry of `lrs`: "0", "1", ... for one optimizer, "opt1.0" for group 0 of the
+    second when several are watched (empty in records made before several optimizers)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -87,6 +90,7 @@ class StepStats:
     loss: float
     """NaN when no loss was given or it was not finite."""
     lrs: tuple[float, ...]
+    """The learning rate of each group that this step uses: the loop's, or a viewer's override."""
     grad_norm: np.ndarray
     """Per-layer gradient L2 norm (float64); NaN where the layer had no gradient."""
     has_grad: np.ndarray
@@ -119,6 +123,12 @@ class StepStats:
     """Distributed runs: the ranks whose gradients held NaN/Inf at this step."""
     lanes: np.ndarray | None = None
     """L2 norm of the gradient reaching each lane this step (NaN where none did)."""
+    schedule_lrs: tuple[float, ...] = ()
+    """The learning rate of each group as the loop (or its scheduler) set it, before any override
+    (empty in records made before overrides: then equal to `lrs`)."""
+    stepped_norm: float = float("nan")
+    """L2 norm of the gradients `optimizer.step()` used: after gradtui's clipping and the loop's
+    own (clip_grad_norm_ after `mon.step`). NaN when no optimizer step followed (a GradScaler skip)."""
 
     @property
     def clipped(self) -> bool:

@@ -1,89 +1,226 @@
-"""Summaries of a recorded run: the `gradtui report` contract of DESIGN.md."""
+"""Summaries of a recorded run: the `gradtui report` contract of DESIGN.md.
+
+`Summary` folds a run's events one at a time (a record is streamed, never held whole)
+and gives the report's object; `gradtui.load` uses the same `Summary` for its `alerts`
+and `interventions`, so both say exactly the same thing. Every float in the object is
+finite or None (JSON has no NaN).
+"""
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable
 from typing import Any
 
-from gradtui.model.events import Alert, Event, RunEnd, RunStart, StepStats, verdict_of
+import numpy as np
+
+from gradtui.model.events import Alert, CommandResult, Event, RunEnd, RunStart, StepStats, verdict_of
 from gradtui.model.store import RunStore
 
+_PAUSE_WORDS = {"paused": True, "resumed": False}
+"""The acknowledgements of `SetPaused` (`gradtui.model.commands.apply`)."""
 
-def summarize(events: Iterable[Event], *, detector_config: Any = None, recompute: bool = True) -> dict[str, Any]:
-    """Summarise a run's events.
+
+def finite_or_none(x: float) -> float | None:
+    """`x` as a float, or None when it is NaN or infinite."""
+    value = float(x)
+    return value if math.isfinite(value) else None
+
+
+def alert_entry(alert: Alert) -> dict[str, Any]:
+    """One entry of the report's `alerts`."""
+    return {
+        "step": alert.step,
+        "layer": alert.layer,
+        "kind": alert.kind,
+        "value": finite_or_none(alert.value),
+        "threshold": finite_or_none(alert.threshold),
+    }
+
+
+def _lrs(stats: StepStats) -> list[float | None]:
+    return [finite_or_none(x) for x in stats.lrs]
+
+
+def _clip(stats: StepStats) -> dict[str, Any]:
+    return {"mode": stats.clip_mode, "threshold": finite_or_none(stats.clip_threshold)}
+
+
+class Interventions:
+    """The report's `interventions`: every applied command, with what was in force after it.
+
+    Each entry has `step`, `kind` and `message`, and by kind: `set_lr` the learning rates
+    (`lrs`, one per param group), `set_clip` the clipping (`clip`: `{"mode", "threshold"}`),
+    `set_paused` whether the run is paused (`paused`), `release` both `lrs` and `clip`.
+    They are read from the first sampled step recorded after the acknowledgement whose step
+    is at or after the command's (None when the record has no such step); `paused` comes
+    from the acknowledgement itself. Commands of an unknown kind carry only the three keys.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self._waiting: list[dict[str, Any]] = []
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, CommandResult):
+            if event.ok:
+                self._acknowledged(event)
+        elif isinstance(event, StepStats) and self._waiting:
+            still = []
+            for entry in self._waiting:
+                if event.step >= entry["step"]:
+                    self._fill(entry, event)
+                else:
+                    still.append(entry)
+            self._waiting = still
+
+    def _acknowledged(self, result: CommandResult) -> None:
+        entry: dict[str, Any] = {"step": result.step, "kind": result.kind, "message": result.message}
+        if result.kind in ("set_lr", "release"):
+            entry["lrs"] = None
+        if result.kind in ("set_clip", "release"):
+            entry["clip"] = None
+        if result.kind == "set_paused":
+            entry["paused"] = _PAUSE_WORDS.get(result.message)
+        self.entries.append(entry)
+        if len(entry) > 3:
+            self._waiting.append(entry)
+
+    @staticmethod
+    def _fill(entry: dict[str, Any], stats: StepStats) -> None:
+        if "lrs" in entry:
+            entry["lrs"] = _lrs(stats)
+        if "clip" in entry:
+            entry["clip"] = _clip(stats)
+        if "paused" in entry and entry["paused"] is None:
+            entry["paused"] = bool(stats.paused)
+
+
+def _finite(values: array[float]) -> np.ndarray:
+    a = np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
+    return a[np.isfinite(a)]
+
+
+def spread(values: array[float]) -> dict[str, float | None]:
+    """`{"median", "max"}` over the finite values (None when there are none)."""
+    a = _finite(values)
+    if not a.size:
+        return {"median": None, "max": None}
+    return {"median": float(np.median(a)), "max": float(a.max())}
+
+
+class Summary:
+    """Fold a run's events, in order, into the report's object (`result()`).
 
     Args:
-        events: the events of a record, in order.
         detector_config: a `DetectorConfig` for offline detection (None: defaults).
         recompute: run the detectors offline over the recorded statistics (so that
             thresholds can be changed after the fact); False keeps the alerts the probe
             recorded online.
     """
-    store = RunStore(capacity=1)
-    detectors = None
-    alerts: list[Alert] = []
-    last: StepStats | None = None
-    start: RunStart | None = None
-    end: RunEnd | None = None
-    for event in events:
+
+    def __init__(self, *, detector_config: Any = None, recompute: bool = True) -> None:
+        self.recompute = recompute
+        self.detector_config = detector_config
+        self.store = RunStore(capacity=1)
+        self.detectors: Any = None
+        self.alerts: list[Alert] = []
+        self.interventions = Interventions()
+        self.start: RunStart | None = None
+        self.end: RunEnd | None = None
+        self.last: StepStats | None = None
+        self.loss_first: float | None = None
+        self.loss_last: float | None = None
+        self.loss_min: float | None = None
+        self.global_norms: array[float] = array("d")
+        self.stepped_norms: array[float] = array("d")
+
+    def add(self, event: Event) -> None:
+        """Fold one event."""
         if isinstance(event, Alert):
-            if recompute:
-                continue
-            alerts.append(event)
+            if self.recompute:
+                return
+            self.alerts.append(event)
         elif isinstance(event, RunStart):
-            start = event
-            if recompute:
+            self.start = event
+            if self.recompute:
                 from gradtui.model.detectors import Detectors
 
                 names = [layer.name for layer in event.layers]
                 numel = [layer.numel for layer in event.layers]
-                detectors = Detectors(names, detector_config, numel=numel)
+                self.detectors = Detectors(names, self.detector_config, numel=numel)
         elif isinstance(event, StepStats):
-            last = event
-            if detectors is not None:
-                for alert in detectors.update(event):
-                    store.apply(alert)
-                    alerts.append(alert)
+            self._step(event)
         elif isinstance(event, RunEnd):
-            end = event
-        if not (recompute and isinstance(event, Alert)):
-            store.apply(event)
+            self.end = event
+        self.interventions.add(event)
+        self.store.apply(event)
 
-    names = [layer.name for layer in (start.layers if start else store.layers)]
-    layers = []
-    for i, name in enumerate(names):
-        norm = None
-        if last is not None and i < len(last.grad_norm) and bool(last.has_grad[i]):
-            value = float(last.grad_norm[i])
-            norm = value if math.isfinite(value) else None
-        layers.append({"name": name, "verdict": verdict_of(store.layer_flags(name)), "last_grad_norm": norm})
+    def _step(self, event: StepStats) -> None:
+        self.last = event
+        if self.detectors is not None:
+            for alert in self.detectors.update(event):
+                self.store.apply(alert)
+                self.alerts.append(alert)
+        loss = finite_or_none(event.loss)
+        if loss is not None:
+            if self.loss_first is None:
+                self.loss_first = loss
+            self.loss_last = loss
+            self.loss_min = loss if self.loss_min is None else min(self.loss_min, loss)
+        self.global_norms.append(float(event.global_norm))
+        self.stepped_norms.append(float(event.stepped_norm))
 
-    if end is not None and end.step >= 0:
-        steps = end.step
-    else:
-        steps = last.step + 1 if last is not None else 0
-    return {
-        "run": start.run if start else None,
-        "steps": steps,
-        "sampled_steps": store.total_steps,
-        "status": end.status if end else "unfinished",
-        "first_nonfinite_step": store.first_nonfinite_step,
-        "first_nonfinite_layers": list(store.first_nonfinite_layers),
-        "layers": layers,
-        "alerts": [
-            {
-                "step": a.step,
-                "layer": a.layer,
-                "kind": a.kind,
-                "value": a.value if math.isfinite(a.value) else None,
-                "threshold": a.threshold if math.isfinite(a.threshold) else None,
-            }
-            for a in alerts
-            if a.active
-        ],
-        "interventions": [
-            {"step": r.step, "kind": r.kind, "message": r.message} for r in store.results if r.ok
-        ],
-        "error": end.error if end and end.error else None,
-    }
+    @property
+    def status(self) -> str:
+        """How the run ended: "ok", "error", "interrupted", or "unfinished" without a RunEnd."""
+        return self.end.status if self.end else "unfinished"
+
+    def alert_entries(self) -> list[dict[str, Any]]:
+        """The report's `alerts`: every flag raised, in order."""
+        return [alert_entry(a) for a in self.alerts if a.active]
+
+    def result(self) -> dict[str, Any]:
+        """The report's object (see DESIGN.md and README "Commands")."""
+        start, end, last, store = self.start, self.end, self.last, self.store
+        names = [layer.name for layer in (start.layers if start else store.layers)]
+        layers = []
+        for i, name in enumerate(names):
+            norm = None
+            if last is not None and i < len(last.grad_norm) and bool(last.has_grad[i]):
+                norm = finite_or_none(last.grad_norm[i])
+            layers.append({"name": name, "verdict": verdict_of(store.layer_flags(name)), "last_grad_norm": norm})
+        if end is not None and end.step >= 0:
+            steps = end.step
+        else:
+            steps = last.step + 1 if last is not None else 0
+        return {
+            "run": start.run if start else None,
+            "steps": steps,
+            "sampled_steps": store.total_steps,
+            "status": self.status,
+            "first_nonfinite_step": store.first_nonfinite_step,
+            "first_nonfinite_layers": list(store.first_nonfinite_layers),
+            "layers": layers,
+            "alerts": self.alert_entries(),
+            "interventions": [dict(entry) for entry in self.interventions.entries],
+            "loss": {"first": self.loss_first, "last": self.loss_last, "min": self.loss_min},
+            "global_norm": spread(self.global_norms),
+            "stepped_norm": spread(self.stepped_norms),
+            "error": end.error if end and end.error else None,
+        }
+
+
+def summarize(events: Iterable[Event], *, detector_config: Any = None, recompute: bool = True) -> dict[str, Any]:
+    """Summarise a run's events (see `Summary`).
+
+    Args:
+        events: the events of a record, in order (any iterable: a record can be streamed).
+        detector_config: a `DetectorConfig` for offline detection (None: defaults).
+        recompute: re-run the detectors (True) or keep the recorded alerts (False).
+    """
+    summary = Summary(detector_config=detector_config, recompute=recompute)
+    for event in events:
+        summary.add(event)
+    return summary.result()

@@ -32,6 +32,7 @@ def clip_grads(
     threshold: float,
     total: torch.Tensor | None,
     global_norm: Callable[[], torch.Tensor],
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clip `grads` in place; returns the global norm after clipping (a 1-element tensor).
 
@@ -40,7 +41,10 @@ def clip_grads(
         mode: "norm" or "value".
         threshold: Max global norm, or max |value|.
         total: The global norm before clipping when already known (saves a pass).
-        global_norm: Computes the global norm of `grads` now (across ranks when distributed).
+        global_norm: Computes the global norm of `grads` now (across ranks when distributed), in
+            true units.
+        scale: The factor the gradients carry (a GradScaler's scale, not yet unscaled): norms are
+            in true units, so a value threshold is scaled by it and a norm coefficient needs nothing.
     """
     if mode == "norm":
         if total is None:
@@ -49,7 +53,13 @@ def clip_grads(
         for dev_grads in by_device(grads):
             torch._foreach_mul_(dev_grads, coef.to(dev_grads[0].device, dev_grads[0].dtype))
         return (total * coef).reshape(1)
-    for dev_grads in by_device(grads):
-        torch._foreach_clamp_min_(dev_grads, -threshold)
-        torch._foreach_clamp_max_(dev_grads, threshold)
+    if scale is None:
+        for dev_grads in by_device(grads):
+            torch._foreach_clamp_min_(dev_grads, -threshold)
+            torch._foreach_clamp_max_(dev_grads, threshold)
+    else:
+        bound = scale.reshape(()) * threshold  # stays on the device: no host sync
+        for g in grads:
+            b = bound.to(g.device, g.dtype)
+            g.clamp_(min=-b, max=b)
     return global_norm().reshape(1)

@@ -1,16 +1,25 @@
 """Commands on a live run: taken at the step boundary (from rank 0 on every rank), judged by
-the one rule of `gradtui.model.commands`, and carried out on the optimizer, its scheduler,
-the clipping and the pause."""
+the one rule of `gradtui.model.commands`, and carried out on the optimizers, the clipping
+and the pause.
+
+A learning-rate override holds whatever the loop does. At each step boundary the probe
+reads the learning rate the loop (or its scheduler) left in each param group, re-applies
+the override on top of it and writes the result, which `optimizer.step()` then uses;
+right after the step a post-step hook puts the loop's own value back, so a scheduler that
+chains from the group's `lr` (StepLR, ExponentialLR, ReduceLROnPlateau) and a loop that
+reads it never see the override.
+"""
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from gradtui.model.commands import Command, ControlState, respond
+from gradtui.model.commands import Command, ControlState, follow_schedule, respond
 from gradtui.model.events import CommandResult, Event
 from gradtui.probe.dist import DistContext
 
@@ -19,40 +28,84 @@ class Control:
     """The settings viewers can change, and the queue their commands wait in.
 
     Args:
-        optimizer: The watched optimizer (None: learning-rate commands are refused).
-        scheduler: Its LR scheduler, if any: a learning-rate change also scales what the
-            schedule computes from, so the change survives the schedule's next step.
-        clip: The starting (mode, threshold).
+        optimizers: The watched optimizers (none: learning-rate commands are refused).
+        clip: The starting (mode, threshold): the loop's clipping, which `Release` returns to.
         dist: The process group context (None: one process).
         emit: Where acknowledgements go.
     """
 
     def __init__(
         self,
-        optimizer: torch.optim.Optimizer | None,
-        scheduler: Any,
+        optimizers: Sequence[torch.optim.Optimizer],
         clip: tuple[str, float],
         dist: DistContext | None,
         emit: Callable[[Event], None],
     ) -> None:
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.clip_mode, self.clip_threshold = clip
-        self.paused = False
+        self.optimizers = list(optimizers)
+        self._groups: list[dict[str, Any]] = [g for opt in self.optimizers for g in opt.param_groups]
+        owners = tuple(i for i, opt in enumerate(self.optimizers) for _ in opt.param_groups)
+        self.state = ControlState(
+            lrs=self._read(),
+            clip_mode=clip[0],
+            clip_threshold=clip[1],
+            owners=owners if len(self.optimizers) > 1 else (),
+            loop_clip=clip,
+        )
+        """The settings in force (see `ControlState`)."""
         self.commands: queue.Queue[Command] = queue.Queue(maxsize=1000)
         """Commands for the probe; applied at the next step boundary."""
+        self._written: list[float | None] = [None] * len(self._groups)
+        """The learning rate the probe wrote into each group (None: the loop's own is in place)."""
         self._dist = dist
         self._primary = dist is None or dist.primary
         self._held: list[Command] = []
         self._emit = emit
+        self._hooks = [opt.register_step_post_hook(self._after_step) for opt in self.optimizers]
 
-    def lrs(self) -> tuple[float, ...]:
-        if self.optimizer is None:
-            return ()
-        return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+    @property
+    def clip_mode(self) -> str:
+        return self.state.clip_mode
 
-    def state(self) -> ControlState:
-        return ControlState(self.lrs(), self.clip_mode, self.clip_threshold, self.paused)
+    @property
+    def clip_threshold(self) -> float:
+        return self.state.clip_threshold
+
+    @property
+    def paused(self) -> bool:
+        return self.state.paused
+
+    def group_names(self) -> tuple[str, ...]:
+        """A name per param group: "0", "1" for one optimizer; "opt1.0" for several."""
+        if len(self.optimizers) <= 1:
+            return tuple(str(i) for i in range(len(self._groups)))
+        return tuple(f"opt{oi}.{gi}" for oi, opt in enumerate(self.optimizers) for gi in range(len(opt.param_groups)))
+
+    # ------------------------------------------------------------ the step boundary
+
+    def begin_step(self) -> None:
+        """Take the learning rates the loop set since the last step and re-apply the overrides."""
+        loop: list[float] = []
+        schedule = self.state.schedule
+        for gi, group in enumerate(self._groups):
+            current = float(group["lr"])
+            written = self._written[gi]
+            # Still what we wrote: the loop set nothing new (or no optimizer step came to put its own back).
+            loop.append(schedule[gi] if written is not None and current == written else current)
+        self.state = follow_schedule(self.state, tuple(loop))
+        self._write()
+
+    def apply_pending(self, step: int) -> None:
+        """Apply every command waiting now, at `step`."""
+        for cmd in self.take():
+            self.apply(cmd, step)
+
+    def apply(self, cmd: Command, step: int) -> CommandResult:
+        """Apply one command at `step` (or refuse it) and acknowledge it."""
+        self.state, result = respond(self.state, cmd, step)
+        if result.ok:
+            self._write()
+        self._emit(result)
+        return result
 
     def take(self, wait: float | None = None) -> list[Command]:
         """Commands to apply now: this process's queue, or rank 0's on every rank."""
@@ -71,53 +124,54 @@ class Control:
         now, self._held = self._dist.broadcast_commands(mine)
         return now
 
-    def apply_pending(self, step: int) -> None:
-        """Apply every command waiting now, at `step`."""
-        for cmd in self.take():
-            self.apply(cmd, step)
-
-    def apply(self, cmd: Command, step: int) -> CommandResult:
-        """Apply one command at `step` (or refuse it) and acknowledge it."""
-        before = self.state()
-        after, result = respond(before, cmd, step)
-        if result.ok:
-            self._enact(before, after)
-        self._emit(result)
-        return result
-
     def wait_while_paused(self, step: int, closed: Callable[[], bool]) -> None:
         # Every rank loops here in step: each round is one command broadcast from rank 0.
-        while self.paused and not closed():
+        while self.state.paused and not closed():
             for cmd in self.take(wait=0.2):
                 self.apply(cmd, step)
 
-    def _enact(self, before: ControlState, after: ControlState) -> None:
-        if self.optimizer is not None:
-            for gi, (old, new) in enumerate(zip(before.lrs, after.lrs, strict=True)):
-                if new == old:
-                    continue
-                group = self.optimizer.param_groups[gi]
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(new)
-                else:
-                    group["lr"] = new
-                if old > 0:
-                    self._rescale_schedule(gi, new / old)
-        self.clip_mode, self.clip_threshold = after.clip_mode, after.clip_threshold
-        self.paused = after.paused
+    def close(self) -> None:
+        """Remove the hooks and leave the loop's own learning rates in the groups."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._put_back(range(len(self._groups)))
+        self.state = replace(self.state, lrs=self.state.schedule, schedule_lrs=(), overrides=())
 
-    def _rescale_schedule(self, group_index: int, ratio: float) -> None:
-        """Scale what a scheduler computes the LR from, so that its next step keeps the change.
+    # ------------------------------------------------------------ the groups
 
-        Closed-form schedules (LambdaLR, warm-up, OneCycle, cosine) recompute the LR from
-        `base_lrs` or the group's `initial_lr`/`max_lr`/`min_lr`; chained ones from the
-        group's `lr`, already set.
-        """
-        assert self.optimizer is not None
-        group = self.optimizer.param_groups[group_index]
-        for key in ("initial_lr", "max_lr", "min_lr"):
-            if isinstance(group.get(key), (int, float)) and not isinstance(group.get(key), bool):
-                group[key] = group[key] * ratio
-        base = getattr(self.scheduler, "base_lrs", None)
-        if isinstance(base, list) and group_index < len(base):
-            base[group_index] = base[group_index] * ratio
+    def _read(self) -> tuple[float, ...]:
+        return tuple(float(g["lr"]) for g in self._groups)
+
+    def _write(self) -> None:
+        for gi, group in enumerate(self._groups):
+            if self.state.override(gi) is not None:
+                _set_lr(group, self.state.lrs[gi])
+                self._written[gi] = self.state.lrs[gi]
+            elif self._written[gi] is not None:
+                self._put_back([gi])  # released: the loop's value again
+
+    def _put_back(self, groups: Sequence[int] | range) -> None:
+        schedule = self.state.schedule
+        for gi in groups:
+            written = self._written[gi]
+            if written is not None and float(self._groups[gi]["lr"]) == written:
+                _set_lr(self._groups[gi], schedule[gi])
+            self._written[gi] = None
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        first = sum(len(opt.param_groups) for opt in self.optimizers[: self._index_of(optimizer)])
+        self._put_back(range(first, first + len(optimizer.param_groups)))
+
+    def _index_of(self, optimizer: Any) -> int:
+        for i, opt in enumerate(self.optimizers):
+            if opt is optimizer:
+                return i
+        return 0
+
+
+def _set_lr(group: dict[str, Any], value: float) -> None:
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value

@@ -26,7 +26,7 @@ from torch import nn
 
 from gradtui.model.commands import Command
 from gradtui.model.detectors import DetectorConfig, Detectors
-from gradtui.model.events import Alert, Event, LayerInfo, RunEnd, RunStart, UpdateStats
+from gradtui.model.events import Alert, Event, LayerInfo, LogLine, RunEnd, RunStart, UpdateStats
 from gradtui.probe import amp
 from gradtui.probe.clip import check_clip, clip_grads
 from gradtui.probe.control import Control
@@ -36,10 +36,11 @@ from gradtui.probe.layers import find_layers, unwrap_optimizer
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
 from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, publish, update_ratio
+from gradtui.probe.stepped import Placement, SteppedNorm
 from gradtui.probe.updates import UpdateRatio
 from gradtui.wire import env
 from gradtui.wire.queue import EventQueue, QueueSource
-from gradtui.wire.record import RecordWriter
+from gradtui.wire.record import open_record
 
 
 class Monitor:
@@ -48,7 +49,7 @@ class Monitor:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         *,
         record: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
@@ -69,14 +70,16 @@ class Monitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        optimizers = _optimizers(optimizer)
         for label, value in (("every", every), ("detail_every", detail_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         start_clip = check_clip(clip)
         self.model = model
-        self.optimizer = unwrap_optimizer(optimizer)
+        self.optimizers: list[torch.optim.Optimizer] = optimizers
+        """The watched optimizers (learning rates, update ratios, the stepped norm)."""
+        self.optimizer = optimizers[0] if optimizers else None
+        """The first watched optimizer (None without one)."""
         self.every = every
         self.detail_every = detail_every
         self.step_count = 0
@@ -97,25 +100,31 @@ class Monitor:
         self.lanes: tuple[str, ...] = lane_names(lanes)
         self._lanes = Lanes(self.lanes, self._stats.device, self._stats.acc)
         self._outputs = Outputs()
-        self.control = Control(self.optimizer, scheduler, start_clip, self.dist, self._outputs.emit)
+        self.control = Control(optimizers, start_clip, self.dist, self._outputs.emit)
         """The settings viewers change (learning rate, clipping, pause) and their command queue."""
         self.commands = self.control.commands
         """Commands for the probe; applied at the next step boundary."""
-        self._updates: UpdateRatio | None = None
-        if self.optimizer is not None and update_ratio:
-            self._updates = UpdateRatio(self.optimizer, self._stats)
+        self._scheduler = scheduler
+        self._updates = UpdateRatio(optimizers, self._stats) if optimizers and update_ratio else None
+        self._stepped = SteppedNorm(optimizers, self._stats, self._on_stepped) if optimizers else None
+        self._grad_scale: torch.Tensor | None = None
+        """The factor the gradients carry at this `mon.step` (a GradScaler's scale), None for 1."""
+        self._placement = Placement(lambda text: self._emit(LogLine(text, stream="gradtui")))
 
         self.events: EventQueue | None = EventQueue(queue_size) if queue_size and self.primary else None
         """In-process event queue (when `queue=` was given to `watch`; rank 0 only)."""
         self._detectors = self._make_detectors(detectors) if self.primary else None
-        self.record_path = Path(record) if record is not None and self.primary else None
-        if self.events is not None:
-            self._outputs.add(QueueSink(self.events))
-        if self.record_path is not None:
-            self._outputs.add(RecordSink(RecordWriter(self.record_path, overwrite=overwrite)), needs_frame=True)
-
         self.started = time.time()
         self.run_name = run or _default_run_name()
+        self.record_path: Path | None = None
+        """The record file this run writes (a new file in the folder when `record=` named a folder)."""
+        if self.events is not None:
+            self._outputs.add(QueueSink(self.events))
+        if record is not None and self.primary:
+            writer = open_record(record, run=self.run_name, overwrite=overwrite)
+            self.record_path = writer.path
+            self._outputs.add(RecordSink(writer), needs_frame=True)
+
         inherited = inherited_socket() if connect else None
         self.server: ProbeServer | None = None
         """The socket server viewers attach to, when serving (rank 0 only)."""
@@ -134,7 +143,7 @@ class Monitor:
             )
             if self.server is not None:
                 self._outputs.add(self.server)
-        state = self.control.state()
+        state = self.control.state
         self._emit(
             RunStart(
                 run=self.run_name,
@@ -145,6 +154,7 @@ class Monitor:
                     for layer in self._layers
                 ),
                 lrs=state.lrs,
+                lr_groups=self.control.group_names(),
                 clip_mode=state.clip_mode,
                 clip_threshold=state.clip_threshold,
                 every=every,
@@ -188,7 +198,8 @@ class Monitor:
 
     @property
     def scheduler(self) -> Any:
-        return self.control.scheduler
+        """The scheduler given to `watch` (kept for reference: overrides need none, see `control`)."""
+        return self._scheduler
 
     @property
     def sinks(self) -> list[Sink]:
@@ -240,21 +251,27 @@ class Monitor:
             raise RuntimeError("this monitor is closed")
         step = self.step_count
         self.step_count += 1
-        self.control.apply_pending(step)
-        self._resolve_pending(block=False)
         stats = self._stats
-        found_scale = amp.unscale(scaler, self.optimizer, stats.device, stats.acc)
+        self._resolve_pending(block=not stats.defer)  # a step no optimizer step followed
+        self.control.begin_step()
+        self.control.apply_pending(step)
+        scale = amp.grad_scale(scaler, self.optimizers, stats.device, stats.acc)
+        if scale is not None and scale[2]:
+            self._placement.unscaled()
+        self._grad_scale = scale[0] if scale is not None else None
 
         sampled = step % self.every == 0
         detail = sampled and (step // self.every) % self.detail_every == 0
         index = stats.grad_index()
         clip = self._clip if self.control.clip_mode != "off" else None
+        if self._stepped is not None:
+            self._stepped.disarm()
         if sampled:
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
                 loss=loss,
                 detail=detail,
-                amp=found_scale,
+                amp=scale[:2] if scale is not None else None,
                 lanes=self._lanes.take() if self._lanes else None,
                 update=update[1] if update is not None else None,
             )
@@ -264,16 +281,42 @@ class Monitor:
             pending = stats.sample(index, inputs, meta, clip)
             if pending is not None:
                 self._pending.append(pending)
+                self._arm_stepped(index[0])
         elif clip is not None:
             clip(stats.grads(index[0]), None, index[0])
-        if not stats.defer:
-            self._resolve_pending(block=True)
+        if not stats.defer and self._stepped is None:
+            self._resolve_pending(block=True)  # no optimizer step to wait for
         if self.control.paused:
+            self._resolve_pending(block=not stats.defer)  # show the step we stop at
             self.control.wait_while_paused(step, lambda: self.closed)
 
+    def _arm_stepped(self, which: list[int]) -> None:
+        if self._stepped is None:
+            return
+        sample = self._stepped.sample(which)
+        if not sample:
+            return
+        grads = self._stats.grads(sample)
+        before = self._stats.sq_norms(grads).sum().reshape(1)
+        factor = self._grad_scale if self._grad_scale is not None else torch.ones_like(before)
+        self._stepped.arm(grads, before, factor)
+
+    def _on_stepped(self, factor: torch.Tensor) -> None:
+        """From the optimizer's post-step hook: what the step just taken used."""
+        if not self._pending:
+            return
+        self._pending[-1].attach_stepped(factor)
+        if not self._stats.defer:
+            self._resolve_pending(block=True)
+
     def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None, which: Sequence[int]) -> torch.Tensor:
-        c = self.control
-        return clip_grads(grads, c.clip_mode, c.clip_threshold, total, lambda: self._stats.global_norm(grads, which))
+        c, scale = self.control, self._grad_scale
+
+        def global_norm() -> torch.Tensor:
+            norm = self._stats.global_norm(grads, which)
+            return norm if scale is None else norm / scale[0]
+
+        return clip_grads(grads, c.clip_mode, c.clip_threshold, total, global_norm, scale)
 
     def _meta(self, step: int, index: Any, detail: bool, update_step: int | None) -> StepMeta:
         now = time.perf_counter()
@@ -281,11 +324,12 @@ class Monitor:
             inst = (step - self._last_sample_step) / max(now - self._last_sample_time, 1e-9)
             self._rate = inst if self._rate == 0.0 else 0.8 * self._rate + 0.2 * inst
         self._last_sample_time, self._last_sample_step = now, step
-        state = self.control.state()
+        state = self.control.state
         return StepMeta(
             step=step,
             time=time.time(),
             lrs=state.lrs,
+            schedule_lrs=state.schedule,
             has_grad=index[2],
             numel_with_grad=index[3],
             detail=detail,
@@ -301,7 +345,10 @@ class Monitor:
     def _resolve_pending(self, block: bool) -> None:
         while self._pending and (block or self._pending[0].ready()):
             pending = self._pending.pop(0)
-            stats, update = publish(pending.values(), pending.meta, self._stats.n, bool(self.lanes))
+            stats, update = publish(
+                pending.values(), pending.meta, self._stats.n, bool(self.lanes), pending.stepped_factor()
+            )
+            self._placement.global_norm(stats.global_norm)
             if update is not None:
                 self._emit(update)
             self._emit(stats)
@@ -324,8 +371,10 @@ class Monitor:
             d2, w2 = upd.to("cpu", torch.float64).numpy().reshape(2, -1)
             self._emit(UpdateStats(step=step, update_ratio=update_ratio(d2, w2)))
         self.closed = True
-        if self._updates is not None:
-            self._updates.remove()
+        for hooks in (self._updates, self._stepped):
+            if hooks is not None:
+                hooks.remove()
+        self.control.close()
         self._emit(RunEnd(step=self.step_count, status=status, error=error))
         self._outputs.close()
 
@@ -351,7 +400,7 @@ def _default_run_name() -> str:
 
 def watch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     *,
     record: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -372,9 +421,12 @@ def watch(
 
     Args:
         model: the module being trained (plain, DDP/FSDP-wrapped or `torch.compile`d).
-        optimizer: its optimizer; needed for learning-rate commands and update ratios.
+        optimizer: its optimizer, or a list of them (a GAN, a separate head optimizer); needed
+            for learning-rate commands, update ratios and the stepped norm.
         record: write every event to this record file (refuses to replace an existing one
-            unless `overwrite=True`).
+            unless `overwrite=True`), or to a new timestamped file in this folder (an
+            existing directory, a path ending in "/", or one with no suffix); missing
+            folders are created. `mon.record_path` is the file chosen.
         every: sample per-layer statistics every `every` steps.
         detail_every: compute mean/max |g|, zero fraction, weight norm and update ratio on
             every `detail_every`-th sampled step.
@@ -394,8 +446,8 @@ def watch(
         token_file: where the TCP token lives (default: GRADTUI_TOKEN_FILE).
         lanes: extra rows for gradients that reach activations, as names or a count;
             fill them with `mon.lane(i, tensor)` during the forward pass.
-        scheduler: the LR scheduler, if any: a learning-rate command then also scales
-            what the schedule computes from, so the change survives its next step.
+        scheduler: accepted for compatibility; not needed: a learning-rate override is
+            re-applied at every step on top of whatever the loop or its scheduler sets.
 
     Returns:
         The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
@@ -424,3 +476,21 @@ def watch(
         lanes=lanes,
         scheduler=scheduler,
     )
+
+
+def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """`watch`'s optimizer argument as a list: None, one optimizer, or a sequence of them."""
+    if optimizer is None:
+        return []
+    many = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    out: list[torch.optim.Optimizer] = []
+    for i, opt in enumerate(many):
+        if not isinstance(opt, torch.optim.Optimizer):
+            where = f"optimizer {i}" if isinstance(optimizer, (list, tuple)) else "optimizer"
+            raise TypeError(f"{where} must be a torch.optim.Optimizer, got {type(opt).__name__}")
+        inner = unwrap_optimizer(opt)
+        assert inner is not None
+        if any(inner is o for o in out):
+            raise ValueError(f"optimizer {i} is given twice")
+        out.append(inner)
+    return out

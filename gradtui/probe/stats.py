@@ -32,6 +32,7 @@ class StepMeta:
     step: int
     time: float
     lrs: tuple[float, ...]
+    schedule_lrs: tuple[float, ...]
     has_grad: np.ndarray
     numel_with_grad: np.ndarray
     detail: bool
@@ -50,25 +51,44 @@ class Pending:
 
     def __init__(self, vec: torch.Tensor | np.ndarray, meta: StepMeta) -> None:
         self.meta = meta
-        self._event: torch.cuda.Event | None = None
-        if isinstance(vec, np.ndarray):
-            self.host = torch.from_numpy(vec)
-        elif vec.device.type == "cuda":
-            self.host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
-            self.host.copy_(vec, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self.host = vec.to("cpu")
+        self.host, self._event = _to_host(vec)
+        self._stepped: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+
+    def attach_stepped(self, factor: torch.Tensor) -> None:
+        """The factor between the gradients after gradtui's clipping and those the optimizer used."""
+        self._stepped = _to_host(factor)
 
     def ready(self) -> bool:
-        return self._event is None or bool(self._event.query())
+        events = [self._event, self._stepped[1] if self._stepped is not None else None]
+        return all(e is None or bool(e.query()) for e in events)
 
     def values(self) -> np.ndarray:
         if self._event is not None:
             self._event.synchronize()
         out: np.ndarray = self.host.numpy()
         return out
+
+    def stepped_factor(self) -> float:
+        """NaN when no optimizer step was measured."""
+        if self._stepped is None:
+            return math.nan
+        host, event = self._stepped
+        if event is not None:
+            event.synchronize()
+        return float(host.reshape(-1)[0])
+
+
+def _to_host(vec: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A host copy: at once on CPU; on CUDA a non-blocking copy into pinned memory and its event."""
+    if isinstance(vec, np.ndarray):
+        return torch.from_numpy(vec), None
+    if vec.device.type == "cuda":
+        host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
+        host.copy_(vec, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    return vec.to("cpu"), None
 
 
 @dataclass
@@ -78,6 +98,7 @@ class StepInputs:
     loss: torch.Tensor | float | None
     detail: bool
     amp: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(the factor the gradients carry, the GradScaler's loss scale): statistics are divided by the first."""
     lanes: tuple[torch.Tensor, torch.Tensor] | None = None
     update: torch.Tensor | None = None
     """Squared update and weight norms per layer of the last detail step (see `UpdateRatio`)."""
@@ -220,7 +241,9 @@ class GradStats:
         def seg(name: str, t: torch.Tensor, how: str = "sum") -> None:
             segs.append((name, t.reshape(-1).to(acc), how))
 
-        seg("layer_sq", self.per_layer(self.sq_norms(grads), idx, which))
+        inv = 1.0 / inputs.amp[0] if inputs.amp is not None else None
+        sq = self.sq_norms(grads)
+        seg("layer_sq", self.per_layer(sq if inv is None else sq * (inv * inv), idx, which))
         if dist is not None:
             ones = torch.ones(len(which), dtype=acc, device=self.device)
             seg("grad_params", self.per_layer(ones, idx, which))
@@ -228,9 +251,12 @@ class GradStats:
             seg("numel", self.per_layer(numel_t, idx, which))
         # Before clipping: the statistics describe the gradients backward produced.
         if inputs.detail:
-            seg("l1", self.per_layer(self.norms(grads, 1.0), idx, which))
+            l1, amax = self.norms(grads, 1.0), self.abs_max(grads)
+            if inv is not None:
+                l1, amax = l1 * inv, amax * inv
+            seg("l1", self.per_layer(l1, idx, which))
             seg("nnz", self.per_layer(self.norms(grads, 0.0), idx, which))
-            seg("amax", self.per_layer(self.abs_max(grads), idx, which, "amax"), "max")
+            seg("amax", self.per_layer(amax, idx, which, "amax"), "max")
             w_sq = self.sq_norms([local(p.detach()) for p in self.params])
             seg("w_sq", self.per_layer(w_sq, self.layer_index, None))
         count_on_device = (self.defer or dist is not None) and bool(grads)
@@ -252,7 +278,6 @@ class GradStats:
             seg("lane_sq", inputs.lanes[0])
             seg("lane_seen", inputs.lanes[1], "max")
         if inputs.amp is not None:
-            seg("found_inf", inputs.amp[0])
             seg("scale", inputs.amp[1], "first")
         if inputs.update is not None:
             seg("upd_d2", inputs.update[:n])
@@ -306,8 +331,11 @@ class GradStats:
 # ---------------------------------------------------------------- back to events
 
 
-def publish(gathered: np.ndarray, meta: StepMeta, n: int, lanes: bool) -> tuple[StepStats, UpdateStats | None]:
-    """The events of a sampled step from its (ranks, vector) host copy."""
+def publish(
+    gathered: np.ndarray, meta: StepMeta, n: int, lanes: bool, stepped_factor: float = math.nan
+) -> tuple[StepStats, UpdateStats | None]:
+    """The events of a sampled step from its (ranks, vector) host copy and the factor between the
+    gradients after gradtui's clipping and those the optimizer used (NaN: unknown)."""
     parts: dict[str, np.ndarray] = {}
     per_rank: dict[str, np.ndarray] = {}
     pos = 0
@@ -373,9 +401,12 @@ def publish(gathered: np.ndarray, meta: StepMeta, n: int, lanes: bool) -> tuple[
         zero_frac=zero_frac,
         weight_norm=weight_norm,
         loss_scale=float(parts["scale"][0]) if "scale" in parts else math.nan,
-        amp_skipped=bool(parts["found_inf"][0] > 0) if "found_inf" in parts else False,
+        # A GradScaler skips the step when any gradient is inf/NaN: then so is their norm.
+        amp_skipped="scale" in parts and not math.isfinite(total),
         nonfinite_ranks=nonfinite_ranks,
         lanes=np.where(parts["lane_seen"] > 0, np.sqrt(parts["lane_sq"]), np.nan) if lanes else None,
+        schedule_lrs=meta.schedule_lrs,
+        stepped_norm=clipped_norm * stepped_factor,
     )
     update = None
     if meta.update_step is not None:

@@ -1,8 +1,12 @@
-"""Update ratios ||Δw||/||w||: on detail steps an optimizer pre-step hook snapshots the weights
-that have a gradient, and the post-step hook measures how far the step moved them."""
+"""Update ratios ||Δw||/||w||: on detail steps `mon.step` snapshots the weights that have a
+gradient (they are what the coming step starts from, also when the loop steps with a closure
+that calls `mon.step` inside `optimizer.step`), and each watched optimizer's post-step hook
+measures how far its step moved its own parameters; with several optimizers the results add
+up per layer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,26 +16,35 @@ from gradtui.probe.stats import GradStats
 
 
 class UpdateRatio:
-    """Hooks on `optimizer` that measure the update of the step after `want(step)`."""
+    """Measures the update of the optimizer steps that follow `want(step)`."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, stats: GradStats) -> None:
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], stats: GradStats) -> None:
         self._stats = stats
-        self._want: int | None = None
-        self._snapshot: tuple[int, list[int], list[torch.Tensor]] | None = None
-        self._result: tuple[int, torch.Tensor] | None = None
-        self._hooks = [
-            optimizer.register_step_pre_hook(self._pre_step),
-            optimizer.register_step_post_hook(self._post_step),
-        ]
+        index = {id(p): i for i, p in enumerate(stats.params)}
+        self._owned: dict[int, list[int]] = {
+            id(opt): sorted({index[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in index})
+            for opt in optimizers
+        }
+        self._step: int | None = None
+        self._before: dict[int, torch.Tensor] = {}
+        """Parameter index -> its weights at `want`, until its optimizer has stepped."""
+        self._sum: torch.Tensor | None = None
+        self._hooks = [opt.register_step_post_hook(self._post_step) for opt in optimizers]
 
     def want(self, step: int) -> None:
-        """Measure the coming `optimizer.step()`, reported as the update of `step`."""
-        self._want = step
+        """Snapshot the weights now: the coming `optimizer.step()` calls are the update of `step`."""
+        params = self._stats.params
+        self._step = step
+        self._sum = None
+        self._before = {i: local(p.detach()).clone() for i, p in enumerate(params) if p.grad is not None}
 
     def take(self) -> tuple[int, torch.Tensor] | None:
         """(step, squared update norms then squared weight norms per layer) of the last measured
         update, once; None when none is waiting."""
-        out, self._result = self._result, None
+        if self._sum is None or self._step is None:
+            return None
+        out = (self._step, self._sum)
+        self._sum, self._step, self._before = None, None, {}
         return out
 
     def remove(self) -> None:
@@ -39,23 +52,16 @@ class UpdateRatio:
             hook.remove()
         self._hooks.clear()
 
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._want is None:
-            return
-        step, self._want = self._want, None
-        params = self._stats.params
-        which = [i for i, p in enumerate(params) if p.grad is not None]
-        self._snapshot = (step, which, [local(params[i].detach()).clone() for i in which])
-
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._snapshot is None:
+        which = [i for i in self._owned.get(id(optimizer), ()) if i in self._before]
+        if not which:
             return
-        step, which, before = self._snapshot
-        self._snapshot = None
+        before = [self._before.pop(i) for i in which]
         s = self._stats
         after = [local(s.params[i].detach()) for i in which]
         delta = torch._foreach_sub(after, before)
-        idx = torch.as_tensor(s.param_layer[which], device=s.device)
+        idx = torch.as_tensor(s.param_layer[which], device=s.device, dtype=torch.long)
         d2 = s.per_layer(s.sq_norms(delta), idx, which)
         w2 = s.per_layer(s.sq_norms(before), idx, which)
-        self._result = (step, torch.cat([d2, w2]))
+        both = torch.cat([d2, w2])
+        self._sum = both if self._sum is None else self._sum + both

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from gradtui.model.commands import Command, ControlState, respond
+from gradtui.model.commands import Command, ControlState, follow_schedule, respond
 from gradtui.model.detectors import Detectors
 from gradtui.model.events import (
     Event,
@@ -85,7 +85,9 @@ class SyntheticRun:
         self.layers = make_layers(n_layers)
         self.rng = np.random.default_rng(seed)
         self.detail_every = detail_every
-        self.state = ControlState(lrs=(lr,), clip_mode=clip_mode, clip_threshold=clip_threshold)
+        self.state = ControlState(
+            lrs=(lr,), clip_mode=clip_mode, clip_threshold=clip_threshold, loop_clip=(clip_mode, clip_threshold)
+        )
         """What commands have set: learning rate, clipping, pause."""
         self.run = run
         self.start_time = start_time
@@ -186,6 +188,8 @@ class SyntheticRun:
             out.extend(self._apply_commands(self.step_no - 1))
             if self.paused:
                 return out
+        # As the probe does: the loop's learning rate (constant here) first, then the overrides on it.
+        self.state = follow_schedule(self.state, self.state.schedule)
         out.extend(self._apply_commands())
         if self.fail_at is not None and self.step_no >= self.fail_at:
             self.ended = True
@@ -212,6 +216,7 @@ class SyntheticRun:
             time=self.start_time + self.step_no * self.dt,
             loss=loss,
             lrs=self.lrs,
+            schedule_lrs=self.state.schedule,
             grad_norm=norms,
             has_grad=np.ones(n, bool),
             nonfinite=nonfinite,

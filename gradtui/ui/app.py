@@ -25,7 +25,7 @@ from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
-from gradtui.model.commands import Command
+from gradtui.model.commands import Command, Release
 from gradtui.model.events import Alert, CommandResult, Event, LogLine, RunEnd
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.sources.base import Source
@@ -405,6 +405,9 @@ class GradTUIApp(TourSwitching):
 
     def action_toggle_pause(self) -> None:
         self.send_command(self.controls.toggle_pause())
+
+    def action_release(self) -> None:
+        self.send_command(Release("all"))
 
     def action_toggle_output(self) -> None:
         show_output = not self.output_log.display

@@ -55,6 +55,14 @@ INTERVENTION_BINDINGS: list[Binding] = [
     Binding("-", "scale_lr(0.5)", "lr÷2", tooltip="Learning rate ÷2", group=_LR, id="lr-down"),
     Binding("l", "set_lr", "lr=", tooltip="Type an exact learning rate", id="lr-set"),
     Binding("p", "toggle_pause", "pause", tooltip="Pause / resume training", id="pause"),
+    Binding(
+        "L",
+        "release",
+        "release",
+        tooltip="Release: LR and clipping back to the loop",
+        show=False,
+        id="release",
+    ),
 ]
 REPLAY_BINDINGS: list[Binding] = [
     Binding("p,space", "replay_play", "play", tooltip="Play / pause the replay", id="replay-play"),
@@ -70,7 +78,7 @@ VIEW_BINDINGS: list[Binding] = [
     Binding("q", "quit", "quit", tooltip="Quit (asks first when that stops a training process)", id="quit"),
 ]
 INTERVENTION_ACTIONS = frozenset(
-    {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause"}
+    {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause", "release"}
 )
 REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
 TOUR_ACTIONS = frozenset({"tour_move", "tour_story"})

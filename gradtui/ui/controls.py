@@ -18,6 +18,8 @@ from gradtui.model.commands import (
     Command,
     CommandRefused,
     ControlState,
+    LROverride,
+    Release,
     SetClip,
     SetLR,
     SetPaused,
@@ -64,6 +66,8 @@ def describe(cmd: Command) -> str:
         return f"clip {cmd.mode} ≤ {cmd.threshold:g}" if cmd.threshold is not None else f"clip {cmd.mode}"
     if isinstance(cmd, SetPaused):
         return "pause" if cmd.paused else "resume"
+    if isinstance(cmd, Release):
+        return "release to the loop" if cmd.what == "all" else f"release {cmd.what} to the loop"
     return command_kind(cmd)
 
 
@@ -85,9 +89,18 @@ class Controls:
         """Settings as the probe last reported them (latest step stats, else the run start)."""
         last, run = self.store.last, self.store.run
         if last is not None:
-            state = RunControls(last.lrs, last.clip_mode, last.clip_threshold, last.paused)
+            state = RunControls(
+                last.lrs,
+                last.clip_mode,
+                last.clip_threshold,
+                last.paused,
+                schedule_lrs=last.schedule_lrs,
+                overrides=_implied_overrides(last.lrs, last.schedule_lrs),
+                loop_clip=(run.clip_mode, run.clip_threshold) if run is not None else ("off", 1.0),
+            )
         elif run is not None:
-            state = RunControls(run.lrs, run.clip_mode, run.clip_threshold, False)
+            loop_clip = (run.clip_mode, run.clip_threshold)
+            state = RunControls(run.lrs, run.clip_mode, run.clip_threshold, False, loop_clip=loop_clip)
         else:
             state = RunControls()
         if state.clip_mode != "off":
@@ -195,13 +208,28 @@ class Controls:
 
 def _merge(state: RunControls, target: RunControls, kind: str) -> RunControls:
     """Take from `target` only the fields a command of `kind` sets."""
+    if kind in ("set_lr", "release"):
+        state = replace(state, lrs=target.lrs, schedule_lrs=target.schedule_lrs, overrides=target.overrides)
     if kind == "set_lr":
-        return replace(state, lrs=target.lrs)
+        return state
     if kind == "set_clip":
         return replace(state, clip_mode=target.clip_mode, clip_threshold=target.clip_threshold)
     if kind == "set_paused":
         return replace(state, paused=target.paused)
+    if kind == "release":
+        return replace(state, clip_mode=target.clip_mode, clip_threshold=target.clip_threshold)
     return state
+
+
+def _implied_overrides(lrs: tuple[float, ...], schedule: tuple[float, ...]) -> tuple[LROverride | None, ...]:
+    """Overrides as a viewer can tell them from a step report: a factor wherever the learning rate in
+    force differs from the loop's (what a new factor or a release then does comes out right)."""
+    if len(schedule) != len(lrs) or lrs == schedule:
+        return ()
+    return tuple(
+        LROverride(factor=lr / s) if lr != s and s > 0 else (LROverride(value=lr) if lr != s else None)
+        for lr, s in zip(lrs, schedule, strict=True)
+    )
 
 
 def fmt_lr(lr: float) -> str:

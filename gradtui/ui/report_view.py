@@ -20,6 +20,49 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.3e}"
 
 
+def _lrs(lrs: list[float | None]) -> str:
+    return "lr " + ", ".join("—" if x is None else f"{x:.4g}" for x in lrs)
+
+
+def _clip(clip: dict[str, Any]) -> str:
+    threshold = clip.get("threshold")
+    if clip.get("mode") == "off":
+        return "clip off"
+    return f"clip {clip.get('mode')} {'—' if threshold is None else f'{threshold:.4g}'}"
+
+
+def in_force(entry: dict[str, Any]) -> str:
+    """What an intervention left in force (its `lrs`, `clip`, `paused`), in words."""
+    parts = []
+    if "lrs" in entry:
+        parts.append("—" if entry["lrs"] is None else _lrs(entry["lrs"]))
+    if "clip" in entry:
+        parts.append("—" if entry["clip"] is None else _clip(entry["clip"]))
+    if "paused" in entry:
+        parts.append("—" if entry["paused"] is None else "paused" if entry["paused"] else "running")
+    return "; ".join(parts)
+
+
+def _run_table(summary: dict[str, Any]) -> Table | None:
+    rows = []
+    loss = summary.get("loss")
+    if isinstance(loss, dict):
+        rows.append(("loss", f"first {_num(loss.get('first'))}  last {_num(loss.get('last'))}  "
+                     f"min {_num(loss.get('min'))}"))
+    for key, label in (("global_norm", "‖g‖₂ before clipping"), ("stepped_norm", "‖g‖₂ stepped with")):
+        spread = summary.get(key)
+        if isinstance(spread, dict):
+            rows.append((label, f"median {_num(spread.get('median'))}  max {_num(spread.get('max'))}"))
+    if not rows:
+        return None
+    table = Table(title="Run", title_justify="left")
+    table.add_column("series")
+    table.add_column("summary")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def print_report(summary: dict[str, Any], path: str, console: Console | None = None) -> None:
     """Print a report summary (see `gradtui.model.report.summarize`)."""
     console = console or Console()
@@ -33,6 +76,9 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
     if summary.get("truncated_bytes"):
         head += f"  [yellow]record cut mid-frame ({summary['truncated_bytes']} bytes ignored)[/yellow]"
     console.print(head)
+    run = _run_table(summary)
+    if run is not None:
+        console.print(run)
     layers = Table(title="Layers", title_justify="left")
     layers.add_column("layer")
     layers.add_column("verdict")
@@ -54,8 +100,9 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
         inter = Table(title="Interventions", title_justify="left")
         inter.add_column("step", justify="right")
         inter.add_column("change")
+        inter.add_column("in force after")
         for i in summary["interventions"]:
-            inter.add_row(str(i["step"]), i["message"])
+            inter.add_row(str(i["step"]), i["message"], in_force(i))
         console.print(inter)
     if summary.get("error"):
         console.print(f"[red]The run ended with an error:[/red]\n{summary['error']}")

@@ -3,7 +3,8 @@
 Every frame goes to the kernel in a single `os.write` on an unbuffered descriptor, so
 a crash of the training process loses at most the frame being written, and a reader
 can follow the file while it grows. A file cut at any byte reads back to its last
-whole frame.
+whole frame. `open_record` picks the file for a run: a given file (never replaced unless
+asked), or a new file per run in a folder.
 
 Three ways to read one: `read_record` (every event in memory), `iter_record` (streamed),
 and `RecordIndex` (where every frame is, its kind, step and time; the events stay on
@@ -13,8 +14,11 @@ of them check the start of the file with `parse_hello` and read frames with the 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
+import stat
 import threading
 import time
 from array import array
@@ -65,21 +69,142 @@ def parse_hello(head: bytes, where: str | os.PathLike[str]) -> tuple[dict[str, A
 # ---------------------------------------------------------------- writing
 
 
+class RecordPathError(OSError):
+    """A record file that cannot be created or opened: the message names the path and why.
+
+    `filename` and `errno` are set as on any `OSError`; each kind is also the matching
+    built-in (`RecordExistsError` is a `FileExistsError`, and so on), so callers can catch
+    either.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class RecordExistsError(RecordPathError, FileExistsError):
+    """The record file exists and `overwrite` was not given."""
+
+
+class RecordPermissionError(RecordPathError, PermissionError):
+    pass
+
+
+class RecordNotADirectoryError(RecordPathError, NotADirectoryError):
+    """A folder on the way to the record is a file."""
+
+
+class RecordIsADirectoryError(RecordPathError, IsADirectoryError):
+    pass
+
+
+class RecordNotFoundError(RecordPathError, FileNotFoundError):
+    pass
+
+
+_PATH_ERRORS: dict[type[OSError], type[RecordPathError]] = {
+    FileExistsError: RecordExistsError,
+    PermissionError: RecordPermissionError,
+    NotADirectoryError: RecordNotADirectoryError,
+    IsADirectoryError: RecordIsADirectoryError,
+    FileNotFoundError: RecordNotFoundError,
+}
+
+
+def _path_error(code: int | None, message: str, path: str | os.PathLike[str]) -> RecordPathError:
+    """A `RecordPathError` of the kind `code` (an errno) means, saying `message`, for `path`."""
+    kind = type(OSError(code, "")) if code is not None else OSError
+    exc = _PATH_ERRORS.get(kind, RecordPathError)(code if code is not None else 0, message)
+    exc.filename = os.fspath(path)
+    return exc
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _refuse_file_ancestor(path: Path, what: str) -> None:
+    """Raise a clear error when an existing ancestor of `path` (or `path`) is not a folder."""
+    for above in (path, *path.parents):
+        if os.path.lexists(above):
+            if not above.is_dir():
+                raise _path_error(
+                    errno.ENOTDIR, f"cannot create {what}: {str(above)!r} is a file, not a folder", path
+                )
+            return
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    """Create `folder` and its missing parents, or say clearly why not."""
+    if folder.is_dir():
+        return
+    _refuse_file_ancestor(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        message = f"cannot create the folder {str(folder)!r} for {what}: {_why(exc)}"
+        raise _path_error(exc.errno, message, folder) from None
+
+
+EXISTS_HINT = "pass overwrite=True, or give a folder such as record='runs/' for a new file each run"
+
+
 class RecordWriter:
-    """Append events to a record file."""
+    """Append events to a record file.
+
+    Use `open_record` to pick the file (a folder gets a new one per run) and create
+    missing folders; this class opens exactly `path`.
+
+    Raises:
+        RecordExistsError: `path` exists and `overwrite` is False.
+        RecordPathError: `path` cannot be created or its hello frame cannot be written (no
+            empty file is left behind); the message names the path.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.path = Path(path)
+        self._fd: int | None = None
         if self.path.is_dir():
-            raise IsADirectoryError(f"record path {str(self.path)!r} is a directory; give a file name")
+            raise _path_error(
+                errno.EISDIR, f"record path {str(self.path)!r} is a folder; give a file name, or use open_record",
+                self.path,
+            )
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if overwrite else os.O_EXCL)
         try:
-            self._fd: int | None = os.open(self.path, flags, 0o644)
+            fd = os.open(self.path, flags, 0o644)
         except FileExistsError:
-            raise FileExistsError(
-                f"record file {str(self.path)!r} already exists; choose another path or pass overwrite=True"
+            raise _path_error(
+                errno.EEXIST, f"record file {str(self.path)!r} already exists: {EXISTS_HINT}", self.path
             ) from None
-        self.write_frame(wire.hello_frame(role="record"))
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ENOENT):
+                _refuse_file_ancestor(self.path.parent, f"record file {str(self.path)!r}")
+            raise _path_error(
+                exc.errno, f"cannot create record file {str(self.path)!r}: {_why(exc)}", self.path
+            ) from None
+        self._fd = fd
+        try:
+            self.write_frame(wire.hello_frame(role="record"))
+        except OSError as exc:
+            self._discard(fd)
+            raise _path_error(
+                exc.errno, f"cannot write to record file {str(self.path)!r}: {_why(exc)}", self.path
+            ) from None
+        except BaseException:
+            self._discard(fd)
+            raise
+
+    def _discard(self, fd: int) -> None:
+        """Close and remove the file just opened, when it is still the (regular) file at `path`."""
+        self._fd = None
+        try:
+            st = os.fstat(fd)
+            here = os.stat(self.path)
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
+                os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def write_frame(self, frame: bytes) -> None:
         """Append one already-encoded frame (`wire.encode`), in one `os.write`.
@@ -109,6 +234,93 @@ class RecordWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+# ---------------------------------------------------------------- choosing the file
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME = 80
+_MAX_TRIES = 1000
+
+
+def is_record_folder(record: str | os.PathLike[str]) -> bool:
+    """Whether `record` names a folder for `open_record`, not a file.
+
+    A folder is an existing directory, a path ending in a separator (`"runs/"`), or a path
+    whose last part has no suffix and does not exist (`"runs"`). Anything else is a file:
+    `"run.gtr"`, `"runs/today.gtr"`, or an existing file even without a suffix.
+    """
+    text = os.fspath(record)
+    if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
+        return True
+    path = Path(text)
+    if path.is_dir():
+        return True
+    if path.suffix:
+        return False
+    # Looked at again: another process may have just created the folder.
+    return not os.path.lexists(path) or path.is_dir()
+
+
+def safe_run_name(run: str) -> str:
+    """`run` as a safe file name: letters, digits, `.`, `_` and `-` only, no leading dot or
+    dash, at most 80 characters; "run" when nothing is left."""
+    name = _UNSAFE.sub("_", run).lstrip(".-")[:_MAX_NAME]
+    return name or "run"
+
+
+def open_record(
+    record: str | os.PathLike[str], *, run: str, overwrite: bool = False, now: float | None = None
+) -> RecordWriter:
+    """Open the record file for a run named `run`, creating missing folders.
+
+    `record` is a file or a folder (see `is_record_folder`: an existing directory, a path
+    ending in a separator, or a path with no suffix that does not exist):
+
+    - a folder gets a new file at every run, `<run>-<YYYYmmdd-HHMMSS>.gtr` (the run name
+      made safe, `safe_run_name`; local time), with `-2`, `-3`, ... before the suffix when
+      that name is taken. Each file is created with O_EXCL, so two processes never share
+      one; `overwrite` does not apply.
+    - a file is created; one that exists already is refused unless `overwrite=True`
+      (then it is replaced).
+
+    Args:
+        record: the file or folder.
+        run: the run's name, used to name a file in a folder.
+        overwrite: replace an existing record file.
+        now: the time to name a folder's file by (default: the current time).
+
+    Raises:
+        RecordExistsError: the file exists and `overwrite` is False; the message names it
+            and both ways out.
+        RecordPathError: any other reason the file or its folders cannot be created (a
+            parent that is a file, no permission, a full disk); the message names the path.
+            It is an `OSError` (with `filename` and `errno`), and the matching built-in kind
+            (`PermissionError`, `NotADirectoryError`, ...). No empty file is left behind.
+        ValueError: `record` is empty.
+    """
+    text = os.fspath(record)
+    if not text:
+        raise ValueError("record path is empty: give a file such as 'run.gtr' or a folder such as 'runs/'")
+    path = Path(text)
+    if not is_record_folder(text):
+        _make_folder(path.parent, f"record file {text!r}")
+        return RecordWriter(path, overwrite=overwrite)
+    _make_folder(path, f"records of run {run!r}")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    stem = f"{safe_run_name(run)}-{stamp}"
+    for n in range(1, _MAX_TRIES + 1):
+        candidate = path / (f"{stem}{RECORD_SUFFIX}" if n == 1 else f"{stem}-{n}{RECORD_SUFFIX}")
+        if os.path.lexists(candidate):
+            continue
+        try:
+            return RecordWriter(candidate)
+        except FileExistsError:  # another process took it between the check and the open
+            continue
+    raise _path_error(
+        errno.EEXIST, f"cannot pick a new record file in {text!r}: {stem}{RECORD_SUFFIX} and {_MAX_TRIES - 1} "
+        "numbered names after it are all taken", path
+    )
 
 
 # ---------------------------------------------------------------- reading whole

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ def test_lightning_callback_trains_and_reports() -> None:
     pl = pytest.importorskip("lightning.pytorch")
     from gradtui.integrations.lightning import GradTUICallback
 
-    class Module(pl.LightningModule):  # type: ignore[misc,name-defined]
+    class Module(pl.LightningModule):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -61,7 +63,7 @@ def test_huggingface_callback_trains_and_takes_over_clipping(tmp_path: object) -
             logits = self.fc(x)
             return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
-    class Data(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    class Data(torch.utils.data.Dataset):
         def __init__(self) -> None:
             g = torch.Generator().manual_seed(0)
             self.x, self.y = torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)
@@ -82,7 +84,73 @@ def test_huggingface_callback_trains_and_takes_over_clipping(tmp_path: object) -
     assert cb.monitor is not None and cb.monitor.events is not None
     steps = [e for e in cb.monitor.events.drain() if isinstance(e, StepStats)]
     assert len(steps) == 4
-    assert args.max_grad_norm == 0.0 and all(s.clip_mode == "norm" and s.clip_threshold == 0.5 for s in steps)
+    assert args.max_grad_norm == 0.5  # put back: the Trainer's clipping is off only inside each step
+    assert all(s.clip_mode == "norm" and s.clip_threshold == 0.5 for s in steps)
     assert all(math.isfinite(s.loss) for s in steps)
     for s in steps:  # gradtui clipped: what it measured is the pre-clip norm
         assert s.clipped_norm == pytest.approx(min(s.global_norm, 0.5), rel=1e-4)
+
+
+def test_huggingface_attach_and_the_fallback_without_a_trainer(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from gradtui.integrations.huggingface import GradTUICallback
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.fc(x)
+            return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+        save_strategy="no", logging_steps=1, disable_tqdm=True,
+    )
+    data = [{"x": torch.randn(4), "labels": torch.tensor(i % 2)} for i in range(8)]
+    trainer: Any = transformers.Trainer(model=Model(), args=args, train_dataset=data)
+    cb = GradTUICallback(queue=True, detectors=False).attach(trainer)
+    assert cb.attach(trainer) is cb
+    assert sum(c is cb for c in trainer.callback_handler.callbacks) == 1  # added once
+    trainer.train()
+    assert cb.loss_source == "trainer" and cb.trainer is trainer
+
+    # Called by no Trainer: the model's own loss, averaged over the step's micro-batches, with a warning.
+    lone = GradTUICallback(queue=True, detectors=False)
+    model = Model()
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with caplog.at_level("WARNING", logger="gradtui"):
+        lone.on_train_begin(args, state, control, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert lone.loss_source == "model" and "was not found" in caplog.text
+    lone.on_step_begin(args, state, control)
+    assert args.max_grad_norm == 0.0  # the Trainer's clipping is off inside the step
+    x, y = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+    losses = []
+    for _ in range(2):
+        out = model(x=x, labels=y)
+        out["loss"].backward()
+        losses.append(float(out["loss"]))
+    lone.on_pre_optimizer_step(args, state, control)
+    assert args.max_grad_norm == 1.0
+    lone.on_train_end(args, state, control)
+    assert lone.monitor is not None and lone.monitor.events is not None
+    steps = [e for e in lone.monitor.events.drain() if isinstance(e, StepStats)]
+    assert [s.loss for s in steps] == pytest.approx([sum(losses) / 2], rel=1e-6)
+
+
+def test_numbered_runs(tmp_path: Path) -> None:
+    from gradtui.integrations._runs import run_kwargs
+
+    kw = {"record": tmp_path / "run.gtr", "run": "exp", "queue": True}
+    assert run_kwargs(kw, 1) == kw
+    assert run_kwargs(kw, 2) == {"record": tmp_path / "run-2.gtr", "run": "exp-2", "queue": True}
+    (tmp_path / "run-2.gtr").write_bytes(b"")
+    assert run_kwargs(kw, 2)["record"] == tmp_path / "run-3.gtr"  # never an earlier run's file
+    assert run_kwargs({**kw, "overwrite": True}, 2)["record"] == tmp_path / "run-2.gtr"
+    folder = f"{tmp_path}/runs/"
+    assert run_kwargs({"record": folder}, 2) == {"record": folder}  # the folder names its files
+    assert run_kwargs({}, 3) == {}

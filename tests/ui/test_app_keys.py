@@ -182,7 +182,7 @@ def test_interventions_are_refused_in_the_ui_when_they_cannot_apply() -> None:
     # No optimizer: no learning rate to change; the reason shows and nothing is sent.
     src = synthetic_source(layers=4, prefill=3)
     assert src.run is not None
-    src.run.state = dataclasses.replace(src.run.state, lrs=())
+    src.run.state = dataclasses.replace(src.run.state, lrs=(), schedule_lrs=())
     app = manual_app(src)
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
@@ -326,5 +326,22 @@ def test_enter_opens_the_layer_detail_with_every_statistic() -> None:
         assert app.store.layers[10].name in text_of(app.screen.query_one("#detail-title"))
         await pilot.press("escape")
         assert isinstance(app.screen.query_one(LayerHeatmap), LayerHeatmap)
+
+    drive(app, body)
+
+
+def test_shift_l_releases_the_overrides_to_the_loop() -> None:
+    app = manual_app(synthetic_source(layers=4, prefill=3))
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        await pilot.press("-")
+        await ack(app, pilot)
+        await ack(app, pilot)
+        assert "lr 0.05 (loop 0.1)" in status(app), "an override shows the loop's own learning rate"
+        await pilot.press("L")
+        await ack(app, pilot)
+        await ack(app, pilot)
+        assert "released: lr 0.05 -> 0.1 (back to the loop's schedule)" in log_text(app).replace("\n", " ")
+        assert "lr 0.1 " in status(app) and "(loop" not in status(app)
 
     drive(app, body)

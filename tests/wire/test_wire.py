@@ -232,16 +232,32 @@ def test_record_written_by_the_probe_matches_its_queue(tmp_path: Path) -> None:
     path = tmp_path / "probe.gtr"
     mon = gradtui.watch(model, opt, record=path, queue=True, detail_every=2, detectors=False)
     x, y = torch.randn(5, 3), torch.randn(5, 1)
-    for _ in range(5):
+    for i in range(5):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
         mon.step(loss)
-        # a crash here must still leave every earlier frame readable
-        assert len(read_record(path).events) >= 2
+        # a crash here must still leave every earlier step readable (this one is written once the
+        # optimizer's pre-step hook has measured the norm it steps with)
+        assert sum(isinstance(e, StepStats) for e in read_record(path).events) == i
         opt.step()
+        assert sum(isinstance(e, StepStats) for e in read_record(path).events) == i + 1
     mon.close()
     assert mon.events is not None
     queued = mon.events.drain()
     recorded = read_record(path).events
     assert len(queued) == len(recorded) and all(same(a, b) for a, b in zip(queued, recorded, strict=True))
+
+
+def test_new_step_fields_round_trip_and_old_records_read_with_their_defaults() -> None:
+    base = sample_events()[1]
+    assert isinstance(base, StepStats)
+    import dataclasses
+
+    new = dataclasses.replace(base, schedule_lrs=(0.2, 0.02), stepped_norm=0.75)
+    back = wire.decode_event(wire.unpack_payload(wire.encode(new)[wire.HEADER.size :]))
+    assert isinstance(back, StepStats) and back.schedule_lrs == (0.2, 0.02) and back.stepped_norm == 0.75
+    old = wire.encode_message(new)
+    del old["schedule_lrs"], old["stepped_norm"]  # a record made before these fields
+    back = wire.decode_event(wire.unpack_payload(wire.encode_frame(old)[wire.HEADER.size :]))
+    assert isinstance(back, StepStats) and back.schedule_lrs == () and math.isnan(back.stepped_norm)

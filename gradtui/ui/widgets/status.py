@@ -169,6 +169,9 @@ class StatusHeader(Widget):
         line2: list[Text] = []
         lrs = actual.lrs
         lr_text = fmt_lr(lrs[0]) if lrs else "—"
+        schedule = last.schedule_lrs if last is not None else ()
+        if lrs and schedule and schedule[0] != lrs[0]:
+            lr_text += f" (loop {fmt_lr(schedule[0])})"  # an override is in force
         if len(lrs) > 1:
             lr_text += f" (+{len(lrs) - 1} groups)"
         lr = _chip("lr", lr_text)

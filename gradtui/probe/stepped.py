@@ -1,0 +1,122 @@
+"""What `optimizer.step()` really used: the loop's own clipping seen from the optimizer's
+post-step hook, and a word when `mon.step` sits in the wrong place.
+
+Between `mon.step` and `optimizer.step()` a loop may unscale (GradScaler) and clip
+(`clip_grad_norm_`): both multiply every gradient by one number. So the probe keeps the
+squared norm of a few small gradients at `mon.step` and reads it again once the optimizer
+has stepped: the ratio is that number, and the norm the optimizer stepped with is the
+norm after gradtui's clipping times it. Exact for norm clipping and unscaling; for a
+loop's elementwise (value) clipping it is the ratio on those few gradients. After the
+step, not before: optimizers read the gradients without changing them, and with a
+closure (`optimizer.step(closure)`, as Lightning steps) a pre-step hook runs before the
+closure's backward and `mon.step`, a post-step hook after them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from gradtui.probe.stats import GradStats
+
+log = logging.getLogger("gradtui")
+
+SAMPLE_TENSORS = 3
+"""Gradients re-measured after the step (the smallest ones: the check costs a few µs)."""
+_SAME_NORM_STEPS = 3
+
+
+class SteppedNorm:
+    """Measures, for each step, the factor between the gradients at `mon.step` (after gradtui's
+    clipping) and those `optimizer.step()` uses.
+
+    Args:
+        optimizers: The watched optimizers (their post-step hooks take the measurement).
+        stats: The probe's statistics (parameters and norm helpers).
+        on_factor: Called from the hook with the factor, a 1-element accumulation-dtype tensor.
+    """
+
+    def __init__(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer],
+        stats: GradStats,
+        on_factor: Callable[[torch.Tensor], None],
+    ) -> None:
+        self._stats = stats
+        self._on_factor = on_factor
+        self._armed: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
+        self._hooks = [opt.register_step_post_hook(self._after_step) for opt in optimizers]
+        self._order: list[int] | None = None
+
+    def sample(self, which: Sequence[int]) -> list[int]:
+        """The few parameters (of those with a gradient) that are re-measured."""
+        params = self._stats.params
+        if self._order is None:
+            self._order = sorted(range(len(params)), key=lambda i: params[i].numel())
+        have = set(which)
+        return [i for i in self._order if i in have][:SAMPLE_TENSORS]
+
+    def arm(self, grads: list[torch.Tensor], before: torch.Tensor, grad_scale: torch.Tensor) -> None:
+        """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm
+        `before`, and the factor the gradients carry now (a GradScaler's scale, else 1)."""
+        self._armed = (grads, before, grad_scale)
+
+    def disarm(self) -> None:
+        self._armed = None
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._armed is None:
+            return
+        grads, before, grad_scale = self._armed
+        self._armed = None
+        after = self._stats.sq_norms(grads).sum().reshape(1)
+        self._on_factor((after / before).sqrt() * grad_scale)
+
+
+class Placement:
+    """Warns once when `mon.step` sees gradients a loop has already unscaled or clipped."""
+
+    def __init__(self, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        self._said: set[str] = set()
+        self._last = math.nan
+        self._same = 0
+
+    def unscaled(self) -> None:
+        self._once(
+            "unscaled",
+            "gradtui: mon.step(loss, scaler=...) was called after scaler.unscale_(): call it right after "
+            "backward, before unscale_ and clip_grad_norm_, so it measures what backward produced; gradtui "
+            "never touches the scaler itself",
+        )
+
+    def global_norm(self, norm: float) -> None:
+        """Fold in one sampled step's global norm before clipping."""
+        if norm > 0 and math.isfinite(norm) and abs(norm - self._last) <= 1e-6 * norm:
+            self._same += 1
+        else:
+            self._same = 0
+        self._last = norm
+        if self._same + 1 >= _SAME_NORM_STEPS:
+            self._once(
+                "clipped",
+                f"gradtui: mon.step has seen the same global gradient norm ({norm:.6g}) for {_SAME_NORM_STEPS} "
+                "steps: the gradients look clipped already. Call mon.step right after backward, before "
+                "clip_grad_norm_, so it measures what backward produced (the loop's clipping is then measured "
+                "as the stepped norm)",
+            )
+
+    def _once(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning("%s", text)
+            self._warn(text)

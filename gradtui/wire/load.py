@@ -1,0 +1,225 @@
+"""`gradtui.load(PATH)`: a record as NumPy arrays, one row per sampled step.
+
+    run = gradtui.load("run.gtr")
+    run.steps, run.grad_norm[:, run.layers.index("0")], run.loss, run.lr[:, 0]
+    df = run.to_pandas()        # needs pandas
+
+The record is streamed (`iter_record`), and its alerts and interventions come from the
+same `gradtui.model.report.Summary` that `gradtui report` uses, so they are exactly the
+entries of `gradtui report --json` (`--recorded` for `load`'s default, the alerts the
+probe raised; `recompute=True` re-runs the detectors as the report does by default).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradtui.model.events import RunStart, StepStats
+from gradtui.model.report import Summary
+from gradtui.wire.record import Record, iter_record
+
+
+@dataclass(eq=False)
+class RunData:
+    """A recorded run: arrays with one row per sampled step (a `StepStats` of the record).
+
+    S is the number of sampled steps, L of layers, G of param groups (0 without an optimizer).
+    """
+
+    path: str
+    """The record file."""
+    run: str | None
+    """The run's name (None when the record has no RunStart)."""
+    status: str
+    """"ok", "error", "interrupted", or "unfinished" when the record has no RunEnd."""
+    layers: list[str]
+    """The L layer names, in the order of the columns of `grad_norm` and `nonfinite`."""
+    lr_groups: list[str]
+    """A name per param group ("0", "1", ...; "opt1.0" for group 0 of a second optimizer)."""
+    steps: np.ndarray
+    """[S] int64: the step of each row."""
+    time: np.ndarray
+    """[S] float64: Unix time of each row."""
+    grad_norm: np.ndarray
+    """[S, L] float64: gradient L2 norm per layer (NaN where the layer had no gradient)."""
+    loss: np.ndarray
+    """[S] float64 (NaN where unknown or not finite)."""
+    lr: np.ndarray
+    """[S, G] float64: the learning rate in force (the loop's, or a viewer's override)."""
+    schedule_lr: np.ndarray
+    """[S, G] float64: the learning rate the loop or its scheduler set, before any override."""
+    global_norm: np.ndarray
+    """[S] float64: global gradient L2 norm before any clipping."""
+    clipped_norm: np.ndarray
+    """[S] float64: global norm after gradtui's clipping."""
+    stepped_norm: np.ndarray
+    """[S] float64: what the optimizer stepped with, the loop's own clipping included (NaN
+    where unknown: no optimizer step followed, or a record made before it was measured)."""
+    nonfinite: np.ndarray
+    """[S, L] int64: NaN/Inf gradient values per layer."""
+    loss_scale: np.ndarray
+    """[S] float64: a GradScaler's scale (NaN without one)."""
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    """As in `gradtui report --json`: `{"step", "layer", "kind", "value", "threshold"}`."""
+    interventions: list[dict[str, Any]] = field(default_factory=list)
+    """As in `gradtui report --json`: `{"step", "kind", "message"}` and the value in force after."""
+    truncated_bytes: int = 0
+    """Bytes after the record's last whole frame (a file cut mid-write)."""
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"RunData(run={self.run!r}, status={self.status!r}, {len(self)} sampled steps, "
+            f"{len(self.layers)} layers, {len(self.lr_groups)} param groups, path={self.path!r})"
+        )
+
+    def to_pandas(self) -> Any:
+        """A `pandas.DataFrame`, one row per sampled step.
+
+        Columns: `step`, `loss`, `global_norm`, `stepped_norm`, the learning rate (`lr` with
+        one param group, `lr_<group>` for each of several, none without an optimizer), and
+        `grad_norm/<layer>` for each layer.
+
+        Raises:
+            ImportError: pandas is not installed.
+        """
+        try:
+            pd = importlib.import_module("pandas")
+        except ImportError:
+            raise ImportError("RunData.to_pandas() needs pandas: pip install pandas") from None
+        columns: dict[str, np.ndarray] = {
+            "step": self.steps,
+            "loss": self.loss,
+            "global_norm": self.global_norm,
+            "stepped_norm": self.stepped_norm,
+        }
+        if len(self.lr_groups) == 1:
+            columns["lr"] = self.lr[:, 0]
+        else:
+            for g, name in enumerate(self.lr_groups):
+                columns[f"lr_{name}"] = self.lr[:, g]
+        for i, name in enumerate(self.layers):
+            columns[f"grad_norm/{name}"] = self.grad_norm[:, i]
+        return pd.DataFrame(columns)
+
+
+class _Rows:
+    """The per-step columns, grown row by row and checked for a consistent shape."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.n_layers: int | None = None
+        self.n_groups: int | None = None
+        self.steps: list[int] = []
+        self.scalars: dict[str, list[float]] = {
+            k: [] for k in ("time", "loss", "global_norm", "clipped_norm", "stepped_norm", "loss_scale")
+        }
+        self.grad_norm: list[np.ndarray] = []
+        self.nonfinite: list[np.ndarray] = []
+        self.lr: list[tuple[float, ...]] = []
+        self.schedule_lr: list[tuple[float, ...]] = []
+
+    def corrupt(self, ev: StepStats, what: str) -> ValueError:
+        return ValueError(f"{self.where}: step {ev.step} {what}: the record is corrupt")
+
+    def add(self, ev: StepStats) -> None:
+        n = len(ev.grad_norm)
+        if self.n_layers is None:
+            self.n_layers = n
+        if n != self.n_layers or len(ev.nonfinite) != n:
+            raise self.corrupt(ev, f"has {n} layer norms and {len(ev.nonfinite)} non-finite counts for "
+                               f"{self.n_layers} layers")
+        schedule = ev.schedule_lrs or ev.lrs
+        if self.n_groups is None:
+            self.n_groups = len(ev.lrs)
+        if len(ev.lrs) != self.n_groups or len(schedule) != self.n_groups:
+            raise self.corrupt(ev, f"has {len(ev.lrs)} learning rates ({len(ev.schedule_lrs)} scheduled) where "
+                               f"earlier steps have {self.n_groups} param groups")
+        self.steps.append(ev.step)
+        for key, values in self.scalars.items():
+            values.append(float(getattr(ev, key)))
+        self.grad_norm.append(np.asarray(ev.grad_norm, np.float64))
+        self.nonfinite.append(np.asarray(ev.nonfinite, np.int64))
+        self.lr.append(ev.lrs)
+        self.schedule_lr.append(schedule)
+
+
+def _table(rows: list[Any], width: int, dtype: type) -> np.ndarray:
+    if not rows:
+        return np.zeros((0, width), dtype)
+    return np.array(rows, dtype=dtype).reshape(len(rows), width)
+
+
+def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_config: Any = None) -> RunData:
+    """Read a record file as NumPy arrays, one row per sampled step (see `RunData`).
+
+    Args:
+        path: the record file (one still being written reads to its last whole frame).
+        recompute: re-run the detectors over the recorded statistics for `alerts` (as
+            `gradtui report` does by default); False keeps the alerts the probe recorded.
+        detector_config: a `DetectorConfig` for `recompute` (None: defaults).
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be read.
+        gradtui.wire.codec.WireError: it is not a gradtui record, or is damaged.
+        ValueError: its steps disagree on the number of layers or param groups (corrupt).
+    """
+    where = os.fspath(path)
+    state = Record()
+    summary = Summary(detector_config=detector_config, recompute=recompute)
+    rows = _Rows(where)
+    start: RunStart | None = None
+    for event in iter_record(path, state):
+        if isinstance(event, RunStart):
+            if start is not None and start != event:
+                raise ValueError(f"{where}: holds more than one run (a second RunStart)")
+            start = event
+        elif isinstance(event, StepStats):
+            rows.add(event)
+        summary.add(event)
+
+    n_layers = rows.n_layers if rows.n_layers is not None else (len(start.layers) if start else 0)
+    if start is not None and len(start.layers) == n_layers:
+        layers = [layer.name for layer in start.layers]
+    elif start is not None and rows.n_layers is not None:
+        raise ValueError(f"{where}: the run has {len(start.layers)} layers but its steps have {n_layers} norms")
+    else:
+        layers = [f"layer{i}" for i in range(n_layers)]
+    n_groups = rows.n_groups if rows.n_groups is not None else (len(start.lrs) if start else 0)
+    names = list(start.lr_groups) if start is not None else []
+    lr_groups = names if len(names) == n_groups else [str(g) for g in range(n_groups)]
+
+    def column(key: str) -> np.ndarray:
+        return np.array(rows.scalars[key], dtype=np.float64)
+
+    return RunData(
+        path=where,
+        run=start.run if start else None,
+        status=summary.status,
+        layers=layers,
+        lr_groups=lr_groups,
+        steps=np.array(rows.steps, dtype=np.int64),
+        time=column("time"),
+        grad_norm=_table(rows.grad_norm, n_layers, np.float64),
+        loss=column("loss"),
+        lr=_table(rows.lr, n_groups, np.float64),
+        schedule_lr=_table(rows.schedule_lr, n_groups, np.float64),
+        global_norm=column("global_norm"),
+        clipped_norm=column("clipped_norm"),
+        stepped_norm=column("stepped_norm"),
+        nonfinite=_table(rows.nonfinite, n_layers, np.int64),
+        loss_scale=column("loss_scale"),
+        alerts=summary.alert_entries(),
+        interventions=[dict(entry) for entry in summary.interventions.entries],
+        truncated_bytes=state.truncated_bytes,
+    )
+
+
+__all__ = ["RunData", "load"]

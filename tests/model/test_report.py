@@ -1,0 +1,212 @@
+"""The report's summaries: loss, norms, interventions with what they left in force."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gradtui.model.events import (
+    Alert,
+    CommandResult,
+    Event,
+    LayerInfo,
+    RunEnd,
+    RunStart,
+    StepStats,
+)
+from gradtui.model.report import Summary, alert_entry, summarize
+
+NAN, INF = math.nan, math.inf
+
+
+def _start(lrs: tuple[float, ...] = (0.1,)) -> RunStart:
+    return RunStart(
+        run="r", pid=1, started=0.0, layers=(LayerInfo("a", "Linear", 4), LayerInfo("b", "Linear", 4)), lrs=lrs,
+        clip_mode="off", clip_threshold=1.0, every=1, detail_every=50, device="cpu",
+    )
+
+
+def _step(step: int, *, loss: float = 1.0, gnorm: float = 1.0, stepped: float = NAN,
+          lrs: tuple[float, ...] = (0.1,), clip: tuple[str, float] = ("off", 1.0), paused: bool = False) -> StepStats:
+    return StepStats(
+        step=step, time=float(step), loss=loss, lrs=lrs, grad_norm=np.array([1.0, 2.0]),
+        has_grad=np.array([True, True]), nonfinite=np.zeros(2, np.int64), global_norm=gnorm, clipped_norm=gnorm,
+        clip_factor=1.0, clip_mode=clip[0], clip_threshold=clip[1], steps_per_sec=1.0, paused=paused,
+        stepped_norm=stepped,
+    )
+
+
+def _ack(step: int, kind: str, message: str, ok: bool = True) -> CommandResult:
+    return CommandResult(f"id{step}{kind}", kind, ok, step, message)
+
+
+CONTRACT = {"steps", "first_nonfinite_step", "layers", "alerts", "interventions", "loss", "global_norm"}
+
+
+def test_every_contract_key_is_there_and_the_object_is_strict_json() -> None:
+    events: list[Event] = [_start(), _step(0, loss=NAN, gnorm=INF), _step(1, loss=2.0), RunEnd(2, "ok")]
+    out = summarize(events)
+    assert CONTRACT <= set(out)
+    assert {"run", "sampled_steps", "status", "first_nonfinite_layers", "stepped_norm", "error"} <= set(out)
+    json.dumps(out, allow_nan=False)  # no NaN or Infinity anywhere
+
+
+def test_loss_summary_is_over_finite_losses() -> None:
+    losses = [NAN, 5.0, INF, 2.0, 3.0, -INF, 4.0, NAN]
+    events: list[Event] = [_start(), *(_step(i, loss=x) for i, x in enumerate(losses))]
+    finite = [x for x in losses if math.isfinite(x)]
+    assert summarize(events)["loss"] == {"first": finite[0], "last": finite[-1], "min": min(finite)}
+
+
+def test_no_finite_loss_gives_nulls() -> None:
+    events: list[Event] = [_start(), _step(0, loss=NAN), _step(1, loss=INF)]
+    assert summarize(events)["loss"] == {"first": None, "last": None, "min": None}
+    assert summarize([_start()])["loss"] == {"first": None, "last": None, "min": None}
+
+
+def test_norm_summaries_are_median_and_max_of_finite_values() -> None:
+    norms = [3.0, INF, 1.0, NAN, 10.0, 2.0]
+    stepped = [NAN, 0.5, 0.25, 1.0, NAN, NAN]
+    pairs = enumerate(zip(norms, stepped, strict=True))
+    events: list[Event] = [_start(), *(_step(i, gnorm=g, stepped=s) for i, (g, s) in pairs)]
+    out = summarize(events)
+    assert out["global_norm"] == {"median": 2.5, "max": 10.0}  # median of 3, 1, 10, 2
+    assert out["stepped_norm"] == {"median": 0.5, "max": 1.0}
+
+
+def test_unknown_stepped_norms_give_nulls() -> None:
+    out = summarize([_start(), _step(0), _step(1)])
+    assert out["stepped_norm"] == {"median": None, "max": None}
+    assert out["global_norm"] == {"median": 1.0, "max": 1.0}
+
+
+def test_interventions_carry_what_was_in_force_after_them() -> None:
+    events: list[Event] = [
+        _start(lrs=(0.1, 0.2)),
+        _step(0, lrs=(0.1, 0.2)),
+        _ack(1, "set_lr", "lr 0.1 -> 0.05, 0.2 -> 0.1 (all groups)"),
+        _ack(1, "set_lr", "unknown param group 7 (the optimizer has 2)", ok=False),
+        _step(1, lrs=(0.05, 0.1)),
+        _ack(2, "set_clip", "clipping off -> norm 0.5"),
+        _step(2, lrs=(0.05, 0.1), clip=("norm", 0.5)),
+        _ack(3, "set_paused", "paused"),
+        _step(3, lrs=(0.05, 0.1), clip=("norm", 0.5), paused=True),
+        # applied while paused at step 3, after step 3 was recorded: what holds is step 4's
+        _ack(3, "set_lr", "lr 0.05 -> 0.01 (group 0)"),
+        _ack(3, "set_paused", "resumed"),
+        _step(4, lrs=(0.01, 0.1), clip=("norm", 0.5)),
+        _ack(5, "release", "released: lr ...; clipping norm 0.5 -> off (as started)"),
+        _step(5, lrs=(0.1, 0.2)),
+        _ack(6, "future_kind", "did something"),
+        _ack(6, "set_clip", "clipping off -> value 1"),  # no step recorded after it
+        RunEnd(6, "ok"),
+    ]
+    got = summarize(events)["interventions"]
+    assert got == [
+        {"step": 1, "kind": "set_lr", "message": "lr 0.1 -> 0.05, 0.2 -> 0.1 (all groups)", "lrs": [0.05, 0.1]},
+        {"step": 2, "kind": "set_clip", "message": "clipping off -> norm 0.5",
+         "clip": {"mode": "norm", "threshold": 0.5}},
+        {"step": 3, "kind": "set_paused", "message": "paused", "paused": True},
+        {"step": 3, "kind": "set_lr", "message": "lr 0.05 -> 0.01 (group 0)", "lrs": [0.01, 0.1]},
+        {"step": 3, "kind": "set_paused", "message": "resumed", "paused": False},
+        {"step": 5, "kind": "release", "message": "released: lr ...; clipping norm 0.5 -> off (as started)",
+         "lrs": [0.1, 0.2], "clip": {"mode": "off", "threshold": 1.0}},
+        {"step": 6, "kind": "future_kind", "message": "did something"},
+        {"step": 6, "kind": "set_clip", "message": "clipping off -> value 1", "clip": None},
+    ]
+
+
+def test_a_step_recorded_late_is_not_taken_for_the_state_after_a_command() -> None:
+    # on CUDA, step 1's statistics can be published after the command applied at step 2
+    events: list[Event] = [
+        _start(), _step(0), _ack(2, "set_lr", "lr 0.1 -> 1 (all groups)"), _step(1), _step(2, lrs=(1.0,)),
+    ]
+    assert summarize(events)["interventions"][0]["lrs"] == [1.0]
+
+
+def test_with_sampling_every_few_steps_the_next_sampled_step_tells() -> None:
+    events: list[Event] = [_start(), _step(0), _ack(3, "set_lr", "lr 0.1 -> 0.2 (all groups)"), _step(2),
+                           _step(4, lrs=(0.2,))]
+    assert summarize(events)["interventions"][0]["lrs"] == [0.2]
+
+
+def test_a_paused_acknowledgement_in_other_words_falls_back_to_the_step() -> None:
+    events: list[Event] = [_start(), _ack(0, "set_paused", "pause (reworded)"), _step(0, paused=True)]
+    assert summarize(events)["interventions"][0]["paused"] is True
+
+
+def test_recorded_and_recomputed_alerts() -> None:
+    raised = Alert(step=1, layer="a", kind="dead", active=True, value=0.0, threshold=0.0)
+    events: list[Event] = [
+        _start(), _step(0), raised, Alert(step=2, layer="a", kind="dead", active=False, value=1.0, threshold=NAN),
+        _step(1),
+    ]
+    assert summarize(events, recompute=False)["alerts"] == [alert_entry(raised)]
+    assert alert_entry(raised) == {"step": 1, "layer": "a", "kind": "dead", "value": 0.0, "threshold": 0.0}
+    assert summarize(events, recompute=True)["alerts"] == []  # the detectors see nothing wrong here
+
+
+def test_summary_streams_like_summarize() -> None:
+    events: list[Event] = [_start(), _step(0, loss=3.0), _ack(1, "set_lr", "lr 0.1 -> 0.2 (all groups)"),
+                           _step(1, loss=1.0, lrs=(0.2,)), RunEnd(2, "interrupted")]
+    s = Summary(recompute=False)
+    for e in events:
+        s.add(e)
+    assert s.result() == summarize(events, recompute=False)
+    assert s.status == "interrupted" and s.result()["steps"] == 2
+
+
+# ---------------------------------------------------------------- the command and its table
+
+
+def _record(path: Path, events: list[Event]) -> Path:
+    from gradtui.wire.record import RecordWriter
+
+    w = RecordWriter(path)
+    for e in events:
+        w.write(e)
+    w.close()
+    return path
+
+
+def _run_events() -> list[Event]:
+    return [
+        _start(), _step(0, loss=2.0, gnorm=4.0, stepped=1.0), _ack(1, "set_clip", "clipping off -> norm 1"),
+        _step(1, loss=1.0, gnorm=2.0, stepped=1.0, clip=("norm", 1.0)), RunEnd(2, "ok"),
+    ]
+
+
+def test_report_json_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gradtui.cli import main
+
+    path = _record(tmp_path / "r.gtr", _run_events())
+    assert main(["report", str(path), "--json"]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert out["loss"] == {"first": 2.0, "last": 1.0, "min": 1.0}
+    assert out["global_norm"] == {"median": 3.0, "max": 4.0}
+    assert out["stepped_norm"] == {"median": 1.0, "max": 1.0}
+    assert out["interventions"] == [
+        {"step": 1, "kind": "set_clip", "message": "clipping off -> norm 1", "clip": {"mode": "norm", "threshold": 1.0}}
+    ]
+    assert out["truncated_bytes"] == 0 and out["steps"] == 2 and out["status"] == "ok"
+
+
+def test_the_table_shows_the_new_summaries(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from gradtui.ui.report_view import in_force, print_report
+
+    console = Console(record=True, width=160, color_system=None)
+    print_report(summarize(_run_events()), "r.gtr", console=console)
+    text = console.export_text()
+    assert "first 2.000e+00" in text and "last 1.000e+00" in text and "min 1.000e+00" in text
+    assert "median 3.000e+00" in text and "max 4.000e+00" in text  # global norm
+    assert "stepped with" in text and "median 1.000e+00" in text
+    assert "in force after" in text and "clip norm 1" in text
+    assert in_force({"lrs": [0.05, None], "clip": {"mode": "off", "threshold": 1.0}}) == "lr 0.05, —; clip off"
+    assert in_force({"paused": True}) == "paused" and in_force({"lrs": None}) == "—" and in_force({}) == ""

@@ -1,0 +1,200 @@
+"""The loops people really write: nanoGPT's train.py shape (LR set every iteration, gradient
+accumulation, GradScaler with unscale_ and clip_grad_norm_ after mon.step, weight tying).
+
+References are torch's own: the norm `clip_grad_norm_` returns, the norm of what the
+optimizer is handed (read in a pre-step hook), and the learning rate it steps with.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradtui
+from gradtui.model.events import CommandResult, LogLine, StepStats
+
+ITERS, ACCUM, GRAD_CLIP = 36, 4, 0.25
+WARMUP, LR_DECAY_ITERS, LEARNING_RATE, MIN_LR = 5, 30, 6e-3, 6e-4
+
+
+def get_lr(it: int) -> float:
+    """nanoGPT's schedule: linear warm-up, cosine decay, then a floor."""
+    if it < WARMUP:
+        return LEARNING_RATE * (it + 1) / (WARMUP + 1)
+    if it > LR_DECAY_ITERS:
+        return MIN_LR
+    ratio = (it - WARMUP) / (LR_DECAY_ITERS - WARMUP)
+    return MIN_LR + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (LEARNING_RATE - MIN_LR)
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab: int = 32, d: int = 16, t: int = 8) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(t, d)
+        self.block = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying, as nanoGPT does
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1])
+        x = self.ln_f(self.block(self.wte(idx) + self.wpe(pos)))
+        logits = self.lm_head(x)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _train(*, mon_before_clip: bool = True, inject_inf_at: int | None = None) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = TinyGPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    mon = gradtui.watch(model, opt, queue=True, detectors=False)
+    used_lr: list[float] = []
+    handed: list[float] = []
+
+    def pre_step(o: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        used_lr.append(float(o.param_groups[0]["lr"]))
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        handed.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    opt.register_step_pre_hook(pre_step)
+    data = torch.randint(0, 32, (ITERS, ACCUM, 4, 9))
+    clip_returned: list[float] = []
+    losses: list[float] = []
+    for it in range(ITERS):
+        lr = get_lr(it)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if it == 20:
+            mon.send(gradtui.SetLR(factor=0.1))
+        total = 0.0
+        for micro in range(ACCUM):
+            batch = data[it, micro]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(batch[:, :-1], batch[:, 1:]) / ACCUM
+            total += float(loss.detach())
+            scaler.scale(loss).backward()
+        if inject_inf_at == it:
+            next(model.parameters()).grad.view(-1)[0] = float("inf")  # type: ignore[union-attr]
+        losses.append(total)
+        if mon_before_clip:
+            mon.step(total, scaler=scaler)
+        scaler.unscale_(opt)
+        clip_returned.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)))
+        if not mon_before_clip:
+            mon.step(total, scaler=scaler)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    assert mon.events is not None
+    events = mon.events.drain()
+    mon.close()
+    return {
+        "steps": [e for e in events if isinstance(e, StepStats)],
+        "results": [e for e in events if isinstance(e, CommandResult)],
+        "logs": [e.text for e in events if isinstance(e, LogLine)],
+        "used_lr": used_lr,
+        "handed": handed,
+        "clip_returned": clip_returned,
+        "losses": losses,
+        "layers": mon.layer_names,
+    }
+
+
+def test_the_amp_recipe_runs_and_the_numbers_are_torchs_own() -> None:
+    out = _train()
+    steps: list[StepStats] = out["steps"]  # type: ignore[assignment]
+    assert [s.step for s in steps] == list(range(ITERS))
+    # The global norm before any clipping is exactly what clip_grad_norm_ measured (unscaled).
+    for s, ref in zip(steps, out["clip_returned"], strict=True):  # type: ignore[call-overload]
+        assert s.global_norm == pytest.approx(ref, rel=1e-5)
+    # The stepped norm is what the optimizer was handed, after the loop's own clipping.
+    for s, ref in zip(steps, out["handed"], strict=True):  # type: ignore[call-overload]
+        assert s.stepped_norm == pytest.approx(ref, rel=1e-5)
+    assert any(s.global_norm > GRAD_CLIP * 1.5 for s in steps), "the loop's clipping must have acted"
+    assert all(s.loss_scale == pytest.approx(1024.0) for s in steps) and not any(s.amp_skipped for s in steps)
+    assert all(s.clip_mode == "off" for s in steps)
+    assert out["losses"] == pytest.approx([s.loss for s in steps])
+    # Tied weights count once, in their first owner.
+    assert "lm_head" not in out["layers"] and "wte" in out["layers"]  # type: ignore[operator]
+
+
+def test_an_lr_factor_holds_on_top_of_a_loop_that_sets_the_lr_every_iteration() -> None:
+    out = _train()
+    steps: list[StepStats] = out["steps"]  # type: ignore[assignment]
+    used: list[float] = out["used_lr"]  # type: ignore[assignment]
+    (result,) = out["results"]  # type: ignore[misc]
+    assert result.ok and result.step == 20
+    for it in range(ITERS):
+        want = get_lr(it) * (0.1 if it >= 20 else 1.0)
+        assert used[it] == pytest.approx(want), it
+        assert steps[it].lrs[0] == pytest.approx(want) and steps[it].schedule_lrs[0] == pytest.approx(get_lr(it))
+    # Warm-up and decay keep their shape under the override: step 30 is 0.1 of the schedule, not pinned.
+    assert used[30] == pytest.approx(0.1 * get_lr(30)) and used[30] != pytest.approx(used[21])
+
+
+def test_a_skipped_amp_step_is_recorded_without_a_stepped_norm() -> None:
+    out = _train(inject_inf_at=7)
+    steps: list[StepStats] = out["steps"]  # type: ignore[assignment]
+    assert steps[7].amp_skipped and math.isnan(steps[7].stepped_norm)
+    assert steps[8].loss_scale == pytest.approx(512.0), "the scaler halved its scale, untouched by gradtui"
+    assert not any(s.amp_skipped for s in steps if s.step != 7)
+
+
+def test_mon_step_after_the_loops_clipping_warns_once() -> None:
+    out = _train(mon_before_clip=False)
+    logs: list[str] = out["logs"]  # type: ignore[assignment]
+    unscaled = [t for t in logs if "after scaler.unscale_" in t]
+    clipped = [t for t in logs if "look clipped already" in t]
+    assert len(unscaled) == 1 and len(clipped) == 1
+
+
+def test_two_optimizers_one_stream_and_commands_that_name_one() -> None:
+    """A GAN-shaped loop: two optimizers, each stepping its own network every iteration."""
+    torch.manual_seed(0)
+    gen, disc = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4)), nn.Sequential(nn.Linear(4, 1))
+    model = nn.ModuleDict({"gen": gen, "disc": disc})
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.SGD([{"params": disc[0].weight}, {"params": disc[0].bias, "lr": 0.05}], lr=0.1)
+    mon = gradtui.watch(model, [opt_g, opt_d], queue=True, detectors=False, detail_every=1)
+    used: dict[str, list[list[float]]] = {"g": [], "d": []}
+    opt_g.register_step_pre_hook(lambda o, a, k: used["g"].append([g["lr"] for g in o.param_groups]))
+    opt_d.register_step_pre_hook(lambda o, a, k: used["d"].append([g["lr"] for g in o.param_groups]))
+    for it in range(6):
+        if it == 2:
+            mon.send(gradtui.SetLR(factor=0.5, optimizer=1))
+        if it == 3:
+            mon.send(gradtui.SetLR(value=0.3, optimizer=1, group=1))
+        if it == 4:
+            mon.send(gradtui.SetLR(factor=2.0, optimizer=7))
+            mon.send(gradtui.Release("lr"))
+        z = torch.randn(8, 4)
+        loss = disc(gen(z)).mean() + disc(torch.randn(8, 4)).pow(2).mean()
+        opt_g.zero_grad()
+        opt_d.zero_grad()
+        loss.backward()
+        mon.step(loss)
+        opt_g.step()
+        opt_d.step()
+    assert mon.events is not None
+    events = mon.events.drain()
+    mon.close()
+    start = events[0]
+    assert start.lr_groups == ("opt0.0", "opt1.0", "opt1.1")
+    steps = [e for e in events if isinstance(e, StepStats)]
+    assert [s.lrs for s in steps] == [
+        (1e-3, 0.1, 0.05), (1e-3, 0.1, 0.05), (1e-3, 0.05, 0.025), (1e-3, 0.05, 0.3), (1e-3, 0.1, 0.05),
+        (1e-3, 0.1, 0.05),
+    ]
+    assert used["g"] == [[1e-3]] * 6 and used["d"][3] == [0.05, 0.3] and used["d"][4] == [0.1, 0.05]
+    results = [e for e in events if isinstance(e, CommandResult)]
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert results[2].message == "unknown optimizer 7 (the run watches 2)"
+    assert results[1].message == "lr 0.025 -> 0.3 (optimizer 1, group 1)"
+    # Both optimizers' updates are measured: every layer moved.
+    updates = [e for e in events if type(e).__name__ == "UpdateStats"]
+    assert updates and all((u.update_ratio > 0).all() for u in updates)  # type: ignore[attr-defined]

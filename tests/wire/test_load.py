@@ -1,0 +1,268 @@
+"""`gradtui.load`: a record as arrays, checked against the events that made it."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gradtui
+from gradtui.model.events import (
+    Alert,
+    CommandResult,
+    Event,
+    LayerInfo,
+    LogLine,
+    RunEnd,
+    RunStart,
+    StepStats,
+    UpdateStats,
+)
+from gradtui.model.report import summarize
+from gradtui.wire.load import RunData, load
+from gradtui.wire.record import RecordWriter
+
+NAN = math.nan
+
+
+def _start(n_layers: int = 2, lrs: tuple[float, ...] = (0.1,), groups: tuple[str, ...] = ()) -> RunStart:
+    return RunStart(
+        run="hand", pid=1, started=0.0, layers=tuple(LayerInfo(f"l{i}", "Linear", 10) for i in range(n_layers)),
+        lrs=lrs, clip_mode="off", clip_threshold=1.0, every=1, detail_every=50, device="cpu", lr_groups=groups,
+    )
+
+
+def _step(step: int, *, norms: list[float], loss: float = 1.0, lrs: tuple[float, ...] = (0.1,),
+          schedule: tuple[float, ...] = (), stepped: float = NAN, nonfinite: list[int] | None = None,
+          gnorm: float = 1.0, clipped: float | None = None, clip: tuple[str, float] = ("off", 1.0),
+          scale: float = NAN, paused: bool = False) -> StepStats:
+    g = np.array(norms, np.float64)
+    return StepStats(
+        step=step, time=100.0 + step, loss=loss, lrs=lrs, grad_norm=g, has_grad=~np.isnan(g),
+        nonfinite=np.array(nonfinite if nonfinite is not None else [0] * len(norms), np.int64),
+        global_norm=gnorm, clipped_norm=gnorm if clipped is None else clipped, clip_factor=1.0,
+        clip_mode=clip[0], clip_threshold=clip[1], steps_per_sec=10.0, loss_scale=scale, schedule_lrs=schedule,
+        stepped_norm=stepped, paused=paused,
+    )
+
+
+def _write(path: Path, events: list[Event]) -> Path:
+    w = RecordWriter(path)
+    for e in events:
+        w.write(e)
+    w.close()
+    return path
+
+
+def _hand_events() -> list[Event]:
+    return [
+        _start(2, lrs=(0.1, 0.01), groups=("0", "1")),
+        # an old-style step: no schedule_lrs, no stepped_norm
+        _step(0, norms=[1.0, 2.0], loss=3.0, lrs=(0.1, 0.01), gnorm=math.sqrt(5.0)),
+        UpdateStats(step=0, update_ratio=np.array([1e-3, 2e-3])),
+        CommandResult("a", "set_lr", True, 1, "lr 0.1 -> 0.05, 0.01 -> 0.005 (all groups)"),
+        CommandResult("b", "set_lr", False, 1, "learning rate must be a positive finite number, got -1"),
+        _step(1, norms=[NAN, 4.0], loss=NAN, lrs=(0.05, 0.005), schedule=(0.1, 0.01), stepped=1.0, gnorm=4.0,
+              clipped=1.0, clip=("norm", 1.0), scale=1024.0),
+        Alert(step=1, layer="l1", kind="exploding", active=True, value=4.0, threshold=2.0),
+        LogLine("hello"),
+        _step(2, norms=[math.inf, 1.0], loss=2.0, lrs=(0.05, 0.005), schedule=(0.2, 0.02), stepped=0.5,
+              nonfinite=[3, 0], gnorm=math.inf),
+        Alert(step=2, layer="l1", kind="exploding", active=False, value=1.0, threshold=3.0),
+        RunEnd(step=3, status="ok"),
+    ]
+
+
+def test_hand_made_record_loads_field_by_field(tmp_path: Path) -> None:
+    events = _hand_events()
+    run = load(_write(tmp_path / "hand.gtr", events))
+    assert isinstance(run, RunData) and len(run) == 3
+    assert run.run == "hand" and run.status == "ok" and run.truncated_bytes == 0
+    assert run.layers == ["l0", "l1"] and run.lr_groups == ["0", "1"]
+    assert run.steps.dtype == np.int64 and run.steps.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(run.time, [100.0, 101.0, 102.0])
+    assert run.grad_norm.shape == (3, 2) and run.grad_norm.dtype == np.float64
+    np.testing.assert_array_equal(run.grad_norm, [[1.0, 2.0], [NAN, 4.0], [math.inf, 1.0]])
+    np.testing.assert_array_equal(run.loss, [3.0, NAN, 2.0])
+    np.testing.assert_array_equal(run.lr, [[0.1, 0.01], [0.05, 0.005], [0.05, 0.005]])
+    # schedule_lrs, or lrs where a step (an old record) has none
+    np.testing.assert_array_equal(run.schedule_lr, [[0.1, 0.01], [0.1, 0.01], [0.2, 0.02]])
+    np.testing.assert_array_equal(run.global_norm, [math.sqrt(5.0), 4.0, math.inf])
+    np.testing.assert_array_equal(run.clipped_norm, [math.sqrt(5.0), 1.0, math.inf])
+    np.testing.assert_array_equal(run.stepped_norm, [NAN, 1.0, 0.5])
+    assert run.nonfinite.dtype == np.int64 and run.nonfinite.tolist() == [[0, 0], [0, 0], [3, 0]]
+    np.testing.assert_array_equal(run.loss_scale, [NAN, 1024.0, NAN])
+    # recorded alerts (only raised flags) and the applied command, with the rates in force after it
+    assert run.alerts == [{"step": 1, "layer": "l1", "kind": "exploding", "value": 4.0, "threshold": 2.0}]
+    assert run.interventions == [
+        {"step": 1, "kind": "set_lr", "message": "lr 0.1 -> 0.05, 0.01 -> 0.005 (all groups)", "lrs": [0.05, 0.005]}
+    ]
+    assert "3 sampled steps" in repr(run)
+
+
+def test_alerts_and_interventions_are_the_reports_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gradtui.cli import main
+
+    path = _write(tmp_path / "hand.gtr", _hand_events())
+    assert main(["report", str(path), "--json", "--recorded"]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert main(["report", str(path), "--json"]) == 0
+    recomputed = json.loads(capsys.readouterr().out)
+    run = load(path)
+    assert run.alerts == recorded["alerts"] and run.interventions == recorded["interventions"]
+    again = load(path, recompute=True)
+    assert again.alerts == recomputed["alerts"] and again.interventions == recomputed["interventions"]
+    assert run.status == recorded["status"] and run.run == recorded["run"]
+
+
+def test_a_record_without_steps_has_empty_arrays_of_the_right_shape(tmp_path: Path) -> None:
+    run = load(_write(tmp_path / "empty.gtr", [_start(3, lrs=(0.1, 0.2))]))
+    assert len(run) == 0 and run.status == "unfinished"
+    assert run.grad_norm.shape == (0, 3) and run.nonfinite.shape == (0, 3) and run.lr.shape == (0, 2)
+    assert run.lr_groups == ["0", "1"]  # no names recorded: by index
+    bare = load(_write(tmp_path / "bare.gtr", []))
+    assert bare.run is None and bare.layers == [] and bare.grad_norm.shape == (0, 0) and bare.steps.shape == (0,)
+
+
+def test_a_run_without_an_optimizer_has_no_lr_columns(tmp_path: Path) -> None:
+    events: list[Event] = [_start(1, lrs=()), _step(0, norms=[1.0], lrs=()), _step(1, norms=[2.0], lrs=())]
+    run = load(_write(tmp_path / "noopt.gtr", events))
+    assert run.lr.shape == (2, 0) and run.schedule_lr.shape == (2, 0) and run.lr_groups == []
+
+
+def test_steps_without_a_run_start_are_named_by_index(tmp_path: Path) -> None:
+    run = load(_write(tmp_path / "joined.gtr", [_step(5, norms=[1.0, 2.0, 3.0])]))
+    assert run.layers == ["layer0", "layer1", "layer2"] and run.steps.tolist() == [5] and run.run is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (_step(1, norms=[1.0, 2.0], lrs=(0.1,)), "1 learning rates"),
+        (_step(1, norms=[1.0, 2.0], lrs=(0.1, 0.1), schedule=(0.1,)), r"\(1 scheduled\)"),
+        (_step(1, norms=[1.0, 2.0, 3.0], lrs=(0.1, 0.1)), "3 layer norms"),
+    ],
+)
+def test_steps_that_disagree_are_a_corrupt_record(tmp_path: Path, bad: StepStats, match: str) -> None:
+    events: list[Event] = [_start(2, lrs=(0.1, 0.1)), _step(0, norms=[1.0, 2.0], lrs=(0.1, 0.1)), bad]
+    path = _write(tmp_path / "bad.gtr", events)
+    with pytest.raises(ValueError, match=match) as info:
+        load(path)
+    assert str(path) in str(info.value) and "step 1" in str(info.value) and "corrupt" in str(info.value)
+
+
+def test_steps_that_disagree_with_the_run_start_are_corrupt(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.gtr", [_start(2), _step(0, norms=[1.0])])
+    with pytest.raises(ValueError, match="2 layers"):
+        load(path)
+
+
+def test_a_record_cut_mid_frame_loads_to_its_last_whole_step(tmp_path: Path) -> None:
+    path = _write(tmp_path / "cut.gtr", _hand_events())
+    whole = load(path)
+    data = path.read_bytes()
+    from gradtui.wire import codec as wire
+
+    tail = len(wire.encode(_hand_events()[-1])) + len(wire.encode(_hand_events()[-2]))
+    path.write_bytes(data[: len(data) - tail - 5])  # inside the last step's frame
+    cut = load(path)
+    assert len(cut) == len(whole) - 1 and cut.truncated_bytes > 0 and cut.status == "unfinished"
+    np.testing.assert_array_equal(cut.grad_norm, whole.grad_norm[:-1])
+
+
+def test_the_package_root_exports_load() -> None:
+    assert gradtui.load is load and gradtui.RunData is RunData
+
+
+# ---------------------------------------------------------------- pandas
+
+
+def test_to_pandas_without_pandas_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = load(_write(tmp_path / "hand.gtr", _hand_events()))
+    monkeypatch.setitem(sys.modules, "pandas", None)  # makes `import pandas` fail
+    with pytest.raises(ImportError, match="pip install pandas"):
+        run.to_pandas()
+
+
+def test_to_pandas_has_a_row_per_sampled_step(tmp_path: Path) -> None:
+    pytest.importorskip("pandas")
+    run = load(_write(tmp_path / "hand.gtr", _hand_events()))
+    df = run.to_pandas()
+    assert list(df.columns) == [
+        "step", "loss", "global_norm", "stepped_norm", "lr_0", "lr_1", "grad_norm/l0", "grad_norm/l1",
+    ]
+    assert len(df) == 3 and df["step"].tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(df["grad_norm/l1"].to_numpy(), [2.0, 4.0, 1.0])
+    np.testing.assert_array_equal(df["lr_1"].to_numpy(), [0.01, 0.005, 0.005])
+    one = load(_write(tmp_path / "one.gtr", [_start(1), _step(0, norms=[1.0])])).to_pandas()
+    assert list(one.columns) == ["step", "loss", "global_norm", "stepped_norm", "lr", "grad_norm/l0"]
+
+
+# ---------------------------------------------------------------- a real run
+
+
+def _layer_norms(model: Any) -> list[float]:
+    out = []
+    for module in (model[0], model[2]):
+        sq = sum(float(p.grad.double().pow(2).sum()) for p in module.parameters(recurse=False))
+        out.append(math.sqrt(sq))
+    return out
+
+
+def test_a_real_run_round_trips_against_its_queue_and_its_own_numbers(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "real.gtr"
+    mon = gradtui.watch(model, opt, record=path, queue=True, detail_every=2, run="tiny", serve=False)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    ref: dict[str, list[Any]] = {"loss": [], "norms": [], "lr": []}
+    for i in range(6):
+        if i == 2:
+            mon.send(gradtui.SetLR(factor=0.5))
+        if i == 4:
+            mon.send(gradtui.SetClip("norm", 0.01))
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        ref["loss"].append(float(loss.detach()))
+        ref["norms"].append(_layer_norms(model))
+        mon.step(loss)
+        ref["lr"].append(opt.param_groups[0]["lr"])
+        opt.step()
+    mon.close()
+    assert mon.events is not None
+    queued = mon.events.drain()
+    stats = [e for e in queued if isinstance(e, StepStats)]
+
+    run = gradtui.load(path)
+    assert run.run == "tiny" and run.status == "ok" and run.layers == ["0", "2"] and run.lr_groups == ["0"]
+    assert len(run) == len(stats) == 6
+    # against the in-memory events
+    assert run.steps.tolist() == [s.step for s in stats]
+    np.testing.assert_array_equal(run.grad_norm, np.stack([s.grad_norm for s in stats]))
+    np.testing.assert_array_equal(run.loss, [s.loss for s in stats])
+    np.testing.assert_array_equal(run.lr, [list(s.lrs) for s in stats])
+    np.testing.assert_array_equal(run.schedule_lr, [list(s.schedule_lrs or s.lrs) for s in stats])
+    np.testing.assert_array_equal(run.global_norm, [s.global_norm for s in stats])
+    np.testing.assert_array_equal(run.clipped_norm, [s.clipped_norm for s in stats])
+    np.testing.assert_array_equal(run.stepped_norm, [s.stepped_norm for s in stats])
+    np.testing.assert_array_equal(run.nonfinite, np.stack([s.nonfinite for s in stats]))
+    assert run.interventions == summarize(queued, recompute=False)["interventions"]
+    # against the loop's own numbers
+    np.testing.assert_allclose(run.loss, ref["loss"], rtol=1e-6)
+    np.testing.assert_allclose(run.grad_norm, ref["norms"], rtol=1e-5)
+    np.testing.assert_allclose(run.global_norm, np.linalg.norm(ref["norms"], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(run.lr[:, 0], ref["lr"])
+    np.testing.assert_allclose(run.lr[:, 0], [0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    np.testing.assert_allclose(run.schedule_lr[:, 0], 0.1)
+    # clipping from step 4: the optimizer stepped with the clipped norm
+    np.testing.assert_allclose(run.clipped_norm[4:], 0.01, rtol=1e-4)
+    assert [(i["step"], i["kind"]) for i in run.interventions] == [(2, "set_lr"), (4, "set_clip")]
+    assert run.interventions[0]["lrs"] == [0.05]
+    assert run.interventions[1]["clip"] == {"mode": "norm", "threshold": 0.01}
