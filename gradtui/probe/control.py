@@ -62,18 +62,6 @@ class Control:
         self._emit = emit
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in self.optimizers]
 
-    @property
-    def clip_mode(self) -> str:
-        return self.state.clip_mode
-
-    @property
-    def clip_threshold(self) -> float:
-        return self.state.clip_threshold
-
-    @property
-    def paused(self) -> bool:
-        return self.state.paused
-
     def group_names(self) -> tuple[str, ...]:
         """A name per param group: "0", "1" for one optimizer; "opt1.0" for several."""
         if len(self.optimizers) <= 1:

@@ -186,15 +186,15 @@ class Monitor:
 
     @property
     def clip_mode(self) -> str:
-        return self.control.clip_mode
+        return self.control.state.clip_mode
 
     @property
     def clip_threshold(self) -> float:
-        return self.control.clip_threshold
+        return self.control.state.clip_threshold
 
     @property
     def paused(self) -> bool:
-        return self.control.paused
+        return self.control.state.paused
 
     @property
     def scheduler(self) -> Any:
@@ -263,7 +263,7 @@ class Monitor:
         sampled = step % self.every == 0
         detail = sampled and (step // self.every) % self.detail_every == 0
         index = stats.grad_index()
-        clip = self._clip if self.control.clip_mode != "off" else None
+        clip = self._clip if self.control.state.clip_mode != "off" else None
         if self._stepped is not None:
             self._stepped.disarm()
         if sampled:
@@ -286,7 +286,7 @@ class Monitor:
             clip(stats.grads(index[0]), None, index[0])
         if not stats.defer and self._stepped is None:
             self._resolve_pending(block=True)  # no optimizer step to wait for
-        if self.control.paused:
+        if self.control.state.paused:
             self._resolve_pending(block=not stats.defer)  # show the step we stop at
             self.control.wait_while_paused(step, lambda: self.closed)
 
@@ -310,7 +310,7 @@ class Monitor:
             self._resolve_pending(block=True)
 
     def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None, which: Sequence[int]) -> torch.Tensor:
-        c, scale = self.control, self._grad_scale
+        c, scale = self.control.state, self._grad_scale
 
         def global_norm() -> torch.Tensor:
             norm = self._stats.global_norm(grads, which)

@@ -43,6 +43,11 @@ def hf() -> Any:
     return transformers
 
 
+def _logged(hf: Any) -> dict[str, float]:
+    """How close to the Trainer's logged loss: transformers < 5 rounds it to 4 decimals."""
+    return {"rel": 1e-5} if int(hf.__version__.split(".")[0]) >= 5 else {"abs": 5.1e-5}
+
+
 def _gpt2(hf: Any) -> nn.Module:
     torch.manual_seed(0)
     config = hf.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=32)
@@ -102,7 +107,7 @@ def test_hf_loss_lr_and_clipping_are_the_trainers(hf: Any, tmp_path: Path) -> No
     assert trainer.label_smoother is not None  # the loss is the Trainer's: the model's output has none
     trainer.train()
 
-    assert cb.loss_source == "trainer"
+    assert cb.loss_source in ("trainer", "trainer-local")  # the latter: transformers < 5
     assert args.to_dict() == before  # max_grad_norm was 0 only inside each step, and is back
     assert seen_clip == [0.5] * STEPS  # the user's value once the Trainer's clipping point is passed
     events, steps = _steps(cb.monitor)
@@ -110,7 +115,7 @@ def test_hf_loss_lr_and_clipping_are_the_trainers(hf: Any, tmp_path: Path) -> No
     assert [s.step for s in steps] == list(range(STEPS)) and len(logs) == len(used) == STEPS
     for s, h, (lrs, stepped) in zip(steps, logs, used, strict=True):
         # the loss the Trainer logs: the accumulated batch's mean (not 1/4 of it), label-smoothed
-        assert s.loss == pytest.approx(h["loss"], rel=1e-5)
+        assert s.loss == pytest.approx(h["loss"], **_logged(hf))
         # pre-clip statistics: the Trainer's logged grad_norm is also taken before clipping
         assert s.global_norm == pytest.approx(h["grad_norm"], rel=1e-5)
         assert s.clip_mode == "norm" and s.clip_threshold == 0.5
@@ -161,7 +166,7 @@ def test_hf_train_twice_and_after_a_crash(hf: Any, tmp_path: Path) -> None:
         assert isinstance(events[-1], RunEnd) and events[-1].status == "ok"
         assert len([e for e in events if isinstance(e, StepStats)]) == 4
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h]  # the last train's
-    assert [e.loss for e in third if isinstance(e, StepStats)] == pytest.approx(logged, rel=1e-5)
+    assert [e.loss for e in third if isinstance(e, StepStats)] == pytest.approx(logged, **_logged(hf))
 
 
 # ---------------------------------------------------------------- Lightning
