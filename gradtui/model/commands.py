@@ -65,6 +65,13 @@ class SetPaused:
 
 RELEASE_TARGETS: tuple[str, ...] = ("all", "lr", "clip")
 
+LR_RANGE: tuple[float, float] = (1e-12, 1e3)
+"""Learning rates a command may set (after a factor): beyond them an optimizer step is
+meaningless or overflows (1e39 overflows float32 parameters), and inside them every
+float16/bfloat16/float32 parameter can take the step."""
+CLIP_RANGE: tuple[float, float] = (1e-12, 1e12)
+"""Clip thresholds a command may set: finite in float32 even times a GradScaler's scale."""
+
 
 @dataclass(frozen=True, slots=True)
 class Release:
@@ -281,15 +288,26 @@ def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
         raise CommandRefused(reason)
     if isinstance(cmd, SetLR):
         overrides = [state.override(g) for g in range(len(state.lrs))]
-        for g in lr_targets(state, cmd):
+        targets = lr_targets(state, cmd)
+        for g in targets:
             if cmd.value is not None:
                 overrides[g] = LROverride(value=float(cmd.value))
             else:
                 overrides[g] = (overrides[g] or LROverride()).scaled(float(cmd.factor or 1.0))
         new = _with_overrides(state, overrides)
+        lo, hi = LR_RANGE
+        for g in targets:
+            if not lo <= new.lrs[g] <= hi:
+                raise CommandRefused(
+                    f"that would make the learning rate {_fmt(new.lrs[g])}, outside {lo:g} .. {hi:g}"
+                    + (f" (group {g})" if len(state.lrs) > 1 else "")
+                )
         return new, lr_change_text(state.lrs, new.lrs, cmd.group, _where(cmd))
     if isinstance(cmd, SetClip):
         threshold = state.clip_threshold if cmd.threshold is None else float(cmd.threshold)
+        lo, hi = CLIP_RANGE
+        if not lo <= threshold <= hi:
+            raise CommandRefused(f"clip threshold {_fmt(threshold)} is outside {lo:g} .. {hi:g}")
         new = replace(state, clip_mode=cmd.mode, clip_threshold=threshold)
         return new, clip_change_text(state.clip_mode, state.clip_threshold, new.clip_mode, new.clip_threshold)
     if isinstance(cmd, Release):

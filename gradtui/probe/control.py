@@ -12,6 +12,7 @@ reads it never see the override.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -89,9 +90,16 @@ class Control:
 
     def apply(self, cmd: Command, step: int) -> CommandResult:
         """Apply one command at `step` (or refuse it) and acknowledge it."""
-        self.state, result = respond(self.state, cmd, step)
+        before = self.state
+        self.state, result = respond(before, cmd, step)
         if result.ok:
-            self._write()
+            try:
+                self._write()
+            except Exception as exc:  # the monitor must never be why a run stops
+                self.state = before
+                with contextlib.suppress(Exception):
+                    self._write()
+                result = CommandResult(result.command_id, result.kind, False, step, f"could not apply: {exc}")
         self._emit(result)
         return result
 

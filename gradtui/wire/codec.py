@@ -169,7 +169,7 @@ def check_hello(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("t") != "hello":
         raise WireError(f"stream does not start with a hello frame (got {payload.get('t')!r})")
     version = payload.get("v")
-    if version != WIRE_VERSION:
+    if type(version) is not int or version != WIRE_VERSION:  # 1.0 and True are not version 1
         raise WireError(f"unsupported wire version {version!r} (this gradtui speaks {WIRE_VERSION})")
     return payload
 

@@ -123,3 +123,62 @@ def test_a_refusal_changes_nothing() -> None:
     assert result.message == "unknown param group 2 (the optimizer has 2)"
     with pytest.raises(CommandRefused, match="positive finite"):
         apply(state, SetClip("norm", float("nan")))
+
+
+@pytest.mark.parametrize(
+    ("commands", "reason"),
+    [
+        ([SetLR(value=1e39)], "outside 1e-12 .. 1000"),
+        ([SetLR(factor=1e-200)], "would make the learning rate 1e-201"),
+        ([SetLR(factor=1e-7), SetLR(factor=1e-7)], "would make the learning rate 1e-15"),
+        ([SetClip("value", 1e39)], "clip threshold 1e+39 is outside"),
+    ],
+)
+def test_commands_are_judged_by_what_they_would_do(commands: list[Command], reason: str) -> None:
+    """Accepted before: lr 1e39 overflowed the optimizer, two tiny factors left lr = 0.0."""
+    state = ControlState((0.1,))
+    for cmd in commands[:-1]:
+        state, _ = apply(state, cmd)
+    same, result = respond(state, commands[-1], step=3)
+    assert not result.ok and reason in result.message and same is state
+
+
+def test_the_probe_refuses_an_overflowing_lr_and_trains_on() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradtui.watch(model, opt, queue=True, detectors=False)
+    mon.send(SetLR(value=1e39))
+    mon.send(SetClip("value", 1e39))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).pow(2).mean().backward()
+        mon.step()
+        opt.step()
+    assert mon.events is not None
+    results = [e for e in mon.events.drain() if isinstance(e, CommandResult)]
+    mon.close()
+    assert [r.ok for r in results] == [False, False]
+    assert torch.isfinite(model.weight).all() and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_a_command_that_fails_on_the_optimizer_is_refused_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradtui.probe import control
+
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradtui.watch(model, opt, queue=True, detectors=False)
+
+    def broken(group: dict[str, object], value: float) -> None:
+        raise RuntimeError("this param group refuses new learning rates")
+
+    monkeypatch.setattr(control, "_set_lr", broken)
+    mon.send(SetLR(factor=0.5))
+    model(torch.randn(4, 3)).pow(2).mean().backward()
+    mon.step()  # must not raise
+    opt.step()
+    assert mon.events is not None
+    (result,) = [e for e in mon.events.drain() if isinstance(e, CommandResult)]
+    mon.close()
+    assert not result.ok and "refuses new learning rates" in result.message
+    assert mon.control.state.lrs == (0.1,)

@@ -261,3 +261,11 @@ def test_new_step_fields_round_trip_and_old_records_read_with_their_defaults() -
     del old["schedule_lrs"], old["stepped_norm"]  # a record made before these fields
     back = wire.decode_event(wire.unpack_payload(wire.encode_frame(old)[wire.HEADER.size :]))
     assert isinstance(back, StepStats) and back.schedule_lrs == () and math.isnan(back.stepped_norm)
+
+
+@pytest.mark.parametrize("version", [1.0, True, "1", None])
+def test_a_hello_must_carry_the_integer_version(version: object) -> None:
+    """Before: v=1.0 and v=True passed as version 1 (they compare equal)."""
+    frame = wire.encode_frame({"t": "hello", "v": version, "role": "probe"})
+    with pytest.raises(wire.WireError, match="unsupported wire version"):
+        wire.FrameDecoder().feed(frame)
