@@ -38,8 +38,9 @@ class GradTUICallback(TrainerCallback):
 
     `gradtui.watch` runs at each `trainer.train()` (`on_train_begin`) and `mon.step` once per
     optimizer step, in `on_pre_optimizer_step`: after the last micro-batch's backward, before
-    `optimizer.step()`. Learning-rate commands act on top of the Trainer's scheduler; the
-    Trainer's own logs are unchanged.
+    `optimizer.step()`. Learning-rate commands act on top of the Trainer's scheduler (its
+    logged "learning_rate" stays the schedule's). The Trainer's logs are otherwise unchanged
+    (transformers < 5 logs no "grad_norm" while gradtui does the clipping).
 
     Loss: the value the Trainer logs for the step (`log_history`'s "loss" with `logging_steps=1`):
     the sum over the step's micro-batches of what `training_step` returned, so the mean loss of

@@ -133,7 +133,7 @@ def test_huggingface_attach_and_the_fallback_without_a_trainer(
     for _ in range(2):
         out = model(x=x, labels=y)
         out["loss"].backward()
-        losses.append(float(out["loss"]))
+        losses.append(float(out["loss"].detach()))
     lone.on_pre_optimizer_step(args, state, control)
     assert args.max_grad_norm == 1.0
     lone.on_train_end(args, state, control)
