@@ -64,8 +64,10 @@ class GradTUICallback(TrainerCallback):
     of each step only, so checkpoints save the user's value; it is put back at train end, and
     at the next train begin when a `train()` ended in an exception.
 
-    Mixed precision: the Trainer unscales the gradients (for its gradient norm) before
-    `on_pre_optimizer_step`, so they are measured in true units; the loss scale is not shown.
+    Mixed precision (fp16): transformers 5 unscales the gradients (for its gradient norm) before
+    `on_pre_optimizer_step`, so they are measured in true units and the loss scale is not shown;
+    where they are still scaled (transformers < 5 with its clipping off) the Trainer's GradScaler
+    is handed to `mon.step`, which measures and clips in true units and shows the scale.
 
     Each `train()` is a run of its own: `self.monitor` is the latest one, and from the second on
     the record file and run name are numbered (`run.gtr`, `run-2.gtr`, ...).
@@ -88,6 +90,8 @@ class GradTUICallback(TrainerCallback):
         self._saved: dict[str, Any] = {}
         """TrainingArguments fields changed now, with the user's values."""
         self._clip_norm: float | None = None
+        self._trainer: Trainer | None = None
+        """The Trainer of this run, when known."""
         self._tr_loss: Any = None
         """Returns the Trainer's running loss sum (a tensor), or None: no such sum is known."""
         self._baseline: torch.Tensor | None = None
@@ -137,7 +141,7 @@ class GradTUICallback(TrainerCallback):
         self._restore()  # the Trainer's clipping is behind us
         if self.monitor is None or self.monitor.closed:
             return
-        self.monitor.step(self._step_loss())
+        self.monitor.step(self._step_loss(), scaler=_scaler_if_scaled(self._trainer, self.monitor.optimizer))
         self._mark()
 
     def on_log(
@@ -154,6 +158,7 @@ class GradTUICallback(TrainerCallback):
 
     def _find_loss(self, model: nn.Module) -> None:
         trainer, frame = self._calling_trainer()
+        self._trainer = trainer
         if trainer is not None and isinstance(getattr(trainer, "_tr_loss", None), torch.Tensor):
             self._tr_loss = lambda: getattr(trainer, "_tr_loss", None)
             self.loss_source = "trainer"
@@ -236,9 +241,23 @@ class GradTUICallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._trainer = None
         self._tr_loss = None
         self._baseline = None
         self._losses.clear()
         self._clip_norm = None
         if self.monitor is not None and not self.monitor.closed:
             self.monitor.close(status, error)
+
+
+def _scaler_if_scaled(trainer: Any, optimizer: torch.optim.Optimizer | None) -> Any:
+    """The Trainer's GradScaler while the gradients still carry its scale (else None: they are in
+    true units already, or there is none)."""
+    scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
+    if scaler is None or optimizer is None or not getattr(scaler, "is_enabled", lambda: False)():
+        return None
+    from torch.amp.grad_scaler import OptState
+
+    # Read only: .get() on the scaler's defaultdict adds nothing to it.
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer))
+    return scaler if state is None or state["stage"] is OptState.READY else None

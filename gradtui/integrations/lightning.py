@@ -56,8 +56,7 @@ class GradTUICallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_run("error", "the previous fit did not end (an exception?)")
-        optimizers: Any = list(trainer.optimizers)
-        self.monitor = watch(pl_module, optimizers, **run_kwargs(self.watch_kwargs, self.runs + 1))
+        self.monitor = watch(pl_module, list(trainer.optimizers), **run_kwargs(self.watch_kwargs, self.runs + 1))
         self.runs += 1
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:

@@ -261,9 +261,9 @@ def test_lightning_loss_clipping_schedule_and_lr_override(pl: Any) -> None:
         assert s.schedule_lrs == pytest.approx((warm,), rel=1e-9)
         assert lrs == pytest.approx((warm * factor,), rel=1e-9)
         assert s.lrs == pytest.approx(lrs, rel=1e-9)
-    # the norm the optimizer stepped with is what Lightning's clipping left
-    # (all but the last step: see test_lightning_last_step_has_its_stepped_norm)
-    for s in steps[:-1]:
+    # the norm the optimizer stepped with is what Lightning's clipping left, the last step's too
+    # (Lightning steps with optimizer.step(closure): mon.step runs inside the step)
+    for s in steps:
         assert s.stepped_norm == pytest.approx(module.used[s.step][1], rel=1e-5)
     assert sum(s.global_norm > 0.5 for s in steps) > STEPS // 2  # Lightning really clipped
     assert steps[30].lrs == pytest.approx((0.02,), rel=1e-9)  # the factor holds 10 steps later
@@ -271,6 +271,8 @@ def test_lightning_loss_clipping_schedule_and_lr_override(pl: Any) -> None:
 
 
 def test_lightning_last_step_has_its_stepped_norm(pl: Any) -> None:
+    """optimizer.step(closure): the pre-step hook runs before backward and mon.step, so the stepped
+    norm must be taken after them, the last step's included."""
     from gradtui.integrations.lightning import GradTUICallback
 
     cb = GradTUICallback(queue=True, detectors=False)
@@ -281,6 +283,7 @@ def test_lightning_last_step_has_its_stepped_norm(pl: Any) -> None:
 
 
 def test_lightning_update_ratio_is_of_its_own_step(pl: Any) -> None:
+    """optimizer.step(closure): the update ratio reported for step k is step k's (detail_every=2)."""
     from gradtui.integrations.lightning import GradTUICallback
 
     cb = GradTUICallback(queue=True, detectors=False, detail_every=2)

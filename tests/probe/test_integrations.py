@@ -154,3 +154,23 @@ def test_numbered_runs(tmp_path: Path) -> None:
     folder = f"{tmp_path}/runs/"
     assert run_kwargs({"record": folder}, 2) == {"record": folder}  # the folder names its files
     assert run_kwargs({}, 3) == {}
+
+
+def test_huggingface_hands_the_scaler_only_while_gradients_are_scaled() -> None:
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from gradtui.integrations.huggingface import _scaler_if_scaled
+
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(scaler=scaler))
+    scaler.scale(model(torch.randn(3, 4)).sum()).backward()
+    assert _scaler_if_scaled(trainer, opt) is scaler  # transformers < 5 with its clipping off
+    scaler.unscale_(opt)  # transformers 5 always does, for its gradient norm
+    assert _scaler_if_scaled(trainer, opt) is None
+    off = SimpleNamespace(accelerator=SimpleNamespace(scaler=torch.amp.GradScaler("cpu", enabled=False)))
+    assert _scaler_if_scaled(off, opt) is None
+    assert _scaler_if_scaled(SimpleNamespace(accelerator=SimpleNamespace(scaler=None)), opt) is None
+    assert _scaler_if_scaled(None, opt) is None
