@@ -51,14 +51,19 @@ class SteppedNorm:
         self._armed: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in optimizers]
         self._order: list[int] | None = None
+        self._last: tuple[Sequence[int], list[int]] | None = None
 
     def sample(self, which: Sequence[int]) -> list[int]:
         """The few parameters (of those with a gradient) that are re-measured."""
+        if self._last is not None and self._last[0] is which:
+            return self._last[1]  # `which` comes from the stats' per-pattern cache: same list, same answer
         params = self._stats.params
         if self._order is None:
             self._order = sorted(range(len(params)), key=lambda i: params[i].numel())
         have = set(which)
-        return [i for i in self._order if i in have][:SAMPLE_TENSORS]
+        chosen = [i for i in self._order if i in have][:SAMPLE_TENSORS]
+        self._last = (which, chosen)
+        return chosen
 
     def arm(self, grads: list[torch.Tensor], before: torch.Tensor, grad_scale: torch.Tensor) -> None:
         """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm
