@@ -118,6 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NOTICE_LINES = 5
+"""Damaged regions, and reasons for skipped events, named one by one in `report`'s notice."""
+
+
+def report_notices(summary: dict[str, Any], path: str) -> list[str]:
+    """What `report` left out of a record (damage, events that do not fit the run), one line each."""
+    from gradtui.model.consistency import NEW_RUN
+
+    lines = []
+    damage = summary.get("damage") or []
+    if damage:
+        total = sum(d["bytes"] for d in damage)
+        lines.append(f"{path} is damaged: {len(damage)} region(s), {total} bytes skipped; the report covers the rest")
+        for d in damage[:_NOTICE_LINES]:
+            around = f"after step {d['after_step']}" if d["after_step"] is not None else "before any step"
+            if d["before_step"] is not None:
+                around += f", before step {d['before_step']}"
+            lines.append(f"  {d['bytes']} bytes at byte {d['offset']} ({around}): {d['reason']}")
+        if len(damage) > _NOTICE_LINES:
+            lines.append(f"  ... and {len(damage) - _NOTICE_LINES} more regions (see --json)")
+    for entry in (summary.get("skipped") or [])[:_NOTICE_LINES]:
+        first, last = entry["first_step"], entry["last_step"]
+        steps = "" if first is None else f"step {first}" if first == last else f"steps {first}..{last}"
+        if entry["event"] == "run_start" and entry["reason"] == NEW_RUN:
+            earlier = f"{entry['count']} earlier run(s)" + (f", {steps}," if steps else "")
+            lines.append(f"{path} holds more than one run: the report is of the last; {earlier} left out "
+                         f"({entry['example']})")
+            continue
+        lines.append(f"{path}: left out {entry['count']} {entry['event']} event(s) that {entry['reason']}"
+                     + (f" ({steps})" if steps else "") + (f", e.g. {entry['example']}" if entry["example"] else ""))
+    return lines
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gradtui.model.report import summarize
     from gradtui.wire.record import Record, iter_record
@@ -128,6 +161,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     record = Record()  # streamed: a long record is never held in memory whole
     summary = summarize(iter_record(args.file, record), detector_config=config, recompute=not args.recorded)
     summary["truncated_bytes"] = record.truncated_bytes
+    summary["damage"] = [d.entry() for d in record.damage]
+    # On stderr, so that --json on stdout stays one object and the table stays whole.
+    for line in report_notices(summary, args.file):
+        print(f"gradtui: warning: {line}" if not line.startswith(" ") else line, file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -156,7 +193,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in vars(r).items() if k != "meta_path"} for r in found], indent=2))
     elif not found:
-        print(f"no live gradtui runs (in {runs.candidate_dir()})")
+        where = ", ".join(str(d) for d in runs.runtime_dirs()) or str(runs.candidate_dir())
+        print(f"no live gradtui runs (in {where})")
     else:
         print(runs.format_table(found))
     return 0

@@ -71,6 +71,9 @@ meaningless or overflows (1e39 overflows float32 parameters), and inside them ev
 float16/bfloat16/float32 parameter can take the step."""
 CLIP_RANGE: tuple[float, float] = (1e-12, 1e12)
 """Clip thresholds a command may set: finite in float32 even times a GradScaler's scale."""
+PAUSE_LEASE = 60.0
+"""Seconds a pause outlives the viewer that made it: long enough to reattach after a dropped
+SSH session, short enough that a forgotten pause does not cost a night of GPU time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,8 @@ class ControlState:
     `lrs` are the learning rates in force; `schedule_lrs` what the loop set (empty: the same
     as `lrs`); `overrides` a viewer's override per group (None: the loop's own); `owners`
     the optimizer of each group (empty: all belong to optimizer 0); `loop_clip` the
-    clipping the run started with, which `Release` returns to.
+    clipping the run started with, which `Release` returns to; `paused_by` who holds the
+    pause (a viewer's name, or "" for the training process itself).
     """
 
     lrs: tuple[float, ...] = ()
@@ -148,6 +152,7 @@ class ControlState:
     overrides: tuple[LROverride | None, ...] = ()
     owners: tuple[int, ...] = ()
     loop_clip: tuple[str, float] = ("off", 1.0)
+    paused_by: str | None = None
 
     @property
     def schedule(self) -> tuple[float, ...]:
@@ -324,8 +329,14 @@ def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
     return replace(state, paused=cmd.paused), "paused" if cmd.paused else "resumed"
 
 
-def respond(state: ControlState, cmd: Command, step: int) -> tuple[ControlState, CommandResult]:
-    """Apply `cmd` at `step`: the new state (unchanged when refused) and the answer to send."""
+def respond(
+    state: ControlState, cmd: Command, step: int, origin: str | None = None
+) -> tuple[ControlState, CommandResult]:
+    """Apply `cmd` at `step`: the new state (unchanged when refused) and the answer to send.
+
+    `origin` names who sent it (a viewer's name; None: the training process); a pause
+    remembers it, so the pause can end when that viewer has gone (see `PAUSE_LEASE`).
+    """
     try:
         kind = command_kind(cmd)
     except TypeError:
@@ -334,4 +345,6 @@ def respond(state: ControlState, cmd: Command, step: int) -> tuple[ControlState,
         new, message = apply(state, cmd)
     except CommandRefused as exc:
         return state, CommandResult(getattr(cmd, "id", ""), kind, False, step, str(exc))
+    if isinstance(cmd, SetPaused):
+        new = replace(new, paused_by=(origin or "") if cmd.paused else None)
     return new, CommandResult(cmd.id, kind, True, step, message)

@@ -3,7 +3,9 @@
 `Summary` folds a run's events one at a time (a record is streamed, never held whole)
 and gives the report's object; `gradtui.load` uses the same `Summary` for its `alerts`
 and `interventions`, so both say exactly the same thing. Every float in the object is
-finite or None (JSON has no NaN).
+finite or None (JSON has no NaN). An event that does not fit the run (`RunCheck`) is
+left out and counted in `skipped`, never folded: an inconsistent record is summarised,
+not a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtui.model.consistency import RunCheck
 from gradtui.model.events import Alert, CommandResult, Event, RunEnd, RunStart, StepStats, verdict_of
 from gradtui.model.store import RunStore
 
@@ -82,7 +85,7 @@ class Interventions:
         if result.kind in ("set_clip", "release"):
             entry["clip"] = None
         if result.kind == "set_paused":
-            entry["paused"] = _PAUSE_WORDS.get(result.message)
+            entry["paused"] = _PAUSE_WORDS.get(result.message.split(":")[0])
         self.entries.append(entry)
         if len(entry) > 3:
             self._waiting.append(entry)
@@ -123,6 +126,12 @@ class Summary:
     def __init__(self, *, detector_config: Any = None, recompute: bool = True) -> None:
         self.recompute = recompute
         self.detector_config = detector_config
+        self.check = RunCheck()
+        """Which events make up the run; what was left out is in its `skipped`."""
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the run so far: another run starts in the same record."""
         self.store = RunStore(capacity=1)
         self.detectors: Any = None
         self.alerts: list[Alert] = []
@@ -136,11 +145,16 @@ class Summary:
         self.global_norms: array[float] = array("d")
         self.stepped_norms: array[float] = array("d")
 
-    def add(self, event: Event) -> None:
-        """Fold one event."""
+    def add(self, event: Event) -> bool:
+        """Fold one event; False when it does not fit the run and was left out."""
+        segment = self.check.segment
+        if self.check.check(event) is not None:
+            return False
+        if self.check.segment != segment:
+            self._reset()
         if isinstance(event, Alert):
             if self.recompute:
-                return
+                return True  # the detectors raise their own
             self.alerts.append(event)
         elif isinstance(event, RunStart):
             self.start = event
@@ -156,9 +170,15 @@ class Summary:
             self.end = event
         self.interventions.add(event)
         self.store.apply(event)
+        return True
 
     def _step(self, event: StepStats) -> None:
         self.last = event
+        if self.recompute and self.detectors is None and self.start is None:
+            # No RunStart (lost to damage, or a stream joined mid-run): layers named by index, as the store does.
+            from gradtui.model.detectors import Detectors
+
+            self.detectors = Detectors([f"layer{i}" for i in range(len(event.grad_norm))], self.detector_config)
         if self.detectors is not None:
             for alert in self.detectors.update(event):
                 self.store.apply(alert)
@@ -209,6 +229,7 @@ class Summary:
             "global_norm": spread(self.global_norms),
             "stepped_norm": spread(self.stepped_norms),
             "error": end.error if end and end.error else None,
+            "skipped": self.check.entries(),
         }
 
 

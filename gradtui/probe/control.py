@@ -8,21 +8,51 @@ the override on top of it and writes the result, which `optimizer.step()` then u
 right after the step a post-step hook puts the loop's own value back, so a scheduler that
 chains from the group's `lr` (StepLR, ExponentialLR, ReduceLROnPlateau) and a loop that
 reads it never see the override.
+
+Commands from one step boundary are judged one after another (the last learning rate
+wins) and written to the optimizers once; at most `MAX_PER_STEP` are taken per step, so a
+flood can only delay commands, never slow a step by more than a bounded amount. A pause
+made by a viewer lasts while that viewer is connected and `PAUSE_LEASE` seconds after it
+leaves; then training resumes, and the acknowledgement on the record says why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from gradtui.model.commands import Command, ControlState, follow_schedule, respond
-from gradtui.model.events import CommandResult, Event
-from gradtui.probe.dist import DistContext
+from gradtui.model.commands import (
+    PAUSE_LEASE,
+    Command,
+    ControlState,
+    SetPaused,
+    command_kind,
+    follow_schedule,
+    respond,
+)
+from gradtui.model.events import CommandResult, Event, LogLine
+from gradtui.probe.dist import CONTROL_BYTES, DistContext
+from gradtui.wire.queue import CommandQueue
+
+log = logging.getLogger("gradtui")
+
+MAX_PER_STEP = 64
+"""Commands applied at one step boundary; the rest wait for the next."""
+
+
+class Viewers(Protocol):
+    """What the control needs of the server: whether a viewer is still here, and where to say who paused."""
+
+    def present(self, name: str) -> bool: ...
+
+    def paused_by(self, name: str | None) -> None: ...
 
 
 class Control:
@@ -53,13 +83,19 @@ class Control:
             loop_clip=clip,
         )
         """The settings in force (see `ControlState`)."""
-        self.commands: queue.Queue[Command] = queue.Queue(maxsize=1000)
+        self.commands = CommandQueue()
         """Commands for the probe; applied at the next step boundary."""
+        self.viewers: Viewers | None = None
+        """The server's viewers, when serving: a pause lasts while the viewer that made it is here."""
         self._written: list[float | None] = [None] * len(self._groups)
         """The learning rate the probe wrote into each group (None: the loop's own is in place)."""
         self._dist = dist
         self._primary = dist is None or dist.primary
         self._held: list[Command] = []
+        self._origins: dict[str, str | None] = {}
+        self._resumes: dict[str, str] = {}
+        """Resumes the probe sends itself (a pause whose viewer left): command id -> why."""
+        self._owner_gone: float | None = None
         self._emit = emit
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in self.optimizers]
 
@@ -84,47 +120,100 @@ class Control:
         self._write()
 
     def apply_pending(self, step: int) -> None:
-        """Apply every command waiting now, at `step`."""
-        for cmd in self.take():
-            self.apply(cmd, step)
+        """Apply the commands waiting now (at most `MAX_PER_STEP`), at `step`."""
+        cmds = self.take(step)
+        if cmds:
+            self.apply_all(cmds, step)
 
     def apply(self, cmd: Command, step: int) -> CommandResult:
         """Apply one command at `step` (or refuse it) and acknowledge it."""
+        return self.apply_all([cmd], step)[0]
+
+    def apply_all(self, cmds: Sequence[Command], step: int) -> list[CommandResult]:
+        """Apply `cmds` in order at `step`, writing the optimizers once; acknowledge each.
+
+        A failure writing the result (which the rule should have refused) refuses the whole
+        batch and leaves every setting as it was: the monitor must never be why a run stops.
+        """
         before = self.state
-        self.state, result = respond(before, cmd, step)
-        if result.ok:
+        state, results = before, []
+        for cmd in cmds:
+            state, result = respond(state, cmd, step, self._origins.pop(cmd.id, None))
+            why = self._resumes.pop(cmd.id, None)
+            results.append(replace(result, message=f"{result.message}: {why}") if why and result.ok else result)
+        self.state = state
+        if state != before:
             try:
                 self._write()
-            except Exception as exc:  # the monitor must never be why a run stops
+            except Exception as exc:
                 self.state = before
                 with contextlib.suppress(Exception):
                     self._write()
-                result = CommandResult(result.command_id, result.kind, False, step, f"could not apply: {exc}")
-        self._emit(result)
-        return result
+                results = [
+                    replace(r, ok=False, message=f"could not apply: {exc}") if r.ok else r for r in results
+                ]
+        if self.state.paused_by != before.paused_by or self.state.paused != before.paused:
+            self._owner_gone = None
+            if self.viewers is not None:
+                self.viewers.paused_by(self.state.paused_by if self.state.paused else None)
+        for result in results:
+            self._emit(result)
+        return results
 
-    def take(self, wait: float | None = None) -> list[Command]:
+    def take(self, step: int, wait: float | None = None) -> list[Command]:
         """Commands to apply now: this process's queue, or rank 0's on every rank."""
         mine: list[Command] = list(self._held)
         self._held = []
         if self._primary and (wait is not None or not self.commands.empty()):
             try:
                 if wait is not None and not mine:
-                    mine.append(self.commands.get(timeout=wait))
-                while True:
-                    mine.append(self.commands.get_nowait())
+                    mine.append(self._get(timeout=wait))
+                while len(mine) < MAX_PER_STEP:
+                    mine.append(self._get())
             except queue.Empty:
                 pass
         if self._dist is None:
             return mine
-        now, self._held = self._dist.broadcast_commands(mine)
+        now, self._held, too_big = self._dist.broadcast_commands(mine)
+        for cmd in too_big:
+            why = f"the command is too large to send to every rank (over {CONTROL_BYTES} bytes)"
+            self._emit(CommandResult(cmd.id, command_kind(cmd), False, step, why))
         return now
+
+    def _get(self, timeout: float | None = None) -> Command:
+        cmd = self.commands.get(timeout=timeout) if timeout is not None else self.commands.get_nowait()
+        self._origins[cmd.id] = self.commands.origin(cmd)
+        return cmd
 
     def wait_while_paused(self, step: int, closed: Callable[[], bool]) -> None:
         # Every rank loops here in step: each round is one command broadcast from rank 0.
         while self.state.paused and not closed():
-            for cmd in self.take(wait=0.2):
-                self.apply(cmd, step)
+            if self._primary:
+                self._check_lease(step)
+            cmds = self.take(step, wait=0.2)
+            if cmds:
+                self.apply_all(cmds, step)
+
+    def _check_lease(self, step: int) -> None:
+        """Resume once the viewer holding the pause has been gone `PAUSE_LEASE` seconds."""
+        owner = self.state.paused_by
+        if not owner or self.viewers is None or self.viewers.present(owner):
+            self._owner_gone = None
+            return
+        now = time.monotonic()
+        if self._owner_gone is None:
+            self._owner_gone = now
+            text = (
+                f"gradtui: {owner} paused training at step {step} and left; "
+                f"training resumes in {PAUSE_LEASE:g} s unless a viewer resumes or pauses it"
+            )
+            log.warning("%s", text)
+            self._emit(LogLine(text, stream="gradtui"))
+        elif now - self._owner_gone >= PAUSE_LEASE and not self._resumes:
+            resume = SetPaused(False)
+            self._resumes[resume.id] = f"{owner} paused the run and left {PAUSE_LEASE:g} s ago"
+            log.warning("gradtui: resuming training at step %d: %s", step, self._resumes[resume.id])
+            self._held.insert(0, resume)
 
     def close(self) -> None:
         """Remove the hooks and leave the loop's own learning rates in the groups."""

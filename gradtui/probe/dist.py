@@ -24,7 +24,8 @@ from gradtui.model.commands import Command
 from gradtui.wire import codec as wire
 
 CONTROL_BYTES = 4096
-"""Size of the per-step command broadcast; commands that do not fit wait a step."""
+"""Size of the per-step command broadcast; commands that do not fit wait a step (one that
+could never fit is refused: the server takes none over `gate.MAX_COMMAND_BYTES`)."""
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -98,31 +99,37 @@ class DistContext:
         dist.all_reduce(t)
         return t
 
-    def broadcast_commands(self, commands: list[Command]) -> tuple[list[Command], list[Command]]:
-        """Send rank 0's commands to every rank; returns (to apply now, left for next step).
+    def broadcast_commands(self, commands: list[Command]) -> tuple[list[Command], list[Command], list[Command]]:
+        """Send rank 0's commands to every rank; returns (to apply now, left for the next step,
+        refused as too large for the buffer on their own).
 
         Every rank must call this at every step boundary. On ranks other than 0,
-        `commands` is ignored and the commands received are returned.
+        `commands` is ignored and the commands received are returned. A command that could
+        never fit is refused rather than held, so it cannot block the ones after it.
         """
         buf = torch.zeros(CONTROL_BYTES, dtype=torch.uint8)
         left: list[Command] = []
+        too_big: list[Command] = []
         if self.primary:
             sent: list[dict[str, Any]] = []
-            body = b""
-            for i, cmd in enumerate(commands):
-                trial: bytes = msgpack.packb(sent + [wire.encode_message(cmd)], use_bin_type=True)
-                if 4 + len(trial) > CONTROL_BYTES:
-                    left = commands[i:]
-                    break
-                sent.append(wire.encode_message(cmd))
-                body = trial
-            if body:
+            size = 1  # the msgpack array header, at most 5 bytes below
+            for cmd in commands:
+                packed = msgpack.packb(wire.encode_message(cmd), use_bin_type=True)
+                if 4 + 5 + len(packed) > CONTROL_BYTES:
+                    too_big.append(cmd)
+                elif left or 4 + 5 + size + len(packed) > CONTROL_BYTES:
+                    left.append(cmd)  # keeps the order: the rest go next step
+                else:
+                    sent.append(wire.encode_message(cmd))
+                    size += len(packed)
+            if sent:
+                body: bytes = msgpack.packb(sent, use_bin_type=True)
                 buf[:4] = torch.frombuffer(bytearray(struct.pack("<I", len(body))), dtype=torch.uint8)
                 buf[4 : 4 + len(body)] = torch.frombuffer(bytearray(body), dtype=torch.uint8)
         dist.broadcast(buf, src=0, group=self.control_group)
         raw = buf.numpy().tobytes()
         (length,) = struct.unpack_from("<I", raw)
         if length == 0:
-            return [], left
+            return [], left, too_big
         payloads = msgpack.unpackb(raw[4 : 4 + length], raw=False)
-        return [wire.decode_command(p) for p in payloads], left
+        return [wire.decode_command(p) for p in payloads], left, too_big

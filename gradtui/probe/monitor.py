@@ -12,7 +12,10 @@ records and serves (`sinks`, `server`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -27,7 +30,7 @@ from torch import nn
 from gradtui.model.commands import Command
 from gradtui.model.detectors import DetectorConfig, Detectors
 from gradtui.model.events import Alert, Event, LayerInfo, LogLine, RunEnd, RunStart, UpdateStats
-from gradtui.probe import amp
+from gradtui.probe import amp, exits
 from gradtui.probe.clip import check_clip, clip_grads
 from gradtui.probe.control import Control
 from gradtui.probe.dist import DistContext
@@ -38,7 +41,7 @@ from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_
 from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, publish, update_ratio
 from gradtui.probe.stepped import Placement, SteppedNorm
 from gradtui.probe.updates import UpdateRatio
-from gradtui.wire import env
+from gradtui.wire import codec, env
 from gradtui.wire.queue import EventQueue, QueueSource
 from gradtui.wire.record import open_record
 
@@ -85,6 +88,9 @@ class Monitor:
         self.step_count = 0
         """Number of `step()` calls so far; the next call is step number `step_count`."""
         self.closed = False
+        self._pid = os.getpid()
+        """Only this process closes the monitor's sockets and writes its record (not a fork of it)."""
+        self._fork_warned = False
 
         self._layers = find_layers(model)
         if not self._layers:
@@ -118,16 +124,36 @@ class Monitor:
         self.run_name = run or _default_run_name()
         self.record_path: Path | None = None
         """The record file this run writes (a new file in the folder when `record=` named a folder)."""
+        self._record: RecordSink | None = None
+        self.server: ProbeServer | None = None
+        """The socket server viewers attach to, when serving (rank 0 only)."""
+        try:
+            self._open(record, overwrite, connect, serve, listen, token_file)
+        except BaseException:
+            # watch() fails as a whole: nothing of it stays hooked into the user's optimizers or on disk.
+            self._undo_start()
+            raise
+        exits.register(self)
+
+    def _open(
+        self,
+        record: str | os.PathLike[str] | None,
+        overwrite: bool,
+        connect: bool,
+        serve: bool | None,
+        listen: str | None,
+        token_file: str | os.PathLike[str] | None,
+    ) -> None:
+        """Open the sinks (queue, record, server) and send the run's start."""
         if self.events is not None:
             self._outputs.add(QueueSink(self.events))
         if record is not None and self.primary:
             writer = open_record(record, run=self.run_name, overwrite=overwrite)
             self.record_path = writer.path
-            self._outputs.add(RecordSink(writer), needs_frame=True)
+            self._record = RecordSink(writer)
+            self._outputs.add(self._record, needs_frame=True)
 
         inherited = inherited_socket() if connect else None
-        self.server: ProbeServer | None = None
-        """The socket server viewers attach to, when serving (rank 0 only)."""
         if not self.primary:
             if inherited is not None:
                 inherited.close()  # torchrun gives every rank the same environment: only rank 0 streams
@@ -143,6 +169,7 @@ class Monitor:
             )
             if self.server is not None:
                 self._outputs.add(self.server)
+                self.control.viewers = self.server
         state = self.control.state
         self._emit(
             RunStart(
@@ -157,8 +184,8 @@ class Monitor:
                 lr_groups=self.control.group_names(),
                 clip_mode=state.clip_mode,
                 clip_threshold=state.clip_threshold,
-                every=every,
-                detail_every=detail_every,
+                every=self.every,
+                detail_every=self.detail_every,
                 device=str(self._stats.device),
                 world_size=self.dist.world_size if self.dist else 1,
                 script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
@@ -166,6 +193,17 @@ class Monitor:
                 lanes=self.lanes,
             )
         )
+
+    def _undo_start(self) -> None:
+        for hooks in (self._updates, self._stepped):
+            if hooks is not None:
+                hooks.remove()
+        self.control.close()
+        if self._record is not None and self._record in self._outputs.sinks:
+            self._record.writer.discard()
+            self._outputs.sinks.remove(self._record)
+        with contextlib.suppress(Exception):
+            self._outputs.close()
 
     def _make_detectors(self, detectors: Any) -> Detectors | None:
         if detectors is False or detectors is None:
@@ -249,6 +287,9 @@ class Monitor:
         """
         if self.closed:
             raise RuntimeError("this monitor is closed")
+        if os.getpid() != self._pid:
+            self._in_fork()
+            return
         step = self.step_count
         self.step_count += 1
         stats = self._stats
@@ -364,6 +405,11 @@ class Monitor:
         """Flush statistics still in flight, send `RunEnd` and close every sink."""
         if self.closed:
             return
+        if os.getpid() != self._pid:
+            # A forked child shares the parent's sockets and record file: leave them alone.
+            self.closed = True
+            return
+        exits.unregister(self)
         self._resolve_pending(block=True)
         last = self._updates.take() if self._updates is not None else None
         if last is not None and self.primary and self.dist is None:
@@ -377,6 +423,42 @@ class Monitor:
         self.control.close()
         self._emit(RunEnd(step=self.step_count, status=status, error=error))
         self._outputs.close()
+
+    def _in_fork(self) -> None:
+        if not self._fork_warned:
+            self._fork_warned = True
+            logging.getLogger("gradtui").warning(
+                "gradtui: mon.step() in pid %d, a fork of pid %d that called watch(): this monitor only "
+                "watches its own process; call gradtui.watch() in the child to watch it there",
+                os.getpid(),
+                self._pid,
+            )
+
+    def close_at_exit(self) -> None:
+        """At interpreter exit without `close()`: end the run as the exit says (an uncaught error or ok)."""
+        if self.closed or os.getpid() != self._pid:
+            return
+        exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        if isinstance(exc, BaseException):
+            self.close("error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        else:
+            self.close()
+
+    def terminate(self, signum: int) -> None:
+        """On SIGTERM/SIGHUP, in the main thread (maybe inside `step`): the run's end on the record
+        and to viewers, taking no lock the interrupted code might hold."""
+        if self.closed or os.getpid() != self._pid:
+            return
+        self.closed = True
+        end = codec.encode(
+            RunEnd(step=self.step_count, status="interrupted", error=f"terminated by {signal.Signals(signum).name}")
+        )
+        if self._record is not None and self._record in self._outputs.sinks:  # not dropped (a full disk)
+            with contextlib.suppress(OSError, ValueError):
+                self._record.writer.write_frame(end)
+                self._record.close()
+        if self.server is not None:
+            self.server.terminate(signum, end)
 
     def __enter__(self) -> Monitor:
         return self

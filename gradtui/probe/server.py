@@ -25,30 +25,25 @@ Torch-free: only the standard library, NumPy (through the wire format) and msgpa
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
-import queue
 import secrets
-import selectors
 import signal
 import socket
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gradtui.model.commands import Command, command_kind
+from gradtui.model.commands import command_kind
 from gradtui.model.events import CommandResult, Dropped, Event, RunEnd, StepStats
-from gradtui.probe import exits
+from gradtui.probe.gate import MAX_COMMAND_BYTES, CommandBudget, Gate, Refused, hard_close, read_hello
 from gradtui.probe.history import History
 from gradtui.wire import codec as wire
 from gradtui.wire import runs
-from gradtui.wire.queue import DropQueue
+from gradtui.wire.queue import CommandQueue, DropQueue
 
 log = logging.getLogger("gradtui")
 
@@ -62,9 +57,10 @@ CLIENT_FRAMES = 20_000
 CLIENT_BYTES = 16 << 20
 """Per-viewer backlog; beyond it the viewer's oldest frames are dropped."""
 MAX_VIEWERS = 16
-MAX_COMMAND_FRAME = 64 << 10
-"""Viewers only send commands: anything bigger is refused before it is buffered."""
-HELLO_TIMEOUT = 5.0
+SEND_INTERVAL = 0.05
+"""Seconds between two sends to one viewer (what piles up meanwhile goes in one write)."""
+ADOPT_HELLO_TIMEOUT = 5.0
+"""The inherited socket's hello (its viewer is starting up too)."""
 FLUSH_TIMEOUT = 2.0
 META_INTERVAL = 1.0
 INBOX_SIZE = 50_000
@@ -80,11 +76,12 @@ def _frame_queue() -> DropQueue[bytes]:
 class _Client:
     sock: socket.socket
     peer: str
+    """The viewer's name ("viewer #3 (alice@gpu1 pid 42)"): in the log, `gradtui ls` and on its pause."""
     queue: DropQueue[bytes]
     snapshot: list[bytes] = field(default_factory=list)
     writer: threading.Thread | None = None
     gone: threading.Event = field(default_factory=threading.Event)
-
+    budget: CommandBudget = field(default_factory=CommandBudget)
 
 
 _IDS_LOCK = threading.Lock()
@@ -95,7 +92,7 @@ class ProbeServer:
     """Serve a probe's events to viewers over a Unix socket and/or TCP; a probe sink.
 
     Args:
-        commands: The probe's command queue; viewers' commands are put on it.
+        commands: The probe's command queue; viewers' commands are put on it with their names.
         run: The run's name (shown by `gradtui ls`).
         started: Unix time the run started.
         script: The training script's name.
@@ -115,7 +112,7 @@ class ProbeServer:
 
     def __init__(
         self,
-        commands: queue.Queue[Command],
+        commands: CommandQueue,
         *,
         run: str,
         started: float | None = None,
@@ -140,7 +137,6 @@ class ProbeServer:
         self._seen_end = False
         self._last_step = -1
         self._rate = 0.0
-        self._viewer_seq = 0
         self._listeners: list[tuple[socket.socket, bool]] = []
         self.dropped_total = 0
         """Events dropped for all viewers (the dispatcher fell behind the probe)."""
@@ -172,6 +168,7 @@ class ProbeServer:
             "step": -1,
             "steps_per_sec": 0.0,
             "viewers": 0,
+            "paused_by": None,
             "updated": time.time(),
         }
         try:
@@ -188,12 +185,12 @@ class ProbeServer:
         self._meta_written = time.monotonic()
         self._meta_dirty = False
 
+        self._gate = Gate(self._listeners, self.token, self._admit, self._closing)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="gradtui-serve-dispatch", daemon=True)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="gradtui-serve-accept", daemon=True)
+        self._acceptor = threading.Thread(target=self._gate.run, name="gradtui-serve-accept", daemon=True)
         self._dispatcher.start()
         if listening:
             self._acceptor.start()
-        exits.register(self)
         where: list[str] = [f"unix {self.socket_path}"] if self.socket_path else []
         if self.address:
             where.append(f"tcp {self.address[0]}:{self.address[1]}")
@@ -203,9 +200,19 @@ class ProbeServer:
     def adopt(self, sock: socket.socket, peer: str = "the viewer that started this process") -> None:
         """Serve a viewer on an already connected socket (inherited from the process that started
         us), exactly as one that attached: its hello first, then the history and the live stream."""
-        threading.Thread(
-            target=self._serve_client, args=(sock, peer, False), name="gradtui-serve-read", daemon=True
-        ).start()
+        threading.Thread(target=self._adopted, args=(sock, peer), name="gradtui-serve-read", daemon=True).start()
+
+    def _adopted(self, sock: socket.socket, peer: str) -> None:
+        try:
+            dec, early, hello = read_hello(sock, None, ADOPT_HELLO_TIMEOUT)
+            who = hello.get("who")
+            name = f"{peer} ({who})" if isinstance(who, str) and who.isprintable() and len(who) < 80 else peer
+            client = self._register(sock, name)
+        except Refused as exc:
+            self._gate.refusals.refused(peer, str(exc), quiet=exc.quiet)
+            hard_close(sock)
+            return
+        self._serve(client, dec, early)
 
     # ------------------------------------------------------------ listeners
 
@@ -281,6 +288,22 @@ class ProbeServer:
         """Viewers attached now."""
         return len(self._clients)
 
+    def present(self, name: str) -> bool:
+        """Whether the viewer called `name` is still attached."""
+        with self._lock:
+            return any(client.peer == name for client in self._clients)
+
+    def paused_by(self, name: str | None) -> None:
+        """Who holds the run's pause now (None: not paused), for `gradtui ls`."""
+        self._meta["paused_by"] = None if name is None else (name or "the training script")
+        self._meta_dirty = True
+        self._meta_written = 0.0  # written at the dispatcher's next round, not a second later
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused so far (bad hello, wrong token, too many waiting)."""
+        return self._gate.refusals.total
+
     # ------------------------------------------------------------ dispatcher
 
     def _dispatch_loop(self) -> None:
@@ -330,96 +353,48 @@ class ProbeServer:
             except OSError as exc:
                 log.warning("gradtui: cannot update %s: %s", self.meta_path, exc)
 
-    # ------------------------------------------------------------ accepting viewers
+    # ------------------------------------------------------------ viewers
 
-    def _accept_loop(self) -> None:
-        sel = selectors.DefaultSelector()
-        for sock, is_tcp in self._listeners:
-            sel.register(sock, selectors.EVENT_READ, is_tcp)
-        try:
-            while not self._closing.is_set():
-                for key, _ in sel.select(timeout=0.25):
-                    listener: socket.socket = key.fileobj  # type: ignore[assignment]
-                    try:
-                        conn, addr = listener.accept()
-                    except OSError:
-                        continue
-                    self._viewer_seq += 1
-                    peer = f"viewer #{self._viewer_seq} " + (f"({addr[0]}:{addr[1]})" if key.data else "(unix)")
-                    threading.Thread(
-                        target=self._serve_client, args=(conn, peer, key.data), name="gradtui-serve-read", daemon=True
-                    ).start()
-        finally:
-            sel.close()
-
-    def _handshake(self, conn: socket.socket, is_tcp: bool) -> tuple[wire.FrameDecoder, list[dict[str, Any]]]:
-        """Read the viewer's hello; raises `_Refused` with the reason to log."""
-        dec = wire.FrameDecoder(max_frame=MAX_COMMAND_FRAME)
-        deadline = time.monotonic() + HELLO_TIMEOUT
-        payloads: list[dict[str, Any]] = []
-        while dec.hello is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Refused(f"no hello frame within {HELLO_TIMEOUT:g} s", quiet=not is_tcp)
-            conn.settimeout(left)
-            try:
-                data = conn.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                raise _Refused(f"connection error before hello: {exc}", quiet=True) from None
-            if not data:
-                raise _Refused("closed before saying hello", quiet=True)
-            try:
-                payloads = dec.feed(data)
-            except wire.WireError as exc:
-                what = "malformed hello" if dec.hello is None else "bad frame right after the hello"
-                raise _Refused(f"{what}: {exc}") from None
-        hello = dec.hello
-        if hello.get("role") != "viewer":
-            raise _Refused(f"unexpected role {hello.get('role')!r} in hello (expected 'viewer')")
-        if is_tcp:
-            given = hello.get("token")
-            if not isinstance(given, str) or not given:
-                raise _Refused("missing token")
-            assert self.token is not None
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode("utf-8")):
-                raise _Refused("wrong token")
-        return dec, payloads
-
-    def _serve_client(self, conn: socket.socket, peer: str, is_tcp: bool) -> None:
-        try:
-            dec, early = self._handshake(conn, is_tcp)
-        except _Refused as exc:
-            (log.info if exc.quiet else log.warning)("gradtui: refused %s: %s", peer, exc)
-            _hard_close(conn)
-            return
-        client = _Client(conn, peer, _frame_queue())
+    def _register(self, conn: socket.socket, name: str) -> _Client:
+        client = _Client(conn, name, _frame_queue())
         with self._lock:
-            refusal = None
             if self._closing.is_set():
-                refusal = "the run is shutting down"
-            elif len(self._clients) >= MAX_VIEWERS:
-                refusal = f"already {MAX_VIEWERS} viewers"
-            else:
-                client.snapshot = self._history.snapshot()
-                self._clients.append(client)
-        if refusal is not None:
-            log.warning("gradtui: refused %s: %s", peer, refusal)
-            _hard_close(conn)
-            return
+                raise Refused("the run is shutting down")
+            if len(self._clients) >= MAX_VIEWERS:
+                raise Refused(f"already {MAX_VIEWERS} viewers")
+            client.snapshot = self._history.snapshot()
+            self._clients.append(client)
         self._meta_dirty = True
-        log.info("gradtui: %s attached", peer)
+        log.info("gradtui: %s attached", name)
+        return client
+
+    def _admit(self, conn: socket.socket, name: str, dec: wire.FrameDecoder, early: list[dict[str, Any]]) -> None:
+        """From the gate: a viewer whose hello passed. Raises `Refused` (or a thread error) to refuse it."""
+        client = self._register(conn, name)
+        try:
+            threading.Thread(
+                target=self._serve, args=(client, dec, early), name="gradtui-serve-read", daemon=True
+            ).start()
+        except BaseException:
+            with self._lock:
+                self._clients.remove(client)
+            raise
+
+    def _serve(self, client: _Client, dec: wire.FrameDecoder, early: list[dict[str, Any]]) -> None:
+        conn = client.sock
         conn.settimeout(None)
         client.writer = threading.Thread(
             target=self._write_loop, args=(client,), name="gradtui-serve-write", daemon=True
         )
-        client.writer.start()
         reason, level = "viewer left", logging.INFO
         try:
+            client.writer.start()
             for payload in early:
                 self._on_command(client, payload)
             while not client.gone.is_set():
+                pause = client.budget.backoff()
+                if pause:
+                    time.sleep(pause)  # a flooding viewer waits in its own socket buffer
                 try:
                     data = conn.recv(1 << 16)
                 except OSError as exc:
@@ -430,19 +405,33 @@ class ProbeServer:
                 for payload in dec.feed(data):
                     self._on_command(client, payload)
         except wire.WireError as exc:
-            reason, level = f"closing the connection: {exc}", logging.WARNING
+            # Summarised with the refused connections: a peer sending garbage must not flood the log.
+            self._gate.refusals.refused(client.peer, f"bad data from the viewer: {exc}")
+            reason, level = f"closing the connection: {exc}", logging.DEBUG
+        except RuntimeError as exc:  # no thread for its writer
+            reason, level = f"cannot serve it: {exc}", logging.WARNING
         self._drop(client, reason, level)
-        client.writer.join(FLUSH_TIMEOUT + 1.0)
+        if client.writer.ident is not None:
+            client.writer.join(FLUSH_TIMEOUT + 1.0)
         conn.close()
 
     def _on_command(self, client: _Client, payload: dict[str, Any]) -> None:
         cmd = wire.decode_command(payload)  # WireError: a malformed command closes the connection
-        try:
-            self._commands.put_nowait(cmd)
-        except queue.Full:
-            why = "the probe's command queue is full"
-            refusal = CommandResult(cmd.id, command_kind(cmd), False, self._last_step, why)
-            client.queue.put(wire.encode(refusal))
+        refusal: str | None = None
+        size = len(wire.encode(cmd))
+        if size > MAX_COMMAND_BYTES:
+            refusal = f"the command is {size} bytes; at most {MAX_COMMAND_BYTES} are accepted"
+            cmd = replace(cmd, id=cmd.id[:64])
+        elif not client.budget.take():
+            refusal = f"more than {client.budget.rate:g} commands a second from this viewer"
+        else:
+            refusal = self._commands.submit(cmd, client.peer)
+        if refusal is not None:
+            # To the sender only: a flood must not reach the record or the other viewers.
+            client.queue.put(wire.encode(CommandResult(cmd.id, command_kind(cmd), False, self._last_step, refusal)))
+        refused = client.budget.summary()
+        if refused:
+            log.warning("gradtui: %s: refused %d commands over the rate limit", client.peer, refused)
 
     def _write_loop(self, client: _Client) -> None:
         hello = wire.hello_frame(role="probe", run=self.run, id=self.id, pid=self._pid)
@@ -457,6 +446,9 @@ class ProbeServer:
                 if dropped:
                     frames.insert(0, wire.encode(Dropped(count=dropped, total=client.queue.dropped_total)))
                 _send_all(client.sock, frames)
+                # Viewers draw at 10 Hz: sending at most every SEND_INTERVAL wakes this thread
+                # (and takes the GIL from training) a few times a second, not at every step.
+                client.gone.wait(SEND_INTERVAL)
         except OSError as exc:
             self._drop(client, f"connection lost: {exc}", logging.INFO)
             return
@@ -522,22 +514,10 @@ class ProbeServer:
         for client in clients:
             # A stalled viewer's writer is still blocked: shutting the socket down frees it.
             self._drop(client, "the run ended", logging.DEBUG)
-        exits.unregister(self)
 
-    def close_at_exit(self) -> None:
-        if self._closed or os.getpid() != self._pid:
-            return
-        if not self._seen_end:
-            exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-            if isinstance(exc, BaseException):
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                self.emit(RunEnd(step=self._last_step + 1, status="error", error=text))
-            else:
-                self.emit(RunEnd(step=self._last_step + 1, status="ok"))
-        self.close(timeout=1.0)
-
-    def terminate(self, signum: int) -> None:
-        """On a fatal signal, in the main thread: remove the files, tell viewers, flush briefly.
+    def terminate(self, signum: int, end: bytes | None = None) -> None:
+        """On a fatal signal, in the main thread: remove the files, tell viewers (the `RunEnd`
+        frame `end`, or one of our own), flush briefly.
 
         Takes no lock the interrupted main thread might hold (it may be inside `emit`).
         """
@@ -546,8 +526,8 @@ class ProbeServer:
         self._closed = True
         self._closing.set()
         self._remove_files()
-        name = signal.Signals(signum).name
-        frame = wire.encode(RunEnd(step=self._last_step + 1, status="interrupted", error=f"terminated by {name}"))
+        why = f"terminated by {signal.Signals(signum).name}"
+        frame = end or wire.encode(RunEnd(step=self._last_step + 1, status="interrupted", error=why))
         if not self._lock.acquire(timeout=0.2):
             return
         try:
@@ -563,12 +543,6 @@ class ProbeServer:
                 client.writer.join(max(0.0, deadline - time.monotonic()))
 
 
-class _Refused(Exception):
-    def __init__(self, reason: str, *, quiet: bool = False) -> None:
-        super().__init__(reason)
-        self.quiet = quiet
-
-
 def _send_all(sock: socket.socket, frames: list[bytes], chunk: int = 1 << 20) -> None:
     buf: list[bytes] = []
     size = 0
@@ -580,11 +554,3 @@ def _send_all(sock: socket.socket, frames: list[bytes], chunk: int = 1 << 20) ->
             buf, size = [], 0
     if buf:
         sock.sendall(b"".join(buf), _MSG_NOSIGNAL)
-
-
-def _hard_close(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
-    conn.close()
-
-

@@ -3,23 +3,25 @@
 `Outputs` encodes each event at most once, whatever the number of sinks: the record needs
 the frame on the training thread (a crash loses at most the frame being written), and
 the server reuses that frame; without a record the server encodes on its own thread.
-A sink that fails (a full disk) is dropped with one log line; training goes on.
+A sink that fails (a full disk) is dropped with one log line naming it, and the viewers
+are told with a `LogLine`; training goes on. The one exception is a record whose very
+first event (the `RunStart`, written while `watch()` starts) fails: nothing was recorded,
+so the file is removed (left, it would block the re-run) and `watch()` raises a
+`RecordPathError` naming the path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import sys
 from typing import Protocol
 
-from gradtui.model.commands import Command
-from gradtui.model.events import Event
+from gradtui.model.events import Event, LogLine, RunStart, StepStats
 from gradtui.probe.server import ProbeServer
 from gradtui.wire import codec, env
-from gradtui.wire.queue import EventQueue
+from gradtui.wire.queue import CommandQueue, EventQueue
 from gradtui.wire.record import RecordWriter
 
 log = logging.getLogger("gradtui")
@@ -53,15 +55,31 @@ class RecordSink:
 
     def __init__(self, writer: RecordWriter) -> None:
         self.writer = writer
+        self.events = 0
+        """Events written (0: the file holds only its hello)."""
+        self.last_step: int | None = None
+        """The last step written."""
 
     def emit(self, event: Event, frame: bytes | None = None) -> None:
         self.writer.write_frame(codec.encode(event) if frame is None else frame)
+        self.events += 1
+        if isinstance(event, StepStats):
+            self.last_step = event.step
 
     def close(self) -> None:
         self.writer.close()
 
+    def describe(self) -> str:
+        return f"the record {self.writer.path}"
+
     def __repr__(self) -> str:
-        return f"record {self.writer.path}"
+        return f"RecordSink({str(self.writer.path)!r})"
+
+
+def _describe(sink: Sink) -> str:
+    """A sink in words, for a log line (a record names its path)."""
+    describe = getattr(sink, "describe", None)
+    return str(describe()) if callable(describe) else type(sink).__name__
 
 
 class Outputs:
@@ -77,22 +95,63 @@ class Outputs:
         self._framed += needs_frame
 
     def emit(self, event: Event) -> None:
+        """Send `event` to every sink; one that fails is dropped (see the module docstring).
+
+        Raises:
+            RecordPathError: the record could not take the run's first event (`RunStart`).
+        """
         frame = codec.encode(event) if self._framed else None
         for sink in list(self.sinks):
             try:
                 sink.emit(event, frame)
             except OSError as exc:
-                # A full disk must not kill the run: stop using that sink and say so once.
-                log.error("gradtui: dropping %r after error: %s", sink, exc)
-                self.sinks.remove(sink)
-                self._framed -= isinstance(sink, RecordSink)
+                self._drop(sink)
+                if isinstance(sink, RecordSink) and sink.events == 0 and isinstance(event, RunStart):
+                    error = sink.writer.abandon(exc)
+                    self._tell(f"gradtui: {error}")
+                    self.close()  # watch() fails: the server and queue it opened go too
+                    raise error from None
+                self._failed(sink, exc)
+
+    def _drop(self, sink: Sink) -> None:
+        self.sinks.remove(sink)
+        self._framed -= isinstance(sink, RecordSink)
+
+    def _failed(self, sink: Sink, exc: OSError) -> None:
+        """Say once, in the log and to the viewers, that `sink` was dropped: training goes on."""
+        why = exc.strerror or str(exc)
+        if isinstance(sink, RecordSink):
+            upto = f"step {sink.last_step}" if sink.last_step is not None else "its start"
+            text = (
+                f"gradtui: stopped recording to {sink.writer.path}: {why}; training goes on, the record holds the "
+                f"run up to {upto}"
+            )
+            try:
+                sink.close()  # and so its lock goes
+            except OSError:
+                pass
+        else:
+            text = f"gradtui: dropping {_describe(sink)} after error: {why}"
+        log.error("%s", text)
+        self._tell(text)
+
+    def _tell(self, text: str) -> None:
+        """A `LogLine` to the sinks that are left (viewers); one that fails now is dropped quietly."""
+        notice = LogLine(text=text, stream="gradtui")
+        frame = codec.encode(notice) if self._framed else None
+        for sink in list(self.sinks):
+            try:
+                sink.emit(notice, frame)
+            except OSError as exc:
+                self._drop(sink)
+                log.error("gradtui: dropping %s after error: %s", _describe(sink), exc.strerror or exc)
 
     def close(self) -> None:
         for sink in self.sinks:
             try:
                 sink.close()
             except OSError as exc:
-                log.error("gradtui: error closing %r: %s", sink, exc)
+                log.error("gradtui: error closing %s: %s", _describe(sink), exc.strerror or exc)
 
 
 def inherited_socket() -> socket.socket | None:
@@ -108,7 +167,7 @@ def inherited_socket() -> socket.socket | None:
 
 
 def open_server(
-    commands: queue.Queue[Command],
+    commands: CommandQueue,
     *,
     run: str,
     started: float,

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from gradtui.sources.logtail import LogTail
-from gradtui.sources.stream import StreamSource
+from gradtui.sources.stream import StreamSource, viewer_hello
 from gradtui.wire import codec as wire
 
 
@@ -96,7 +96,7 @@ class SocketSource(StreamSource):
 def _handshake(
     sock: socket.socket, token: str | None, where: str, is_tcp: bool, timeout: float
 ) -> tuple[wire.FrameDecoder, list[dict[str, Any]]]:
-    hello = wire.hello_frame(role="viewer", **({"token": token} if token is not None else {}))
+    hello = viewer_hello(**({"token": token} if token is not None else {}))
     dec = wire.FrameDecoder()
     pending: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout

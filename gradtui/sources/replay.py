@@ -1,7 +1,7 @@
 """Replay a record file through the viewer: play/pause, speed, seek, follow.
 
 `ReplaySource` is a `Source` over a record. A background thread keeps a
-`gradtui.wire.record.RecordIndex` of the file up to date (offset, kind, step and time of
+`gradtui.wire.index.RecordIndex` of the file up to date (offset, kind, step and time of
 every frame; the events themselves stay on disk, so a long record costs little memory)
 and, while the record is still being written, keeps following it. Playback happens in
 `poll()`, paced by the recorded timestamps at `speed` times real time, with long idle
@@ -24,8 +24,10 @@ target step). Suggested keys: space `toggle_play()`; `+`/`-` `set_speed(speed * 
 `set_speed(speed / 2)`; left/right `step_by(-n)`/`step_by(n)`; Home/End
 `seek(first_step)`/`seek(last_step)`. `status` is a short line for a status bar.
 
-A file cut mid-frame plays to its last whole frame; a damaged one plays up to the
-damage; both are reported as a `LogLine` (stream "gradtui").
+A file cut mid-frame plays to its last whole frame; a damaged one plays on past each
+damaged region (resynchronised on the next valid frame); both are reported as a
+`LogLine` (stream "gradtui"), once for each region (and again after a seek, which
+starts the viewer's store afresh).
 
 Torch-free.
 """
@@ -46,7 +48,7 @@ from gradtui.model.commands import Command
 from gradtui.model.events import Event, LogLine
 from gradtui.sources.base import no_detach
 from gradtui.wire import codec as wire
-from gradtui.wire.record import FOLLOW_RECENT, KIND_STEP, RecordIndex
+from gradtui.wire.index import FOLLOW_RECENT, KIND_STEP, RecordIndex
 
 __all__ = ["FOLLOW_RECENT", "MAX_SPEED", "MIN_SPEED", "ReplayControls", "ReplaySource"]
 

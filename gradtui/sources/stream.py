@@ -8,6 +8,8 @@ The probe's side of the same stream is `gradtui.probe.server`.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
 import queue
 import socket
 import threading
@@ -19,6 +21,19 @@ from gradtui.model.events import Event, RunEnd
 from gradtui.sources.base import no_detach
 from gradtui.wire import codec as wire
 from gradtui.wire.queue import EventQueue
+
+
+def viewer_hello(**extra: Any) -> bytes:
+    """A viewer's hello frame, naming who is watching ("alice@gpu1 pid 4242, tmux %3"): the
+    probe shows it in `gradtui ls` and in its log when this viewer pauses the run."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        user = f"uid {os.getuid()}"
+    who = f"{user}@{os.uname().nodename} pid {os.getpid()}"
+    if os.environ.get("TMUX_PANE"):
+        who += f", tmux {os.environ['TMUX_PANE']}"
+    return wire.hello_frame(role="viewer", who=who, **extra)
 
 
 def _recv_loop(sock: socket.socket, dec: wire.FrameDecoder, on_payload: Callable[[dict[str, Any]], None]) -> str:
@@ -76,7 +91,7 @@ class StreamSource:
         self._send_error: str | None = None
         if send_hello:
             try:
-                self._sock.sendall(wire.hello_frame(role="viewer"))
+                self._sock.sendall(viewer_hello())
             except OSError as exc:  # a child that exited at once: its exit status tells why
                 self._send_error = f"could not reach the training process: {exc}"
         for payload in pending:
@@ -137,6 +152,10 @@ class StreamSource:
     def close(self) -> None:
         with contextlib.suppress(queue.Full):
             self._outbox.put_nowait(None)
+        # A command sent just before leaving ("resume and quit") must reach the run; a stuck
+        # send must not keep the viewer from quitting.
+        if self._sender.ident is not None:
+            self._sender.join(1.0)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()

@@ -25,7 +25,7 @@ from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
-from gradtui.model.commands import Command, Release
+from gradtui.model.commands import PAUSE_LEASE, Command, Release, SetPaused
 from gradtui.model.events import Alert, CommandResult, Event, LogLine, RunEnd
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.sources.base import Source
@@ -459,6 +459,10 @@ class GradTUIApp(TourSwitching):
                 callback=self._on_quit_answer,
             )
             return
+        if self.controls.holds_pause():
+            message = f"You paused this run.\nLeft paused, it resumes {PAUSE_LEASE:g} s after you go."
+            self.push_screen(ConfirmQuit(message, paused=True), callback=self._on_quit_answer)
+            return
         self._leave()
 
     def _on_quit_answer(self, answer: str | None) -> None:
@@ -466,6 +470,9 @@ class GradTUIApp(TourSwitching):
             self._leave()
         elif answer == "detach":
             self._leave(detach=True)
+        elif answer == "resume":
+            self.send_command(SetPaused(False))
+            self._leave()  # closing the source sends what is queued first
 
     def _leave(self, detach: bool = False) -> None:
         if detach:

@@ -82,6 +82,7 @@ class Controls:
         """Mode that `c` turns clipping back on with (the last non-off mode seen)."""
         self.version = 0
         """Bumped whenever pending/applied state changes."""
+        self._holds_pause = False
 
     # ------------------------------------------------------------ state
 
@@ -191,11 +192,18 @@ class Controls:
     def acknowledge(self, result: CommandResult) -> Pending | None:
         """Fold in the probe's answer; returns the pending command it answers (if ours)."""
         p = self.pending.pop(result.command_id, None)
+        if result.ok and result.kind == "set_paused":
+            # Ours when we sent it; anyone else's (another viewer, the lease running out) ends our hold.
+            self._holds_pause = p is not None and isinstance(p.command, SetPaused) and p.command.paused
         if p is not None:
             self.version += 1
             if result.ok:
                 self.applied.append(Applied(result, p.target))
         return p
+
+    def holds_pause(self) -> bool:
+        """This viewer paused the run, and it is still paused."""
+        return self._holds_pause and self.actual().paused and self.store.end is None
 
     def abandon(self) -> list[Pending]:
         """The run ended: nothing pending will be answered."""

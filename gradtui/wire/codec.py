@@ -29,6 +29,14 @@ MAGIC = b"GT"
 HEADER = struct.Struct("<2sII")
 MAX_FRAME = 16 * 1024 * 1024
 """Largest payload accepted; a header announcing more is refused before any allocation."""
+MAX_ITEMS = 1 << 20
+"""Most containers plus container elements one frame may decode to. Per-layer data travels as
+array extensions (one item each), so only a `RunStart` grows with the model, by about five items
+a layer: 200k layers fit. An item costs up to ~72 bytes of Python objects, so this bounds what a
+hostile 16 MiB frame of small containers costs (else ~1.2 GB) to well under 100 MB."""
+MAX_CONTAINER = MAX_ITEMS // 4
+"""Most elements in one list or map: the budget is checked as each container closes, so this is
+how far past it a frame can get."""
 
 _ARRAY_EXT = 1
 _DTYPES: dict[int, np.dtype[Any]] = {
@@ -151,14 +159,62 @@ def next_frame(
     return start, end
 
 
+class _ItemBudget:
+    """Counts decoded items through msgpack's container hooks and stops a frame at `MAX_ITEMS`.
+
+    msgpack's own limits are per container; a frame of many small containers needs a total.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, items: int) -> None:
+        self.left = items
+
+    def _spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise WireError(f"frame holds more than {MAX_ITEMS} values")
+
+    def on_list(self, obj: list[Any]) -> list[Any]:
+        self._spend(1 + len(obj))
+        return obj
+
+    def on_map(self, obj: dict[Any, Any]) -> dict[Any, Any]:
+        self._spend(1 + 2 * len(obj))
+        return obj
+
+
 def unpack_payload(body: bytes) -> dict[str, Any]:
-    """Decode one frame body to a dict with a string "t" tag."""
+    """Decode one frame body to a dict with a string "t" tag.
+
+    Raises:
+        WireError: garbage, a container nested too deep (msgpack's own stack of 1024 levels),
+            a string, extension or container over its limit, or more than `MAX_ITEMS` values.
+    """
+    if len(body) > MAX_FRAME:
+        raise WireError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    budget = _ItemBudget(MAX_ITEMS)
     try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_ext_hook, use_list=True)
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_ext_hook,
+            use_list=True,
+            list_hook=budget.on_list,
+            object_hook=budget.on_map,
+            # A header's count is allocated before its elements are read: cap it per container too.
+            max_array_len=MAX_CONTAINER,
+            max_map_len=MAX_CONTAINER,
+            max_str_len=MAX_FRAME,
+            max_bin_len=MAX_FRAME,
+            max_ext_len=MAX_FRAME,
+        )
     except WireError:
         raise
-    except Exception as exc:  # msgpack raises many types for garbage: fold them into one.
-        raise WireError(f"undecodable frame: {exc}") from None
+    except Exception as exc:  # msgpack raises many types for garbage (RecursionError too): fold them into one.
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise WireError(f"undecodable frame: {detail}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
         raise WireError("frame is not a map with a type tag")
     return obj

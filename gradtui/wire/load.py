@@ -8,18 +8,21 @@ The record is streamed (`iter_record`), and its alerts and interventions come fr
 same `gradtui.model.report.Summary` that `gradtui report` uses, so they are exactly the
 entries of `gradtui report --json` (`--recorded` for `load`'s default, the alerts the
 probe raised; `recompute=True` re-runs the detectors as the report does by default).
+The same goes for what is left out: damaged bytes (`damage`) and events that do not fit
+the run (`skipped`); either also gives one `RuntimeWarning`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from gradtui.model.events import RunStart, StepStats
+from gradtui.model.events import StepStats
 from gradtui.model.report import Summary
 from gradtui.wire.record import Record, iter_record
 
@@ -70,6 +73,12 @@ class RunData:
     """As in `gradtui report --json`: `{"step", "kind", "message"}` and the value in force after."""
     truncated_bytes: int = 0
     """Bytes after the record's last whole frame (a file cut mid-write)."""
+    damage: list[dict[str, Any]] = field(default_factory=list)
+    """As in `gradtui report --json`: damaged regions skipped, `{"offset", "bytes", "frames",
+    "after_step", "before_step", "reason"}`."""
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    """As in `gradtui report --json`: events left out because they do not fit the run, one
+    entry per reason (`{"event", "reason", "count", "first_step", "last_step", "example"}`)."""
 
     def __len__(self) -> int:
         return int(self.steps.shape[0])
@@ -111,10 +120,9 @@ class RunData:
 
 
 class _Rows:
-    """The per-step columns, grown row by row and checked for a consistent shape."""
+    """The per-step columns, grown row by row (`RunCheck` has made sure their shapes agree)."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    def __init__(self) -> None:
         self.n_layers: int | None = None
         self.n_groups: int | None = None
         self.steps: list[int] = []
@@ -126,29 +134,16 @@ class _Rows:
         self.lr: list[tuple[float, ...]] = []
         self.schedule_lr: list[tuple[float, ...]] = []
 
-    def corrupt(self, ev: StepStats, what: str) -> ValueError:
-        return ValueError(f"{self.where}: step {ev.step} {what}: the record is corrupt")
-
     def add(self, ev: StepStats) -> None:
-        n = len(ev.grad_norm)
         if self.n_layers is None:
-            self.n_layers = n
-        if n != self.n_layers or len(ev.nonfinite) != n:
-            raise self.corrupt(ev, f"has {n} layer norms and {len(ev.nonfinite)} non-finite counts for "
-                               f"{self.n_layers} layers")
-        schedule = ev.schedule_lrs or ev.lrs
-        if self.n_groups is None:
-            self.n_groups = len(ev.lrs)
-        if len(ev.lrs) != self.n_groups or len(schedule) != self.n_groups:
-            raise self.corrupt(ev, f"has {len(ev.lrs)} learning rates ({len(ev.schedule_lrs)} scheduled) where "
-                               f"earlier steps have {self.n_groups} param groups")
+            self.n_layers, self.n_groups = len(ev.grad_norm), len(ev.lrs)
         self.steps.append(ev.step)
         for key, values in self.scalars.items():
             values.append(float(getattr(ev, key)))
         self.grad_norm.append(np.asarray(ev.grad_norm, np.float64))
         self.nonfinite.append(np.asarray(ev.nonfinite, np.int64))
         self.lr.append(ev.lrs)
-        self.schedule_lr.append(schedule)
+        self.schedule_lr.append(ev.schedule_lrs or ev.lrs)
 
 
 def _table(rows: list[Any], width: int, dtype: type) -> np.ndarray:
@@ -166,30 +161,38 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
             `gradtui report` does by default); False keeps the alerts the probe recorded.
         detector_config: a `DetectorConfig` for `recompute` (None: defaults).
 
+    A damaged record loads past the damage, and events that do not fit the run (another
+    number of layers than its RunStart declared, steps going backwards, ...) are left out;
+    both are listed (`damage`, `skipped`) and warned of once. A record holding several
+    runs loads as its last, as `gradtui report` summarises it.
+
     Raises:
         FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be read.
-        gradtui.wire.codec.WireError: it is not a gradtui record, or is damaged.
-        ValueError: its steps disagree on the number of layers or param groups (corrupt).
+        gradtui.wire.codec.WireError: it is not a gradtui record.
     """
     where = os.fspath(path)
     state = Record()
     summary = Summary(detector_config=detector_config, recompute=recompute)
-    rows = _Rows(where)
-    start: RunStart | None = None
+    rows = _Rows()
+    segment = 0
     for event in iter_record(path, state):
-        if isinstance(event, RunStart):
-            if start is not None and start != event:
-                raise ValueError(f"{where}: holds more than one run (a second RunStart)")
-            start = event
-        elif isinstance(event, StepStats):
+        if not summary.add(event):
+            continue
+        if summary.check.segment != segment:  # another run starts: this one is the last so far
+            segment, rows = summary.check.segment, _Rows()
+        if isinstance(event, StepStats):
             rows.add(event)
-        summary.add(event)
+    start = summary.start
+    damage = [d.entry() for d in state.damage]
+    skipped = summary.check.entries()
+    if damage or skipped:
+        words = [f"{len(damage)} damaged region(s), {sum(d['bytes'] for d in damage)} bytes"] if damage else []
+        words += [f"{sum(s['count'] for s in skipped)} event(s) that do not fit the run"] if skipped else []
+        warnings.warn(f"{where}: left out {' and '.join(words)} (see .damage, .skipped)", RuntimeWarning, stacklevel=2)
 
     n_layers = rows.n_layers if rows.n_layers is not None else (len(start.layers) if start else 0)
-    if start is not None and len(start.layers) == n_layers:
+    if start is not None:
         layers = [layer.name for layer in start.layers]
-    elif start is not None and rows.n_layers is not None:
-        raise ValueError(f"{where}: the run has {len(start.layers)} layers but its steps have {n_layers} norms")
     else:
         layers = [f"layer{i}" for i in range(n_layers)]
     n_groups = rows.n_groups if rows.n_groups is not None else (len(start.lrs) if start else 0)
@@ -219,6 +222,8 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
         alerts=summary.alert_entries(),
         interventions=[dict(entry) for entry in summary.interventions.entries],
         truncated_bytes=state.truncated_bytes,
+        damage=damage,
+        skipped=skipped,
     )
 
 

@@ -135,6 +135,32 @@ class EventQueue(DropQueue[Event]):
         return got[0] if got else None
 
 
+class CommandQueue(queue.Queue[Command]):
+    """The probe's command queue; `submit` also remembers which viewer sent each command."""
+
+    def __init__(self, maxsize: int = 1000) -> None:
+        super().__init__(maxsize)
+        self._origins: dict[str, str] = {}
+        self._origins_lock = threading.Lock()
+
+    def submit(self, cmd: Command, origin: str) -> str | None:
+        """Queue `cmd` from `origin` (a viewer's name); returns why it was not queued, or None."""
+        with self._origins_lock:
+            self._origins[cmd.id] = origin
+        try:
+            self.put_nowait(cmd)
+        except queue.Full:
+            with self._origins_lock:
+                self._origins.pop(cmd.id, None)
+            return "the probe's command queue is full"
+        return None
+
+    def origin(self, cmd: Command) -> str | None:
+        """Who sent `cmd` (None: the training process, through `mon.send`); asked once per command."""
+        with self._origins_lock:
+            return self._origins.pop(cmd.id, None)
+
+
 class QueueSource:
     """A viewer's source over in-process queues: a monitor's event queue and its command queue
     (`Monitor.source()`: tests and notebooks)."""

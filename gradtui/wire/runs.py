@@ -1,10 +1,10 @@
 """Live runs on this machine: the private runtime directory and its run entries.
 
 A probe that serves (`watch(..., serve=True)`) keeps two files in the runtime
-directory: `<id>.sock`, the Unix socket viewers attach to, and `<id>.json`, a small
-sidecar (pid, script, start time, last step) that `gradtui ls` reads without
-connecting. The directory is the user's alone (mode 0700, owned by the user); a
-directory anyone else could enter or write is refused, never repaired.
+directory (see `rundir`): `<id>.sock`, the Unix socket viewers attach to, and
+`<id>.json`, a small sidecar (pid, script, start time, last step) that `gradtui ls`
+reads without connecting. Nothing a sidecar says is trusted to name a path: a run's
+files are found from its id, and the id must be the sidecar's own file name.
 
 Torch-free: `gradtui ls` and `gradtui attach` start fast.
 """
@@ -12,20 +12,29 @@ Torch-free: `gradtui ls` and `gradtui attach` start fast.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
+import math
 import os
+import re
 import secrets
 import socket
 import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradtui.wire.env import RUNTIME_DIR_ENV
+# RuntimeDirError, candidate_dir, check_private_dir, fallback_dir and runtime_dir are
+# re-exported: callers know the runtime directory as part of `runs`.
+from gradtui.wire.rundir import RuntimeDirError as RuntimeDirError
+from gradtui.wire.rundir import UnsafeFileError, check_private_fd, current_uid, read_small_file, runtime_dirs
+from gradtui.wire.rundir import candidate_dir as candidate_dir
+from gradtui.wire.rundir import check_private_dir as check_private_dir
+from gradtui.wire.rundir import fallback_dir as fallback_dir
+from gradtui.wire.rundir import runtime_dir as runtime_dir
 
 log = logging.getLogger("gradtui")
 
@@ -33,70 +42,23 @@ SOCK_SUFFIX = ".sock"
 META_SUFFIX = ".json"
 LOG_SUFFIX = ".log"
 LOG_KEEP_DAYS = 7
+SIDECAR_MAX = 64 * 1024
+"""Largest sidecar read (a real one is well under 4 KiB; `write_meta` shortens argv to fit)."""
+TOKEN_MAX = 4096
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class RuntimeDirError(RuntimeError):
-    """The runtime directory is missing, unsafe or unusable."""
+class SidecarError(ValueError):
+    """A sidecar that is not a small JSON object in a regular file named after its run."""
 
 
-def _uid() -> int:
-    return os.getuid() if hasattr(os, "getuid") else 0
+class TokenFileError(ValueError):
+    """A token file that must not be used: the message names the file and the fix."""
 
 
-def candidate_dir() -> Path:
-    """Where runs are kept: $GRADTUI_RUNTIME_DIR, $XDG_RUNTIME_DIR/gradtui, or /tmp/gradtui-<uid>."""
-    override = os.environ.get(RUNTIME_DIR_ENV)
-    if override:
-        return Path(override)
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        try:
-            st = os.stat(xdg)
-            usable = stat.S_ISDIR(st.st_mode) and st.st_uid == _uid() and os.access(xdg, os.W_OK | os.X_OK)
-        except OSError:
-            usable = False
-        if usable:
-            return Path(xdg) / "gradtui"
-    return Path(tempfile.gettempdir()) / f"gradtui-{_uid()}"
-
-
-def check_private_dir(path: Path) -> None:
-    """Raise `RuntimeDirError` unless `path` is a real directory owned by us with no group/other access."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise RuntimeDirError(f"runtime directory {str(path)!r} does not exist") from None
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise RuntimeDirError(f"runtime directory {str(path)!r} is not a directory (a symlink or a file?)")
-    if st.st_uid != _uid():
-        raise RuntimeDirError(f"runtime directory {str(path)!r} belongs to uid {st.st_uid}, not to you")
-    if st.st_mode & 0o077:
-        raise RuntimeDirError(
-            f"runtime directory {str(path)!r} has mode {stat.S_IMODE(st.st_mode):04o}: others could reach "
-            "its sockets; fix it with chmod 700 or remove it"
-        )
-
-
-def runtime_dir(create: bool = True) -> Path:
-    """The private runtime directory, created with mode 0700 when missing.
-
-    Raises:
-        RuntimeDirError: the directory exists but is not safe, or cannot be created.
-    """
-    path = candidate_dir()
-    if create:
-        try:
-            path.mkdir(mode=0o700, parents=False, exist_ok=True)
-        except FileNotFoundError:
-            # The parent is missing (only possible with an override): create it for the user alone.
-            try:
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RuntimeDirError(f"cannot create runtime directory {str(path)!r}: {exc}") from None
-        except OSError as exc:
-            raise RuntimeDirError(f"cannot create runtime directory {str(path)!r}: {exc}") from None
-    check_private_dir(path)
-    return path
+def valid_run_id(text: str) -> bool:
+    """Whether `text` can be a run id: 1-64 of [A-Za-z0-9._-], starting with a letter or digit."""
+    return _RUN_ID.fullmatch(text) is not None
 
 
 # ---------------------------------------------------------------- entries
@@ -123,39 +85,137 @@ class RunInfo:
     """The script's output file when it was started by `gradtui run`."""
     updated: float
     meta_path: str
+    paused_by: str | None = None
+    """Who paused the run ("alice@pane2 (viewer 3)"), or None when it is not paused."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any], meta_path: str) -> RunInfo:
+        """An entry from a sidecar's fields; a field of the wrong type takes its default.
+
+        The socket is always `<id>.sock` beside the sidecar, whatever path the field holds.
+        """
+
         def get(key: str, typ: type | tuple[type, ...], default: Any) -> Any:
             value = data.get(key, default)
             return value if isinstance(value, typ) and not isinstance(value, bool) else default
 
+        def number(key: str) -> float:
+            value = float(get(key, (int, float), 0.0))
+            return value if math.isfinite(value) else 0.0
+
+        meta = Path(meta_path)
+        run_id = meta.name[: -len(META_SUFFIX)] if meta.name.endswith(META_SUFFIX) else meta.stem
+        pid = get("pid", int, 0)
         argv = data.get("argv", [])
         return cls(
-            id=get("id", str, Path(meta_path).stem),
-            pid=get("pid", int, 0),
+            id=run_id,
+            pid=pid if 0 < pid < 1 << 31 else 0,
             run=get("run", str, ""),
             script=get("script", str, ""),
             argv=tuple(a for a in argv if isinstance(a, str)) if isinstance(argv, list) else (),
-            started=float(get("started", (int, float), 0.0)),
+            started=number("started"),
             step=get("step", int, -1),
-            steps_per_sec=float(get("steps_per_sec", (int, float), 0.0)),
+            steps_per_sec=number("steps_per_sec"),
             viewers=get("viewers", int, 0),
-            socket=get("socket", str, None),
+            socket=str(meta.with_name(f"{run_id}{SOCK_SUFFIX}")) if isinstance(data.get("socket"), str) else None,
             listen=get("listen", str, None),
             log=get("log", str, None),
-            updated=float(get("updated", (int, float), 0.0)),
+            updated=number("updated"),
             meta_path=meta_path,
+            paused_by=get("paused_by", str, None),
         )
 
 
+def _parse_sidecar(raw: bytes, run_id: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SidecarError("is not UTF-8 text") from None
+    except RecursionError:
+        raise SidecarError("is JSON nested too deep") from None
+    except ValueError as exc:
+        raise SidecarError(f"is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SidecarError("is not a JSON object")
+    if "id" in data and data["id"] != run_id:
+        # Never build a path from it: an id of "../x" would name files outside the directory.
+        raise SidecarError(f"names run {str(data['id'])[:80]!r}, not {run_id!r} (its file name)")
+    sock = data.get("socket")
+    if isinstance(sock, str) and os.path.basename(sock) != f"{run_id}{SOCK_SUFFIX}":
+        raise SidecarError(f"names socket {sock[:200]!r}, not {run_id}{SOCK_SUFFIX} beside it")
+    return data
+
+
+def _read_sidecar_at(name: str, dir_fd: int | None) -> dict[str, Any]:
+    if not name.endswith(META_SUFFIX) or not valid_run_id(run_id := name[: -len(META_SUFFIX)]):
+        raise SidecarError("is not named <run id>.json")
+    try:
+        raw, _ = read_small_file(name, SIDECAR_MAX, dir_fd=dir_fd)
+    except UnsafeFileError as exc:
+        raise SidecarError(str(exc)) from None
+    return _parse_sidecar(raw, run_id)
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A sidecar's fields, read the safe way (no symlink, no FIFO, at most `SIDECAR_MAX` bytes).
+
+    Raises:
+        SidecarError: it is not a small regular file holding a JSON object whose id (when
+            present) is its file name.
+        OSError: it cannot be opened or read (FileNotFoundError when it is not there).
+    """
+    p = Path(path)
+    fd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _read_sidecar_at(p.name, fd)
+    finally:
+        os.close(fd)
+
+
+def _fit_argv(data: dict[str, Any]) -> dict[str, Any]:
+    argv = data.get("argv")
+    if not isinstance(argv, list):
+        return data
+    kept: list[Any] = []
+    size = 0
+    for arg in argv:
+        size += len(str(arg)) + 4
+        if size > SIDECAR_MAX // 4:
+            kept.append("...")
+            break
+        kept.append(arg)
+    return {**data, "argv": kept}
+
+
 def write_meta(path: Path, data: dict[str, Any]) -> None:
-    """Replace a sidecar atomically (readers never see half a file), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Replace a sidecar atomically (readers never see half a file), mode 0600.
+
+    The new text goes to a temporary name that is created, never reused: a file or symlink
+    already there is left alone and another name is picked.
+
+    Raises:
+        OSError: it cannot be written. ValueError: it cannot fit in `SIDECAR_MAX` bytes.
+    """
+    text = json.dumps(data)
+    if len(text.encode("utf-8")) > SIDECAR_MAX:
+        text = json.dumps(_fit_argv(data))
+        if len(text.encode("utf-8")) > SIDECAR_MAX:
+            raise ValueError(f"the sidecar {path} would be more than {SIDECAR_MAX} bytes")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in range(16):
+        # Two threads of one process may write at once: only the first name is predictable.
+        tail = f"{os.getpid()}.tmp" if attempt == 0 else f"{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        tmp = path.with_name(f".{path.name}.{tail}")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name beside it", str(path))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -209,7 +269,13 @@ def is_stale(info: RunInfo) -> bool:
 
 
 def remove_entry(directory: Path, run_id: str, *, keep_log: bool = True) -> None:
-    """Remove a run's socket and sidecar (and its log unless `keep_log`)."""
+    """Remove a run's socket and sidecar (and its log unless `keep_log`).
+
+    Raises:
+        ValueError: `run_id` is not a run id (nothing outside `directory` is ever removed).
+    """
+    if not valid_run_id(run_id):
+        raise ValueError(f"{run_id!r} is not a run id")
     suffixes = [SOCK_SUFFIX, META_SUFFIX] + ([] if keep_log else [LOG_SUFFIX])
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):
@@ -217,48 +283,98 @@ def remove_entry(directory: Path, run_id: str, *, keep_log: bool = True) -> None
 
 
 def list_runs(directory: Path | None = None, *, clean: bool = True) -> list[RunInfo]:
-    """Live runs, oldest first; entries of dead processes are removed when `clean`."""
+    """Live runs, oldest first; entries of dead processes are removed when `clean`.
+
+    Without `directory`, every private runtime directory (`runtime_dirs()`) is read. A
+    sidecar that is not a gradtui one (a symlink, a FIFO, too large, not JSON, named
+    after another run) is skipped with one warning and left alone.
+
+    Raises:
+        RuntimeDirError: $GRADTUI_RUNTIME_DIR names a directory that is not private.
+    """
     if directory is None:
-        directory = candidate_dir()
-        if not directory.exists():
-            return []
-        check_private_dir(directory)
-    out: list[RunInfo] = []
-    for meta in sorted(directory.glob(f"*{META_SUFFIX}")):
-        if meta.name.startswith("."):
-            continue
-        try:
-            with open(meta, encoding="utf-8") as fh:
-                data = json.load(fh)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-            info = RunInfo.from_json(data, str(meta))
-        except FileNotFoundError:
-            continue  # removed by its own run while we listed
-        except (OSError, ValueError):
-            # A sidecar is replaced atomically, so an unreadable one was not written by gradtui.
-            continue
-        if is_stale(info):
-            if clean:
-                remove_entry(directory, info.id)
-            continue
-        out.append(info)
-    # Leftover sockets without a sidecar (a run killed between the two writes).
-    if clean:
-        for sock in directory.glob(f"*{SOCK_SUFFIX}"):
-            if not (directory / f"{sock.stem}{META_SUFFIX}").exists():
-                pid_part = sock.stem.split("-", 1)[0]
-                if pid_part.isdigit() and not pid_alive(int(pid_part)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(sock)
-        # Output files of `gradtui run` scripts are kept for the user to read, for a while.
-        cutoff = time.time() - LOG_KEEP_DAYS * 86400
-        for log_file in directory.glob(f"run-*{LOG_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                if log_file.stat().st_mtime < cutoff:
-                    os.unlink(log_file)
+        out = [info for d in runtime_dirs() for info in _list_dir(d, clean, checked=True)]
+    else:
+        out = _list_dir(directory, clean, checked=False)
     out.sort(key=lambda r: (r.started, r.id))
     return out
+
+
+def _list_dir(directory: Path, clean: bool, *, checked: bool) -> list[RunInfo]:
+    # Everything below goes through this descriptor: names, never paths a sidecar gave.
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if checked else 0))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot read runtime directory {str(directory)!r}: {exc.strerror or exc}") from None
+    try:
+        if checked:
+            check_private_fd(dfd, directory)
+        try:
+            names = sorted(os.listdir(dfd))
+        except OSError as exc:
+            raise RuntimeDirError(f"cannot list runtime directory {str(directory)!r}: {exc.strerror or exc}") from None
+        out: list[RunInfo] = []
+        for name in names:
+            if name.startswith(".") or not name.endswith(META_SUFFIX):
+                continue
+            try:
+                info = RunInfo.from_json(_read_sidecar_at(name, dfd), str(directory / name))
+            except FileNotFoundError:
+                continue  # removed by its own run while we listed
+            except SidecarError as exc:
+                log.warning("gradtui: skipping %s: it %s", directory / name, exc)
+                continue
+            except OSError as exc:
+                log.warning("gradtui: skipping %s: it cannot be read (%s)", directory / name, exc.strerror or exc)
+                continue
+            if is_stale(info):
+                if clean:
+                    _unlink_at(dfd, f"{info.id}{SOCK_SUFFIX}", f"{info.id}{META_SUFFIX}")
+                continue
+            out.append(info)
+        if clean:
+            _clean_leftovers(dfd, names)
+        return out
+    finally:
+        os.close(dfd)
+
+
+def _unlink_at(dfd: int, *names: str) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+
+
+def _kind_at(dfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _clean_leftovers(dfd: int, names: list[str]) -> None:
+    cutoff = time.time() - LOG_KEEP_DAYS * 86400
+    for name in names:
+        if name.endswith(SOCK_SUFFIX) and valid_run_id(stem := name[: -len(SOCK_SUFFIX)]):
+            # A socket without a sidecar: a run killed between the two writes.
+            pid_part = stem.split("-", 1)[0]
+            st = _kind_at(dfd, name)
+            if (
+                st is not None
+                and stat.S_ISSOCK(st.st_mode)
+                and _kind_at(dfd, f"{stem}{META_SUFFIX}") is None
+                and pid_part.isdigit()
+                and not pid_alive(int(pid_part))
+            ):
+                _unlink_at(dfd, name)
+        elif name.startswith("run-") and name.endswith(LOG_SUFFIX):
+            # Output files of `gradtui run` scripts are kept for the user to read, for a while.
+            st = _kind_at(dfd, name)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dfd)
 
 
 def parse_address(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -288,20 +404,42 @@ def is_loopback(host: str) -> bool:
 
 
 def load_or_create_token(path: str | os.PathLike[str]) -> tuple[str, bool]:
-    """The token in `path`, or a new one written there with mode 0600; returns (token, created)."""
+    """The token in `path`, or a new one written there with mode 0600; returns (token, created).
+
+    An existing file must be a regular file (not a symlink), owned by the user, that no
+    one else can read or write.
+
+    Raises:
+        TokenFileError: the file is unsafe or empty (the message names the fix).
+        OSError: it cannot be read or created.
+    """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8").strip()
+        raw, st = read_small_file(p, TOKEN_MAX)
     except FileNotFoundError:
         token = secrets.token_urlsafe(24)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(token + "\n")
         return token, True
+    except UnsafeFileError as exc:
+        raise TokenFileError(f"token file {str(p)!r} {exc}: give the path of the file itself, or remove it") from None
+    if st.st_uid != current_uid():
+        raise TokenFileError(
+            f"token file {str(p)!r} belongs to uid {st.st_uid}, not to you: remove it (a new one is written) "
+            "or use a token file of your own"
+        )
+    if st.st_mode & 0o077:
+        raise TokenFileError(
+            f"token file {str(p)!r} has mode {stat.S_IMODE(st.st_mode):04o}: others could read or change the "
+            f"token; chmod 600 {p} (or remove it and a new one is written)"
+        )
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise TokenFileError(f"token file {str(p)!r} is not text") from None
     if not text:
-        raise ValueError(f"token file {str(p)!r} is empty")
-    if os.stat(p).st_mode & 0o077:
-        log.warning("gradtui: token file %s is readable by others; chmod 600 it", p)
+        raise TokenFileError(f"token file {str(p)!r} is empty")
     return text, False
 
 
@@ -342,25 +480,40 @@ def _names(runs: list[RunInfo]) -> str:
     return ", ".join(f"{r.id} [{r.script or r.run}]" for r in runs[:8]) + (" ..." if len(runs) > 8 else "")
 
 
+def _cell(text: str, limit: int = 80) -> str:
+    # A sidecar's strings reach the terminal: no escape sequences, no line breaks.
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+def _started(t: float) -> str:
+    if not t:
+        return "?"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
 def format_table(runs: list[RunInfo], now: float | None = None) -> str:
-    """The `gradtui ls` table."""
+    """The `gradtui ls` table; STATUS reads "paused by WHO" while a viewer holds the run paused."""
     now = time.time() if now is None else now
-    header = ("RUN", "PID", "SCRIPT", "STARTED", "STEP", "STEPS/S", "VIEWERS", "ADDRESS")
+    header = ("RUN", "PID", "SCRIPT", "STARTED", "STEP", "STEPS/S", "VIEWERS", "STATUS", "ADDRESS")
     rows = [header]
     for r in runs:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started)) if r.started else "?"
         address = "unix" if r.socket else ""
         if r.listen:
-            address = f"{address} + tcp {r.listen}" if address else f"tcp {r.listen}"
+            address = f"{address} + tcp {_cell(r.listen)}" if address else f"tcp {_cell(r.listen)}"
         rows.append(
             (
                 r.id,
                 str(r.pid),
-                r.script or "-",
-                started,
+                _cell(r.script) or "-",
+                _started(r.started),
                 str(r.step) if r.step >= 0 else "-",
                 f"{r.steps_per_sec:.1f}" if r.steps_per_sec > 0 else "-",
                 str(r.viewers),
+                "running" if r.paused_by is None else f"paused by {_cell(r.paused_by)}",
                 address,
             )
         )

@@ -141,25 +141,33 @@ def test_steps_without_a_run_start_are_named_by_index(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("bad", "match"),
+    ("bad", "reason", "example"),
     [
-        (_step(1, norms=[1.0, 2.0], lrs=(0.1,)), "1 learning rates"),
-        (_step(1, norms=[1.0, 2.0], lrs=(0.1, 0.1), schedule=(0.1,)), r"\(1 scheduled\)"),
-        (_step(1, norms=[1.0, 2.0, 3.0], lrs=(0.1, 0.1)), "3 layer norms"),
+        (_step(1, norms=[1.0, 2.0], lrs=(0.1,)), "learning rates", "1 learning rates"),
+        (_step(1, norms=[1.0, 2.0], lrs=(0.1, 0.1), schedule=(0.1,)), "learning rates", "(1 scheduled)"),
+        (_step(1, norms=[1.0, 2.0, 3.0], lrs=(0.1, 0.1)), "run's layers", "3 layer norms"),
     ],
 )
-def test_steps_that_disagree_are_a_corrupt_record(tmp_path: Path, bad: StepStats, match: str) -> None:
-    events: list[Event] = [_start(2, lrs=(0.1, 0.1)), _step(0, norms=[1.0, 2.0], lrs=(0.1, 0.1)), bad]
+def test_steps_that_disagree_are_left_out_and_listed(tmp_path: Path, bad: StepStats, reason: str, example: str) -> None:
+    """Before issue 12 one such step made load raise (and report crash): the rest of the run was lost."""
+    events: list[Event] = [_start(2, lrs=(0.1, 0.1)), _step(0, norms=[1.0, 2.0], lrs=(0.1, 0.1)), bad,
+                           _step(2, norms=[3.0, 4.0], lrs=(0.1, 0.1))]
     path = _write(tmp_path / "bad.gtr", events)
-    with pytest.raises(ValueError, match=match) as info:
-        load(path)
-    assert str(path) in str(info.value) and "step 1" in str(info.value) and "corrupt" in str(info.value)
+    with pytest.warns(RuntimeWarning, match="do not fit the run"):
+        run = load(path)
+    assert run.steps.tolist() == [0, 2] and run.grad_norm.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    [entry] = run.skipped
+    assert entry["event"] == "step" and reason in entry["reason"] and example in entry["example"]
+    assert entry["count"] == 1 and entry["first_step"] == entry["last_step"] == 1
+    assert summarize(iter(events))["skipped"] == run.skipped  # the report leaves out exactly the same
 
 
-def test_steps_that_disagree_with_the_run_start_are_corrupt(tmp_path: Path) -> None:
+def test_steps_that_disagree_with_the_run_start_are_left_out(tmp_path: Path) -> None:
     path = _write(tmp_path / "bad.gtr", [_start(2), _step(0, norms=[1.0])])
-    with pytest.raises(ValueError, match="2 layers"):
-        load(path)
+    with pytest.warns(RuntimeWarning):
+        run = load(path)
+    assert len(run) == 0 and run.layers == ["l0", "l1"] and run.grad_norm.shape == (0, 2)
+    assert "1 layer norms" in run.skipped[0]["example"] and "for 2 layers" in run.skipped[0]["example"]
 
 
 def test_a_record_cut_mid_frame_loads_to_its_last_whole_step(tmp_path: Path) -> None:

@@ -65,27 +65,36 @@ class LRDialog(ModalScreen[float | None]):
 
 
 class ConfirmQuit(ModalScreen[str | None]):
-    """Confirm leaving when that stops the training process this viewer started.
+    """Confirm leaving when that stops the training process this viewer started, or leaves
+    a run paused by this viewer.
 
-    Dismisses with "stop", "detach" (leave it running; only when the source can) or None.
+    Dismisses with "stop", "detach" (leave it running; only when the source can), "resume"
+    (resume the run, then leave; only for a pause of ours) or None.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer('stop')", "Stop and quit", id="confirm-yes"),
+        Binding("y", "answer('stop')", "Quit", id="confirm-yes"),
         Binding("d", "answer('detach')", "Leave it running", id="confirm-detach"),
+        Binding("r", "answer('resume')", "Resume and quit", id="confirm-resume"),
         Binding("n,escape", "answer(None)", "Stay", id="confirm-no"),
     ]
 
-    def __init__(self, message: str, *, can_detach: bool = False) -> None:
+    def __init__(self, message: str, *, can_detach: bool = False, paused: bool = False) -> None:
         super().__init__()
         self.message = message
         self.can_detach = can_detach
+        self.paused = paused
+        """The question is about our pause: quitting leaves the run paused (for a while)."""
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
             yield Label(self.message, classes="dialog-title")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Stop it and quit (y)", variant="error", id="stop")
+                if self.paused:
+                    yield Button("Resume it and quit (r)", variant="success", id="resume")
+                    yield Button("Quit, leave it paused (y)", variant="warning", id="stop")
+                else:
+                    yield Button("Stop it and quit (y)", variant="error", id="stop")
                 if self.can_detach:
                     yield Button("Leave it running (d)", variant="warning", id="detach")
                 yield Button("Stay (n)", variant="primary", id="stay")
@@ -94,10 +103,10 @@ class ConfirmQuit(ModalScreen[str | None]):
         self.query_one("#stay", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id if event.button.id in ("stop", "detach") else None)
+        self.dismiss(event.button.id if event.button.id in ("stop", "detach", "resume") else None)
 
     def action_answer(self, answer: str | None) -> None:
-        if answer == "detach" and not self.can_detach:
+        if (answer == "detach" and not self.can_detach) or (answer == "resume" and not self.paused):
             return
         self.dismiss(answer)
 
