@@ -75,14 +75,16 @@ def make_opt(name: str, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
-def run_one(name: str, opt_name: str, device: str, rounds: int, steps: int, record: bool, tmp: Path) -> list[str]:
+def run_one(
+    name: str, opt_name: str, device: str, rounds: int, steps: int, record: bool, tmp: Path, detail_every: int = 50
+) -> list[str]:
     torch.manual_seed(0)
     plain, (x, y) = MODELS[name]()
     watched = copy.deepcopy(plain)
     plain, watched, x, y = plain.to(device), watched.to(device), x.to(device), y.to(device)
     opt_p, opt_w = make_opt(opt_name, plain), make_opt(opt_name, watched)
     path = tmp / f"{abs(hash((name, opt_name)))}.gtr" if record else None
-    mon = gradtui.watch(watched, opt_w, every=1, record=path, overwrite=True)
+    mon = gradtui.watch(watched, opt_w, every=1, detail_every=detail_every, record=path, overwrite=True)
     loss_fn = nn.CrossEntropyLoss()
 
     def sync() -> None:
@@ -132,9 +134,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--optimizers", nargs="*", default=["adamw", "sgd"], choices=["adamw", "sgd"])
     parser.add_argument("--record", action="store_true", help="also measure with a record file")
+    parser.add_argument(
+        "--detail-every", type=int, default=50, help="detail statistics every N steps (1: the cost of a detail step)"
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{args.rounds} rounds x {args.steps} steps, watch(every=1) with default statistics and detectors")
+          f"{args.rounds} rounds x {args.steps} steps, watch(every=1, detail_every={args.detail_every}) "
+          "with default statistics and detectors")
     # "ratio" compares whole steps side by side; "mon.step ms" times the probe's own call
     # (less sensitive to noise from other processes), and "1 + probe/plain" turns it into a ratio.
     rows = [["model", "optimizer", "record", "plain ms", "watched ms", "ratio", "mon.step ms", "1+probe/plain"]]
@@ -142,7 +148,9 @@ def main() -> None:
         for name in args.models:
             for opt_name in args.optimizers:
                 for record in [False, True] if args.record else [False]:
-                    rows.append(run_one(name, opt_name, args.device, args.rounds, args.steps, record, Path(tmpdir)))
+                    rows.append(run_one(
+                        name, opt_name, args.device, args.rounds, args.steps, record, Path(tmpdir), args.detail_every
+                    ))
                     print("  ".join(rows[-1]), flush=True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()

@@ -7,8 +7,9 @@
 - ingest: StepStats of a 100-layer run (a detail step and an UpdateStats every 50 steps)
   folded by the app's own `poll_source()`, 2,000 events per poll (a 10 Hz tick at 20k
   steps/s). Target: 20k steps/s.
-- frame: the app runs headless at 200x60 on its 10 Hz timer while a synthetic run adds
-  10 steps per poll (healthy: noisy but unflagged; exploding: a stress case where every
+- frame: the app runs headless at 200x60 on its 10 Hz timer while a synthetic run's
+  events (made beforehand: making them is the training side's work) arrive 10 steps
+  per poll (healthy: noisy but unflagged; exploding: a stress case where every
   visible row changes and about 10 alerts arrive per frame); a frame is one poll plus
   the layout, compositor and ANSI encoding that follow it (Textual skips the encoding
   headless, so it is done here), counted in
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtui.model.events import Event, StepStats
 from gradtui.model.store import RunStore
 from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp, make_app
@@ -148,10 +150,30 @@ def _instrument(timeline: _Timeline) -> Callable[[], None]:
     return undo
 
 
+class _Feed(ScriptedSource):
+    """Events made beforehand, 10 steps (and their alerts) per poll: making them (the
+    synthetic training and its detectors) is the training process's work, not the viewer's."""
+
+    def __init__(self, prefill: list[Event], live: list[Event], steps_per_poll: int = 10) -> None:
+        super().__init__(prefill)
+        self._chunks: list[list[Event]] = [[]]
+        for ev in live:
+            self._chunks[-1].append(ev)
+            if isinstance(ev, StepStats) and sum(isinstance(e, StepStats) for e in self._chunks[-1]) == steps_per_poll:
+                self._chunks.append([])
+        self._next = 0
+
+    def poll(self, max_events: int = 100_000) -> list[Event]:
+        if self._next < len(self._chunks):
+            self.feed(self._chunks[self._next])
+            self._next += 1
+        return super().poll(max_events)
+
+
 async def _frame(n_layers: int, seconds: float, scenario: str = "healthy") -> dict[str, float]:
     run = SyntheticRun(scenario, n_layers, detail_every=50)
     prefill = run.events(2_000)
-    source = ScriptedSource(prefill, run=run, steps_per_poll=10)
+    source = _Feed(prefill, run.events(int(seconds * 10 + 20) * 10))
     app = make_app(source, refresh_hz=10.0)
     timeline = _Timeline()
     undo = _instrument(timeline)

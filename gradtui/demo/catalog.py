@@ -42,8 +42,9 @@ _LIST: list[ScenarioInfo] = [
         blurb="4 hidden sigmoid layers, normal(0, 0.05) init, two circles: the first layers get no gradient",
         narrative="Each sigmoid passes back at most a quarter of the gradient, and weights drawn with std 0.05 "
             "shrink it further: every layer toward the input sees about ten times less than the one above.\n\n"
-            "Watch the heatmap: the rows of the first layers go dark within a few dozen steps and get the "
-            "vanishing flag, while the loss sits at ln 2 = 0.69, a coin toss.\n\n"
+            "Watch the heatmap: within a few dozen steps the rows of the first two layers get the vanishing "
+            "flag (blue), while the loss sits at ln 2 = 0.69, a coin toss. Press s for the raw norms: the "
+            "first layer's is more than a thousand times below the last one's.\n\n"
             "The cure is in the init and the activation: see the next chapters, sigmoid-relu-he and "
             "sigmoid-glorot.",
         steps=300,
@@ -55,8 +56,8 @@ _LIST: list[ScenarioInfo] = [
         blurb="The same MLP with ReLU and He init: gradients reach every layer",
         narrative="ReLU passes the gradient through unchanged where a unit is active, and He init scales the "
             "weights so that signals keep their size through depth.\n\n"
-            "Every row of the heatmap stays in the same band, no flag is raised, and the loss falls as the "
-            "net learns the two circles.",
+            "Every row of the heatmap stays calm (press s: the raw norms of all layers lie within a factor "
+            "of ten or so), no flag is raised, and the loss falls as the net learns the two circles.",
         steps=300,
         chapter="vanishing",
     ),
@@ -65,7 +66,8 @@ _LIST: list[ScenarioInfo] = [
         title="Cure: sigmoid with Glorot init",
         blurb="The same sigmoid MLP with Glorot init: no vanishing at this depth",
         narrative="Keeping the sigmoid but scaling the initial weights by Glorot's rule keeps the gradient within "
-            "a factor of about four per layer: the first layers are dimmer than the last, not dark.\n\n"
+            "a factor of about four per hidden layer (press s for the raw norms): the first layers are dimmer "
+            "than the last, not dark.\n\n"
             "No flag: the gradient reaches every layer. Yet the loss stays near 0.69 for these 300 steps: "
             "saturating, off-centre sigmoids learn slowly even when the gradient gets through, which is why "
             "ReLU (sigmoid-relu-he) is the better cure.",
@@ -91,8 +93,8 @@ _LIST: list[ScenarioInfo] = [
         title="Cure: clip the gradient norm to 1.0",
         blurb="The same run with the gradient norm clipped to 1.0: no NaN, the loss falls",
         narrative="Clipping rescales the whole gradient whenever its norm passes 1.0, so no step can overshoot by "
-            "much. The raw norms on the heatmap are still large at first (they are measured before "
-            "clipping), but they settle as the loss falls.\n\n"
+            "much. The raw norms (press s) are still large at first, since they are measured before "
+            "clipping, but they settle as the loss falls.\n\n"
             "Press c to turn clipping off and watch the run blow up.",
         steps=200,
         watch_options=_CLIP,
@@ -104,9 +106,9 @@ _LIST: list[ScenarioInfo] = [
         blurb="20 linear layers on the digits with Adam: products of many weights are unstable",
         narrative="Without nonlinearities the net is a product of 20 matrices. Adam moves every weight at the "
             "same pace whatever its gradient, and in a product of 20 factors small moves compound.\n\n"
-            "Watch the loss line for spikes and the global norm for bursts. Press - to halve the learning "
-            "rate; deep-linear-clip shows that clipping the norm does little under Adam, which rescales "
-            "gradients itself.",
+            "Watch the global norm burst by orders of magnitude (the exploding flag, from the first steps) "
+            "and the loss line spike. Press - early to halve the learning rate: smaller moves compound "
+            "less, and the bursts stop. deep-linear-clip shows what clipping does here.",
         steps=300,
         chapter="exploding",
     ),
@@ -114,10 +116,11 @@ _LIST: list[ScenarioInfo] = [
         name="deep-linear-clip",
         title="The deep linear net, clipped",
         blurb="The same 20-layer linear net with the gradient norm clipped to 1.0",
-        narrative="Clipping bounds each gradient, but Adam divides it by its own running size, so the step a "
-            "weight takes hardly changes.\n\n"
-            "Compare the loss and the alerts with deep-linear: the cure for Adam is a smaller learning rate "
-            "(press -) or warm-up, not clipping.",
+        narrative="Clipping bounds each gradient before Adam sees it, and the loss no longer spikes. But the "
+            "heatmap shows the gradients as backward made them, before clipping: they still jump far above "
+            "their recent level and raise the exploding flag about as often as in deep-linear. Clipping "
+            "bounds the step, not the gradient.\n\n"
+            "The cure for the jumps themselves is a smaller learning rate (press -) or warm-up.",
         steps=300,
         watch_options=_CLIP,
         chapter="exploding",
@@ -127,9 +130,9 @@ _LIST: list[ScenarioInfo] = [
         title="Healthy: a residual MLP with LayerNorm",
         blurb="Residual blocks with LayerNorm on the digits: the reference healthy run",
         narrative="Skip connections carry the gradient past every block, and LayerNorm keeps activations in range.\n\n"
-            "This is what healthy looks like: every layer in one band of the heatmap, the whole band drifting "
-            "down together as the loss goes to zero. Shrinking together is convergence, not vanishing: no "
-            "flag is raised.",
+            "This is what healthy looks like: every row of the heatmap calm, no layer flagged. Press s for the "
+            "raw norms: every layer in one band, the whole band drifting down together as the loss goes to "
+            "zero. Shrinking together is convergence, not vanishing.",
         steps=300,
         chapter="healthy",
     ),
@@ -149,7 +152,9 @@ _LIST: list[ScenarioInfo] = [
         blurb="An LSTM recalls the first of 6 tokens",
         narrative="The LSTM's gates keep a memory cell through the sequence, so the gradient from the last step "
             "reaches the first token.\n\n"
-            "Watch the loss fall to near zero with every row of the heatmap steady.",
+            "Watch the loss fall to near zero with no flag on any row. The rows at the bottom, h[t=0] to "
+            "h[t=5], are the gradient reaching the hidden state at each of the 6 time steps: the first "
+            "token's is within a factor of ten or so of the last one's.",
         steps=300,
         chapter="healthy",
     ),
@@ -159,9 +164,9 @@ _LIST: list[ScenarioInfo] = [
         blurb="10 hidden sigmoid layers on the digits: depth alone starves the first layers",
         narrative="With PyTorch's default init and Adam, ten sigmoid layers still pass back too little gradient: "
             "each one divides it by four or more.\n\n"
-            "Watch the first rows of the heatmap: they are orders of magnitude below the last ones and get "
-            "the vanishing flag, while the loss stays near ln 10 = 2.3. deep-sigmoid-cure shows the modern "
-            "recipe.",
+            "Watch the first rows of the heatmap get the vanishing flag (blue) within a few dozen steps, "
+            "while the loss stays near ln 10 = 2.3; press s for the raw norms, orders of magnitude below the "
+            "last rows'. deep-sigmoid-cure shows the modern recipe.",
         steps=300,
         chapter="vanishing",
     ),
@@ -171,7 +176,8 @@ _LIST: list[ScenarioInfo] = [
         blurb="The deep net rebuilt as residual ReLU blocks with BatchNorm: every layer learns",
         narrative="ReLU, Glorot init, BatchNorm and residual connections each keep the gradient's size through "
             "depth; together they make depth cheap.\n\n"
-            "Every row stays in one band and the loss falls fast.",
+            "Every row stays calm (press s: the raw norms lie within about two orders of magnitude, not "
+            "nine), no flag is raised, and the loss falls fast.",
         steps=300,
         chapter="vanishing",
     ),
@@ -182,8 +188,9 @@ _LIST: list[ScenarioInfo] = [
         narrative="The gradient from the answer has to travel back 70 time steps, through a tanh and the same "
             "recurrent matrix each time, and fades on the way: the loss stays near ln 4 = 1.39.\n\n"
             "The recurrent layer is a single row of the heatmap (its gradient is summed over time, so the "
-            "recent steps dominate it): here the loss line tells the story. rnn-gru shows a gated cell, "
-            "clipped, learning the same task.",
+            "recent steps dominate it). The rows below it, h[t=0] to h[t=69], are the gradient reaching "
+            "the hidden state at each time step: press s for the raw norms, which fall by orders of "
+            "magnitude from t=69 back to t=0. rnn-gru shows a gated cell, clipped, learning the same task.",
         steps=400,
         chapter="recurrent",
     ),
@@ -194,6 +201,7 @@ _LIST: list[ScenarioInfo] = [
         narrative="A GRU's update gate lets the hidden state pass through a time step unchanged, and biasing it "
             "toward 'keep' at init carries both the first token and its gradient across the 70 steps. "
             "Clipping at 1.0 guards against the bursts recurrent nets are known for.\n\n"
+            "The rows h[t=0] to h[t=69] show the gradient reaching every time step, the first one too. "
             "Watch the loss sit at ln 4 for a while, then drop once the net finds the first token.",
         steps=400,
         watch_options=_CLIP,
@@ -205,8 +213,8 @@ _LIST: list[ScenarioInfo] = [
         blurb="The BatchNorm CNN with SGD at lr 3.0: a burst of gradient, then a dead layer",
         narrative="The model is fine; the step is not. The first updates overshoot, the gradient bursts (exploding "
             "flag), and the loss stays at chance.\n\n"
-            "Within a few dozen steps the ReLUs after the convolutions stop firing for every input: the whole "
-            "convolutional trunk gets an exactly-zero gradient and the dead flag, and only the head still "
+            "Within a hundred steps the ReLUs after the convolutions stop firing for every input: the whole "
+            "convolutional trunk gets an exactly-zero gradient, then the dead flag, and only the head still "
             "learns. Press - to halve the rate and watch: dead units do not come back, so the cure is a "
             "smaller rate from the start (cnn-bn).",
         steps=300,

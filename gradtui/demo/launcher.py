@@ -2,8 +2,9 @@
 
 Each chapter trains for real in a child process (`python -m gradtui.demo.worker`)
 that streams to the viewer over an inherited socket. This module, like the viewer,
-never imports torch: `--list` and the option checks answer at once, and the worker
-reports what only it can check (whether CUDA is there).
+never imports torch: `--list` and the option checks answer at once. Only what torch
+alone can tell (is there a CUDA device?) is asked of a short-lived child, and only when
+`--device cuda` asks for one, before the viewer starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import math
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,16 @@ from gradtui.sources.child import ChildSource
 from gradtui.ui.tour import Chapter, Tour, suggested_keys
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+DEVICE_CHECK_TIMEOUT = 120.0
+"""Seconds the CUDA check may take (importing torch, initialising CUDA)."""
+_DEVICE_CHECK = (
+    "import sys\n"
+    "from gradtui.demo.worker import check_device\n"
+    "why = check_device(sys.argv[1])\n"
+    "print(why or '', end='')\n"
+    "sys.exit(3 if why else 0)\n"
+)
 
 
 def chapter_order() -> list[str]:
@@ -61,12 +73,40 @@ def check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--speed must be 0 (as fast as possible) or a positive number of steps/s, got {args.speed}")
     if not _DEVICE.fullmatch(args.device):
         raise CLIError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device != "cpu":
+        why = device_problem(args.device)
+        if why is not None:
+            raise CLIError(f"--device {args.device}: {why} (--device cpu trains on the CPU)")
     if args.record is not None:
         if args.name is not None:
             _check_record_path(record_path(args.record, None))
         else:
             for name in TOUR:
                 _check_record_path(record_path(args.record, name))
+
+
+def device_problem(device: str) -> str | None:
+    """Why the demo's worker cannot train on `device` here (no CUDA, no torch), or None.
+
+    Asked of a child with the worker's own check, so that the viewer never imports torch
+    and a missing GPU is one line before anything starts, not a crashed chapter.
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _DEVICE_CHECK, device],
+            capture_output=True,
+            text=True,
+            timeout=DEVICE_CHECK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"could not check for CUDA ({exc})"
+    if out.returncode == 0:
+        return None
+    if out.returncode == 3 and out.stdout:
+        return out.stdout.strip()
+    lines = (out.stderr or "").strip().splitlines()
+    return f"could not check for CUDA: {lines[-1] if lines else f'exit code {out.returncode}'}"
 
 
 def record_path(base: str, chapter: str | None, visit: int = 1) -> Path:

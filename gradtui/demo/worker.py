@@ -49,6 +49,9 @@ def check_device(device: str) -> str | None:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             return "CUDA was asked for but torch sees no CUDA device here"
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"torch sees {torch.cuda.device_count()} CUDA device(s) here: there is no {device}"
         return None
     return f"unknown device {device!r} (use cpu or cuda)"
 

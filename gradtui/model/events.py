@@ -24,6 +24,21 @@ FLAG_PRIORITY: tuple[str, ...] = ("nonfinite", "exploding", "vanishing", "dead",
 VERDICTS: tuple[str, ...] = ("healthy", "vanishing", "exploding", "nonfinite", "dead")
 """Per-layer verdicts, as in the report contract."""
 
+GRAD_HIST_LO = -40
+"""Lowest exponent of `StepStats.grad_hist`: values below 2**-39 (about 1.8e-12) share its bucket."""
+GRAD_HIST_HI = 24
+"""One past the highest exponent: values of 2**23 (about 8.4e6) and above share the top bucket."""
+GRAD_HIST_BUCKETS = GRAD_HIST_HI - GRAD_HIST_LO + 2
+"""Columns of `StepStats.grad_hist`: exactly 0, one per exponent in [LO, HI), then NaN/Inf."""
+
+
+def grad_hist_exponent(column: int) -> int | None:
+    """The exponent e of a `grad_hist` column (its values have floor(log2|g|) == e, clipped to
+    [GRAD_HIST_LO, GRAD_HIST_HI - 1]); None for the zero and the non-finite columns."""
+    if 1 <= column <= GRAD_HIST_BUCKETS - 2:
+        return GRAD_HIST_LO + column - 1
+    return None
+
 
 def primary_flag(kinds: Iterable[str]) -> str | None:
     """The most urgent of some flag kinds (see `FLAG_PRIORITY`), or None when there are none."""
@@ -129,6 +144,12 @@ class StepStats:
     stepped_norm: float = float("nan")
     """L2 norm of the gradients `optimizer.step()` used: after gradtui's clipping and the loop's
     own (clip_grad_norm_ after `mon.step`). NaN when no optimizer step followed (a GradScaler skip)."""
+    grad_hist: np.ndarray | None = None
+    """Per-layer histogram of the gradient values (detail steps only): int32 [layers,
+    GRAD_HIST_BUCKETS]. Column 0 counts values exactly 0; column 1 + e - GRAD_HIST_LO those with
+    floor(log2|g|) == e, e clipped to [GRAD_HIST_LO, GRAD_HIST_HI - 1] (so the end columns also
+    hold everything beyond); the last column NaN and Inf. A row of zeros: no gradient this step.
+    Taken before clipping, like the other statistics (absent in records made before it)."""
 
     @property
     def clipped(self) -> bool:
@@ -222,6 +243,9 @@ __all__ = [
     "Dropped",
     "EVENT_TYPES",
     "FLAG_PRIORITY",
+    "GRAD_HIST_BUCKETS",
+    "GRAD_HIST_HI",
+    "GRAD_HIST_LO",
     "VERDICTS",
     "Event",
     "LayerInfo",
@@ -230,6 +254,7 @@ __all__ = [
     "RunStart",
     "StepStats",
     "UpdateStats",
+    "grad_hist_exponent",
     "primary_flag",
     "verdict_of",
 ]

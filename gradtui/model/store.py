@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from gradtui.model.events import (
+    GRAD_HIST_BUCKETS,
     Alert,
     CommandResult,
     Dropped,
@@ -51,6 +52,7 @@ RUN_SERIES: tuple[str, ...] = (
     "clipped_norm",
     "clip_factor",
     "lr",
+    "schedule_lr",
     "steps_per_sec",
 )
 
@@ -101,6 +103,8 @@ class RunStore:
     _steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _latest: dict[str, np.ndarray] = field(default_factory=dict)
     _latest_step: dict[str, np.ndarray] = field(default_factory=dict)
+    _hist: np.ndarray = field(default_factory=lambda: np.zeros((0, GRAD_HIST_BUCKETS), np.int64))
+    _hist_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     # ------------------------------------------------------------ ingest
 
@@ -146,6 +150,8 @@ class RunStore:
         self._steps = np.full(cap, -1, np.int64)
         self._latest = {s: np.full(n, np.nan, np.float64) for s in LAYER_STATS}
         self._latest_step = {s: np.full(n, -1, np.int64) for s in LAYER_STATS}
+        self._hist = np.zeros((len(ev.layers), GRAD_HIST_BUCKETS), np.int64)
+        self._hist_step = np.full(len(ev.layers), -1, np.int64)
         self._head = 0
         self.count = 0
         self.total_steps = 0
@@ -179,6 +185,8 @@ class RunStore:
         s["clipped_norm"][row] = ev.clipped_norm
         s["clip_factor"][row] = ev.clip_factor
         s["lr"][row] = ev.lrs[0] if ev.lrs else np.nan
+        # What the loop set (the same as `lr` unless a viewer's override is in force).
+        s["schedule_lr"][row] = ev.schedule_lrs[0] if ev.schedule_lrs else s["lr"][row]
         s["steps_per_sec"][row] = ev.steps_per_sec
         arrays = {
             "grad_norm": ev.grad_norm,
@@ -208,11 +216,21 @@ class RunStore:
                 got = has_grad if name in ("grad_norm", "mean_abs", "max_abs", "zero_frac") else slice(None)
                 self._latest[name][got] = values[got]
                 self._latest_step[name][got] = ev.step
+        self._add_hist(ev)
         if self.first_nonfinite_step is None and (ev.nonfinite.any() or not np.isfinite(ev.global_norm)):
             self.first_nonfinite_step = ev.step
             bad = np.flatnonzero(ev.nonfinite > 0)
             self.first_nonfinite_layers = tuple(self.layers[i].name for i in bad)
         self.last = ev
+
+    def _add_hist(self, ev: StepStats) -> None:
+        h = ev.grad_hist
+        # A histogram of another shape (a damaged or foreign record) is left out, not fatal.
+        if h is None or not isinstance(h, np.ndarray) or h.shape != self._hist.shape or h.dtype.kind not in "iu":
+            return
+        got = np.asarray(ev.has_grad, bool)
+        self._hist[got] = h[got]
+        self._hist_step[got] = ev.step
 
     def _add_update(self, ev: UpdateStats) -> None:
         if self.count == 0 or len(ev.update_ratio) != len(self.layers) - self.n_lanes:
@@ -298,6 +316,13 @@ class RunStore:
     def latest_step(self, stat: str) -> np.ndarray:
         """Per-layer step of the most recent value of `stat` (-1 where never computed)."""
         return self._latest_step.get(stat, np.zeros(0, np.int64))
+
+    def latest_hist(self, layer: int) -> tuple[np.ndarray, int] | None:
+        """A layer's newest histogram of log2|g| (`StepStats.grad_hist`'s columns) and its step;
+        None before the first (a lane, a record made before histograms, no detail step yet)."""
+        if not 0 <= layer < len(self._hist_step) or self._hist_step[layer] < 0:
+            return None
+        return self._hist[layer].copy(), int(self._hist_step[layer])
 
     def layer_flags(self, layer: str) -> list[str]:
         """Kinds of the flags currently raised on a layer."""

@@ -30,6 +30,7 @@ from torch import nn
 from gradtui.model.commands import Command
 from gradtui.model.detectors import DetectorConfig, Detectors
 from gradtui.model.events import Alert, Event, LayerInfo, LogLine, RunEnd, RunStart, UpdateStats
+from gradtui.model.rate import StepRate
 from gradtui.probe import amp, exits
 from gradtui.probe.clip import check_clip, clip_grads
 from gradtui.probe.control import Control
@@ -100,9 +101,7 @@ class Monitor:
         """Only the primary process (rank 0) runs detectors, records and serves."""
         self._stats = GradStats(self._layers, self.dist, defer)
         self._pending: list[Pending] = []
-        self._last_sample_time: float | None = None
-        self._last_sample_step = -1
-        self._rate = 0.0
+        self._rate = StepRate()
         self.lanes: tuple[str, ...] = lane_names(lanes)
         self._lanes = Lanes(self.lanes, self._stats.device, self._stats.acc)
         self._outputs = Outputs()
@@ -329,7 +328,9 @@ class Monitor:
             self._resolve_pending(block=True)  # no optimizer step to wait for
         if self.control.state.paused:
             self._resolve_pending(block=not stats.defer)  # show the step we stop at
+            since = time.perf_counter()
             self.control.wait_while_paused(step, lambda: self.closed)
+            self._rate.pause(time.perf_counter() - since)  # paused time is not training time
 
     def _arm_stepped(self, which: list[int]) -> None:
         if self._stepped is None:
@@ -360,11 +361,7 @@ class Monitor:
         return clip_grads(grads, c.clip_mode, c.clip_threshold, total, global_norm, scale)
 
     def _meta(self, step: int, index: Any, detail: bool, update_step: int | None) -> StepMeta:
-        now = time.perf_counter()
-        if self._last_sample_time is not None and step > self._last_sample_step:
-            inst = (step - self._last_sample_step) / max(now - self._last_sample_time, 1e-9)
-            self._rate = inst if self._rate == 0.0 else 0.8 * self._rate + 0.2 * inst
-        self._last_sample_time, self._last_sample_step = now, step
+        rate = self._rate.update(step, time.perf_counter())
         state = self.control.state
         return StepMeta(
             step=step,
@@ -376,7 +373,7 @@ class Monitor:
             detail=detail,
             clip_mode=state.clip_mode,
             clip_threshold=state.clip_threshold,
-            steps_per_sec=self._rate,
+            steps_per_sec=rate,
             paused=state.paused,
             update_step=update_step,
         )

@@ -3,7 +3,9 @@ handful of `torch._foreach_*` kernels, packed into one small vector (named segme
 collective when distributed) and copied to the host once.
 
 `GradStats` computes; `Pending` holds a step's host copy until it is ready (at once on
-CPU, after a CUDA event otherwise); `publish` turns the vector back into events.
+CPU, after a CUDA event otherwise); `publish` turns the vector back into events. Detail
+steps add mean/max |g|, the zero fraction, weight norms and each layer's histogram of
+log2|g| (`gradtui.probe.histogram`), all in the same vector.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradtui.model.events import StepStats, UpdateStats
+from gradtui.model.events import GRAD_HIST_BUCKETS, StepStats, UpdateStats
 from gradtui.probe.dist import DistContext, local
+from gradtui.probe.histogram import GradHistogram
 from gradtui.probe.layers import Layer, grad_values
 
 GradIndex = tuple[list[int], torch.Tensor, np.ndarray, np.ndarray, np.ndarray]
@@ -130,6 +133,7 @@ class GradStats:
         )
         self.layer_index = torch.as_tensor(self.param_layer, device=self.device)
         self._index_cache: dict[bytes, GradIndex] = {}
+        self.hist = GradHistogram()
 
     # ------------------------------------------------------------ building blocks
 
@@ -255,10 +259,17 @@ class GradStats:
             if inv is not None:
                 l1, amax = l1 * inv, amax * inv
             seg("l1", self.per_layer(l1, idx, which))
-            seg("nnz", self.per_layer(self.norms(grads, 0.0), idx, which))
+            nnz = self.norms(grads, 0.0)
+            seg("nnz", self.per_layer(nnz, idx, which))
             seg("amax", self.per_layer(amax, idx, which, "amax"), "max")
             w_sq = self.sq_norms([local(p.detach()) for p in self.params])
             seg("w_sq", self.per_layer(w_sq, self.layer_index, None))
+            weight = self.mask[list(which)] if self.mask is not None else None
+            scale = inputs.amp[0] if inputs.amp is not None else None
+            # The 0-"norm" counts non-zeros exactly where its float sum of ones is exact.
+            exact = all(g.dtype == torch.float64 or (g.dtype == torch.float32 and g.numel() <= 1 << 24) for g in grads)
+            hist = self.hist.layer_hist(grads, idx, n, acc, scale=scale, weight=weight, nonzero=nnz if exact else None)
+            seg("hist", hist)
         count_on_device = (self.defer or dist is not None) and bool(grads)
         if count_on_device:
             # Deferred (CUDA) or gathered reads cannot come back for the counts later, so
@@ -368,6 +379,13 @@ def publish(
             zero_frac = np.where(has, 1.0 - parts["nnz"] / denom, np.nan)
         max_abs = np.where(has, parts["amax"], np.nan)
         weight_norm = np.sqrt(parts["w_sq"])
+    grad_hist = None
+    if "hist" in parts:
+        hist = np.rint(np.nan_to_num(parts["hist"])).reshape(n, GRAD_HIST_BUCKETS)
+        grad_hist = np.clip(hist, 0, np.iinfo(np.int32).max).astype(np.int32)
+        # Its zero column is exact where the 0-"norm" is not (half precision, huge tensors).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zero_frac = np.where(has, hist[:, 0] / np.where(has, numel, 1), np.nan)
     if "nonfinite" in parts:
         counts = np.rint(np.nan_to_num(parts["nonfinite"])).astype(np.int64)
     else:
@@ -407,6 +425,7 @@ def publish(
         lanes=np.where(parts["lane_seen"] > 0, np.sqrt(parts["lane_sq"]), np.nan) if lanes else None,
         schedule_lrs=meta.schedule_lrs,
         stepped_norm=clipped_norm * stepped_factor,
+        grad_hist=grad_hist,
     )
     update = None
     if meta.update_step is not None:

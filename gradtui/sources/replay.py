@@ -66,7 +66,7 @@ class ReplayControls(Protocol):
 
     @property
     def position(self) -> int:
-        """The step shown last (-1 before the first)."""
+        """The step shown last, or the one a seek is about to show (-1 before the first)."""
         ...
 
     @property
@@ -292,7 +292,8 @@ class ReplaySource:
     def status(self) -> str:
         speed = "max" if math.isinf(self._speed) else f"{self._speed:g}x"
         last = self._index.last_step
-        where = f"step {self._position}/{last}" if last >= 0 else "no steps yet"
+        shown = str(self._position) if self._position >= 0 else "—"
+        where = f"step {shown}/{last}" if last >= 0 else "no steps yet"
         if self.at_end:
             state = "end of record"
         elif self._caught_up and self._index.following:
@@ -327,14 +328,29 @@ class ReplaySource:
             return self._seek_locked(step)
 
     def step_by(self, steps: int) -> int:
-        """Seek relative to the current position."""
+        """Seek relative to the current position (or to the seek still waiting for the indexer).
+
+        A move that the record's bounds cancel (back at the first step, forward at the last)
+        changes nothing: the viewer's store is not rebuilt for the same picture.
+        """
         with self._lock:
-            base = self._position if self._position >= 0 else self._index.first_step
-            return self._seek_locked(base + steps)
+            if self._pending_seek is not None:
+                self._pending_seek = max(0, self._pending_seek + steps)
+                return self._pending_seek
+            first = self._index.first_step
+            base = self._position if self._position >= 0 else first
+            target = max(base + steps, first)
+            if self._position >= 0 and not self._burst and (
+                target == self._position or (steps > 0 and self._position >= self._index.last_step)
+            ):
+                return self._position
+            return self._seek_locked(target)
 
     def _seek_locked(self, step: int) -> int:
         index = self._index
         keys, kinds, others, start = index.keys, index.kinds, index.others, index.start_index
+        # Never before the first step: a seek below it shows that step (and its history: none).
+        step = max(step, index.first_step)
         pos = bisect.bisect_right(keys, step, 0, len(keys))
         # The last `backlog_steps` sampled steps before pos, plus every non-step event before it.
         lo, seen, shown = pos, 0, -1
@@ -352,7 +368,9 @@ class ReplaySource:
         self._burst = collections.deque(burst)
         self._pos = pos
         self._generation += 1
-        self._position = -1
+        # The step the burst ends on, at once: a second step_by before the next poll builds on it
+        # (with -1 here, `>` `>` from step 300 went to the first step + 100).
+        self._position = shown
         self._rt = self._last_eff = index.times[pos - 1] if pos > 0 else math.nan
         self._skew = 0.0
         self._last_clock = self._clock()

@@ -14,14 +14,17 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Iterable
+from functools import partial
 from typing import ClassVar
 
 from rich.markdown import Markdown
-from textual.app import ComposeResult
+from textual import events
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
@@ -38,6 +41,9 @@ from gradtui.ui.bindings import (
     TOUR_BINDINGS,
     VIEW_BINDINGS,
 )
+from gradtui.ui.bindings import (
+    KEY_ACTIONS as _KEY_ACTIONS,
+)
 from gradtui.ui.controls import Controls, describe
 from gradtui.ui.messages import (
     InterventionAcknowledged,
@@ -45,11 +51,13 @@ from gradtui.ui.messages import (
     InterventionSent,
     RunEnded,
 )
+from gradtui.ui.palette import palette_bindings, palette_commands
 from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
 from gradtui.ui.screens.help import HelpScreen
-from gradtui.ui.screens.tour import NEXT_KEY, ChapterScreen
+from gradtui.ui.screens.tour import NEXT_KEY, ChapterScreen, end_invite
+from gradtui.ui.themes import HIGH_CONTRAST, THEMES
 from gradtui.ui.tour import HeldSource, Tour
 from gradtui.ui.tour_switch import WIDE_AT, TourSwitching
 from gradtui.ui.widgets.alert_log import AlertLog
@@ -82,7 +90,7 @@ class GradTUIApp(TourSwitching):
     """
 
     CSS_PATH = "gradtui.tcss"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE_AT, "-wide")]
     BINDINGS: ClassVar[list[BindingType]] = [
         *TOUR_BINDINGS,
@@ -91,7 +99,7 @@ class GradTUIApp(TourSwitching):
         *VIEW_BINDINGS,
     ]
 
-    stat: reactive[str] = reactive("grad_norm")
+    stat: reactive[str] = reactive(HEATMAP_STATS[0])
     """Statistic the heatmap shows (cycled with `s`)."""
     narrative: reactive[str | None] = reactive(None)
     """Markdown shown in the side panel; None hides the panel."""
@@ -141,6 +149,9 @@ class GradTUIApp(TourSwitching):
         self.charts = (
             SeriesChartWidget(self.store, "loss", "loss", id="loss", classes="panel"),
             SeriesChartWidget(self.store, "global_norm", "global ‖g‖", id="norm", classes="panel"),
+            SeriesChartWidget(
+                self.store, "lr", "lr", id="lr", classes="panel", overlay="schedule_lr", markers=("set_lr", "release")
+            ),
         )
         self.alert_log = AlertLog(id="alerts", classes="panel")
         self.output_log = AlertLog(id="output", classes="panel", placeholder="no output yet")
@@ -162,17 +173,19 @@ class GradTUIApp(TourSwitching):
         yield self.status_header
         yield self.tour_banner
         with Horizontal(id="body"):
-            with Vertical(id="left"):
+            with Vertical(id="main"):
                 yield self.heatmap
-            with Vertical(id="side"):
-                yield from self.charts
-                yield self.alert_log
-                yield self.output_log
+                with Horizontal(id="side"):
+                    with Vertical(id="charts"):
+                        yield from self.charts
+                    yield self.alert_log
+                    yield self.output_log
             yield self.narrative_panel
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._mounted_ui = True
+        self.register_theme(HIGH_CONTRAST)
         self.heatmap.color = not self.no_color
         self.heatmap.focus()
         self.alert_log.border_title = "alerts (o: output)"
@@ -255,10 +268,13 @@ class GradTUIApp(TourSwitching):
         return len(events)
 
     def reset_store(self) -> None:
-        """Empty the store in place (the widgets keep their reference to it)."""
+        """Empty the store in place (the widgets keep their reference to it) and the logs (a seek refills them)."""
         self.store.reset()
         self.controls.pending.clear()
+        self.status_header.last_result = None  # an acknowledgement from the future of a seek
         self.controls.applied.clear()
+        self.alert_log.clear()
+        self.output_log.clear()
         self.heatmap.scroll_to(y=0, animate=False)
 
     def ingest(self, events: list[Event]) -> None:
@@ -311,8 +327,7 @@ class GradTUIApp(TourSwitching):
         if self.tour is not None:
             self._show_chapter()
             if end.status != "error":
-                nxt = self.tour.next_chapter
-                invite = f"Press {NEXT_KEY} for the next chapter: {nxt.title}" if nxt else "That was the last chapter."
+                invite = end_invite(self.tour)
                 self.notify(f"This chapter's run is over. {invite}", title="Chapter finished", timeout=8)
         if end.status == "error" and not self._error_shown:
             self._error_shown = True
@@ -358,8 +373,12 @@ class GradTUIApp(TourSwitching):
         return None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self._allowed(action, self.screen)
+
+    def _allowed(self, action: str, screen: Screen[object]) -> bool:
+        """Whether `action` works on `screen` in this mode (live, replay, tour)."""
         # Interventions only from the main and detail screens, never under a dialog.
-        if action in INTERVENTION_ACTIONS and isinstance(self.screen, ModalScreen):
+        if action in INTERVENTION_ACTIONS and isinstance(screen, ModalScreen):
             return False
         # A replay has no probe to command: its keys drive the playback instead.
         if action in INTERVENTION_ACTIONS and self.replay is not None:
@@ -370,7 +389,7 @@ class GradTUIApp(TourSwitching):
             if self.tour is None or (action == "tour_move" and len(self.tour) < 2):
                 return False
             # A run's own screens give way to the next chapter; other dialogs ask first.
-            return not isinstance(self.screen, ModalScreen) or isinstance(self.screen, (ChapterScreen, RunErrorScreen))
+            return not isinstance(screen, ModalScreen) or isinstance(screen, (ChapterScreen, RunErrorScreen))
         return True
 
     def action_toggle_clip(self) -> None:
@@ -433,15 +452,56 @@ class GradTUIApp(TourSwitching):
         self.stat = HEATMAP_STATS[(i + 1) % len(HEATMAP_STATS)]
 
     def action_help(self) -> None:
-        tour = [("Tour (gradtui demo)", TOUR_BINDINGS)] if self.tour is not None else []
-        sections = [
-            *tour,
-            ("Interventions (sent to the training process)", INTERVENTION_BINDINGS),
-            ("Replay (when playing a record)", REPLAY_BINDINGS),
-            ("View", VIEW_BINDINGS),
-            ("Heatmap", [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]),
-        ]
+        """The keys that work here: a replay lists its playback keys, a live run its interventions."""
+        sections: list[tuple[str, list[Binding]]] = []
+        if self.tour is not None:
+            sections.append(("Tour (gradtui demo)", TOUR_BINDINGS))
+        if self.replay is None:
+            sections.append(("Interventions (sent to the training process)", INTERVENTION_BINDINGS))
+        else:
+            sections.append(("Replay", REPLAY_BINDINGS))
+        sections.append(("View", VIEW_BINDINGS))
+        sections.append(("Heatmap", [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]))
         self.push_screen(HelpScreen(sections))
+
+    def on_key(self, event: events.Key) -> None:
+        """A key that does nothing in this mode says why, in one line, instead of nothing."""
+        why = self._why_not(event.key)
+        if why is not None:
+            event.stop()
+            self.notify(why, timeout=4)
+
+    def _why_not(self, key: str) -> str | None:
+        if isinstance(self.screen, ModalScreen):
+            return None
+        if self.replay is not None:
+            action = _KEY_ACTIONS["live"].get(key)
+            if action is not None and key not in _KEY_ACTIONS["replay"]:
+                return f"{key}: {action} works on a live run; this is a replay of a record (p plays, < > seek)"
+        return None
+
+    # ------------------------------------------------------------ palette and themes
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The command palette (ctrl+p): every action that works here, then Textual's own."""
+        heatmap = [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]
+        allowed = partial(self._allowed, screen=screen)
+        yield from palette_commands(palette_bindings(heatmap), allowed, self.run_action, self._use_theme)
+        yield from super().get_system_commands(screen)
+
+    async def action_on_heatmap(self, action: str) -> None:
+        """A heatmap action from the palette (where the heatmap does not have the focus)."""
+        self.heatmap.focus()
+        await self.heatmap.run_action(action)
+
+    def action_cycle_theme(self) -> None:
+        names = list(THEMES)
+        nxt = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        self._use_theme(nxt)
+
+    def _use_theme(self, name: str) -> None:
+        self.theme = name
+        self.notify(f"Theme: {THEMES[name]}", timeout=2)
 
     def on_layer_heatmap_layer_selected(self, message: LayerHeatmap.LayerSelected) -> None:
         self.push_screen(LayerDetailScreen(self.store, message.layer))

@@ -6,6 +6,7 @@ by section, and `check_action` enables each group only where it applies.
 from __future__ import annotations
 
 from textual.binding import Binding
+from textual.keys import _character_to_key
 
 from gradtui.ui.screens.tour import NEXT_KEY, PREVIOUS_KEY, STORY_KEY
 
@@ -44,6 +45,14 @@ TOUR_BINDINGS: list[Binding] = [
         show=False,
         id="tour-story",
     ),
+    Binding(
+        "r",
+        "tour_restart",
+        "restart",
+        tooltip="Tour: run this chapter again from its first step",
+        show=False,
+        id="tour-restart",
+    ),
 ]
 
 INTERVENTION_BINDINGS: list[Binding] = [
@@ -72,13 +81,33 @@ REPLAY_BINDINGS: list[Binding] = [
     Binding(">", "replay_step(100)", "fwd", tooltip="Replay: forward 100 steps", group=_STEP, id="replay-forward"),
 ]
 VIEW_BINDINGS: list[Binding] = [
-    Binding("s", "cycle_stat", "stat", tooltip="Cycle the statistic: ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖", id="stat"),
+    Binding("s", "cycle_stat", "stat", tooltip="Cycle the view: health, ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖", id="stat"),
     Binding("o", "toggle_output", "output", tooltip="Log panel: training output / alerts", id="output"),
     Binding("question_mark", "help", "help", key_display="?", tooltip="This help", id="help"),
     Binding("q", "quit", "quit", tooltip="Quit (asks first when that stops a training process)", id="quit"),
+    # ctrl+c quits as q does (Textual's default only says "press ctrl+q"); it asks the same questions.
+    Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit-ctrl-c"),
+    Binding("T", "cycle_theme", "theme", tooltip="Cycle the theme: dark, light, high contrast", show=False, id="theme"),
 ]
 INTERVENTION_ACTIONS = frozenset(
     {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause", "release"}
 )
 REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
-TOUR_ACTIONS = frozenset({"tour_move", "tour_story"})
+TOUR_ACTIONS = frozenset({"tour_move", "tour_story", "tour_restart"})
+
+
+def _keys(bindings: list[Binding]) -> dict[str, str]:
+    """Key name (as in a key event) -> what the key does, for every key of `bindings`."""
+    out: dict[str, str] = {}
+    for b in bindings:
+        for key in b.key.split(","):
+            key = key.strip()
+            out[_character_to_key(key) if len(key) == 1 else key] = b.description
+    return out
+
+
+KEY_ACTIONS: dict[str, dict[str, str]] = {
+    "live": _keys(INTERVENTION_BINDINGS),
+    "replay": _keys(REPLAY_BINDINGS),
+}
+"""The keys of each mode, so a key of the other mode can say why it does nothing here."""

@@ -13,6 +13,10 @@ import numpy as np
 from rich.color import Color
 from rich.style import Style
 
+from gradtui.model.detectors import DetectorConfig
+from gradtui.ui.numbers import fmt_reading as fmt_number  # noqa: F401 - re-exported for the renderables
+from gradtui.ui.numbers import fmt_sig
+
 EMPTY = -1
 """Cell code: no value in this column (no gradient, or not computed yet)."""
 NONFINITE = -2
@@ -99,8 +103,11 @@ STAT_SCALES: dict[str, LogScale] = {
 }
 """Fixed absolute scales: a vanishing or exploding layer looks the same in every run."""
 
-HEATMAP_STATS: tuple[str, ...] = ("grad_norm", "mean_abs", "max_abs", "update_ratio")
-"""The statistics the heatmap cycles through (key `s`)."""
+HEALTH = "health"
+"""The heatmap's default view: each cell says whether the layer was healthy at that step."""
+
+HEATMAP_STATS: tuple[str, ...] = (HEALTH, "grad_norm", "mean_abs", "max_abs", "update_ratio")
+"""The views the heatmap cycles through (key `s`): health first, then raw magnitudes."""
 
 
 def _lerp(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
@@ -130,6 +137,121 @@ NONFINITE_STYLE = Style(color="bright_white", bgcolor="magenta", bold=True)
 EMPTY_STYLE = Style()
 
 
+# ------------------------------------------------------------ health view
+# A cell of the health view is a level of a diverging scale (calm in the middle, "low"
+# below, "high" above) or a flag the detectors raised at that step. Levels never reach
+# the flag colours: red and vivid blue mean "the detector says so", nothing less.
+
+HEALTH_SIDE = 4
+"""Levels of "low" (and of "high") between healthy and the vanishing (exploding) threshold."""
+HEALTH_MID = HEALTH_SIDE
+"""Cell code of a healthy cell; codes below are "low", above (up to HEALTH_LEVELS-1) "high"."""
+HEALTH_LEVELS = 2 * HEALTH_SIDE + 1
+VANISHING_CELL = HEALTH_LEVELS
+"""Cell code: the vanishing flag was up at this step."""
+EXPLODING_CELL = HEALTH_LEVELS + 1
+"""Cell code: the exploding flag was up at this step."""
+DEAD_CELL = HEALTH_LEVELS + 2
+"""Cell code: the dead flag was up at this step."""
+HEALTH_CODES: tuple[int, ...] = tuple(range(DEAD_CELL + 1))
+
+# Chosen so that Rich's downgrades keep the meaning: in 256 colours the calm middle is a
+# grey, and in 16 colours (TERM=screen) healthy and mild levels are grey, strong "low" blue,
+# strong "high" yellow, flags bright blue and bright red: never red for a healthy run.
+_HEALTH_RGB: tuple[tuple[int, int, int], ...] = (
+    (20, 62, 160),  # low 4: at the vanishing threshold
+    (44, 84, 150),
+    (58, 88, 128),
+    (64, 80, 100),
+    (66, 74, 80),  # healthy
+    (100, 88, 66),
+    (140, 110, 40),
+    (176, 120, 36),
+    (206, 124, 36),  # high 4: at the exploding ratio
+)
+_FLAG_CELL_STYLES: dict[int, Style] = {
+    VANISHING_CELL: Style(color="#ffffff", bgcolor="#2e5cff", bold=True),
+    EXPLODING_CELL: Style(color="#ffffff", bgcolor="#f03c3c", bold=True),
+    DEAD_CELL: Style(color="#c8c8c8", bgcolor="#181818", bold=True),
+}
+HEALTH_STYLES: dict[int, Style] = {
+    **{i: Style(bgcolor=Color.from_rgb(*rgb)) for i, rgb in enumerate(_HEALTH_RGB)},
+    **_FLAG_CELL_STYLES,
+}
+"""Style of each health cell code in colour."""
+HEALTH_GLYPHS: dict[int, str] = {
+    **{i: " " for i in range(HEALTH_LEVELS)},
+    VANISHING_CELL: FLAG_GLYPHS["vanishing"],
+    EXPLODING_CELL: FLAG_GLYPHS["exploding"],
+    DEAD_CELL: FLAG_GLYPHS["dead"],
+}
+"""Glyph of each health cell code in colour: flagged cells carry their flag's glyph too."""
+HEALTH_MONO_GLYPHS: dict[int, str] = {
+    **{i: "-" for i in range(HEALTH_MID)},
+    HEALTH_MID: "·",
+    **{i: "+" for i in range(HEALTH_MID + 1, HEALTH_LEVELS)},
+    VANISHING_CELL: FLAG_GLYPHS["vanishing"],
+    EXPLODING_CELL: FLAG_GLYPHS["exploding"],
+    DEAD_CELL: FLAG_GLYPHS["dead"],
+}
+"""Glyph of each health cell code without colour (NO_COLOR)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthScale:
+    """Where a gradient sits between healthy and a detector threshold, as a level of the health view.
+
+    Two log10 distances, each against the reference the detectors judge by. `growth`: the
+    norm over the layer's own recent level (exploding is a jump far above a layer's
+    history), in units that widen with the layer's own noise as the detectors' z-score
+    does. `depth`: the per-parameter RMS under the run's largest layer's at that step
+    (vanishing is a depth past a ratio). A healthy run is calm whatever its scale: a
+    norm of 50 or of 1e-3 at its usual level is in the middle.
+    """
+
+    usual: float
+    """Growth (log10) still healthy however steady the layer: the detectors clear an exploding flag within it."""
+    high_to: float
+    """Growth of the strongest "high" for a steady layer (the exploding ratio)."""
+    z_from: float
+    """For a noisy layer, "high" starts this many spreads above its level ..."""
+    z_to: float
+    """... and is strongest at this many (the detectors' z threshold)."""
+    low_from: float
+    """Depth (log10, negative) where "low" starts: halfway to the vanishing ratio."""
+    low_to: float
+    """Depth of the strongest "low" (the vanishing ratio)."""
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig | None = None) -> HealthScale:
+        """The scale of a detector config (the defaults when None)."""
+        c = config or DetectorConfig()
+        low_to = math.log10(c.vanish_ratio)
+        return cls(
+            usual=math.log10(c.explode_clear_ratio),
+            high_to=math.log10(c.explode_ratio),
+            z_from=c.explode_z / 2,
+            z_to=c.explode_z,
+            low_from=low_to / 2,
+            low_to=low_to,
+        )
+
+    def levels(self, growth: np.ndarray, spread: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Level codes (int8, 0..HEALTH_LEVELS-1) of log10 growth (with its spread) and depth; NaN is healthy.
+
+        The larger of the two departures wins; any departure past a start is at least one level.
+        """
+        with np.errstate(invalid="ignore"):
+            start = np.maximum(self.usual, self.z_from * spread)
+            full = np.maximum(self.high_to, self.z_to * spread)
+            up = (growth - start) / np.maximum(full - start, 1e-9)
+            down = (self.low_from - depth) / max(1e-9, self.low_from - self.low_to)
+            up_l = np.ceil(np.clip(np.nan_to_num(up, nan=0.0), 0.0, 1.0) * HEALTH_SIDE)
+            down_l = np.ceil(np.clip(np.nan_to_num(down, nan=0.0), 0.0, 1.0) * HEALTH_SIDE)
+        out: np.ndarray = np.where(up_l >= down_l, HEALTH_MID + up_l, HEALTH_MID - down_l).astype(np.int8)
+        return out
+
+
 def shade_glyph(code: int) -> str:
     """Glyph of a bin when drawing without colour: blank (cold) to full block (hot)."""
     if code == NONFINITE:
@@ -142,27 +264,8 @@ def shade_glyph(code: int) -> str:
 
 
 def fmt_value(value: float | None, width: int = 7) -> str:
-    """A statistic in a fixed width: "1.2e-03", "nan", "inf", or "—" when unknown."""
-    if value is None:
-        return "—".rjust(width)
-    if math.isnan(value):
-        return "nan".rjust(width)
-    if math.isinf(value):
-        return ("inf" if value > 0 else "-inf").rjust(width)
-    if value == 0:
-        return "0".rjust(width)
-    return f"{value:.1e}".rjust(width)
-
-
-def fmt_number(value: float | None) -> str:
-    """A run-wide number for the header: 4 significant digits, NaN/Inf spelled out."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.3e}"
-    return f"{value:.4g}"
+    """A statistic in a fixed width, by the one rule (`gradtui.ui.numbers.fmt_sig`): "1.2e-03"."""
+    return fmt_sig(value).rjust(width)
 
 
 def fmt_duration(seconds: float) -> str:

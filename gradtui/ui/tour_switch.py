@@ -3,23 +3,32 @@
 `TourSwitching` is a base class of `GradTUIApp`; it keeps the chapter keys' actions,
 starts a chapter (at once, or when its story is closed), closes the previous chapter's
 source on a thread, and writes the chapter's heading and keys into the banner, the side
-panel and the story. The widgets and the store it works on are the app's.
+panel and the story. While the story or the help covers a running chapter, its training
+waits (a `SetPaused`, on the record like any pause). The widgets and the store it works
+on are the app's.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
+from textual import on
 from textual.app import App
 from textual.containers import Vertical
+from textual.events import Mount
 from textual.reactive import reactive
+from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Static
 
+from gradtui.model.commands import Command, SetPaused
 from gradtui.model.store import RunStore
 from gradtui.sources.base import Source
+from gradtui.ui.controls import Controls
 from gradtui.ui.messages import ChapterStarted
+from gradtui.ui.screens.help import HelpScreen
 from gradtui.ui.screens.tour import ChapterScreen, heading, key_line
 from gradtui.ui.tour import HeldSource, Tour
 from gradtui.ui.widgets.alert_log import AlertLog
@@ -32,6 +41,8 @@ WIDE_AT = 120
 """Columns from which the side panels sit beside the heatmap (below it on narrower terminals)."""
 CLOSE_WAIT_S = 10.0
 """How long leaving waits for the training processes of earlier chapters to stop."""
+PAUSING_SCREENS: tuple[type[Screen[Any]], ...] = (ChapterScreen, HelpScreen)
+"""Screens that cover the run: in the tour, its training waits while one is open."""
 
 
 class TourSwitching(App[None]):
@@ -40,6 +51,7 @@ class TourSwitching(App[None]):
     tour: Tour | None
     source: Source
     store: RunStore
+    controls: Controls
     narrative: reactive[str | None]
     status_header: StatusHeader
     heatmap: LayerHeatmap
@@ -56,8 +68,13 @@ class TourSwitching(App[None]):
     _shown: tuple[int, int, str] | None
     _timer: Timer | None
     _retiring: list[threading.Thread]
+    _modal_paused: bool = False
+    """The tour paused this chapter's training because a story or the help covers it."""
 
     def poll_source(self) -> int:
+        raise NotImplementedError  # GradTUIApp's
+
+    def send_command(self, cmd: Command) -> str | None:
         raise NotImplementedError  # GradTUIApp's
 
     def reset_store(self) -> None:
@@ -76,6 +93,11 @@ class TourSwitching(App[None]):
             return
         self.start_chapter()
 
+    def action_tour_restart(self) -> None:
+        """Run this chapter again from its first step: a fresh training process, a clean screen."""
+        if self.tour is not None:
+            self.start_chapter(reread=False)
+
     def action_tour_story(self) -> None:
         if self.tour is None:
             return
@@ -84,13 +106,14 @@ class TourSwitching(App[None]):
             return
         self._open_story()
 
-    def start_chapter(self) -> None:
-        """Switch to the tour's current chapter.
+    def start_chapter(self, *, reread: bool = True) -> None:
+        """Switch to the tour's current chapter (or start it again).
 
         The old source is closed on a thread (a worker may take a moment to stop); the
-        store, the logs and the pending commands start empty. When the story shows over
-        the heatmap (below 120 columns, or opened with `t`), the chapter's training starts
-        when the story is closed, so that nothing happens unseen; beside it, at once.
+        store, the logs, the notifications and the pending commands start empty. When the
+        story shows over the heatmap (below 120 columns, or opened with `t`), the chapter's
+        training starts when the story is closed, so that nothing happens unseen; beside
+        it, at once. `reread=False` (a restart) skips the story below 120 columns.
         """
         tour = self.tour
         if tour is None:
@@ -111,8 +134,11 @@ class TourSwitching(App[None]):
         self._source_error = None
         self._bad_events = 0
         self._shown = None
+        self._modal_paused = False  # the pause was the old run's
+        # "Chapter finished ... Press .", "... not sent: the run has ended": the old run's words.
+        self.clear_notifications()
         self.narrative = tour.current.narrative
-        self._held = story_open or self._narrow()
+        self._held = story_open or (reread and self._narrow())
         if self._held:
             self._set_source(HeldSource(f"demo: {tour.current.name}"))
             if not isinstance(self.screen, ChapterScreen):
@@ -144,6 +170,27 @@ class TourSwitching(App[None]):
     def _story_closed(self, _: None) -> None:
         if self._held:
             self._release()
+
+    @on(Mount)
+    def _follow_screens(self) -> None:
+        if self.tour is not None:
+            self.screen_change_signal.subscribe(self, self._screen_changed)
+
+    def _screen_changed(self, _: Screen[Any]) -> None:
+        """Pause a running chapter while a story or the help covers it; resume it once uncovered."""
+        covered = isinstance(self.screen, PAUSING_SCREENS)
+        if covered and not self._modal_paused:
+            self._modal_paused = self._can_hold() and self.send_command(SetPaused(True)) is None
+        elif not covered and self._modal_paused:
+            self._modal_paused = False
+            # Not when the run ended meanwhile, or someone else resumed it.
+            if self.store.end is None and self.controls.intended().paused:
+                self.send_command(SetPaused(False))
+
+    def _can_hold(self) -> bool:
+        """A chapter's run is going, and not paused already (a pause of the user's stays theirs)."""
+        live = not isinstance(self.source, HeldSource) and self.store.run is not None and self.store.end is None
+        return live and not self.controls.intended().paused
 
     def _narrow(self) -> bool:
         return self.size.width < WIDE_AT

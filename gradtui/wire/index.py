@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gradtui.model.events import Event
 from gradtui.wire import codec as wire
-from gradtui.wire.scan import Damage, Frame, FrameScanner, read_start
+from gradtui.wire.scan import Damage, Frame, FrameScanner, Start, read_start
 
 KIND_START, KIND_STEP, KIND_UPDATE, KIND_OTHER, KIND_END = 0, 1, 2, 3, 4
 """`RecordIndex.kinds` values: RunStart, StepStats, UpdateStats, anything else, RunEnd."""
@@ -62,11 +62,13 @@ class RecordIndex:
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
             start = read_start(os.pread(self._fd, _HEAD, 0), self.path)
-            if start is None:
-                raise wire.WireError(f"{self.path}: too short to be a gradtui record")
         except BaseException:
             os.close(self._fd)
             raise
+        if start is None:
+            # Cut inside its hello, as `iter_record` reads it: no events yet, the cut is the tail (and a
+            # followed file may still complete it: a whole hello is skipped like a joined record's).
+            start = Start({}, 0)
         self.hello, self.data_start = start.hello, start.data_start
         self.lock = threading.Lock()
         self.offsets = array("q")

@@ -158,3 +158,22 @@ def test_record_paths() -> None:
     assert demo.record_path("runs/a.gtr", None) == Path("runs/a.gtr")
     assert demo.record_path("runs/a.gtr", "lstm") == Path("runs/a-lstm.gtr")
     assert demo.record_path("a", "lstm", 3) == Path("a-lstm-3")
+
+
+def test_a_missing_cuda_device_is_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the fix `demo --device cuda` on a CPU-only box opened the viewer on a chapter that
+    crashed ("Connection reset by peer", or the worker's line in a crash dialog)."""
+    import torch
+
+    def no_viewer(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the viewer started")
+
+    monkeypatch.setattr("gradtui.ui.app.make_app", no_viewer)
+    has_cuda = torch.cuda.is_available()
+    device, message = ("cuda:99", "there is no cuda:99") if has_cuda else ("cuda", "torch sees no CUDA device")
+    assert main(["demo", "sigmoid", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gradtui: error: --device {device}: ") and message in err and err.count("\n") == 1
+    assert demo.device_problem("cpu") is None

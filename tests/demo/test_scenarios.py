@@ -176,34 +176,7 @@ def test_healthy_runs_raise_no_gradient_alert_while_the_loss_goes_to_zero(
     assert run.mean_loss(20) < 0.02
 
 
-# ---------------------------------------------------------------- the other chapters
-
-
-@pytest.mark.slow
-def test_deep_sigmoid_vanishes_and_its_cure_does_not() -> None:
-    sick = train("deep-sigmoid", steps=60)
-    layers = [f"{2 * i}" for i in range(11)]  # the Linear layers of the Sequential
-    flagged = {a.layer for a in sick.raised("vanishing")}
-    assert {"0", "2", "4"} <= flagged and layers[-1] not in flagged
-    cured = train("deep-sigmoid-cure")
-    assert cured.raised(*GRADIENT_KINDS) == []
-    assert cured.mean_loss(20) < 0.05
-
-
-@pytest.mark.slow
-def test_gated_recurrent_cure_learns_the_long_range_task() -> None:
-    tanh = train("rnn-tanh", steps=200)
-    gru = train("rnn-gru")
-    assert tanh.mean_loss(20) > 1.0  # near ln 4: no memory of the first token yet
-    assert gru.mean_loss(20) < 0.05
-    assert gru.raised(*GRADIENT_KINDS) == []
-
-
-@pytest.mark.slow
-def test_too_high_learning_rate_flags_exploding_then_dead_units() -> None:
-    run = train("high-lr", steps=150)
-    assert run.first_alert("exploding") is not None
-    assert run.raised("dead")
+# The other chapters' claims are checked in test_chapters.py, one test per chapter.
 
 
 # ---------------------------------------------------------------- the library itself

@@ -80,6 +80,7 @@ def main() -> None:
         result["mean_abs"] = [s.mean_abs.tolist() for s in steps if s.mean_abs is not None]
         result["max_abs"] = [s.max_abs.tolist() for s in steps if s.max_abs is not None]
         result["weight_norm"] = [s.weight_norm.tolist() for s in steps if s.weight_norm is not None]
+        result["grad_hist"] = [s.grad_hist.tolist() for s in steps if s.grad_hist is not None]
         result["loss"] = [s.loss for s in steps]
         result["stat_lrs"] = [list(s.lrs) for s in steps]
         result["nonfinite_ranks"] = [list(s.nonfinite_ranks) for s in steps]

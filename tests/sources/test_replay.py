@@ -189,6 +189,43 @@ def test_a_seek_starts_a_fresh_store_with_the_history_up_to_the_target(record: P
         src.close()
 
 
+def test_seek_goes_the_way_asked_and_stays_within_the_record(record: Path) -> None:
+    """Keys pressed faster than the viewer polls: before the fix a seek set the position to -1
+    until the next poll, so `>` `>` from step 150 landed on step 100 and `<` reached "step -1"."""
+    src = ReplaySource(record, follow=False, paused=True, backlog_steps=10, clock=Clock())
+    try:
+        assert src.wait_indexed()
+        src.poll()
+        assert src.seek(150) == 150
+        src.poll()
+        # Forward twice, then back once, with no poll in between: each move builds on the last.
+        assert src.step_by(10) == 160 and src.position == 160
+        assert src.step_by(10) == 170 and src.position == 170
+        assert src.step_by(-30) == 140
+        got = src.poll()
+        assert _steps(got) == list(range(131, 141)) and src.position == 140
+        assert "step 140/199" in src.status
+        # Back past the first step: the first step, never below it; once there, `<` does nothing.
+        for _ in range(3):
+            assert src.step_by(-100) >= 0
+        assert src.position == 0 and "step 0/199" in src.status
+        back = src.poll()
+        assert _steps(back) == [0] and isinstance(back[0], RunStart)
+        generation = src.generation
+        assert src.step_by(-100) == 0 and src.generation == generation and src.poll() == []
+        assert src.seek(-5) == 0 and _steps(src.poll()) == [0]
+        # Forward past the last step: the last step and the run's end; once there, `>` does nothing.
+        assert src.step_by(10**6) == N - 1
+        end = src.poll()
+        assert _steps(end)[-1] == N - 1 and isinstance(end[-1], RunEnd)
+        generation = src.generation
+        assert src.step_by(100) == N - 1 and src.generation == generation and src.poll() == []
+        assert src.step_by(-100) == N - 101
+        assert _steps(src.poll())[-1] == N - 101
+    finally:
+        src.close()
+
+
 def test_a_record_cut_mid_frame_plays_to_its_last_whole_frame(record: Path, tmp_path: Path) -> None:
     data = record.read_bytes()
     cut = tmp_path / "cut.gtr"
@@ -275,6 +312,40 @@ def test_unreadable_records_get_one_clear_line(
     assert cli.main(["replay", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gradtui: error: ") and message in err[0]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"PK\x03\x04 a zip file", b"hello world, not a record\n", b"GU\x00\x01"],
+    ids=["empty", "zip", "text", "near-magic"],
+)
+def test_report_and_replay_refuse_a_file_in_the_same_words(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "x.gtr"
+    path.write_bytes(content)
+    assert cli.main(["report", str(path)]) == 2
+    report = capsys.readouterr().err
+    assert cli.main(["replay", str(path)]) == 2
+    assert capsys.readouterr().err == report and report.count("\n") == 1
+
+
+def test_a_record_cut_inside_its_hello_reads_as_the_report_reads_it(tmp_path: Path) -> None:
+    """Before the fix the report read it (no events, the cut bytes ignored) and replay refused it
+    ("too short to be a gradtui record")."""
+    hello = wire.hello_frame(role="record")
+    for cut in (1, 2, len(hello) // 2, len(hello) - 1):
+        path = tmp_path / f"cut{cut}.gtr"
+        path.write_bytes(hello[:cut])
+        expected = read_record(path)
+        assert expected.events == [] and expected.truncated_bytes == cut
+        src = ReplaySource(path, speed=math.inf, follow=False)
+        try:
+            got = _play_all(src)
+        finally:
+            src.close()
+        assert [type(e) for e in got] == [LogLine] and "ends mid-frame" in got[0].text  # type: ignore[attr-defined]
+        assert src.truncated_bytes == cut and "no steps yet" in src.status
 
 
 def test_replay_cli_refuses_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

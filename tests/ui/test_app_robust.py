@@ -127,6 +127,11 @@ def test_no_color_draws_cells_with_glyphs(monkeypatch: pytest.MonkeyPatch) -> No
         assert app.no_color
         hm = app.query_one(LayerHeatmap)
         assert not hm.color
+        # The health view: healthy, low and vanishing cells as glyphs, and the legend in words.
+        text = screen_text(app)
+        assert "·" in text and "-" in text and "▼▼" in text and "vanishing" in text
+        # The magnitude view: shades from cold to hot.
+        await pilot.press("s")
         text = screen_text(app)
         assert "▒" in text and "." in text
         assert "▼" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rich.color import ColorSystem
 from ui_helpers import run_start, step_stats, store_of
 
 from gradtui.model.events import Event
@@ -15,7 +16,21 @@ from gradtui.ui.renderables.heatmap import (
     heatmap_view,
     render_heatmap_text,
 )
-from gradtui.ui.scale import EMPTY, N_BINS, NONFINITE, PALETTE, STAT_SCALES, shade_glyph, truncate_left
+from gradtui.ui.scale import (
+    EMPTY,
+    EXPLODING_CELL,
+    HEALTH,
+    HEALTH_GLYPHS,
+    HEALTH_MID,
+    HEALTH_STYLES,
+    N_BINS,
+    NONFINITE,
+    PALETTE,
+    STAT_SCALES,
+    VANISHING_CELL,
+    shade_glyph,
+    truncate_left,
+)
 
 WIDTH = 40
 
@@ -180,3 +195,44 @@ def test_header_shows_scale_and_step_range() -> None:
 def test_long_names_keep_their_tail() -> None:
     assert truncate_left("encoder.layers.11.attention.self.query", 16) == "…tion.self.query"
     assert truncate_left("fc1", 16) == "fc1"
+
+
+def _health_store() -> RunStore:
+    """ok steady; cold a billion times below it (flagged vanishing at 30); hot jumps 10,000x at 35 (flagged)."""
+    from gradtui.model.events import Alert
+
+    events: list[Event] = [run_start(3, names=["ok", "cold", "hot"])]
+    for s in range(40):
+        events.append(step_stats(s, [0.1, 1e-9, 1e3 if s >= 35 else 0.1]))
+        if s == 30:
+            events.append(Alert(30, "cold", "vanishing", True, 1e-8, 3e-4))
+        if s == 35:
+            events.append(Alert(35, "hot", "exploding", True, 1e3, 1.0))
+    return store_of(events)
+
+
+def test_health_view_without_colour_whole() -> None:
+    layout = HeatmapLayout(57, name_width=6)
+    view = heatmap_view(_health_store(), HEALTH, layout.cells)
+    assert render_heatmap_text(Heatmap(view, layout=layout, color=False), 57) == (
+        " ▼ vanishing - low · healthy + high ▲ exploding × nan/inf\n"
+        "  layer     ‖g‖₂ 0                step                 39\n"
+        "  ok     1.0e-01 ········································\n"
+        "▼ cold   1.0e-09 ------------------------------▼▼▼▼▼▼▼▼▼▼\n"
+        "▲ hot    1.0e+03 ···································▲▲▲▲▲\n"
+    )
+
+
+def test_health_view_in_colour_whole() -> None:
+    layout = HeatmapLayout(57, name_width=6)
+    view = heatmap_view(_health_store(), HEALTH, layout.cells)
+    text = render_heatmap_text(Heatmap(view, layout=layout, header=False), 57, color_system="truecolor")
+
+    def run(code: int, n: int) -> str:
+        style = HEALTH_STYLES[code]
+        return style.render(HEALTH_GLYPHS[code] * n, color_system=ColorSystem.TRUECOLOR)
+
+    ok, cold, hot = text.splitlines()
+    assert ok.endswith(run(HEALTH_MID, 40))
+    assert cold.endswith(run(0, 30) + run(VANISHING_CELL, 10))
+    assert hot.endswith(run(HEALTH_MID, 35) + run(EXPLODING_CELL, 5))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from ui_helpers import manual_app
 
 from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
@@ -45,3 +46,18 @@ def test_exploding_with_interventions_100x30(snap_compare: Any) -> None:
 
 def test_help_80x24(snap_compare: Any) -> None:
     assert snap_compare(recorded("healthy", 4, 20), terminal_size=(80, 24), press=["question_mark"])
+
+
+def _sizes() -> list[tuple[int, int]]:
+    return [(80, 24), (120, 40), (200, 60)]
+
+
+@pytest.mark.parametrize("size", _sizes(), ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("scenario", ["healthy", "exploding"])
+def test_screens(snap_compare: Any, scenario: str, size: tuple[int, int]) -> None:
+    assert snap_compare(recorded(scenario, 12, 300), terminal_size=size)
+
+
+def test_exploding_no_color_120x40(snap_compare: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert snap_compare(recorded("exploding", 12, 300), terminal_size=(120, 40))

@@ -238,10 +238,19 @@ def test_a_one_chapter_tour_has_no_chapter_keys() -> None:
     app = tour_app(starter, names=("relu-explode",))
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        from gradtui.model.events import RunEnd
+
         footer = {k.key for k in app.screen.query(FooterKey)}
         assert "full_stop" not in footer
         await pilot.press("full_stop")
         assert len(starter.started) == 1
+        starter.started[-1].feed([RunEnd(step=5, status="ok")])
+        app.poll_source()
+        await pilot.pause()
+        assert _notes(app) == ["This chapter's run is over. Press r to run it again."]
+        assert "r run again" in text_of(app.narrative_keys, width=100)
+        await pilot.press("r")
+        assert len(starter.started) == 2 and _notes(app) == []
         assert app.narrative_panel.border_title == "demo"
         head = text_of(app.narrative_head, width=100)
         assert head.strip() == "Exploding: plain SGD on raw regression targets"
@@ -270,8 +279,9 @@ def test_suggested_keys_come_from_the_narratives() -> None:
     assert suggested_keys("Press c to clip the gradient norm, or - to halve the learning rate.") == ("c", "-")
     assert suggested_keys("the cure is a smaller learning rate (press -) or warm-up") == ("-",)
     assert suggested_keys("Press enter to see more; press q to quit.") == ()
-    assert chapter_of("relu-explode-clip").keys == ("c",)
-    assert chapter_of("sigmoid").keys == ()
+    assert chapter_of("relu-explode-clip").keys == ("s", "c")
+    assert chapter_of("sigmoid").keys == ("s",)
+    assert chapter_of("opt-sgd").keys == ()
 
 
 @pytest.mark.slow
@@ -316,3 +326,130 @@ def test_quitting_from_an_unread_story_starts_nothing() -> None:
 
     drive(app, body, (80, 24))
     assert app.return_code == 0 and starter.started == []
+
+
+class LiveStarter(Starter):
+    """A tour's `start` whose runs keep stepping (one step a poll) and answer commands."""
+
+    def __call__(self, chapter: Chapter) -> ScriptedSource:
+        run = SyntheticRun("healthy", 3, run=f"demo: {chapter.name}")
+        name = f"demo: {chapter.name}"
+        source = ScriptedSource(run.events(5), run=run, steps_per_poll=1, name=name, owns_process=True)
+        self.started.append(source)
+        return source
+
+
+def _notes(app: GradTUIApp) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+def test_each_chapter_starts_clean_and_r_runs_it_again() -> None:
+    """Before the fix chapter 2 opened under chapter 1's "Chapter finished ... Press ." and
+    "clip ... not sent: the run has ended", and going back from the last chapter said
+    "That was the last chapter"."""
+    from gradtui.model.events import RunEnd
+
+    starter = Starter()
+    app = tour_app(starter, names=("relu-explode", "relu-explode-clip"))
+    messages: list[object] = []
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        starter.started[-1].feed([RunEnd(step=5, status="ok")])
+        app.poll_source()
+        await pilot.press("c")  # too late: the run has ended
+        notes = _notes(app)
+        assert len(notes) == 2 and "Press . for the next chapter" in notes[0] and "not sent" in notes[1]
+        assert "r run again" in text_of(app.narrative_keys, width=200)
+        await pilot.press("full_stop")
+        assert _notes(app) == [], "the next chapter starts under no word of the last one"
+        assert not any("not sent" in line for line in app.alert_log.plain_lines)
+        assert "r run again" not in text_of(app.narrative_keys, width=200)
+        starter.started[-1].feed([RunEnd(step=6, status="ok")])
+        app.poll_source()
+        await pilot.pause()
+        assert any("That was the last chapter. Press r to run it again." in n for n in _notes(app))
+        await pilot.press("comma")
+        assert _notes(app) == []
+        assert app.tour is not None and app.tour.index == 0
+        # r: the same chapter again, a fresh run on a clean screen.
+        old = app.source
+        await pilot.press("c")  # pending when the chapter restarts
+        await pilot.press("r")
+        assert app.tour.index == 0 and app.source is starter.started[-1] and app.source is not old
+        check_chapter_named(app, starter, "relu-explode")
+
+    drive(app, body, (160, 48), messages)
+    started = [m.index for m in messages if isinstance(m, ChapterStarted)]
+    assert started == [0, 1, 0, 0]
+
+
+def check_chapter_named(app: GradTUIApp, starter: Starter, name: str) -> None:
+    """A fresh source runs chapter `name`, the earlier ones are closed, the store holds only the new run."""
+    assert app.source is starter.started[-1] and app.source.name == f"demo: {name}"
+    assert app.wait_retired(5.0) and all(s.closed for s in starter.started[:-1])
+    assert app.store.run is not None and app.store.run.run == f"demo: {name}"
+    assert app.store.total_steps == starter.steps_of(starter.started[-1])
+    assert not app.controls.pending and app.alert_log.plain_lines == []
+
+
+def test_r_restarts_at_once_below_120_columns() -> None:
+    starter = Starter()
+    app = tour_app(starter, names=("sigmoid", "sigmoid-relu-he"))
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        await pilot.press("escape")  # the story read, the chapter runs
+        assert len(starter.started) == 1
+        await pilot.press("r")
+        assert not isinstance(app.screen, ChapterScreen), "a restart does not make you read the story again"
+        assert len(starter.started) == 2
+        check_chapter_named(app, starter, "sigmoid")
+
+    drive(app, body, (80, 24))
+
+
+def test_training_waits_while_the_story_or_the_help_covers_the_chapter() -> None:
+    """Before the fix the chapter trained on behind `?` and `t` (chapter 1 finished while help was open)."""
+    from gradtui.model.commands import SetPaused
+
+    starter = LiveStarter()
+    app = tour_app(starter, names=("sigmoid", "sigmoid-relu-he"))
+
+    async def poll(times: int = 3) -> int:
+        for _ in range(times):
+            app.poll_source()
+        await pilot_pause()
+        assert app.store.last is not None
+        return app.store.last.step
+
+    pilot_pause: Callable[[], Awaitable[None]]
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        nonlocal pilot_pause
+        pilot_pause = pilot.pause
+        source = starter.started[-1]
+        running = await poll()
+        for key in ("question_mark", "t"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(source.sent[-1], SetPaused) and source.sent[-1].paused, key
+            stopped = await poll()
+            assert await poll() == stopped, f"training went on under {key}"
+            assert app.controls.actual().paused
+            await pilot.press("escape")
+            await pilot.pause()
+            assert isinstance(source.sent[-1], SetPaused) and not source.sent[-1].paused
+            assert await poll() > stopped > running
+        # On the record as any pause: each acknowledged at the step it took effect.
+        results = [(r.kind, r.ok) for r in app.store.results]
+        assert results == [("set_paused", True)] * 4
+        # A pause of the user's stays theirs: the help neither pauses again nor resumes.
+        await pilot.press("p")
+        await poll()
+        sent = len(source.sent)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert len(source.sent) == sent and app.controls.actual().paused
+
+    drive(app, body, (160, 48))

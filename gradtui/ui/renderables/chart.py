@@ -45,6 +45,7 @@ class ChartStyles:
     axis: Style = Style(dim=True)
     marker: Style = Style(color="bright_yellow", bold=True)
     nonfinite: Style = Style(color="bright_white", bgcolor="magenta", bold=True)
+    overlay: Style = Style(color="bright_white", bold=True)
 
 
 class SeriesChart:
@@ -59,6 +60,9 @@ class SeriesChart:
         markers: Interventions to mark on the axis.
         first_index: Absolute sample number of values[0], to keep buckets steady as data arrive.
         styles: Colours.
+        overlay: A second series on the same scale, drawn as a line over the bars where it
+            differs from them (the learning rate the loop set, under a viewer's override).
+        overlay_label: Its name in the title ("loop 0.02").
     """
 
     def __init__(
@@ -72,6 +76,8 @@ class SeriesChart:
         markers: Sequence[ChartMarker] = (),
         first_index: int = 0,
         styles: ChartStyles | None = None,
+        overlay: np.ndarray | None = None,
+        overlay_label: str = "",
     ) -> None:
         self.steps = np.asarray(steps)
         self.values = np.asarray(values, dtype=np.float64)
@@ -81,10 +87,15 @@ class SeriesChart:
         self.markers = markers
         self.first_index = first_index
         self.styles = styles or ChartStyles()
+        self.overlay = None if overlay is None else np.asarray(overlay, dtype=np.float64)
+        self.overlay_label = overlay_label
 
-    def _buckets(self, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    def _buckets(
+        self, cols: int, values: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         """Per column: worst finite value, any non-finite, and the sample range it covers."""
-        n = self.values.size
+        values = self.values if values is None else values
+        n = values.size
         k = bucket_size(n, cols)
         total = self.first_index + n
         newest = (total - 1) // k
@@ -93,7 +104,7 @@ class SeriesChart:
         offset = s0 - first_bucket * k
         take = total - s0
         padded = np.full(cols * k, np.nan)
-        padded[offset : offset + take] = self.values[n - take :]
+        padded[offset : offset + take] = values[n - take :]
         blocks = padded.reshape(cols, k)
         worst = np.fmax.reduce(np.where(np.isfinite(blocks), blocks, np.nan), axis=1)
         bad = np.isinf(blocks).any(axis=1)
@@ -115,10 +126,14 @@ class SeriesChart:
         st = self.styles
         rows = max(1, height - 2)
         out: list[list[Segment]] = []
-        finite = self.values[np.isfinite(self.values)]
+        both = self.values if self.overlay is None else np.concatenate([self.values, self.overlay])
+        finite = both[np.isfinite(both)]
         last = float(self.values[-1]) if self.values.size else None
         now = "—" if last is None else ("nan" if math.isnan(last) else fmt_number(last))
         head = f"{self.title} {now}".strip()
+        over = self.overlay if self.overlay is not None and self.overlay.size == self.values.size else None
+        if over is not None and over.size and last is not None and over[-1] != last and math.isfinite(over[-1]):
+            head += f" ({self.overlay_label} {fmt_number(float(over[-1]))})".replace("( ", "(")
         use_log = self.log
         if use_log is None:
             use_log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() >= 100)
@@ -138,17 +153,30 @@ class SeriesChart:
             return out
 
         worst, bad, _, first_bucket, k = self._buckets(width)
-        vals = worst
-        if use_log:
+
+        def scaled(x: np.ndarray) -> np.ndarray:
+            if not use_log:
+                return x
             with np.errstate(divide="ignore", invalid="ignore"):
-                vals = np.log10(np.where(worst > 0, worst, np.nan))
-        fin = vals[np.isfinite(vals)]
+                return np.log10(np.where(x > 0, x, np.nan))
+
+        vals = scaled(worst)
+        over_vals = scaled(self._buckets(width, over)[0]) if over is not None else None
+        fin = np.concatenate([vals, over_vals]) if over_vals is not None else vals
+        fin = fin[np.isfinite(fin)]
         lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
         if hi - lo < 1e-12:
             lo, hi = lo - 1.0, hi + 1.0
         levels = np.zeros(width, np.int64)
         ok = np.isfinite(vals)
         levels[ok] = np.maximum(1, np.round((vals[ok] - lo) / (hi - lo) * rows * 8)).astype(np.int64)
+        # The overlay's row per column (-1: none, or it coincides with the bars).
+        over_row = np.full(width, -1, np.int64)
+        if over_vals is not None:
+            oks = np.isfinite(over_vals) & (np.abs(over_vals - vals) > 1e-9 * max(1.0, hi - lo))
+            oks &= ~np.isnan(vals) | np.isfinite(over_vals)
+            lvl = np.maximum(1, np.round((over_vals - lo) / (hi - lo) * rows * 8))
+            over_row[oks] = (rows - 1 - (lvl[oks].astype(np.int64) - 1) // 8).clip(0, rows - 1)
 
         marks: dict[int, str] = {}
         if self.markers and self.steps.size:
@@ -165,7 +193,7 @@ class SeriesChart:
                     marks[col] = m.glyph if col not in marks or marks[col] == m.glyph else "*"
 
         # Each row as characters plus a style class per cell, then one segment per run.
-        style_of = (_PLAIN, st.bar, st.marker, st.nonfinite, st.axis)
+        style_of = (_PLAIN, st.bar, st.marker, st.nonfinite, st.axis, st.overlay)
         glyphs = np.array(list(BARS))
         mark_cols = np.array(sorted(marks), dtype=np.intp)
         for r in range(rows):
@@ -176,6 +204,10 @@ class SeriesChart:
                 free = fill[mark_cols] == 0
                 chars[mark_cols[free]] = "│"
                 cls[mark_cols[free]] = 2
+            on_line = over_row == r
+            if on_line.any():
+                chars[on_line] = np.where(fill[on_line] == 8, "╪", "─")
+                cls[on_line] = 5
             if r == 0 and bad.any():
                 chars[bad] = "×"
                 cls[bad] = 3

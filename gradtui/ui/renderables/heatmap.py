@@ -1,7 +1,9 @@
 """The layers x steps heatmap as a pure Rich renderable.
 
 `heatmap_view` turns a `RunStore` into a small matrix of colour codes (one row per
-layer, one column per bucket of steps); `Heatmap` draws it. The Textual widget in
+layer, one column per bucket of steps); `Heatmap` draws it. The health view (the
+default) colours a cell by how far the layer is from healthy at that step, the other
+views by the magnitude of a statistic on a fixed log scale. The Textual widget in
 `gradtui.ui.widgets.layer_heatmap` reuses `Heatmap.row_segments` line by line, so the
 terminal app and the string-rendering tests draw exactly the same thing.
 """
@@ -13,23 +15,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Console, ConsoleOptions, RenderResult
-from rich.segment import Segment
+from rich.segment import Segment, Segments
 from rich.style import Style
 
 from gradtui.model.events import primary_flag
 from gradtui.model.store import STAT_LABELS, RunStore
+from gradtui.ui.renderables.health import CELL_FLAGS, HealthIndex, paint_mask, span_rows
 from gradtui.ui.scale import (
+    DEAD_CELL,
     EMPTY,
     EMPTY_GLYPH,
     EMPTY_STYLE,
+    EXPLODING_CELL,
     FLAG_COLORS,
     FLAG_GLYPHS,
+    HEALTH,
+    HEALTH_CODES,
+    HEALTH_GLYPHS,
+    HEALTH_LEVELS,
+    HEALTH_MID,
+    HEALTH_MONO_GLYPHS,
+    HEALTH_SIDE,
+    HEALTH_STYLES,
     N_BINS,
     NONFINITE,
     NONFINITE_GLYPH,
     NONFINITE_STYLE,
     PALETTE,
     STAT_SCALES,
+    VANISHING_CELL,
     LogScale,
     fmt_value,
     shade_glyph,
@@ -37,6 +51,8 @@ from gradtui.ui.scale import (
 )
 
 VALUE_WIDTH = 7
+MONO_FLAG_STYLE = Style(bold=True, reverse=True)
+"""A flag glyph without colour: NO_COLOR greys a coloured glyph into its background; reverse stays readable."""
 MIN_NAME_WIDTH = 6
 HEADER_LINES = 2
 """Legend and step axis, drawn above the rows."""
@@ -115,20 +131,25 @@ def heatmap_view(
     stat: str,
     cols: int,
     layers: Sequence[int] | np.ndarray | None = None,
+    *,
+    health: HealthIndex | None = None,
 ) -> HeatmapView:
     """Build the view of `stat` for the given layer indices (all by default) in `cols` columns.
 
     Each column is a bucket of steps; a bucket shows the largest finite value in it (for a
     norm, the worst case), is NON-FINITE only when the layer really had a NaN/Inf gradient
-    (a non-finite count, or an infinite value), and EMPTY when it holds no value.
+    (a non-finite count, or an infinite value), and EMPTY when it holds no value. The
+    health view (`stat` "health") reads the gradient norm and its references from
+    `health`, which a caller drawing many frames keeps (a fresh one reads the whole ring).
     """
-    scale = STAT_SCALES.get(stat, STAT_SCALES["grad_norm"])
+    source = "grad_norm" if stat == HEALTH else stat
+    scale = STAT_SCALES.get(source, STAT_SCALES["grad_norm"])
     idx = np.arange(store.n_layers) if layers is None else np.asarray(layers, dtype=np.intp)
     cols = max(0, cols)
     names = tuple(store.layers[i].name for i in idx)
-    latest = store.latest(stat)
+    latest = store.latest(source)
     values = latest[idx] if latest.size else np.full(idx.size, np.nan)
-    seen = store.latest_step(stat)
+    seen = store.latest_step(source)
     known = seen[idx] >= 0 if seen.size else np.zeros(idx.size, bool)
     by_layer: dict[str | None, list[str]] = {}
     for layer, kind in store.active_flags:
@@ -152,18 +173,22 @@ def heatmap_view(
         out[offset : offset + m] = _ring_block(store, name, m, idx)
         return out.reshape(cols, k, idx.size)
 
-    vals_b = block(stat)
+    vals_b = block(source)
     vals = np.fmax.reduce(vals_b, axis=1)
     # NaN (no sample) compares False, so padding never counts as non-finite.
     bad = (block("nonfinite") > 0).any(axis=1)
     bad |= np.isinf(vals_b).any(axis=1)
-    if stat != "grad_norm":
+    if source != "grad_norm":
         bad |= np.isinf(block("grad_norm")).any(axis=1)
-    if stat in _SPARSE_STATS:
+    if source in _SPARSE_STATS:
         vals = _ffill(vals)
-    c = scale.codes(vals)
-    c[bad] = NONFINITE
     steps = store.steps(m)
+    if stat == HEALTH:
+        window = _Window(m, offset, k, cols, steps)
+        c = _health_codes(store, health if health is not None else HealthIndex(), idx, window)
+    else:
+        c = scale.codes(vals)
+    c[bad] = NONFINITE
     return HeatmapView(
         stat,
         names,
@@ -176,6 +201,44 @@ def heatmap_view(
         known=known,
         scale=scale,
     )
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where the held steps sit in the columns: `m` samples from `offset` of `cols` buckets of `k`."""
+
+    m: int
+    offset: int
+    k: int
+    cols: int
+    steps: np.ndarray
+
+
+def _health_codes(store: RunStore, health: HealthIndex, idx: np.ndarray, w: _Window) -> np.ndarray:
+    """(cols, rows) health codes: each bucket's level furthest from healthy, or the flag that was up."""
+    health.sync(store)
+    flat = np.full((w.cols * w.k, idx.size), EMPTY, np.int8)
+    flat[w.offset : w.offset + w.m] = health.levels(store, w.m, idx)
+    lv = flat.reshape(w.cols, w.k, idx.size)
+    hi = lv.max(axis=1)  # EMPTY (-1) is below every level
+    lo = np.where(lv == EMPTY, np.int8(HEALTH_LEVELS), lv).min(axis=1)
+    codes: np.ndarray = np.where(hi - HEALTH_MID >= HEALTH_MID - lo, hi, lo).astype(np.int16)
+    codes[hi == EMPTY] = EMPTY
+    drawn = [(r, span) for r, layer in enumerate(idx.tolist()) for span in health.spans(layer)]
+    if drawn:
+        rows = np.array([r for r, _ in drawn], np.intp)
+        kinds = np.array([CELL_FLAGS[span.kind] for _, span in drawn], np.int16)
+        first, past = span_rows(w.steps, [span for _, span in drawn])
+        # Step indices to columns: [first, past) covers the buckets of its first to its last step.
+        a = (w.offset + first) // w.k
+        b = np.where(past > first, (w.offset + past - 1) // w.k + 1, a)
+        has_value = codes != EMPTY
+        # Least urgent first, so the most urgent flag of a bucket is the one left on it.
+        for code in CELL_FLAGS.values():
+            sel = kinds == code
+            if sel.any():
+                codes[paint_mask(a[sel], b[sel], rows[sel], codes.shape) & has_value] = code
+    return codes
 
 
 @dataclass(frozen=True)
@@ -283,14 +346,15 @@ class Heatmap:
         return out
 
     def _cell_table(self) -> dict[int, tuple[str, Style]]:
-        """Glyph and style of one cell of each code (what `_cell` draws), built once per colour mode."""
-        table = _CELL_TABLES.get(self.color)
+        """Glyph and style of one cell of each code (what `_cell` draws), built once per colour mode and view kind."""
+        health = self.view.stat == HEALTH
+        table = _CELL_TABLES.get((self.color, health))
         if table is None:
             table = {}
-            for code in (NONFINITE, EMPTY, *range(N_BINS)):
+            for code in (NONFINITE, EMPTY, *(HEALTH_CODES if health else range(N_BINS))):
                 seg = self._cell(code, 1)
                 table[code] = (seg.text, seg.style if seg.style is not None else EMPTY_STYLE)
-            _CELL_TABLES[self.color] = table
+            _CELL_TABLES[(self.color, health)] = table
         return table
 
     def _cell(self, code: int, n: int) -> Segment:
@@ -298,6 +362,10 @@ class Heatmap:
             return Segment(NONFINITE_GLYPH * n, NONFINITE_STYLE)
         if code == EMPTY:
             return Segment(EMPTY_GLYPH * n, EMPTY_STYLE)
+        if self.view.stat == HEALTH:
+            if self.color:
+                return Segment(HEALTH_GLYPHS[code] * n, HEALTH_STYLES[code])
+            return Segment(HEALTH_MONO_GLYPHS[code] * n, EMPTY_STYLE)
         if self.color:
             return Segment(" " * n, PALETTE[code])
         return Segment(shade_glyph(code) * n, EMPTY_STYLE)
@@ -307,7 +375,9 @@ class Heatmap:
         v = self.view
         flag = v.flags[row]
         glyph = FLAG_GLYPHS.get(flag, "?") if flag else " "
-        glyph_style = self.styles.flags.get(flag, EMPTY_STYLE) if flag else EMPTY_STYLE
+        glyph_style = EMPTY_STYLE
+        if flag:
+            glyph_style = self.styles.flags.get(flag, EMPTY_STYLE) if self.color else MONO_FLAG_STYLE
         name = truncate_left(v.names[row], layout.name_width).ljust(layout.name_width)
         name_style = self.styles.label + self.styles.cursor if cursor else self.styles.label
         value = float(v.values[row]) if row < len(v.values) else float("nan")
@@ -330,7 +400,10 @@ class Heatmap:
         cache = self._value_styles
         style = cache.get(flag)
         if style is None:
-            style = self.styles.value + glyph_style.without_color + Style(color=glyph_style.color)
+            if self.color:
+                style = self.styles.value + glyph_style.without_color + Style(color=glyph_style.color)
+            else:
+                style = self.styles.value + Style(bold=True)
             cache[flag] = style
         return style
 
@@ -341,26 +414,72 @@ class Heatmap:
         return segs
 
     def legend_segments(self, layout: HeatmapLayout) -> list[Segment]:
-        """The stat's name and its colour scale, from cold (vanishing) to hot (exploding)."""
+        """What the colours mean, in the longest of its forms that fits the width (never cut)."""
+        forms = self._health_legends() if self.view.stat == HEALTH else self._scale_legends()
+        for segs in forms:
+            if sum(seg.cell_length for seg in segs) <= layout.width:
+                return _fit(segs, layout.width)
+        return _fit(forms[-1], layout.width)
+
+    def _health_legends(self) -> list[list[Segment]]:
+        """From "▼ vanishing ▒▒ low ▒ healthy ▒▒ high ▲ exploding × nan/inf ○ dead" down to bare swatches."""
+        axis = self.styles.axis
+        # Four swatches per side in colour show the ramp; without colour one glyph says it all.
+        step = 1 if self.color else HEALTH_SIDE
+        low = [self._cell(code, 1) for code in range(0, HEALTH_MID, step)]
+        high = [self._cell(code, 1) for code in range(HEALTH_MID + 1, HEALTH_LEVELS, step)]
+        mid = self._cell(HEALTH_MID, 1)
+        van, exp, dead = (self._cell(c, 1) for c in (VANISHING_CELL, EXPLODING_CELL, DEAD_CELL))
+        nan = Segment(NONFINITE_GLYPH, NONFINITE_STYLE)
+
+        def words(*items: tuple[list[Segment], str], sep: str) -> list[Segment]:
+            out: list[Segment] = [Segment(" ", axis)]
+            for i, (cells, word) in enumerate(items):
+                out.extend(cells)
+                out.append(Segment((" " + word if word else "") + (sep if i < len(items) - 1 else ""), axis))
+            return out
+
+        full = ([van], "vanishing"), (low, "low"), ([mid], "healthy"), (high, "high"), ([exp], "exploding")
+        return [
+            words(*full, ([nan], "nan/inf"), ([dead], "dead"), sep="   "),
+            words(*full, ([nan], "nan/inf"), ([dead], "dead"), sep="  "),
+            words(*full, ([nan], "nan/inf"), sep=" "),
+            words(([van], "vanish"), (low[:1], "low"), ([mid], "ok"), (high[-1:], "high"), ([exp], "explode"), sep=" "),
+            words(([van, *low[:1]], "low"), ([mid], "ok"), ([*high[-1:], exp], "high"), sep=" "),
+            words(([van, mid, exp], ""), sep=""),
+        ]
+
+    def _scale_legends(self) -> list[list[Segment]]:
+        """The stat's name and its colour scale, from cold (vanishing) to hot (exploding), longest first."""
         v = self.view
-        label = f"{STAT_LABELS.get(v.stat, v.stat)} (log₁₀)"
+        axis = self.styles.axis
+        name = STAT_LABELS.get(v.stat, v.stat)
         lo = f"{v.scale.value_at(0):.0e}"
         hi = f"{v.scale.value_at(N_BINS):.0e}"
-        segs = [Segment(" " + label + "  ", self.styles.axis), Segment(lo + " ", self.styles.axis)]
-        segs.extend(self._cell(code, 1) for code in range(N_BINS))
-        segs.append(Segment(" " + hi + "  ", self.styles.axis))
-        segs.append(Segment(NONFINITE_GLYPH, NONFINITE_STYLE))
-        segs.append(Segment(" nan/inf", self.styles.axis))
-        used = sum(s.cell_length for s in segs)
+        nan = Segment(NONFINITE_GLYPH, NONFINITE_STYLE)
+
+        def scale(label: str, every: int, tail: str, key: str = "") -> list[Segment]:
+            segs = [Segment(" " + label, axis), Segment(lo + " ", axis)]
+            segs.extend(self._cell(code, 1) for code in range(0, N_BINS, every))
+            segs.append(Segment(" " + hi + ("  " if tail else ""), axis))
+            if tail:
+                segs.extend([nan, Segment(tail + key, axis)])
+            return segs
+
         key = "   ▼ vanishing  ▲ exploding  ! non-finite  ○ dead"
-        if used + len(key) <= layout.width:
-            segs.append(Segment(key, self.styles.axis))
-        return _fit(segs, layout.width)
+        return [
+            scale(f"{name} (log₁₀)  ", 1, " nan/inf", key),
+            scale(f"{name} (log₁₀)  ", 1, " nan/inf"),
+            scale(f"{name} ", 2, " nan/inf"),
+            scale(f"{name} ", 3, ""),
+            scale("", 4, ""),
+        ]
 
     def axis_segments(self, layout: HeatmapLayout) -> list[Segment]:
         """Column heads: "layer", "value", and the steps of the first and last columns."""
         v = self.view
-        left = f"  {'layer':<{layout.name_width}} {'value':>{VALUE_WIDTH}} "
+        head = STAT_LABELS["grad_norm"] if v.stat == HEALTH else "value"
+        left = f"  {'layer':<{layout.name_width}} {head:>{VALUE_WIDTH}} "
         cells = layout.cells
         axis = ""
         if v.first_step is not None and v.last_step is not None and cells >= 4:
@@ -377,13 +496,21 @@ class Heatmap:
         return _fit([Segment(left[: layout.width], self.styles.axis), Segment(axis, self.styles.axis)], layout.width)
 
 
-_CELL_TABLES: dict[bool, dict[int, tuple[str, Style]]] = {}
-"""Per colour mode: glyph and style of a cell of each code (see `Heatmap._cell_table`)."""
+_CELL_TABLES: dict[tuple[bool, bool], dict[int, tuple[str, Style]]] = {}
+"""Per colour mode and view kind (health or not): glyph and style of a cell of each code (see `Heatmap._cell_table`)."""
 
 
 def _fit(segs: list[Segment], width: int) -> list[Segment]:
     """Crop or pad a line of segments to exactly `width` cells."""
     return Segment.adjust_line_length(segs, width, style=EMPTY_STYLE)
+
+
+def _uncached(style: Style | None) -> Style | None:
+    if style is None:
+        return None
+    copy = style.copy()
+    copy._ansi = None  # Rich's per-instance cache of the codes it was last drawn with
+    return copy
 
 
 def render_heatmap_text(renderable: Heatmap, width: int, *, color_system: str | None = None) -> str:
@@ -396,6 +523,12 @@ def render_heatmap_text(renderable: Heatmap, width: int, *, color_system: str | 
         legacy_windows=False,
         record=False,
     )
+    # A Rich Style keeps the codes of the first colour system it was drawn in: redraw with
+    # fresh styles, so that a 16-colour rendering never reuses a truecolor one.
+    lines = console.render_lines(renderable, console.options.update(width=width), pad=False)
+    fresh = [[Segment(seg.text, _uncached(seg.style)) for seg in line] for line in lines]
     with console.capture() as cap:
-        console.print(renderable, end="")
+        for line in fresh:
+            console.print(Segments(line), end="")
+            console.print()
     return cap.get()

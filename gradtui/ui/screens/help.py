@@ -25,7 +25,8 @@ _FLAG_MEANING = {
 }
 
 
-def _key_label(binding: Binding) -> str:
+def key_label(binding: Binding) -> str:
+    """How a binding's keys are written for people: "? ", "[ / ]"."""
     keys = [k.strip() for k in binding.key.split(",")]
     nice = {
         "question_mark": "?",
@@ -46,7 +47,7 @@ def help_renderable(sections: Iterable[tuple[str, Iterable[Binding]]]) -> Group:
         table.add_column("key", style="bold cyan", no_wrap=True, min_width=12)
         table.add_column("action")
         for b in bindings:
-            table.add_row(_key_label(b), b.tooltip or b.description)
+            table.add_row(key_label(b), b.tooltip or b.description)
         parts.append(table)
         parts.append(Text(""))
     legend = Table(title="Glyphs", title_justify="left", title_style="bold", box=None, show_header=False)
@@ -56,7 +57,12 @@ def help_renderable(sections: Iterable[tuple[str, Iterable[Binding]]]) -> Group:
         legend.add_row(glyph, f"{kind}: {_FLAG_MEANING.get(kind, '')}")
     legend.add_row(NONFINITE_GLYPH, "heatmap cell with a NaN/Inf gradient (magenta)")
     parts.append(legend)
-    scale = Text("\nColour: log₁₀ of the statistic on a fixed scale, ", style="")
+    scale = Text("\nHealth view (the default): grey is healthy at any scale; blue-grey to blue is low (the "
+                 "layer's per-parameter RMS on its way down to the vanishing ratio of the largest layer's), "
+                 "amber is high (well above its own recent level); vivid blue ▼, red ▲ and ○ are the "
+                 "vanishing, exploding and dead flags the detectors raised at that step. NO_COLOR: - low, "
+                 "· healthy, + high.\n", style="")
+    scale.append("Other views (s): log₁₀ of the statistic on a fixed scale, ")
     scale.append("cold", style="bold")
     scale.append(" (vanishing) ")
     for style in PALETTE:
@@ -76,6 +82,10 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,question_mark,q", "close", "Close", id="help-close"),
+        Binding("j,down", "scroll(1)", "Down", show=False),
+        Binding("k,up", "scroll(-1)", "Up", show=False),
+        Binding("space,pagedown", "scroll(10)", "Page down", show=False),
+        Binding("b,pageup", "scroll(-10)", "Page up", show=False),
     ]
 
     def __init__(self, sections: list[tuple[str, list[Binding]]]) -> None:
@@ -89,3 +99,6 @@ class HelpScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_scroll(self, lines: int) -> None:
+        self.query_one("#help-dialog", VerticalScroll).scroll_relative(y=lines, animate=False)

@@ -22,6 +22,7 @@ from gradtui.ui.widgets.status import Chips
 NEXT_KEY = "."
 PREVIOUS_KEY = ","
 STORY_KEY = "t"
+RESTART_KEY = "r"
 
 _KEY = "bold cyan"
 
@@ -36,8 +37,18 @@ def heading(tour: Tour) -> Text:
     return text
 
 
+def end_invite(tour: Tour) -> str:
+    """What to do once the chapter's run is over: go on to the next chapter, or run this one again."""
+    nxt = tour.next_chapter
+    if nxt is not None:
+        return f"Press {NEXT_KEY} for the next chapter: {nxt.title}"
+    again = f"Press {RESTART_KEY} to run it again."
+    return f"That was the last chapter. {again}" if len(tour) > 1 else again
+
+
 def key_items(tour: Tour, *, ended: str | None = None, story_key: bool = True) -> list[Text]:
-    """The items of the key line: run over?, next, back, story, the keys to try.
+    """The items of the key line: run over?, next, back, story, the keys to try (or, once
+    the run is over, the key that runs it again).
 
     Args:
         tour: The tour, at its current chapter.
@@ -60,7 +71,9 @@ def key_items(tour: Tour, *, ended: str | None = None, story_key: bool = True) -
         items.append(Text.assemble((PREVIOUS_KEY, _KEY), " back"))
     if story_key:
         items.append(Text.assemble((STORY_KEY, _KEY), " story"))
-    if tour.current.keys and ended is None:
+    if ended is not None:
+        items.append(Text.assemble((RESTART_KEY, _KEY), " run again"))
+    elif tour.current.keys:
         tries = Text("try ", style="dim")
         for i, key in enumerate(tour.current.keys):
             if i:

@@ -18,9 +18,10 @@ class SeriesChartWidget(Widget):
     SeriesChartWidget > .series-chart--bar { color: $accent; }
     SeriesChartWidget > .series-chart--marker { color: $warning; text-style: bold; }
     SeriesChartWidget > .series-chart--axis { color: $text-muted; }
+    SeriesChartWidget > .series-chart--overlay { color: $text; text-style: bold; }
     """
 
-    COMPONENT_CLASSES = {"series-chart--bar", "series-chart--marker", "series-chart--axis"}
+    COMPONENT_CLASSES = {"series-chart--bar", "series-chart--marker", "series-chart--axis", "series-chart--overlay"}
 
     def __init__(
         self,
@@ -31,12 +32,18 @@ class SeriesChartWidget(Widget):
         log: bool | None = None,
         id: str | None = None,  # noqa: A002
         classes: str | None = None,
+        overlay: str | None = None,
+        markers: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(id=id, classes=classes)
         self.store = store
         self.series = series
         self.title = title
         self.log_scale = log
+        self.overlay = overlay
+        """A second series of the store drawn as a line where it differs (the loop's own lr)."""
+        self.marker_kinds = markers
+        """The intervention kinds marked on the axis (None: all)."""
         self._version = -1
         self._lines: list[Strip] | None = None
         self._styles: ChartStyles | None = None
@@ -65,9 +72,13 @@ class SeriesChartWidget(Widget):
                 bar=get("series-chart--bar", partial=True),
                 marker=get("series-chart--marker", partial=True),
                 axis=get("series-chart--axis", partial=True),
+                overlay=get("series-chart--overlay", partial=True),
             )
         styles = self._styles
-        markers = [ChartMarker(m.step, MARKER_GLYPHS.get(m.kind, "*")) for m in st.markers]
+        kinds = self.marker_kinds
+        markers = [
+            ChartMarker(m.step, MARKER_GLYPHS.get(m.kind, "*")) for m in st.markers if kinds is None or m.kind in kinds
+        ]
         return SeriesChart(
             st.steps(),
             st.series(self.series),
@@ -77,6 +88,8 @@ class SeriesChartWidget(Widget):
             markers=markers,
             first_index=st.total_steps - st.count,
             styles=styles,
+            overlay=st.series(self.overlay) if self.overlay is not None else None,
+            overlay_label="loop",
         )
 
     def render_line(self, y: int) -> Strip:

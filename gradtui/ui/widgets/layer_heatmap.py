@@ -25,6 +25,7 @@ from textual.strip import Strip
 
 from gradtui.model.events import FLAG_PRIORITY
 from gradtui.model.store import RunStore
+from gradtui.ui.renderables.health import HealthIndex
 from gradtui.ui.renderables.heatmap import (
     HEADER_LINES,
     Heatmap,
@@ -33,7 +34,7 @@ from gradtui.ui.renderables.heatmap import (
     HeatmapView,
     heatmap_view,
 )
-from gradtui.ui.scale import fmt_value
+from gradtui.ui.scale import HEATMAP_STATS, fmt_value
 
 VALUE_REFRESH_S = 0.5
 """Least time between two redraws of the value column alone."""
@@ -91,8 +92,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
         Binding("enter", "select", "Layer detail", show=False, id="heatmap-select"),
     ]
 
-    stat: reactive[str] = reactive("grad_norm")
-    """Statistic shown (a key of `gradtui.ui.scale.STAT_SCALES`)."""
+    stat: reactive[str] = reactive(HEATMAP_STATS[0])
+    """View shown: "health" or a statistic (a key of `gradtui.ui.scale.STAT_SCALES`)."""
     cursor: reactive[int] = reactive(0, always_update=True)
     """Position of the highlighted row among the rows shown."""
     flagged_only: reactive[bool] = reactive(False)
@@ -124,6 +125,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._legend: tuple[tuple[object, ...], Strip] | None = None
         self._styles_cache_hm: HeatmapStyles | None = None
         self._layout = HeatmapLayout(0, 0)
+        self._health = HealthIndex()
+        """The health view's references, followed across frames (each frame reads only the new steps)."""
         self._renderable = Heatmap(heatmap_view(store, self.stat, 0, []))
         self._paint: tuple[int, Heatmap, HeatmapLayout, int, int, int] | None = None
         """What `render_line` draws with while `render_lines` paints (else looked up per line)."""
@@ -173,6 +176,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._header = []
         self._dirty_rows = []
         self._layout = HeatmapLayout(0, 0)
+        self._health = HealthIndex()
         self.set_reactive(LayerHeatmap.cursor, 0)
         self.scroll_to(y=0, animate=False, immediate=True)
         self._invalidate()
@@ -206,6 +210,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._invalidate()
 
     def watch_color(self) -> None:
+        self._styles_cache_hm = None
+        self._legend = None
         self._invalidate()
 
     def watch_flagged_only(self) -> None:
@@ -268,7 +274,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
             names = [self.store.layers[i].name for i in self._rows[a:b]] if b > a else []
             # One blank column on the right keeps the newest cells apart from the scrollbar.
             layout = HeatmapLayout.fit(width - 1, names or ["layer"])
-            view = heatmap_view(self.store, self.stat, layout.cells, self._rows[a:b])
+            view = heatmap_view(self.store, self.stat, layout.cells, self._rows[a:b], health=self._health)
             old_view, old_key = previous if previous is not None else (None, None)
             if old_view is not None and old_key is not None and old_key[1:] == key[1:] and layout == self._layout:
                 # The value column alone is redrawn at most VALUE_REFRESH_S apart: at 10 Hz a
@@ -414,8 +420,12 @@ class LayerHeatmap(ScrollView, can_focus=True):
             self.post_message(self.LayerSelected(layer))
 
     def on_click(self, event: events.Click) -> None:
-        pos = int(self.scroll_y) + event.y - HEADER_LINES
-        if event.y >= HEADER_LINES and 0 <= pos < self._rows.size:
+        # The click's offset is the widget's, border included: the rows start inside it.
+        at = event.get_content_offset(self)
+        if at is None:
+            return
+        pos = int(self.scroll_y) + at.y - HEADER_LINES
+        if at.y >= HEADER_LINES and 0 <= pos < self._rows.size:
             self._move(pos)
             if event.chain >= 2:
                 self.action_select()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
@@ -12,6 +13,7 @@ from textual.app import RenderResult as TextualRenderResult
 from textual.widget import Widget
 
 from gradtui.model.events import FLAG_PRIORITY, CommandResult
+from gradtui.model.rate import shown_rate
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.ui.controls import Controls, fmt_lr
 from gradtui.ui.scale import FLAG_GLYPHS, fmt_duration, fmt_number
@@ -84,8 +86,13 @@ def _chip(label: str, value: str, style: str = "") -> Text:
     return t
 
 
+COMPACT_BELOW = 120
+"""Narrower than this the header is one line of fixed-width fields, the least important
+left out first, so it never wraps and nothing jumps from one step to the next."""
+
+
 class StatusHeader(Widget):
-    """Two to four lines (by width) of run state, recomputed only when the data change."""
+    """Two lines of run state (one on a narrow screen), recomputed only when the data change."""
 
     DEFAULT_CSS = """
     StatusHeader {
@@ -105,19 +112,25 @@ class StatusHeader(Widget):
         self.replay_status: str | None = None
         """The replay's own status line (play/pause, speed, position) when playing a record."""
         self._chips = Chips([])
-        self._height = -1
 
     def refresh_data(self, stat: str) -> None:
         """Rebuild the text from the store and the pending commands."""
         self.stat = stat
-        self._chips = Chips(self._lines())
+        width = self.content_region.width or 80
+        lines = self._lines()
+        compact = width + 2 < COMPACT_BELOW  # the padding: the screen's width
+        self._chips = Chips([_compact(lines, width)] if compact else [[i.text for i in line] for line in lines])
         # A layout pass redraws the whole screen: only ask for one when the height changes.
-        height = len(self._chips.pack(self.content_region.width or 80))
-        self.refresh(layout=height != self._height)
-        self._height = height
+        height = len(self._chips.pack(width))
+        # Against the height drawn, not the last one asked for: a layout asked for while
+        # the screen is being laid out (a resize) can be lost.
+        self.refresh(layout=height != self.size.height)
 
     def render(self) -> TextualRenderResult:
         return self._chips
+
+    def on_resize(self) -> None:
+        self.refresh_data(self.stat)
 
     @property
     def plain(self) -> str:
@@ -126,14 +139,14 @@ class StatusHeader(Widget):
 
     def _state(self) -> Text:
         st = self.store
+        if self.replay_status is not None:  # scrubbing a record: where the replay is matters most
+            return Text(f"⏵ replay {self.replay_status}", style="bold cyan")
         if st.end is not None:
             if st.end.status == "error":
                 return Text("✖ crashed", style="bold red")
             if st.end.status == "interrupted":
                 return Text("■ interrupted", style="bold yellow")
             return Text("✓ finished", style="bold green")
-        if self.replay_status is not None:
-            return Text(f"⏵ replay {self.replay_status}", style="bold cyan")
         if st.run is None:
             return Text("… waiting", style="dim")
         paused = self.controls.actual().paused
@@ -142,31 +155,33 @@ class StatusHeader(Widget):
             return Text("… pausing" if pend[-1].target.paused else "… resuming", style="bold yellow")
         return Text("⏸ paused", style="bold yellow reverse") if paused else Text("▶ running", style="bold green")
 
-    def _lines(self) -> list[list[Text]]:
+    def _lines(self) -> list[list[_Item]]:
         st = self.store
         run, last = st.run, st.last
         ctl = self.controls
         actual = ctl.actual()
         name = run.run if run is not None else "—"
-        line1: list[Text] = [self._state(), _chip("", name, "bold")]
+        line1: list[_Item] = [_ranked(self._state(), 0, 10), _ranked(_chip("", name, "bold"), 7)]
         if self.source_name != name:
-            line1.append(Text(self.source_name, style="dim"))
+            line1.append(_ranked(Text(self.source_name, style="dim"), 6))
         step = f"{last.step}" if last is not None else "—"
-        line1.append(_chip("step", step))
+        line1.append(_ranked(_chip("step", step), 1, 11))
         if last is not None:
-            sps = last.steps_per_sec
-            line1.append(_chip("", f"{sps:.1f}/s" if math.isfinite(sps) else "—/s"))
+            sps = shown_rate(last.steps_per_sec, paused=actual.paused, ended=st.end is not None)
+            line1.append(_ranked(_chip("", f"{sps:.1f}/s" if sps is not None and math.isfinite(sps) else "—/s"), 6, 8))
         if last is not None and run is not None and run.started > 0:
-            line1.append(_chip("elapsed", fmt_duration(last.time - run.started)))
+            line1.append(_ranked(_chip("elapsed", fmt_duration(last.time - run.started)), 8))
         loss = last.loss if last is not None else None
         loss_style = "bold red" if loss is not None and not math.isfinite(loss) else "bold"
-        line1.append(_chip("loss", _fmt_nan(loss), loss_style))
+        line1.append(_ranked(_chip("loss", _fmt_nan(loss), loss_style), 2, 15))
         g = last.global_norm if last is not None else None
-        line1.append(_chip("‖g‖", _fmt_nan(g), "bold red" if g is not None and not math.isfinite(g) else "bold"))
+        line1.append(
+            _ranked(_chip("‖g‖", _fmt_nan(g), "bold red" if g is not None and not math.isfinite(g) else "bold"), 5, 14)
+        )
         drops = st.dropped_total
-        line1.append(_chip("dropped", str(drops), "bold yellow" if drops else "dim"))
+        line1.append(_ranked(_chip("dropped", str(drops), "bold yellow" if drops else "dim"), 4 if drops else 10))
 
-        line2: list[Text] = []
+        line2: list[_Item] = []
         lrs = actual.lrs
         lr_text = fmt_lr(lrs[0]) if lrs else "—"
         schedule = last.schedule_lrs if last is not None else ()
@@ -179,7 +194,7 @@ class StatusHeader(Widget):
         if pend_lr:
             target = pend_lr[-1].target.lrs
             lr.append(f" → {fmt_lr(target[0]) if target else '?'} pending", style="bold yellow")
-        line2.append(lr)
+        line2.append(_ranked(lr, 3))
 
         if actual.clip_mode == "off":
             clip = _chip("clip", "off", "bold")
@@ -194,28 +209,71 @@ class StatusHeader(Widget):
             t = pend_clip[-1].target
             desc = "off" if t.clip_mode == "off" else f"{t.clip_mode} ≤{t.clip_threshold:g}"
             clip.append(f" → {desc} pending", style="bold yellow")
-        line2.append(clip)
+        line2.append(_ranked(clip, 4))
 
         counts: dict[str, int] = {}
         for _layer, kind in st.active_flags:
             counts[kind] = counts.get(kind, 0) + 1
         if counts:
             flags = Text("flags ", style="dim")
+            short = Text()
             for kind in FLAG_PRIORITY:
                 if counts.get(kind):
                     flags.append(f"{FLAG_GLYPHS[kind]}{counts[kind]} {kind}  ", style=_FLAG_STYLE[kind])
+                    short.append(f"{FLAG_GLYPHS[kind]}{counts[kind]} ", style=_FLAG_STYLE[kind])
             flags.rstrip()
-            line2.append(flags)
+            short.rstrip()
+            line2.append(_ranked(flags, 1, short=short))
         else:
-            line2.append(_chip("flags", "none", "green"))
-        line2.append(_chip("stat", STAT_LABELS.get(self.stat, self.stat)))
+            line2.append(_ranked(_chip("flags", "none", "green"), 5))
+        line2.append(_ranked(_chip("stat", STAT_LABELS.get(self.stat, self.stat)), 9))
         if self.last_result is not None:
             r = self.last_result
+            what = r.kind.removeprefix("set_")
+            if r.kind == "set_paused" and r.ok:  # say which: a resume is not "paused applied"
+                what = "resume" if r.message.startswith("resumed") else "pause"
             if r.ok:
-                line2.append(Text(f"✓ {r.kind.removeprefix('set_')} applied @ step {r.step}", style="green"))
+                line2.append(_ranked(Text(f"✓ {what} applied @ step {r.step}", style="green"), 8))
             else:
-                line2.append(Text(f"✗ {r.kind.removeprefix('set_')} refused", style="bold red"))
+                line2.append(_ranked(Text(f"✗ {what} refused", style="bold red"), 6))
         return [line1, line2]
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A header field: its text, its rank in the one-line header (0 is kept first) and the
+    width it is padded to there, so that it keeps its place as its value changes."""
+
+    text: Text
+    rank: int
+    width: int = 0
+    short: Text | None = None
+    """The field in the one-line header, when shorter than `text`."""
+
+
+def _ranked(text: Text, rank: int, width: int = 0, short: Text | None = None) -> _Item:
+    return _Item(text, rank, width, short)
+
+
+def _compact(lines: list[list[_Item]], width: int) -> list[Text]:
+    """The header's fields as one line of `width` cells: by rank while they fit, in their order."""
+    items = [_Item(i.short, i.rank, i.width) if i.short is not None else i for line in lines for i in line]
+    chosen: set[int] = set()
+    used = 0
+    for i in sorted(range(len(items)), key=lambda i: (items[i].rank, i)):
+        need = max(items[i].text.cell_len, items[i].width) + (2 if chosen else 0)
+        if used + need <= width:
+            chosen.add(i)
+            used += need
+    out = []
+    for i in sorted(chosen):
+        text = items[i].text
+        pad = items[i].width - text.cell_len
+        if pad > 0 and i != max(chosen):
+            text = text.copy()
+            text.append(" " * pad)
+        out.append(text)
+    return out
 
 
 _FLAG_STYLE = {

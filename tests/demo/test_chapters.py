@@ -1,0 +1,375 @@
+"""Every chapter of the tour tells the truth: each story's claims, checked against what the
+viewer holds after training the chapter's scenario (fewer steps where the claim shows sooner,
+no pacing), with the keys the story asks for pressed through the viewer's own source.
+
+One test per chapter, named after it (`test_chapter_relu_explode_clip` for relu-explode-clip);
+the claims are quoted above the lines that check them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from chapter_helpers import Keys, Watched, watch_chapter
+
+from gradtui.demo.catalog import CATALOG, TOUR
+from gradtui.model.commands import Command, SetClip, SetLR
+from gradtui.model.events import Alert
+from gradtui.sources.base import Source
+
+LN2, LN4, LN10 = math.log(2), math.log(4), math.log(10)
+GRADIENT_KINDS = ("vanishing", "exploding", "nonfinite", "dead")
+EPS = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models: one thread is faster and leaves the other core to the rest of the suite.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.cache
+def plain(name: str, steps: int) -> Watched:
+    """A chapter left alone (no keys), trained once per module and shared by the tests that compare."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return watch_chapter(name, steps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def medians(w: Watched, last: int) -> np.ndarray:
+    """Each row's median raw norm over the last `last` steps (what `s` shows on the heatmap)."""
+    return np.median(w.norms()[:, -last:], axis=1)
+
+
+def press_at_first_flag(kind: str, cmd: Command) -> Keys:
+    """A user who presses a key as soon as the `kind` flag comes up."""
+    pressed: list[int] = []
+
+    def keys(step: int, w: Watched, source: Source) -> Command | None:
+        if not pressed and w.flagged(kind):
+            pressed.append(step)
+            return cmd
+        return None
+
+    return keys
+
+
+def active_at(alerts: list[Alert], step: int, kind: str) -> set[str | None]:
+    """Units flagged `kind` at `step` (the alert log read up to that step)."""
+    up: set[str | None] = set()
+    for a in alerts:
+        if a.step > step:
+            break
+        if a.kind == kind:
+            (up.add if a.active else up.discard)(a.layer)
+    return up
+
+
+def test_every_chapter_of_the_tour_has_its_claims_checked() -> None:
+    tests = [name for name in globals() if name.startswith("test_chapter_")]
+    tested = {name.removeprefix("test_chapter_").replace("_", "-") for name in tests}
+    assert tested == set(TOUR)
+
+
+# ---------------------------------------------------------------- vanishing
+
+
+def test_chapter_sigmoid() -> None:
+    w = plain("sigmoid", 120)
+    # "every layer toward the input sees about ten times less than the one above"
+    m = medians(w, 50)
+    assert np.all(m[1:] / m[:-1] > 8)
+    # "within a few dozen steps the rows of the first two layers get the vanishing flag"
+    assert w.flagged("vanishing") == {"0", "2"}
+    assert all(a.step < 36 for a in w.raised("vanishing"))
+    assert w.raised("exploding", "nonfinite", "dead") == []
+    # "while the loss sits at ln 2 = 0.69"
+    assert abs(w.mean_loss(20) - LN2) < 0.03
+    # "the first layer's is more than a thousand times below the last one's"
+    assert m[0] * 1000 < m[-1]
+
+
+def test_chapter_sigmoid_relu_he() -> None:
+    w = plain("sigmoid-relu-he", 300)
+    # "Every row of the heatmap stays calm (... within a factor of ten or so), no flag is raised"
+    assert w.raised() == []
+    m = medians(w, 100)
+    assert m.max() / m.min() < 12
+    # "the loss falls as the net learns the two circles"
+    assert w.mean_loss(20) < 0.15 and w.mean_loss(20) < 0.3 * float(np.mean(w.losses[:20]))
+
+
+def test_chapter_sigmoid_glorot() -> None:
+    w = plain("sigmoid-glorot", 300)
+    # "within a factor of about four per hidden layer: the first layers are dimmer than the last, not dark"
+    m = medians(w, 100)
+    hidden = m[1:] / m[:-1]
+    assert np.all((hidden[1:] > 2.5) & (hidden[1:] < 6)), hidden
+    assert np.all(hidden > 1)
+    assert m[0] > 10 * medians(plain("sigmoid", 120), 50)[0], "as dim as the vanishing net's first layer"
+    # "No flag ... Yet the loss stays near 0.69 for these 300 steps"
+    assert w.raised() == []
+    assert abs(w.mean_loss(20) - LN2) < 0.03
+
+
+def test_chapter_deep_sigmoid() -> None:
+    w = plain("deep-sigmoid", 40)
+    # "each one divides it by four or more"
+    m = medians(w, 20)
+    assert np.all(m[1:] / m[:-1] > 4)
+    # "the first rows of the heatmap get the vanishing flag within a few dozen steps"
+    flagged = w.flagged("vanishing")
+    assert {"0", "2", "4"} <= flagged and "20" not in flagged
+    assert all(a.step < 36 for a in w.raised("vanishing"))
+    # "orders of magnitude below the last rows'", "the loss stays near ln 10 = 2.3"
+    assert m[0] < 1e-4 * m[-1]
+    assert abs(w.mean_loss(10) - LN10) < 0.1
+
+
+def test_chapter_deep_sigmoid_cure() -> None:
+    w = plain("deep-sigmoid-cure", 60)
+    # "Every row stays calm (... within about two orders of magnitude, not nine), no flag is raised"
+    assert w.raised() == []
+    m = medians(w, 30)
+    assert math.log10(m.max() / m.min()) < 2.5
+    sick = medians(plain("deep-sigmoid", 40), 20)
+    assert math.log10(sick.max() / sick.min()) > 8
+    # "the loss falls fast"
+    assert np.mean(w.losses[:5]) > 0.5 and w.mean_loss(10) < 0.1
+
+
+# ---------------------------------------------------------------- exploding
+
+
+def test_chapter_relu_explode() -> None:
+    w = watch_chapter("relu-explode", 200, stop_after_nonfinite=3)
+    lr = w.series("lr")
+    # "the learning rate warms up to 0.02 over 30 steps"
+    assert lr[0] < lr[10] < lr[29] and lr[29] == pytest.approx(0.02) and lr[-1] == pytest.approx(0.02)
+    # "Watch the global norm climb by orders of magnitude"
+    nan_step = w.store.first_nonfinite_step
+    assert nan_step is not None, "the run did not blow up"
+    g = w.series("global_norm")
+    assert np.nanmax(g[np.isfinite(g)]) > 1e3 * g[0]
+    # "the exploding flag comes up a few steps before the first NaN"
+    first = min(a.step for a in w.raised("exploding"))
+    assert first <= nan_step - 2
+    assert None in active_at(w.store.alerts, nan_step - 2, "exploding")
+    # "Press c to clip the gradient norm, or - to halve the learning rate, before it is too late"
+    for cmd in (SetClip("norm", 1.0), SetLR(factor=0.5)):
+        saved = watch_chapter("relu-explode", 200, press_at_first_flag("exploding", cmd))
+        assert saved.store.first_nonfinite_step is None and all(np.isfinite(saved.losses)), cmd
+        assert saved.store.results and saved.store.results[0].ok and saved.store.results[0].step <= first + 1
+        if isinstance(cmd, SetClip):
+            assert saved.mean_loss(20) < 0.5 * float(np.mean(saved.losses[:20]))
+            assert saved.store.last is not None and saved.store.last.clip_mode == "norm"
+
+
+def test_chapter_relu_explode_clip() -> None:
+    w = plain("relu-explode-clip", 200)
+    # "Clipping rescales the whole gradient whenever its norm passes 1.0"
+    assert np.all(w.series("clipped_norm") <= 1.0 + EPS)
+    # "The raw norms (press s) are still large at first ... but they settle as the loss falls"
+    g = w.series("global_norm")
+    assert np.median(g[:20]) > 10 and np.median(g[-50:]) < 0.6 * np.median(g[:20])
+    assert w.mean_loss(20) < 0.1 * float(np.mean(w.losses[:20]))
+    assert w.store.first_nonfinite_step is None
+    assert [a for a in w.raised() if a.step >= 30] == []  # none after the warm-up
+    # "Press c to turn clipping off and watch the run blow up"
+    off = watch_chapter("relu-explode-clip", 100, lambda step, w, s: SetClip("off") if step == 60 else None)
+    assert off.store.results[-1].kind == "set_clip" and off.store.results[-1].ok
+    nan_step = off.store.first_nonfinite_step
+    assert nan_step is not None and 60 < nan_step < 80
+
+
+def test_chapter_deep_linear() -> None:
+    w = plain("deep-linear", 300)
+    # "Watch the global norm burst by orders of magnitude (the exploding flag, from the first steps)"
+    g = w.series("global_norm")
+    assert np.max(g) > 1e3 * np.median(g[:5])
+    assert min(a.step for a in w.raised("exploding")) < 5
+    # "and the loss line spike"
+    assert w.raised("loss_spike") and max(w.losses) > 100 * np.median(w.losses)
+    assert [a for a in w.raised("exploding") if a.step > 10], "bursts go on after the first steps"
+    # "Press - early to halve the learning rate: smaller moves compound less, and the bursts stop"
+    calm = watch_chapter("deep-linear", 300, lambda step, w, s: SetLR(factor=0.5) if step == 5 else None)
+    assert [a for a in calm.raised("exploding") if a.step > 10] == []
+    assert calm.raised("loss_spike") == [] and max(calm.losses[20:]) < 5
+
+
+def test_chapter_deep_linear_clip() -> None:
+    w = plain("deep-linear-clip", 300)
+    # "Clipping bounds each gradient before Adam sees it, and the loss no longer spikes"
+    assert np.all(w.series("clipped_norm") <= 1.0 + EPS)
+    assert w.raised("loss_spike") == [] and max(w.losses) < 10
+    # "they still jump ... and raise the exploding flag about as often as in deep-linear"
+    late = len([a for a in w.raised("exploding") if a.step > 10])
+    unclipped = len([a for a in plain("deep-linear", 300).raised("exploding") if a.step > 10])
+    assert unclipped / 2 <= late <= unclipped * 2
+    # "The cure for the jumps themselves is a smaller learning rate (press -)": see test_chapter_deep_linear.
+
+
+# ---------------------------------------------------------------- recurrent
+
+
+def lane_medians(w: Watched, last: int) -> np.ndarray:
+    """The lanes' median norms (h[t=...] rows, first to last time step)."""
+    return medians(w, last)[-w.store.n_lanes :]
+
+
+def test_chapter_rnn_tanh() -> None:
+    w = plain("rnn-tanh", 100)
+    # "the loss stays near ln 4 = 1.39"
+    assert abs(w.mean_loss(20) - LN4) < 0.05
+    # "The recurrent layer is a single row of the heatmap"
+    layers = w.store.layers[: len(w.store.layers) - w.store.n_lanes]
+    assert [info.name for info in layers] == ["rnn", "head"]
+    # "h[t=0] to h[t=69] ... fall by orders of magnitude from t=69 back to t=0"
+    names = [info.name for info in w.store.layers[-w.store.n_lanes :]]
+    assert names[0] == "h[t=0]" and names[-1] == "h[t=69]"
+    lanes = lane_medians(w, 80)
+    assert lanes[0] < 1e-3 * lanes[-1] and np.all(np.diff(np.log10(lanes)) > 0)
+
+
+def test_chapter_rnn_gru() -> None:
+    w = plain("rnn-gru", 270)
+    # "Clipping at 1.0 guards against the bursts recurrent nets are known for"
+    assert np.all(w.series("clipped_norm") <= 1.0 + EPS)
+    # "The rows h[t=0] to h[t=69] show the gradient reaching every time step, the first one too"
+    lanes = lane_medians(w, 150)
+    assert lanes[0] > 0.5 * lanes[-1]
+    assert lanes[0] > 1e3 * lane_medians(plain("rnn-tanh", 100), 80)[0]
+    # "Watch the loss sit at ln 4 for a while, then drop once the net finds the first token"
+    assert abs(float(np.mean(w.losses[:100])) - LN4) < 0.05
+    assert w.mean_loss(10) < 0.2
+
+
+# ---------------------------------------------------------------- learning rate
+
+
+def test_chapter_high_lr() -> None:
+    halve_at = 110
+    w = watch_chapter("high-lr", 150, lambda step, w, s: SetLR(factor=0.5) if step == halve_at else None)
+    # "The first updates overshoot, the gradient bursts (exploding flag), and the loss stays at chance"
+    assert min(a.step for a in w.raised("exploding")) < 5
+    assert abs(w.mean_loss(20) - LN10) < 0.15
+    # "Within a hundred steps ... the whole convolutional trunk gets an exactly-zero gradient, then the
+    # dead flag, and only the head still learns"
+    trunk = {"conv1", "bn1", "conv2", "bn2"}
+    dead = w.raised("dead")
+    assert {a.layer for a in dead} == trunk and all(a.step < 100 for a in dead)
+    g = w.norms()
+    assert np.mean(g[:4, 80:halve_at] == 0) > 0.9 and np.all(g[4] > 0)
+    # "Press - to halve the rate and watch: dead units do not come back"
+    assert w.series("lr")[-1] == pytest.approx(1.5)
+    assert np.mean(g[:4, halve_at + 1 :] == 0) > 0.9
+    assert w.flagged("dead") == trunk
+
+
+# ---------------------------------------------------------------- optimisers
+
+
+def test_chapter_opt_sgd() -> None:
+    w = plain("opt-sgd", 300)
+    # "The baseline: each step moves along the gradient, no memory."
+    assert w.raised() == []
+    assert w.mean_loss(30) < 0.8 * float(np.mean(w.losses[:30]))
+
+
+def test_chapter_opt_momentum() -> None:
+    w, sgd = plain("opt-momentum", 300), plain("opt-sgd", 300)
+    # "faster along consistent directions": lower loss than plain SGD, early and late
+    assert np.mean(w.losses[90:110]) < 0.5 * np.mean(sgd.losses[90:110])
+    assert w.mean_loss(30) < 0.5 * sgd.mean_loss(30)
+    assert w.raised() == []
+
+
+def test_chapter_opt_adam() -> None:
+    w, sgd = plain("opt-adam", 300), plain("opt-sgd", 300)
+    # "Adam scales each parameter's step by its gradient's running size: every layer moves at one pace."
+    def spread(run: Watched) -> float:
+        ratio = np.nanmedian(np.asarray(run.store.window("update_ratio"), np.float64), axis=0)
+        return float(ratio.max() / ratio.min())
+
+    assert spread(w) < 3 and spread(w) < 0.5 * spread(sgd)
+    assert w.mean_loss(30) < 0.5 * sgd.mean_loss(30)
+
+
+def test_chapter_opt_step_lr() -> None:
+    w = plain("opt-step-lr", 300)
+    # "Watch the LR line step down and the loss settle lower after each drop."
+    lr = w.series("lr")
+    assert lr[99] == pytest.approx(0.1) and lr[100] == pytest.approx(0.01) and lr[200] == pytest.approx(0.001)
+    assert set(np.round(lr, 6)) == {0.1, 0.01, 0.001}
+    settled = [np.median(w.losses[a : a + 50]) for a in (50, 150, 250)]
+    assert settled[0] > settled[1] > settled[2]
+
+
+def test_chapter_opt_exp_lr() -> None:
+    w = plain("opt-exp-lr", 300)
+    # "A smooth decay: big steps early, fine ones late."
+    lr = w.series("lr")
+    assert lr[0] == pytest.approx(0.1) and lr[-1] == pytest.approx(0.001, rel=0.05)
+    assert np.all(np.diff(lr) < 0)
+
+
+# ---------------------------------------------------------------- healthy
+
+
+def test_chapter_residual_mlp() -> None:
+    w = plain("residual-mlp", 300)
+    # "every row of the heatmap calm, no layer flagged"
+    assert [a for a in w.raised() if a.layer is not None] == []
+    # "every layer in one band, the whole band drifting down together as the loss goes to zero"
+    g = w.norms()
+    early, late = np.median(g[:, 10:40], axis=1), np.median(g[:, -30:], axis=1)
+    drift = late / early
+    assert np.all(drift < 0.1) and drift.max() / drift.min() < 5
+    assert math.log10(late.max() / late.min()) < 2
+    assert w.mean_loss(20) < 0.02
+
+
+def test_chapter_cnn_bn() -> None:
+    w = plain("cnn-bn", 150)
+    # "The BatchNorm rows ... their gradients move with the conv layers around them"
+    g = np.log10(w.norms())
+    names = [info.name for info in w.store.layers]
+    for bn, conv in (("bn1", "conv1"), ("bn2", "conv2")):
+        assert np.corrcoef(g[names.index(bn)], g[names.index(conv)])[0, 1] > 0.5, bn
+    # "No flag, and the loss goes to near zero."
+    assert w.raised() == []
+    assert w.mean_loss(20) < 0.05
+
+
+def test_chapter_lstm() -> None:
+    w = plain("lstm", 150)
+    # "Watch the loss fall to near zero with no flag on any row"
+    assert w.raised() == []
+    assert w.mean_loss(20) < 0.02
+    # "h[t=0] to h[t=5] ... the first token's is within a factor of ten or so of the last one's"
+    names = [info.name for info in w.store.layers[-w.store.n_lanes :]]
+    assert names == [f"h[t={t}]" for t in range(6)]
+    lanes = lane_medians(w, 150)
+    assert lanes[0] > 0.08 * lanes[-1]
+
+
+def test_the_stories_name_only_keys_and_chapters_that_exist() -> None:
+    from gradtui.demo.launcher import chapter_of
+
+    for name in TOUR:
+        story = CATALOG[name].narrative
+        for other in CATALOG:
+            if f"{other} " in story or f"{other}," in story or f"({other})" in story:
+                assert other in TOUR, (name, other)
+        assert set(chapter_of(name).keys) <= {"c", "m", "]", "[", "+", "-", "l", "p", "s"}
