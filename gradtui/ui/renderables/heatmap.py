@@ -523,12 +523,14 @@ def render_heatmap_text(renderable: Heatmap, width: int, *, color_system: str | 
         legacy_windows=False,
         record=False,
     )
-    # A Rich Style keeps the codes of the first colour system it was drawn in: redraw with
-    # fresh styles, so that a 16-colour rendering never reuses a truecolor one.
-    lines = console.render_lines(renderable, console.options.update(width=width), pad=False)
-    fresh = [[Segment(seg.text, _uncached(seg.style)) for seg in line] for line in lines]
     with console.capture() as cap:
-        for line in fresh:
-            console.print(Segments(line), end="")
-            console.print()
+        if color_system in (None, "truecolor"):
+            console.print(renderable, end="")
+        else:
+            # A Rich Style keeps the codes of the first colour system it was drawn in (the
+            # app's: truecolor): redraw with fresh styles, so 16 colours are really 16.
+            lines = console.render_lines(renderable, console.options.update(width=width), pad=False)
+            for line in lines:
+                console.print(Segments([Segment(seg.text, _uncached(seg.style)) for seg in line]), end="")
+                console.print()
     return cap.get()
