@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# The subprocess scripts of the fault tests import this module by its folder alone.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from attach_helpers import wait_for  # noqa: E402, F401 - the one poll-until helper of the tests
 from torch import nn
 
 import gradtui
@@ -80,14 +84,3 @@ class RawViewer:
         self.sock.close()
         if self._reader is not None:
             self._reader.join(5)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
