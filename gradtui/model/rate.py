@@ -14,6 +14,9 @@ import math
 
 RATE_WINDOW = 2.0
 """Seconds of running time the rate is measured over (at least the last two samples)."""
+MAX_SAMPLES = 256
+"""Samples kept at most: a fast run measures over its last 256 steps instead of 2 s, so the
+probe's memory stays flat whatever the step rate."""
 
 
 class StepRate:
@@ -25,7 +28,7 @@ class StepRate:
 
     def __init__(self, window: float = RATE_WINDOW) -> None:
         self.window = window
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=MAX_SAMPLES)
         self._paused = 0.0
         self.rate = 0.0
         """The rate at the last sample (0 until two samples are apart in time)."""

@@ -113,3 +113,13 @@ def test_the_probe_reports_the_paced_rate_and_leaves_a_pause_out(monkeypatch: py
     assert [round(s.steps_per_sec) for s in stats[2 * len(PACED) : 3 * len(PACED)]] == [20] * len(PACED)
     # After a minute paused, still the training speed: the pause is not time spent training.
     assert stats[-1].steps_per_sec == pytest.approx(20.0, rel=0.03)
+
+
+def test_a_fast_run_keeps_a_bounded_number_of_samples() -> None:
+    from gradtui.model.rate import MAX_SAMPLES, StepRate
+
+    rate = StepRate()
+    for step in range(10_000):
+        got = rate.update(step, step * 1e-5)  # 100k steps/s: all 10k inside the 2 s window
+    assert len(rate._samples) <= MAX_SAMPLES
+    assert abs(got - 1e5) < 1.0
