@@ -252,21 +252,25 @@ class RunStore:
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def _order(self, last: int | None = None) -> np.ndarray:
-        """Ring rows of the newest `last` steps, oldest first."""
-        n = self.count if last is None else max(0, min(last, self.count))
+    def _order(self, last: int | None = None, skip: int = 0) -> np.ndarray:
+        """Ring rows of the `last` steps before the newest `skip`, oldest first."""
+        skip = max(0, min(skip, self.count))
+        n = self.count - skip if last is None else max(0, min(last, self.count - skip))
         if n == 0:
             return np.zeros(0, np.intp)
         cap = self._steps.shape[0]
-        order: np.ndarray = (np.arange(self._head - n, self._head) % cap).astype(np.intp)
+        head = self._head - skip
+        order: np.ndarray = (np.arange(head - n, head) % cap).astype(np.intp)
         return order
 
-    def steps(self, last: int | None = None) -> np.ndarray:
-        """Step numbers held, oldest first."""
-        out: np.ndarray = self._steps[self._order(last)]
+    def steps(self, last: int | None = None, skip: int = 0) -> np.ndarray:
+        """Step numbers held, oldest first (the `last` before the newest `skip`)."""
+        out: np.ndarray = self._steps[self._order(last, skip)]
         return out
 
-    def window(self, stat: str, last: int | None = None, layers: np.ndarray | None = None) -> np.ndarray:
+    def window(
+        self, stat: str, last: int | None = None, layers: np.ndarray | None = None, skip: int = 0
+    ) -> np.ndarray:
         """(steps, layers) float32 matrix of `stat` over the newest `last` steps, oldest first.
 
         Args:
@@ -275,9 +279,11 @@ class RunStore:
             layers: indices of the layer columns to take (all by default). Sorted
                 contiguous indices and a window that does not wrap are read with slices,
                 so a view copies only the cells it shows.
+            skip: leave out this many of the newest steps (`last` counts back from before them).
         """
         data = self._stats.get(stat)
-        n = self.count if last is None else max(0, min(last, self.count))
+        skip = max(0, min(skip, self.count))
+        n = self.count - skip if last is None else max(0, min(last, self.count - skip))
         cols: slice | np.ndarray = slice(None) if layers is None else np.asarray(layers, np.intp)
         if data is None or n == 0:
             width = len(self.layers) if layers is None else len(np.asarray(layers))
@@ -286,7 +292,8 @@ class RunStore:
             first, final = int(cols[0]), int(cols[-1])
             if cols.size == final - first + 1 and bool(np.all(np.diff(cols) == 1)):
                 cols = slice(first, final + 1)
-        rows: slice | np.ndarray = slice(self._head - n, self._head) if self._head >= n else self._order(n)
+        head = self._head - skip
+        rows: slice | np.ndarray = slice(head - n, head) if head >= n else self._order(n, skip)
         if isinstance(rows, np.ndarray) and isinstance(cols, np.ndarray):
             return np.asarray(data[np.ix_(rows, cols)])
         out: np.ndarray = np.asarray(data[rows][:, cols] if isinstance(rows, np.ndarray) else data[rows, cols])

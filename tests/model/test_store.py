@@ -43,6 +43,13 @@ def test_windows_match_the_events_in_order_across_the_wrap(total: int) -> None:
             want = full[-min(last, len(kept)) :]
             want = want if layers is None else want[:, layers]
             np.testing.assert_array_equal(got, want)
+            for skip in (1, 4, cap):
+                # The `last` steps before the newest `skip`, as a slice of everything held would give.
+                held = full[: max(0, len(kept) - skip)]
+                want = held[len(held) - min(last, len(held)) :]
+                want = want if layers is None else want[:, layers]
+                np.testing.assert_array_equal(store.window("grad_norm", last, layers, skip), want)
+                assert store.steps(last, skip).tolist() == kept[: max(0, len(kept) - skip)][-last:][: len(want)]
     mean = store.window("mean_abs")
     assert np.isnan(mean[[k % 2 == 1 for k in kept]]).all()
     last_detail = max(i for i in kept if i % 2 == 0)

@@ -236,3 +236,58 @@ def test_health_view_in_colour_whole() -> None:
     assert ok.endswith(run(HEALTH_MID, 40))
     assert cold.endswith(run(0, 30) + run(VANISHING_CELL, 10))
     assert hot.endswith(run(HEALTH_MID, 35) + run(EXPLODING_CELL, 5))
+
+
+@pytest.mark.parametrize("stat", [HEALTH, "grad_norm", "mean_abs"])
+@pytest.mark.parametrize("scenario", ["exploding", "healthy"])
+def test_incremental_view_matches_a_fresh_one_at_every_frame(stat: str, scenario: str) -> None:
+    """A view built from the last frame's columns equals one built from scratch: as the ring
+    wraps (capacity 256), as buckets grow, under a stream of alerts, on a scrolled window of rows."""
+    from gradtui.model.events import StepStats
+    from gradtui.sources.synthetic import SyntheticRun
+    from gradtui.ui.renderables.health import HealthIndex
+
+    events = SyntheticRun(scenario, 12, detail_every=7).events(900)
+    store = RunStore(capacity=256)
+    rows = np.arange(3, 11)
+    kept = HealthIndex()
+    previous = None
+    reused = 0
+    steps_in_poll = 0
+    for i, ev in enumerate(events):
+        store.apply(ev)
+        steps_in_poll += isinstance(ev, StepStats)
+        if steps_in_poll < 1 + i % 13 or store.count == 0:
+            continue
+        steps_in_poll = 0
+        cols = 40 if i < 600 else 31  # a resize
+        view = heatmap_view(store, stat, cols, rows, health=kept, previous=previous)
+        # The same references (a fresh HealthIndex would judge from the held steps only).
+        fresh = heatmap_view(store, stat, cols, rows, health=kept)
+        np.testing.assert_array_equal(view.codes, fresh.codes, err_msg=f"event {i}, step {store.total_steps}")
+        assert (view.first_step, view.last_step, view.steps_per_col) == (
+            fresh.first_step,
+            fresh.last_step,
+            fresh.steps_per_col,
+        )
+        if previous is not None and previous.basis == view.basis:
+            reused += 1
+        previous = view
+    assert reused > 20
+
+
+def test_an_alert_about_an_old_step_repaints_the_kept_columns() -> None:
+    from gradtui.model.events import Alert
+    from gradtui.sources.synthetic import SyntheticRun
+    from gradtui.ui.renderables.health import HealthIndex
+
+    store = RunStore(capacity=256)
+    for ev in SyntheticRun("healthy", 6).events(200):
+        store.apply(ev)
+    kept = HealthIndex()
+    before = heatmap_view(store, HEALTH, 40, health=kept)
+    name = store.layers[2].name
+    store.apply(Alert(step=int(store.steps()[50]), layer=name, kind="exploding", active=True, value=1e3, threshold=1.0))
+    after = heatmap_view(store, HEALTH, 40, health=kept, previous=before)
+    assert (after.codes[2] == EXPLODING_CELL).sum() > 20
+    np.testing.assert_array_equal(after.codes, heatmap_view(store, HEALTH, 40, health=kept).codes)

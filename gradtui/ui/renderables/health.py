@@ -53,6 +53,8 @@ class HealthIndex:
 
     def __init__(self, scale: HealthScale | None = None) -> None:
         self.scale = scale or HealthScale.from_config()
+        self.generation = 0
+        """Counts the restarts (`sync` on a new run or a reset store): levels from before one are void."""
         self._run: RunStart | None = None
         self._alerts: list[Alert] | None = None
         self._n_alerts = 0
@@ -69,6 +71,8 @@ class HealthIndex:
         self._last = np.zeros(0)
         self._spans: dict[int, list[Span]] = {}
         self._open: dict[tuple[int, str], Span] = {}
+        self._index: dict[str, int] = {}
+        """Layer name -> row."""
         self._rising: list[tuple[int, Span]] = []
         """Exploding spans that may still cover steps not folded yet (kept out of the references)."""
 
@@ -76,6 +80,7 @@ class HealthIndex:
 
     def _reset(self, store: RunStore) -> None:
         n = store.n_layers
+        self.generation += 1
         self._run, self._alerts = store.run, store.alerts
         self._n_alerts = 0
         self._pruned_at = 0
@@ -97,6 +102,7 @@ class HealthIndex:
         self._spans = {}
         self._open = {}
         self._rising = []
+        self._index = {info.name: i for i, info in enumerate(store.layers)}
 
     def sync(self, store: RunStore) -> None:
         """Fold in what the store received since the last call (starts over for a new run or a reset store)."""
@@ -127,7 +133,7 @@ class HealthIndex:
         self._synced = store.total_steps
 
     def _fold_alerts(self, store: RunStore, alerts: list[Alert]) -> None:
-        index = {info.name: i for i, info in enumerate(store.layers)}
+        index = self._index
         for a in alerts:
             if a.kind not in CELL_FLAGS or a.layer not in index:
                 continue
@@ -230,11 +236,12 @@ class HealthIndex:
 
     # ------------------------------------------------------------ read
 
-    def levels(self, store: RunStore, last: int, rows: np.ndarray) -> np.ndarray:
-        """(last, len(rows)) int8 levels of the newest `last` steps of the given rows (EMPTY: no value)."""
+    def levels(self, store: RunStore, last: int, rows: np.ndarray, skip: int = 0) -> np.ndarray:
+        """(last, len(rows)) int8 levels of the `last` steps before the newest `skip`, of the given rows."""
         if last <= 0 or self._cap == 0:
             return np.full((max(0, last), rows.size), EMPTY, np.int8)
-        pos = np.arange(store.total_steps - last, store.total_steps) % self._cap
+        end = store.total_steps - skip
+        pos = np.arange(end - last, end) % self._cap
         out: np.ndarray = self._levels[np.ix_(pos, rows)]
         return out
 

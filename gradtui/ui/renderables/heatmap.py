@@ -18,7 +18,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment, Segments
 from rich.style import Style
 
-from gradtui.model.events import primary_flag
+from gradtui.model.events import FLAG_PRIORITY, primary_flag
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.ui.renderables.health import CELL_FLAGS, HealthIndex, paint_mask, span_rows
 from gradtui.ui.scale import (
@@ -76,11 +76,11 @@ def bucket_size(count: int, cols: int) -> int:
     return k
 
 
-def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray) -> np.ndarray:
-    """(last, len(layers)) float32 block of the ring, oldest first, for the given layer columns."""
+def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray, skip: int = 0) -> np.ndarray:
+    """(last, len(layers)) float32 block of the ring before its newest `skip` steps, oldest first."""
     if last <= 0 or layers.size == 0:
         return np.full((max(0, last), layers.size), np.nan, np.float32)
-    block = store.window(stat, last, layers)
+    block = store.window(stat, last, layers, skip)
     if block.shape[0] < last:  # fewer steps held than asked for: pad the old end
         pad = np.full((last - block.shape[0], layers.size), np.nan, np.float32)
         block = np.concatenate([pad, block])
@@ -116,6 +116,12 @@ class HeatmapView:
     known: np.ndarray | None = None
     """Per row: the value was ever computed (else it shows as "—"; a NaN that was computed shows "nan")."""
     scale: LogScale = field(default_factory=lambda: STAT_SCALES["grad_norm"])
+    last_bucket: int | None = None
+    """Absolute bucket number (sample number // steps_per_col) of the last column."""
+    basis: _Basis | None = field(default=None, compare=False, repr=False)
+    """What the columns were computed from (a later frame reuses them when it matches)."""
+    alerts_seen: int = 0
+    """Alerts the store held when the view was built."""
 
     @property
     def rows(self) -> int:
@@ -133,6 +139,7 @@ def heatmap_view(
     layers: Sequence[int] | np.ndarray | None = None,
     *,
     health: HealthIndex | None = None,
+    previous: HeatmapView | None = None,
 ) -> HeatmapView:
     """Build the view of `stat` for the given layer indices (all by default) in `cols` columns.
 
@@ -141,6 +148,8 @@ def heatmap_view(
     (a non-finite count, or an infinite value), and EMPTY when it holds no value. The
     health view (`stat` "health") reads the gradient norm and its references from
     `health`, which a caller drawing many frames keeps (a fresh one reads the whole ring).
+    With `previous` (the view of the last frame), the columns that cannot have changed are
+    copied from it and only the newest are computed.
     """
     source = "grad_norm" if stat == HEALTH else stat
     scale = STAT_SCALES.get(source, STAT_SCALES["grad_norm"])
@@ -151,26 +160,130 @@ def heatmap_view(
     values = latest[idx] if latest.size else np.full(idx.size, np.nan)
     seen = store.latest_step(source)
     known = seen[idx] >= 0 if seen.size else np.zeros(idx.size, bool)
-    by_layer: dict[str | None, list[str]] = {}
-    for layer, kind in store.active_flags:
-        by_layer.setdefault(layer, []).append(kind)
-    flags = tuple(primary_flag(by_layer[n]) if n in by_layer else None for n in names)
-    codes = np.full((idx.size, cols), EMPTY, np.int16)
+    flags = _row_flags(store, names)
     if store.count == 0 or cols == 0 or idx.size == 0:
+        codes = np.full((idx.size, cols), EMPTY, np.int16)
         return HeatmapView(stat, names, values, flags, codes, known=known, scale=scale)
 
     total, count = store.total_steps, store.count
     k = bucket_size(count, cols)
     newest = (total - 1) // k
     first_bucket = newest - cols + 1
+    if stat == HEALTH:
+        health = health if health is not None else HealthIndex()
+        health.sync(store)
+    basis = _Basis(store, store.run, stat, idx.tobytes(), k, cols, health.generation if health else -1)
+    since = _reusable(previous, basis, store, first_bucket)
+    # Buckets before the previous view's newest are final, except those holding the oldest
+    # sample or older: the ring drops samples there as it wraps.
+    oldest = max(first_bucket, (total - count) // k)
+    if since is None or previous is None or oldest + 1 >= since:
+        c = _bucket_codes(store, source, stat, idx, k, first_bucket, newest, scale, health)
+    else:
+        prev_first = since - cols + 1
+        c = np.concatenate(
+            [
+                _bucket_codes(store, source, stat, idx, k, first_bucket, oldest, scale, health),
+                previous.codes[:, oldest + 1 - prev_first : since - prev_first],
+                _bucket_codes(store, source, stat, idx, k, since, newest, scale, health),
+            ],
+            axis=1,
+        )
+    shown = total - max(first_bucket * k, total - count)
+    return HeatmapView(
+        stat,
+        names,
+        values,
+        flags,
+        np.ascontiguousarray(c),
+        first_step=int(store.steps(shown)[0]),
+        last_step=int(store.steps(1)[0]),
+        steps_per_col=k,
+        known=known,
+        scale=scale,
+        last_bucket=newest,
+        basis=basis,
+        alerts_seen=len(store.alerts),
+    )
+
+
+def _row_flags(store: RunStore, names: tuple[str, ...]) -> tuple[str | None, ...]:
+    """The most urgent active flag of each named row (looked up per shown row: a blow-up can hold
+    a flag on every one of thousands of layers)."""
+    active = store.active_flags
+    if len(active) <= len(names):
+        by_layer: dict[str | None, list[str]] = {}
+        for layer, kind in active:
+            by_layer.setdefault(layer, []).append(kind)
+        return tuple(primary_flag(by_layer[n]) if n in by_layer else None for n in names)
+    return tuple(next((k for k in FLAG_PRIORITY if (n, k) in active), None) for n in names)
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """What a view's columns were computed from: columns of two views with equal bases agree."""
+
+    store: RunStore
+    run: object
+    stat: str
+    rows: bytes
+    k: int
+    cols: int
+    health: int
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Basis)
+            and self.store is other.store
+            and self.run is other.run
+            and (self.stat, self.rows, self.k, self.cols, self.health)
+            == (other.stat, other.rows, other.k, other.cols, other.health)
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.store), id(self.run), self.stat, self.rows, self.k, self.cols, self.health))
+
+
+def _reusable(previous: HeatmapView | None, basis: _Basis, store: RunStore, first_bucket: int) -> int | None:
+    """The previous view's newest bucket when its older columns still hold (from it on is recomputed), else None."""
+    if previous is None or previous.basis != basis or previous.last_bucket is None:
+        return None
+    if basis.stat in _SPARSE_STATS:
+        return None  # a new empty column carries the last value forward from the ones before
+    since = previous.last_bucket
+    if not first_bucket <= since < first_bucket + basis.cols or len(store.alerts) < previous.alerts_seen:
+        return None
+    # An alert about a step before the recomputed buckets would paint a column that is kept.
+    held = store.total_steps - store.count
+    first_fresh = int(store.steps(store.count)[max(0, since * basis.k - held)])
+    if any(a.step < first_fresh for a in store.alerts[previous.alerts_seen :]):
+        return None
+    return since
+
+
+def _bucket_codes(
+    store: RunStore,
+    source: str,
+    stat: str,
+    idx: np.ndarray,
+    k: int,
+    first_bucket: int,
+    newest: int,
+    scale: LogScale,
+    health: HealthIndex | None,
+) -> np.ndarray:
+    """(rows, buckets) codes of buckets first_bucket..newest (k steps each, aligned to sample numbers)."""
+    total, count = store.total_steps, store.count
+    cols = newest - first_bucket + 1
     s0 = max(first_bucket * k, total - count)
-    m = total - s0
+    end = min(total, (newest + 1) * k)
+    m, skip = end - s0, total - end
     offset = s0 - first_bucket * k
     padded = cols * k
 
     def block(name: str) -> np.ndarray:
         out = np.full((padded, idx.size), np.nan, np.float32)
-        out[offset : offset + m] = _ring_block(store, name, m, idx)
+        out[offset : offset + m] = _ring_block(store, name, m, idx, skip)
         return out.reshape(cols, k, idx.size)
 
     vals_b = block(source)
@@ -182,43 +295,33 @@ def heatmap_view(
         bad |= np.isinf(block("grad_norm")).any(axis=1)
     if source in _SPARSE_STATS:
         vals = _ffill(vals)
-    steps = store.steps(m)
     if stat == HEALTH:
-        window = _Window(m, offset, k, cols, steps)
+        window = _Window(m, offset, k, cols, store.steps(m, skip), skip)
         c = _health_codes(store, health if health is not None else HealthIndex(), idx, window)
     else:
         c = scale.codes(vals)
     c[bad] = NONFINITE
-    return HeatmapView(
-        stat,
-        names,
-        values,
-        flags,
-        np.ascontiguousarray(c.T),
-        first_step=int(steps[0]) if steps.size else None,
-        last_step=int(steps[-1]) if steps.size else None,
-        steps_per_col=k,
-        known=known,
-        scale=scale,
-    )
+    return c.T
 
 
 @dataclass(frozen=True)
 class _Window:
-    """Where the held steps sit in the columns: `m` samples from `offset` of `cols` buckets of `k`."""
+    """Where the held steps sit in the columns: `m` samples from `offset` of `cols` buckets of `k`,
+    ending `skip` samples before the newest."""
 
     m: int
     offset: int
     k: int
     cols: int
     steps: np.ndarray
+    skip: int = 0
+    """Newest samples held after the window."""
 
 
 def _health_codes(store: RunStore, health: HealthIndex, idx: np.ndarray, w: _Window) -> np.ndarray:
     """(cols, rows) health codes: each bucket's level furthest from healthy, or the flag that was up."""
-    health.sync(store)
     flat = np.full((w.cols * w.k, idx.size), EMPTY, np.int8)
-    flat[w.offset : w.offset + w.m] = health.levels(store, w.m, idx)
+    flat[w.offset : w.offset + w.m] = health.levels(store, w.m, idx, w.skip)
     lv = flat.reshape(w.cols, w.k, idx.size)
     hi = lv.max(axis=1)  # EMPTY (-1) is below every level
     lo = np.where(lv == EMPTY, np.int8(HEALTH_LEVELS), lv).min(axis=1)

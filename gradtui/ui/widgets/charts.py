@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
 from gradtui.model.store import RunStore
 from gradtui.ui.renderables.chart import MARKER_GLYPHS, ChartMarker, ChartStyles, SeriesChart
+from gradtui.ui.widgets.regions import line_runs
 
 
 class SeriesChartWidget(Widget):
@@ -49,11 +51,23 @@ class SeriesChartWidget(Widget):
         self._styles: ChartStyles | None = None
 
     def refresh_data(self) -> None:
-        """Redraw if the store changed."""
-        if self.store.version != self._version:
-            self._version = self.store.version
+        """Redraw the lines that changed, if the store changed."""
+        if self.store.version == self._version:
+            return
+        self._version = self.store.version
+        old = self._lines
+        width, height = self.content_region.size
+        if old is None or not self.is_mounted or len(old) != height or not width:
             self._lines = None
             self.refresh()
+            return
+        # Most new steps change a few cells at the right: repaint only the lines they touch
+        # (a whole chart is about 1 ms of Textual's line rendering a frame).
+        new = self._build(width, height)
+        self._lines = new
+        changed = [y for y in range(height) if new[y] != old[y]]
+        for y0, y1 in line_runs(changed):
+            self.refresh(Region(0, y0, width, y1 - y0))
 
     def on_resize(self) -> None:
         self._lines = None
@@ -92,11 +106,14 @@ class SeriesChartWidget(Widget):
             overlay_label="loop",
         )
 
+    def _build(self, width: int, height: int) -> list[Strip]:
+        return [Strip(line, width) for line in self.chart(height).lines(width, height)] if width else []
+
     def render_line(self, y: int) -> Strip:
         # Line API: the chart's few lines go straight to strips, skipping Rich's console.
         width, height = self.content_region.width, self.content_region.height
-        if self._lines is None or len(self._lines) != height or self._lines[0].cell_length != width:
-            self._lines = [Strip(line, width) for line in self.chart(height).lines(width, height)] if width else []
+        if self._lines is None or len(self._lines) != height or (self._lines and self._lines[0].cell_length != width):
+            self._lines = self._build(width, height)
         if 0 <= y < len(self._lines):
             return self._lines[y]
         return Strip.blank(width, Style())

@@ -35,6 +35,7 @@ from gradtui.ui.renderables.heatmap import (
     heatmap_view,
 )
 from gradtui.ui.scale import HEATMAP_STATS, fmt_value
+from gradtui.ui.widgets.regions import line_runs
 
 VALUE_REFRESH_S = 0.5
 """Least time between two redraws of the value column alone."""
@@ -118,6 +119,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._view_key: tuple[object, ...] | None = None
         self._header: list[Strip] = []
         self._dirty_rows: list[int] = []
+        self._dirty_from: dict[int, int] = {}
+        """Per dirty row position: the first cell (x) whose content changed, when not the label."""
         self._values_drawn = 0.0
         """When `_values_due` last ran (monotonic seconds)."""
         self._row_values_drawn: dict[int, float] = {}
@@ -160,11 +163,14 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._view_key = None
         self._ensure_view(width, previous=(old_view, old_key))
         top = int(self.scroll_y)
-        changed = sorted(
-            {y for y in range(HEADER_LINES) if self._header[y] != old_header[y]}
-            | {HEADER_LINES + pos - top for pos in self._dirty_rows}
-        )
-        regions = [Region(0, y0, self.size.width, y1 - y0) for y0, y1 in _runs(changed)]
+        header = [y for y in range(HEADER_LINES) if self._header[y] != old_header[y]]
+        # The content's width: a region over the scrollbar would repaint the scrollbar too.
+        regions = [Region(0, y0, width, y1 - y0) for y0, y1 in line_runs(header)]
+        # A row whose label is unchanged repaints from its first changed cell on: in a live
+        # run that is the newest column or two, a fraction of the line for the compositor.
+        for pos in self._dirty_rows:
+            x = self._dirty_from.get(pos, 0)
+            regions.append(Region(x, HEADER_LINES + pos - top, width - x, 1))
         if regions:
             self.refresh(*regions)
 
@@ -274,8 +280,10 @@ class LayerHeatmap(ScrollView, can_focus=True):
             names = [self.store.layers[i].name for i in self._rows[a:b]] if b > a else []
             # One blank column on the right keeps the newest cells apart from the scrollbar.
             layout = HeatmapLayout.fit(width - 1, names or ["layer"])
-            view = heatmap_view(self.store, self.stat, layout.cells, self._rows[a:b], health=self._health)
             old_view, old_key = previous if previous is not None else (None, None)
+            view = heatmap_view(
+                self.store, self.stat, layout.cells, self._rows[a:b], health=self._health, previous=old_view
+            )
             if old_view is not None and old_key is not None and old_key[1:] == key[1:] and layout == self._layout:
                 # The value column alone is redrawn at most VALUE_REFRESH_S apart: at 10 Hz a
                 # noisy value would otherwise redraw every row of the screen every frame.
@@ -287,9 +295,11 @@ class LayerHeatmap(ScrollView, can_focus=True):
                 for local in dirty:
                     self._strips.pop(a + local, None)
                 self._dirty_rows = [a + local for local in dirty]
+                self._dirty_from = _first_changed_cell(old_view, view, dirty, a, layout)
             else:
                 self._strips.clear()
                 self._dirty_rows = list(range(a, b))
+                self._dirty_from = {}
             self._layout = layout
             self._view = view
             self._view_key = key
@@ -449,14 +459,36 @@ def _changed_rows(old: HeatmapView, new: HeatmapView, *, values: bool | np.ndarr
         if differs[i] or old.flags[i] != new.flags[i]:
             out.append(i)
             continue
-        if not check[i]:
-            continue
-        a, b = old.values[i], new.values[i]
-        known_a = old.known is None or bool(old.known[i])
-        known_b = new.known is None or bool(new.known[i])
-        if known_a != known_b or fmt_value(float(a)) != fmt_value(float(b)):
+        if check[i] and not _same_value(old, new, i):
             out.append(i)
     return out
+
+
+def _first_changed_cell(
+    old: HeatmapView, new: HeatmapView, rows: list[int], first: int, layout: HeatmapLayout
+) -> dict[int, int]:
+    """Row position -> x of its first changed cell, for the rows whose label (flag, value) is unchanged."""
+    if not rows or old.codes.shape != new.codes.shape or old.names != new.names:
+        return {}
+    out: dict[int, int] = {}
+    sel = np.asarray(rows, np.intp)
+    differs = old.codes[sel] != new.codes[sel]
+    shown = min(layout.cells, new.cols)
+    start = layout.label_width + layout.cells - shown  # cells are right-aligned
+    for i, row in enumerate(rows):
+        if old.flags[row] != new.flags[row] or not _same_value(old, new, row):
+            continue
+        cols = np.flatnonzero(differs[i, new.cols - shown :])
+        if cols.size:
+            out[first + row] = start + int(cols[0])
+    return out
+
+
+def _same_value(old: HeatmapView, new: HeatmapView, row: int) -> bool:
+    """Whether a row shows the same value text in both views."""
+    known_a = old.known is None or bool(old.known[row])
+    known_b = new.known is None or bool(new.known[row])
+    return known_a == known_b and fmt_value(float(old.values[row])) == fmt_value(float(new.values[row]))
 
 
 def _keep_values(new: HeatmapView, old: HeatmapView, redrawn: list[int]) -> HeatmapView:
@@ -468,14 +500,3 @@ def _keep_values(new: HeatmapView, old: HeatmapView, redrawn: list[int]) -> Heat
     if new.known is not None and old.known is not None:
         known = np.where(keep, old.known, new.known)
     return dataclasses.replace(new, values=values, known=known)
-
-
-def _runs(lines: list[int]) -> list[tuple[int, int]]:
-    """Sorted line numbers as (start, stop) runs of consecutive lines."""
-    out: list[tuple[int, int]] = []
-    for y in lines:
-        if out and out[-1][1] == y:
-            out[-1] = (out[-1][0], y + 1)
-        else:
-            out.append((y, y + 1))
-    return out

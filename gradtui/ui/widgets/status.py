@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.text import Text
-from textual.app import RenderResult as TextualRenderResult
+from textual.geometry import Size
+from textual.strip import Strip
 from textual.widget import Widget
 
 from gradtui.model.events import FLAG_PRIORITY, CommandResult
@@ -112,6 +113,8 @@ class StatusHeader(Widget):
         self.replay_status: str | None = None
         """The replay's own status line (play/pause, speed, position) when playing a record."""
         self._chips = Chips([])
+        self._packed: list[Text] = []
+        self._strips: list[Strip] | None = None
 
     def refresh_data(self, stat: str) -> None:
         """Rebuild the text from the store and the pending commands."""
@@ -120,14 +123,33 @@ class StatusHeader(Widget):
         lines = self._lines()
         compact = width + 2 < COMPACT_BELOW  # the padding: the screen's width
         self._chips = Chips([_compact(lines, width)] if compact else [[i.text for i in line] for line in lines])
+        packed = self._chips.pack(width)
+        if packed == self._packed and self._strips is not None:
+            return
+        self._packed, self._strips = packed, None
         # A layout pass redraws the whole screen: only ask for one when the height changes.
-        height = len(self._chips.pack(width))
         # Against the height drawn, not the last one asked for: a layout asked for while
         # the screen is being laid out (a resize) can be lost.
-        self.refresh(layout=height != self.size.height)
+        self.refresh(layout=len(packed) != self.size.height)
 
-    def render(self) -> TextualRenderResult:
-        return self._chips
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return max(1, len(self._chips.pack(width)))
+
+    def render_line(self, y: int) -> Strip:
+        # Line API: two lines of text straight to strips (Textual's path for a Rich
+        # renderable costs about 1 ms a frame here).
+        width = self.content_region.width
+        if self._strips is None or (self._strips and self._strips[0].cell_length != width):
+            console, base = self.app.console, self.rich_style
+            self._packed = self._chips.pack(width)
+            # The widget's own colours under the text (a line-API widget draws its background).
+            self._strips = [
+                Strip(list(t.render(console)), t.cell_len).adjust_cell_length(width).apply_style(base)
+                for t in self._packed
+            ]
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(width, self.rich_style)
 
     def on_resize(self) -> None:
         self.refresh_data(self.stat)
