@@ -56,7 +56,7 @@ from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
 from gradtui.ui.screens.help import HelpScreen
-from gradtui.ui.screens.tour import NEXT_KEY, ChapterScreen, end_invite
+from gradtui.ui.screens.tour import NEXT_KEY, RESTART_KEY, ChapterScreen, end_invite
 from gradtui.ui.themes import HIGH_CONTRAST, THEMES
 from gradtui.ui.tour import HeldSource, Tour
 from gradtui.ui.tour_switch import WIDE_AT, TourSwitching
@@ -335,7 +335,7 @@ class GradTUIApp(TourSwitching):
             tail = [line.text for line in self.store.logs[-OUTPUT_TAIL:]]
             hint = None
             if self.tour is not None and self.tour.next_chapter is not None:
-                hint = f"Esc: close  {NEXT_KEY}: next chapter  q: quit"
+                hint = f"Esc: close  {RESTART_KEY}: run it again  {NEXT_KEY}: next chapter  q: quit"
             self.push_screen(RunErrorScreen(step, end.error, tail, hint=hint))
 
     def refresh_views(self, force: bool = False) -> None:

@@ -221,7 +221,13 @@ def test_a_chapter_that_ends_invites_the_next_and_one_that_crashes_shows_why() -
         await pilot.pause()
         assert isinstance(app.screen, RunErrorScreen)
         assert "CUDA was asked for" in text_of(app.screen.query_one(".dialog-hint"))
-        assert ".: next chapter" in str(app.screen.hint)
+        assert ".: next chapter" in str(app.screen.hint) and "r: run it again" in str(app.screen.hint)
+        started = len(starter.started)
+        await pilot.press("r")  # run the crashed chapter again: a fresh process, the dialog gone
+        await pilot.pause()
+        assert len(starter.started) == started + 1 and starter.started[-2].closed
+        assert app.tour is not None and app.tour.current.name == "sigmoid-relu-he"
+        assert isinstance(app.screen, RunErrorScreen)  # it crashes again (the fake fails at once)
         await pilot.press("full_stop")  # the crash dialog lets the tour go on
         assert app.tour is not None and app.tour.current.name == "sigmoid-glorot"
         assert not isinstance(app.screen, RunErrorScreen)

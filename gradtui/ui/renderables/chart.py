@@ -130,7 +130,10 @@ class SeriesChart:
         finite = both[np.isfinite(both)]
         last = float(self.values[-1]) if self.values.size else None
         now = "—" if last is None else ("nan" if math.isnan(last) else fmt_number(last))
-        head = f"{self.title} {now}".strip()
+        # A narrow chart keeps the latest value whole: "global ‖g‖ 0.012", "‖g‖ 0.012", "0.012".
+        words = self.title.split()
+        heads = [" ".join([*words[i:], now]) for i in range(len(words) + 1)]
+        head = next((h for h in heads if len(h) <= width), heads[-1])
         over = self.overlay if self.overlay is not None and self.overlay.size == self.values.size else None
         if over is not None and over.size and last is not None and over[-1] != last and math.isfinite(over[-1]):
             head += f" ({self.overlay_label} {fmt_number(float(over[-1]))})".replace("( ", "(")
@@ -139,7 +142,8 @@ class SeriesChart:
             use_log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() >= 100)
         if finite.size:
             lo_s, hi_s = fmt_number(float(finite.min())), fmt_number(float(finite.max()))
-            rng = f"  [{lo_s} … {hi_s}{' log' if use_log else ''}]"
+            # A flat series says so (its bars are all the same height, whatever the value).
+            rng = f"  [{lo_s} … {hi_s}{' log' if use_log else ''}]" if lo_s != hi_s else f"  [flat at {lo_s}]"
         else:
             rng = ""
         bad_last = last is not None and not math.isfinite(last)

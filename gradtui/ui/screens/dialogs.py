@@ -119,6 +119,7 @@ class RunErrorScreen(ModalScreen[None]):
         # In the demo's tour a crashed chapter need not stop the tour (the app refuses these otherwise).
         Binding("full_stop", "app.tour_move(1)", "next chapter", show=False, id="error-next-chapter"),
         Binding("comma", "app.tour_move(-1)", "previous chapter", show=False, id="error-previous-chapter"),
+        Binding("r", "app.tour_restart", "run the chapter again", show=False, id="error-restart-chapter"),
     ]
 
     def __init__(
