@@ -371,7 +371,12 @@ class HeatmapLayout:
 
     @property
     def label_width(self) -> int:
-        return 1 + 1 + self.name_width + 1 + VALUE_WIDTH + 1
+        return self.value_x + VALUE_WIDTH + 1
+
+    @property
+    def value_x(self) -> int:
+        """Where the value column starts: after the flag glyph and the name."""
+        return 1 + 1 + self.name_width + 1
 
     @property
     def cells(self) -> int:

@@ -28,6 +28,7 @@ from gradtui.model.store import RunStore
 from gradtui.ui.renderables.health import HealthIndex
 from gradtui.ui.renderables.heatmap import (
     HEADER_LINES,
+    VALUE_WIDTH,
     Heatmap,
     HeatmapLayout,
     HeatmapStyles,
@@ -119,8 +120,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
         self._view_key: tuple[object, ...] | None = None
         self._header: list[Strip] = []
         self._dirty_rows: list[int] = []
-        self._dirty_from: dict[int, int] = {}
-        """Per dirty row position: the first cell (x) whose content changed, when not the label."""
+        self._dirty_spans: dict[int, list[tuple[int, int]]] = {}
+        """Per dirty row position whose flag did not change: the (x, width) spans that did."""
         self._values_drawn = 0.0
         """When `_values_due` last ran (monotonic seconds)."""
         self._row_values_drawn: dict[int, float] = {}
@@ -166,11 +167,15 @@ class LayerHeatmap(ScrollView, can_focus=True):
         header = [y for y in range(HEADER_LINES) if self._header[y] != old_header[y]]
         # The content's width: a region over the scrollbar would repaint the scrollbar too.
         regions = [Region(0, y0, width, y1 - y0) for y0, y1 in line_runs(header)]
-        # A row whose label is unchanged repaints from its first changed cell on: in a live
-        # run that is the newest column or two, a fraction of the line for the compositor.
+        # A row repaints only what changed (its value, its cells from the first changed one):
+        # in a live run that is the newest column or two, a fraction of the line to composite.
         for pos in self._dirty_rows:
-            x = self._dirty_from.get(pos, 0)
-            regions.append(Region(x, HEADER_LINES + pos - top, width - x, 1))
+            y = HEADER_LINES + pos - top
+            spans = self._dirty_spans.get(pos)
+            if spans is None:
+                regions.append(Region(0, y, width, 1))
+            else:
+                regions.extend(Region(x, y, min(w, width - x), 1) for x, w in spans if x < width)
         if regions:
             self.refresh(*regions)
 
@@ -295,11 +300,11 @@ class LayerHeatmap(ScrollView, can_focus=True):
                 for local in dirty:
                     self._strips.pop(a + local, None)
                 self._dirty_rows = [a + local for local in dirty]
-                self._dirty_from = _first_changed_cell(old_view, view, dirty, a, layout)
+                self._dirty_spans = _changed_spans(old_view, view, dirty, a, layout)
             else:
                 self._strips.clear()
                 self._dirty_rows = list(range(a, b))
-                self._dirty_from = {}
+                self._dirty_spans = {}
             self._layout = layout
             self._view = view
             self._view_key = key
@@ -464,23 +469,27 @@ def _changed_rows(old: HeatmapView, new: HeatmapView, *, values: bool | np.ndarr
     return out
 
 
-def _first_changed_cell(
+def _changed_spans(
     old: HeatmapView, new: HeatmapView, rows: list[int], first: int, layout: HeatmapLayout
-) -> dict[int, int]:
-    """Row position -> x of its first changed cell, for the rows whose label (flag, value) is unchanged."""
+) -> dict[int, list[tuple[int, int]]]:
+    """Row position -> the (x, width) spans of it that changed, for rows whose flag did not change:
+    the value column if its text changed, and the cells from the first changed one on."""
     if not rows or old.codes.shape != new.codes.shape or old.names != new.names:
         return {}
-    out: dict[int, int] = {}
+    out: dict[int, list[tuple[int, int]]] = {}
     sel = np.asarray(rows, np.intp)
-    differs = old.codes[sel] != new.codes[sel]
     shown = min(layout.cells, new.cols)
+    differs = old.codes[sel, new.cols - shown :] != new.codes[sel, new.cols - shown :]
     start = layout.label_width + layout.cells - shown  # cells are right-aligned
     for i, row in enumerate(rows):
-        if old.flags[row] != new.flags[row] or not _same_value(old, new, row):
+        if old.flags[row] != new.flags[row]:
             continue
-        cols = np.flatnonzero(differs[i, new.cols - shown :])
+        spans = [] if _same_value(old, new, row) else [(layout.value_x, VALUE_WIDTH)]
+        cols = np.flatnonzero(differs[i])
         if cols.size:
-            out[first + row] = start + int(cols[0])
+            x = start + int(cols[0])
+            spans.append((x, layout.width - x))
+        out[first + row] = spans
     return out
 
 
