@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,3 +72,21 @@ def by_device(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     return list(groups.values())
+
+
+def optimizer_list(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """`watch`'s optimizer argument as a list: None, one optimizer, or a sequence of them."""
+    if optimizer is None:
+        return []
+    many = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    out: list[torch.optim.Optimizer] = []
+    for i, opt in enumerate(many):
+        if not isinstance(opt, torch.optim.Optimizer):
+            where = f"optimizer {i}" if isinstance(optimizer, (list, tuple)) else "optimizer"
+            raise TypeError(f"{where} must be a torch.optim.Optimizer, got {type(opt).__name__}")
+        inner = unwrap_optimizer(opt)
+        assert inner is not None
+        if any(inner is o for o in out):
+            raise ValueError(f"optimizer {i} is given twice")
+        out.append(inner)
+    return out

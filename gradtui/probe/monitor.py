@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -36,7 +37,8 @@ from gradtui.probe.clip import check_clip, clip_grads
 from gradtui.probe.control import Control
 from gradtui.probe.dist import DistContext
 from gradtui.probe.lanes import Lanes, lane_names
-from gradtui.probe.layers import find_layers, unwrap_optimizer
+from gradtui.probe.layers import find_layers, optimizer_list
+from gradtui.probe.publisher import Publisher, Sampled
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
 from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, publish, update_ratio
@@ -74,7 +76,7 @@ class Monitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
-        optimizers = _optimizers(optimizer)
+        optimizers = optimizer_list(optimizer)
         for label, value in (("every", every), ("detail_every", detail_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -105,7 +107,9 @@ class Monitor:
         self.lanes: tuple[str, ...] = lane_names(lanes)
         self._lanes = Lanes(self.lanes, self._stats.device, self._stats.acc)
         self._outputs = Outputs()
-        self.control = Control(optimizers, start_clip, self.dist, self._outputs.emit)
+        self._publisher: Publisher | None = None
+        """Once the run has started: the thread every event goes out through (see `publisher`)."""
+        self.control = Control(optimizers, start_clip, self.dist, self._emit)
         """The settings viewers change (learning rate, clipping, pause) and their command queue."""
         self.commands = self.control.commands
         """Commands for the probe; applied at the next step boundary."""
@@ -132,6 +136,11 @@ class Monitor:
             # watch() fails as a whole: nothing of it stays hooked into the user's optimizers or on disk.
             self._undo_start()
             raise
+        if self.primary:
+            self._publisher = Publisher(self._publish)
+            if self.events is not None:
+                # A reader of the in-process queue sees every event made before it reads.
+                self.events.settle = self._publisher.flush
         exits.register(self)
 
     def _open(
@@ -383,20 +392,39 @@ class Monitor:
     def _resolve_pending(self, block: bool) -> None:
         while self._pending and (block or self._pending[0].ready()):
             pending = self._pending.pop(0)
-            stats, update = publish(
-                pending.values(), pending.meta, self._stats.n, bool(self.lanes), pending.stepped_factor()
-            )
-            self._placement.global_norm(stats.global_norm)
-            if update is not None:
-                self._emit(update)
-            self._emit(stats)
-            if self._detectors is not None:
-                alerts: list[Alert] = self._detectors.update(stats)
-                for alert in alerts:
-                    self._emit(alert)
+            item = Sampled(pending.values(), pending.meta, pending.stepped_factor())
+            if self._publisher is not None:
+                self._publisher.put(item)
+            else:
+                self._publish(item)
+
+    def _publish(self, item: object) -> None:
+        """On the publishing thread: a sampled step's events and alerts, or an event made elsewhere."""
+        if not isinstance(item, Sampled):
+            self._outputs.emit(item)  # type: ignore[arg-type]
+            return
+        stats, update = publish(item.values, item.meta, self._stats.n, bool(self.lanes), item.stepped_factor)
+        self._placement.global_norm(stats.global_norm)
+        if update is not None:
+            self._outputs.emit(update)
+        self._outputs.emit(stats)
+        if self._detectors is not None:
+            alerts: list[Alert] = self._detectors.update(stats)
+            for alert in alerts:
+                self._outputs.emit(alert)
 
     def _emit(self, event: Event) -> None:
-        self._outputs.emit(event)
+        publisher = self._publisher
+        if publisher is None or threading.get_ident() == publisher.ident:
+            self._outputs.emit(event)
+        else:
+            publisher.put(event)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event made so far has reached the sinks (they are sent on a thread of
+        the probe's own, so the loop never waits for them); False on timeout. A sampled step's
+        statistics are made once the optimizer step that follows has been measured."""
+        return self._publisher.flush(timeout) if self._publisher is not None else True
 
     def close(self, status: str = "ok", error: str = "") -> None:
         """Flush statistics still in flight, send `RunEnd` and close every sink."""
@@ -419,6 +447,9 @@ class Monitor:
                 hooks.remove()
         self.control.close()
         self._emit(RunEnd(step=self.step_count, status=status, error=error))
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
         self._outputs.close()
 
     def _in_fork(self) -> None:
@@ -450,7 +481,10 @@ class Monitor:
         end = codec.encode(
             RunEnd(step=self.step_count, status="interrupted", error=f"terminated by {signal.Signals(signum).name}")
         )
-        if self._record is not None and self._record in self._outputs.sinks:  # not dropped (a full disk)
+        publisher = self._publisher
+        # What is queued goes out first; the end is written only once nothing else writes.
+        quiet = publisher is None or publisher.halt(TERMINATE_FLUSH_S) or not publisher.busy
+        if quiet and self._record is not None and self._record in self._outputs.sinks:  # not dropped (a full disk)
             with contextlib.suppress(OSError, ValueError):
                 self._record.writer.write_frame(end)
                 self._record.close()
@@ -469,6 +503,10 @@ class Monitor:
             self.close("interrupted")
         else:
             self.close("error", "".join(traceback.format_exception(exc_type, exc, tb)))
+
+
+TERMINATE_FLUSH_S = 2.0
+"""On SIGTERM/SIGHUP: how long the events still queued may take to go out before the run's end is written."""
 
 
 def _default_run_name() -> str:
@@ -555,21 +593,3 @@ def watch(
         lanes=lanes,
         scheduler=scheduler,
     )
-
-
-def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
-    """`watch`'s optimizer argument as a list: None, one optimizer, or a sequence of them."""
-    if optimizer is None:
-        return []
-    many = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-    out: list[torch.optim.Optimizer] = []
-    for i, opt in enumerate(many):
-        if not isinstance(opt, torch.optim.Optimizer):
-            where = f"optimizer {i}" if isinstance(optimizer, (list, tuple)) else "optimizer"
-            raise TypeError(f"{where} must be a torch.optim.Optimizer, got {type(opt).__name__}")
-        inner = unwrap_optimizer(opt)
-        assert inner is not None
-        if any(inner is o for o in out):
-            raise ValueError(f"optimizer {i} is given twice")
-        out.append(inner)
-    return out

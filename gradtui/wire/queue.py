@@ -112,6 +112,8 @@ class EventQueue(DropQueue[Event]):
 
     def __init__(self, maxsize: int = 20_000) -> None:
         super().__init__(maxsize)
+        self.settle: Callable[[], object] | None = None
+        """Called before each read: a producer that sends from a thread of its own catches up."""
 
     def _with_drops(self, got: tuple[list[Event], int] | None) -> list[Event]:
         if got is None:
@@ -123,10 +125,14 @@ class EventQueue(DropQueue[Event]):
 
     def drain(self, max_items: int = 1_000_000) -> list[Event]:
         """Everything available now (up to max_items), without waiting."""
+        if self.settle is not None:
+            self.settle()
         return self._with_drops(self.take(max_items, timeout=0.0))
 
     def get(self, timeout: float | None = None) -> Event | None:
         """One event (or a `Dropped` report), waiting up to `timeout` s; None on timeout or when closed and empty."""
+        if self.settle is not None:
+            self.settle()
         got = self._with_drops(self.take(1, timeout=timeout))
         if len(got) > 1:
             # A drop report and the next event: hand out the report now, keep the event for later.

@@ -149,6 +149,7 @@ def test_watch_with_overwrite_refuses_a_record_a_live_monitor_writes(tmp_path: P
         loss = model(torch.randn(2, 3)).sum()
         loss.backward()
         mon.step(loss)
+        mon.flush()
         before = path.read_bytes()
         with pytest.raises(RecordPathError, match="already writing it"):
             gradtui.watch(torch.nn.Linear(3, 1), record=path, overwrite=True)

