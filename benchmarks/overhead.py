@@ -35,21 +35,17 @@ import gradtui
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def mlp() -> tuple[nn.Module, Batch]:
+def mlp(depth: int = 12, width: int = 512, batch: int = 256) -> tuple[nn.Module, Batch]:
     layers: list[nn.Module] = []
-    for _ in range(12):
-        layers += [nn.Linear(512, 512), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(512, 10))
-    return model, (torch.randn(256, 512), torch.randint(0, 10, (256,)))
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(width, 10))
+    return model, (torch.randn(batch, width), torch.randint(0, 10, (batch,)))
 
 
 def mlp_deep() -> tuple[nn.Module, Batch]:
     """Many small tensors (102 gradients, 3.3 MB): per-tensor costs dominate."""
-    layers: list[nn.Module] = []
-    for _ in range(50):
-        layers += [nn.Linear(128, 128), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(128, 10))
-    return model, (torch.randn(128, 128), torch.randint(0, 10, (128,)))
+    return mlp(depth=50, width=128, batch=128)
 
 
 def cnn() -> tuple[nn.Module, Batch]:

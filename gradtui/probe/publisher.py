@@ -24,7 +24,7 @@ from gradtui.probe.stats import StepMeta
 log = logging.getLogger("gradtui")
 
 MAX_BACKLOG = 256
-"""Items queued before `put` waits for the thread (a step makes one item, plus its alerts' none)."""
+"""Items queued before `put` waits for the thread (a sampled step is one item; its alerts are made on the thread)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,7 +157,7 @@ def heatmap_view(
         values,
         flags,
         np.ascontiguousarray(c),
-        first_step=int(store.steps(shown)[0]),
+        first_step=int(store.steps(1, skip=shown - 1)[0]),
         last_step=int(store.steps(1)[0]),
         steps_per_col=k,
         known=known,
@@ -204,7 +204,7 @@ def _reusable(previous: HeatmapView | None, basis: _Basis, store: RunStore, firs
         return None
     # An alert about a step before the recomputed buckets would paint a column that is kept.
     held = store.total_steps - store.count
-    first_fresh = int(store.steps(store.count)[max(0, since * basis.k - held)])
+    first_fresh = int(store.steps(1, skip=store.count - 1 - max(0, since * basis.k - held))[0])
     if any(a.step < first_fresh for a in store.alerts[previous.alerts_seen :]):
         return None
     return since
