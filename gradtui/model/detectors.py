@@ -12,14 +12,13 @@ The rules and their defaults are described in README.md (Detectors).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from gradtui.model.events import FLAG_PRIORITY, VERDICTS, Alert, StepStats
+from gradtui.model.detector_config import DetectorConfig
+from gradtui.model.events import ALERT_LEVELS, FLAG_PRIORITY, VERDICTS, Alert, StepStats
 
 # Rows of the state matrices, in flag priority order, so the first active row is the verdict.
 _KINDS: tuple[str, ...] = FLAG_PRIORITY
@@ -34,143 +33,9 @@ _LOSS_MIN_HISTORY = 5
 """Finite losses needed before the loss can hold back the exploding growth rule."""
 _AMP_SKIPS_TOLERATED = 30
 """Consecutive GradScaler-skipped samples ignored; beyond that their non-finite gradients count."""
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Thresholds of every detector. Counts are in sampled steps (see `watch(every=...)`)."""
-
-    vanish_ratio: float = 3e-4
-    """Vanishing when a layer's per-parameter gradient RMS is below this fraction of the largest layer's."""
-    vanish_clear_ratio: float = 1e-3
-    """A vanishing flag clears once the layer is back above this fraction of the largest layer's RMS."""
-    vanish_weight_ratio: float = 1e-7
-    """Also vanishing when ||g||/||w|| is below this and the layer is 10x below the largest (detail steps)."""
-    vanish_steps: int = 10
-    """Consecutive samples a vanishing condition must hold before the flag is raised."""
-    explode_ratio: float = 10.0
-    """Exploding when a norm jumps this factor above its baseline (recent median, or its decayed past peak)."""
-    explode_z: float = 4.0
-    """... and at least this many robust standard deviations (log10 scale, from the window's IQR) above it."""
-    explode_memory: float = 0.005
-    """Decay of the baseline's past peak, in decades per sample: a norm that fell as the run converged and
-    spikes back toward its old level is not exploding."""
-    explode_loss_z: float = 2.0
-    """The growth rule also needs the loss this many robust deviations above its recent median (when the
-    loss is known): a gradient that jumps while the loss holds or falls is a run leaving a plateau."""
-    explode_clear_ratio: float = 3.0
-    """An exploding flag clears once the norm is back within this factor of its recent median."""
-    explode_ceiling: float = 1e6
-    """Exploding whenever a layer's or the global gradient L2 norm exceeds this, whatever its history."""
-    explode_min_history: int = 2
-    """Samples a norm needs before the growth rule applies (the ceiling applies from the first)."""
-    window: int = 32
-    """Samples kept for the recent medians of the exploding and loss-spike rules."""
-    dead_steps: int = 20
-    """Consecutive samples of an exactly-zero gradient before a layer is flagged dead."""
-    spike_z: float = 6.0
-    """Loss spike when the loss exceeds its recent median by this many robust standard deviations (of
-    log10 loss when the losses are positive) ..."""
-    spike_ratio: float = 2.0
-    """... and is at least this multiple of its recent median (positive losses)."""
-    spike_clear_z: float = 2.0
-    """A loss-spike flag clears once the loss is back within this many robust standard deviations."""
-    spike_min_history: int = 20
-    """Finite losses needed before the loss-spike rule applies."""
-    clear_steps: int = 5
-    """Consecutive samples a leave condition must hold before any flag is cleared."""
-
-    def __post_init__(self) -> None:
-        problems = _check(self)
-        if problems:
-            raise ValueError("invalid detector config: " + "; ".join(problems))
-
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        """Names of the options, as accepted by `from_options`."""
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> DetectorConfig:
-        """Build a config from CLI-style options, e.g. `{"vanish_ratio": "1e-3", "dead_steps": "50"}`.
-
-        Raises:
-            ValueError: An unknown key (the message lists the valid ones), or a value that does not
-                parse or is out of range (the message names the key).
-        """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, float | int] = {}
-        for key, raw in options.items():
-            if key not in fields:
-                raise ValueError(f"unknown detector option {key!r}; valid options: {', '.join(fields)}")
-            text = str(raw).strip()
-            try:
-                number = float(text)
-            except ValueError:
-                raise ValueError(f"detector option {key}: {text!r} is not a number") from None
-            if fields[key].type in ("int", int):
-                if not number.is_integer():
-                    raise ValueError(f"detector option {key}: {text!r} is not a whole number")
-                values[key] = int(number)
-            else:
-                values[key] = number
-        return cls(**values)  # type: ignore[arg-type]
-
-    @classmethod
-    def parse(cls, items: Iterable[str]) -> DetectorConfig | None:
-        """Build a config from "key=value" strings (`-D` options, `GRADTUI_DETECTORS` split on ","):
-        None when there are none.
-
-        Raises:
-            ValueError: an item that is not key=value, an unknown key, or a bad value.
-        """
-        options: dict[str, str] = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"{item.strip()!r} is not key=value")
-            options[key.strip()] = value.strip()
-        return cls.from_options(options) if options else None
-
-
-def _check(c: DetectorConfig) -> list[str]:
-    """Everything wrong with a config, one readable phrase each."""
-    out: list[str] = []
-    for f in dataclasses.fields(c):
-        v = getattr(c, f.name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            out.append(f"{f.name} must be a finite number, got {v!r}")
-        elif f.type in ("int", int) and not isinstance(v, int):
-            out.append(f"{f.name} must be a whole number, got {v!r}")
-    if out:
-        return out
-    if not 0 < c.vanish_ratio < 1:
-        out.append(f"vanish_ratio must be between 0 and 1, got {c.vanish_ratio}")
-    elif not c.vanish_ratio <= c.vanish_clear_ratio < 1:
-        out.append(f"vanish_clear_ratio must be in [vanish_ratio, 1), got {c.vanish_clear_ratio}")
-    if not 0 <= c.vanish_weight_ratio < 1:
-        out.append(f"vanish_weight_ratio must be in [0, 1), got {c.vanish_weight_ratio}")
-    if c.explode_ratio <= 1:
-        out.append(f"explode_ratio must be above 1, got {c.explode_ratio}")
-    elif not 1 <= c.explode_clear_ratio <= c.explode_ratio:
-        out.append(f"explode_clear_ratio must be in [1, explode_ratio], got {c.explode_clear_ratio}")
-    for name in ("explode_z", "explode_memory", "explode_loss_z", "spike_clear_z"):
-        if getattr(c, name) < 0:
-            out.append(f"{name} must be at least 0, got {getattr(c, name)}")
-    if c.explode_ceiling <= 0:
-        out.append(f"explode_ceiling must be positive, got {c.explode_ceiling}")
-    if c.spike_z <= 0 or c.spike_clear_z > c.spike_z:
-        out.append(f"spike_z must be positive and at least spike_clear_z, got {c.spike_z}")
-    if c.spike_ratio < 1:
-        out.append(f"spike_ratio must be at least 1, got {c.spike_ratio}")
-    for name in ("vanish_steps", "dead_steps", "clear_steps", "explode_min_history", "spike_min_history"):
-        if getattr(c, name) < 1:
-            out.append(f"{name} must be at least 1, got {getattr(c, name)}")
-    if c.window < 4:
-        out.append(f"window must be at least 4, got {c.window}")
-    elif max(c.explode_min_history, c.spike_min_history) > c.window:
-        out.append(f"explode_min_history and spike_min_history must not exceed window ({c.window})")
-    return out
+_INFO, _WARNING, _CRITICAL = (ALERT_LEVELS.index(x) for x in ("info", "warning", "critical"))
+_KIND_LEVEL = np.array([_CRITICAL, _INFO, _WARNING, _WARNING, _WARNING], np.int8)
+"""Level of a raised flag by kind (rows of `_KINDS`); exploding is judged per sample instead."""
 
 
 def _median_spread(sorted_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +71,8 @@ class Detectors:
         units = n + 1  # every layer, then the run itself (global norm, loss)
         shape = (len(_KINDS), units)
         self._active = np.zeros(shape, bool)
+        self._level = np.zeros(shape, np.int8)
+        """Level of each active flag (an index into ALERT_LEVELS)."""
         self._on = np.zeros(shape, np.int64)
         self._off = np.zeros(shape, np.int64)
         self._min_on = np.array([1, 1, c.vanish_steps, c.dead_steps, 1], np.int64)[:, None]
@@ -221,11 +88,21 @@ class Detectors:
         self._log_ratio = math.log10(c.explode_ratio)
         self._log_clear = math.log10(c.explode_clear_ratio)
         self._log_ceiling = math.log10(c.explode_ceiling)
+        self._log_warn = math.log10(c.explode_warn_ratio)
+        self._log_scale_ratio = math.log10(c.explode_scale_ratio)
+        self._log_compound = math.log10(c.explode_compound_ratio)
         # Exploding: ring of log10 norms (layers, then global), kept dense by repeating a unit's last value.
         self._hist = np.zeros((c.window, units))
         self._hist_seen = np.zeros(units, np.int64)
         self._last_x = np.zeros(units)
         self._peak = np.full(units, -np.inf)
+        self._scale = np.full(units, -np.inf)
+        """Per unit: the run's scale, the largest window median of its log10 norm so far."""
+        self._rise = np.zeros(units, np.int64)
+        """Per unit: consecutive samples at which the norm grew by explode_compound_ratio or more."""
+        self._jump = np.zeros(units)
+        self._xlevel = np.zeros(units, np.int8)
+        """Per unit: the level an exploding flag would have at this sample."""
         self._x = np.zeros(units)
         self._valid = np.zeros(units, bool)
         self._all_seen = False
@@ -240,6 +117,11 @@ class Detectors:
         self._med = np.zeros(units)
         self._grow = np.zeros(units)
         self._spike = (math.nan, math.nan)
+        self._loss_scale = -math.inf
+        """The run's loss scale: the largest median of the loss window so far."""
+        self._spike_level = _INFO
+        self._loss_in_range = False
+        """This sample's loss is known and at most the run's loss scale (before this sample)."""
         # Loss spike: ring of finite losses.
         self._loss = np.zeros(c.window)
         self._log_loss = np.zeros(c.window)
@@ -359,9 +241,15 @@ class Detectors:
                 enter &= self._hist_seen >= c.explode_min_history
             enter |= self._ceiling_hit
             self._leave[_EXPLODING] = valid & (x - med <= self._log_clear) & ~self._ceiling_hit
+            if self._all_seen:
+                np.maximum(self._scale, med, out=self._scale)
+            else:
+                seen = self._hist_seen > 0
+                self._scale[seen] = np.maximum(self._scale[seen], med[seen])
         else:
             self._enter[_EXPLODING] = self._ceiling_hit
         self._seen[_EXPLODING] = valid
+        self._severity(x, valid)
         self._last_x[valid] = x[valid]
         self._hist_seen += valid
         if not self._all_seen:
@@ -370,10 +258,37 @@ class Detectors:
         self._head = (self._head + 1) % c.window
         self._rows = min(self._rows + 1, c.window)
 
+    def _severity(self, x: np.ndarray, valid: np.ndarray) -> None:
+        """The level an exploding flag on each unit has at this sample (`_xlevel`).
+
+        The raise rule compares a norm with its recent past, so it fires early; the level compares
+        it with the whole run. Measured on long runs (benchmarks/detectors.py), a hard batch on a
+        converged run jumps 10x or more over its recent median, with a loss that stays within what
+        the run's early batches cost, and returns at the next sample (a memorising LSTM's can reach
+        13x the run's scale), while every blow-up either compounds (2x or more per sample, two
+        samples in a row, each past the raise threshold) or stays past 10x the run's scale.
+        """
+        jump = np.subtract(x, self._last_x, out=self._jump)
+        # Growth counts only while the norm is still past the raise threshold: a noisy norm near
+        # convergence doubles twice in a row now and then on its way back up from a dip.
+        grew = self._enter[_EXPLODING] & (self._hist_seen > 0) & (jump >= self._log_compound)
+        self._rise += grew
+        self._rise *= grew | ~valid
+        above = x - self._scale
+        # One sample with a loss inside the run's range may be a hard batch: judged by its height
+        # only if the next sample is still past the raise threshold.
+        judged = valid if not self._loss_in_range else valid & (self._on[_EXPLODING] > 0)
+        level = self._xlevel
+        level.fill(_INFO)
+        level[judged & (above >= self._log_warn)] = _WARNING
+        critical = (judged & (above >= self._log_scale_ratio)) | (self._rise >= self.config.explode_critical_steps)
+        level[critical | self._ceiling_hit] = _CRITICAL
+
     def _loss_spike(self, loss: float) -> float:
         """Update the loss-spike state; return the loss's robust z-score in its window (NaN if unknown)."""
         c = self.config
         n = self._n
+        self._loss_in_range = False
         if not math.isfinite(loss):
             return math.nan
         z = math.nan
@@ -388,6 +303,10 @@ class Detectors:
             med = float(med_a)
             spread = max(float(spread_a), _MIN_SPREAD if log_scale else 1e-3 * abs(med), 1e-12)
             z = (cur - med) / spread
+            # As for the gradients: a loss that jumps but stays within where the run has been is info.
+            self._loss_in_range = loss <= self._loss_scale
+            self._spike_level = _INFO if self._loss_in_range else _WARNING
+            self._loss_scale = max(self._loss_scale, 10.0**med if log_scale else med)
             if rows >= c.spike_min_history:
                 limit = med + c.spike_z * spread
                 if log_scale:
@@ -416,16 +335,25 @@ class Detectors:
         self._on *= self._enter | unseen
         self._off += self._leave
         self._off *= self._leave | unseen
-        active = self._active
+        active, level = self._active, self._level
         raised = ~active & (self._on >= self._min_on)
         cleared = active & (self._off >= self._clear_steps)
-        changed = raised | cleared
+        # A flag that is up is raised again when its level rises (a hard-batch jump that keeps growing).
+        escalated = np.zeros_like(raised)
+        escalated[_EXPLODING] = active[_EXPLODING] & ~cleared[_EXPLODING] & (self._xlevel > level[_EXPLODING])
+        n = self._n
+        escalated[_SPIKE, n] = active[_SPIKE, n] & ~cleared[_SPIKE, n] & (self._spike_level > level[_SPIKE, n])
+        changed = raised | cleared | escalated
         if not changed.any():
             return []
         alerts: list[Alert] = []
         for k, u in zip(*np.nonzero(changed), strict=True):
-            up = bool(raised[k, u])
-            value, threshold = self._value_threshold(int(k), int(u), up)
+            up = not cleared[k, u]
+            if up:
+                level[k, u] = (
+                    self._xlevel[u] if k == _EXPLODING else self._spike_level if k == _SPIKE else _KIND_LEVEL[k]
+                )
+            value, threshold = self._value_threshold(int(k), int(u), up, bool(escalated[k, u]))
             alerts.append(
                 Alert(
                     step=step,
@@ -434,15 +362,18 @@ class Detectors:
                     active=up,
                     value=value,
                     threshold=threshold,
-                    message=self._message(int(k), int(u), up, value, threshold),
+                    message=self._message(int(k), int(u), up, value, threshold, bool(escalated[k, u])),
+                    level=ALERT_LEVELS[level[k, u]],
                 )
             )
         active |= raised
         active &= ~cleared
+        level[cleared] = _INFO
         return alerts
 
-    def _value_threshold(self, k: int, u: int, up: bool) -> tuple[float, float]:
-        """The value that tripped (or released) flag `k` on unit `u` at this step, and the threshold it crossed."""
+    def _value_threshold(self, k: int, u: int, up: bool, escalated: bool = False) -> tuple[float, float]:
+        """The value that tripped (or released) flag `k` on unit `u` at this step, and the threshold it
+        crossed (for an escalation: the one of its new level)."""
         c = self.config
         if k == _SPIKE:
             return self._spike
@@ -450,6 +381,8 @@ class Detectors:
             v = self._glob if u == self._n else float(self._gn[u])
             if self._ceiling_hit[u] or not self._rows:
                 return v, c.explode_ceiling
+            if escalated:
+                return v, float(10.0 ** self._escalation_limit(u))
             limit = self._med[u] + self._log_clear if not up else min(self._grow[u], self._log_ceiling)
             return v, float(10.0**limit)
         if k == _VANISHING:
@@ -461,9 +394,38 @@ class Detectors:
             return (float(count) if count > 0 else float(self._gn[u])), 0.0
         return float(self._gn[u]), 0.0
 
-    def _message(self, k: int, u: int, up: bool, v: float, t: float) -> str:
+    def _escalation_limit(self, u: int) -> float:
+        """log10 of the threshold an exploding flag on `u` crossed to reach its present level."""
+        if self._level[_EXPLODING, u] == _WARNING:
+            return float(self._scale[u] + self._log_warn)
+        if self._rise[u] >= self.config.explode_critical_steps:
+            return float(self._last_x[u] - self._jump[u] + self._log_compound)
+        return float(self._scale[u] + self._log_scale_ratio)
+
+    def _severity_words(self, u: int) -> str:
+        """Why an exploding flag on `u` has its level: "; critical: ..." (nothing for a ceiling hit)."""
+        c = self.config
+        level = int(self._level[_EXPLODING, u])
+        if self._ceiling_hit[u] or not self._rows:
+            return ""
+        scale = 10.0 ** float(self._scale[u])
+        x = float(self._last_x[u] if not self._valid[u] else self._x[u])
+        times = 10.0 ** (x - float(self._scale[u]))
+        if level == _CRITICAL and self._rise[u] >= c.explode_critical_steps:
+            return f"; critical: grown {c.explode_compound_ratio:g}x or more at {int(self._rise[u])} samples in a row"
+        if level == _CRITICAL:
+            return f"; critical: {times:.3g}x the run's scale {scale:.3g}"
+        if level == _WARNING:
+            return f"; warning: {times:.3g}x the run's scale {scale:.3g}"
+        return f"; info: within {c.explode_warn_ratio:g}x of the run's scale {scale:.3g}, as a hard batch is"
+
+    def _message(self, k: int, u: int, up: bool, v: float, t: float, escalated: bool = False) -> str:
         c = self.config
         norm = "global gradient norm" if u == self._n else "gradient norm"
+        if escalated and k == _SPIKE:
+            return f"loss {v:.4g} above its recent range" + self._spike_words()
+        if escalated:
+            return f"{norm} {v:.3g} past {t:.3g}" + self._severity_words(u)
         if not up:
             return {
                 _NONFINITE: "gradient finite again",
@@ -479,27 +441,39 @@ class Detectors:
         if k == _EXPLODING:
             if self._ceiling_hit[u]:
                 return f"{norm} {v:.3g} above the ceiling {c.explode_ceiling:g}"
-            return f"{norm} {v:.3g} jumped past {t:.3g}, over {c.explode_ratio:g}x its recent level"
+            return f"{norm} {v:.3g} jumped past {t:.3g}, over {c.explode_ratio:g}x its recent level" + (
+                self._severity_words(u)
+            )
         if k == _VANISHING:
             if self._by_weight[u]:
                 return f"||g||/||w|| = {v:.2g}, below {t:g}, for {c.vanish_steps} samples"
             return f"gradient RMS {v:.2g}x the largest layer's, below {t:g}, for {c.vanish_steps} samples"
         if k == _DEAD:
             return f"gradient exactly zero for {c.dead_steps} samples"
-        return f"loss {v:.4g} above {t:.4g}, far above its recent range"
+        return f"loss {v:.4g} above {t:.4g}, far above its recent range" + self._spike_words()
+
+    def _spike_words(self) -> str:
+        scale = f"{self._loss_scale:.4g}"
+        if self._level[_SPIKE, self._n] == _INFO:
+            return f"; info: within the run's earlier range (up to {scale})"
+        return f"; warning: above the run's earlier range (up to {scale})"
 
     # ------------------------------------------------------------------ state
 
     def verdicts(self) -> dict[str, str]:
-        """Layer name -> healthy | vanishing | exploding | nonfinite | dead: flags now, by priority."""
-        a = self._active[: _DEAD + 1, : self._n]
+        """Layer name -> healthy | vanishing | exploding | nonfinite | dead: flags now (info-level
+        ones aside), by priority."""
+        a = self._active[: _DEAD + 1, : self._n] & (self._level[: _DEAD + 1, : self._n] > _INFO)
         # Rows are in priority order, so the first active row is the verdict.
         first = np.where(a.any(axis=0), np.argmax(a, axis=0), -1)
         return {name: (_KINDS[k] if k >= 0 else "healthy") for name, k in zip(self.layers, first.tolist(), strict=True)}
 
-    def active(self) -> list[tuple[str | None, str]]:
-        """(layer, or None for the run, and kind) of every flag raised now."""
-        return [(self._names[u], _KINDS[k]) for k, u in zip(*np.nonzero(self._active), strict=True)]
+    def active(self) -> list[tuple[str | None, str, str]]:
+        """(layer, or None for the run, kind and level) of every flag raised now."""
+        return [
+            (self._names[u], _KINDS[k], ALERT_LEVELS[self._level[k, u]])
+            for k, u in zip(*np.nonzero(self._active), strict=True)
+        ]
 
 
 __all__ = ["VERDICTS", "DetectorConfig", "Detectors"]

@@ -19,6 +19,12 @@ CLIP_MODES: tuple[str, ...] = ("off", "norm", "value")
 AlertKind = Literal["vanishing", "exploding", "nonfinite", "dead", "loss_spike"]
 ALERT_KINDS: tuple[str, ...] = ("vanishing", "exploding", "nonfinite", "dead", "loss_spike")
 
+AlertLevel = Literal["info", "warning", "critical"]
+ALERT_LEVELS: tuple[str, ...] = ("info", "warning", "critical")
+"""Severities, least first. info: worth a look, not a flag (a one-step spike well inside the
+run's own history); warning: a flag; critical: a blow-up under way (compounding or far above
+the run's scale) or non-finite values: what a guard may act on."""
+
 FLAG_PRIORITY: tuple[str, ...] = ("nonfinite", "exploding", "vanishing", "dead", "loss_spike")
 """Alert kinds, most urgent first: a layer carrying several flags shows (and is judged by) the first."""
 VERDICTS: tuple[str, ...] = ("healthy", "vanishing", "exploding", "nonfinite", "dead")
@@ -38,6 +44,11 @@ def grad_hist_exponent(column: int) -> int | None:
     if 1 <= column <= GRAD_HIST_BUCKETS - 2:
         return GRAD_HIST_LO + column - 1
     return None
+
+
+def level_rank(level: str) -> int:
+    """Index of a level in `ALERT_LEVELS` (an unknown one, from a newer writer, ranks as warning)."""
+    return ALERT_LEVELS.index(level) if level in ALERT_LEVELS else 1
 
 
 def primary_flag(kinds: Iterable[str]) -> str | None:
@@ -191,6 +202,10 @@ class Alert:
     """The value that tripped (or released) the detector."""
     threshold: float
     message: str = ""
+    level: str = "warning"
+    """One of `ALERT_LEVELS`. A raised flag may be raised again at a higher level while it is up
+    (an escalation); a clear carries the level the flag had. Records made before levels hold none:
+    read as warning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +250,8 @@ EVENT_TYPES: dict[str, type] = {
 
 __all__ = [
     "ALERT_KINDS",
+    "ALERT_LEVELS",
+    "AlertLevel",
     "CLIP_MODES",
     "Alert",
     "AlertKind",
@@ -255,6 +272,7 @@ __all__ = [
     "StepStats",
     "UpdateStats",
     "grad_hist_exponent",
+    "level_rank",
     "primary_flag",
     "verdict_of",
 ]

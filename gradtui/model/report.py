@@ -37,6 +37,7 @@ def alert_entry(alert: Alert) -> dict[str, Any]:
         "step": alert.step,
         "layer": alert.layer,
         "kind": alert.kind,
+        "level": alert.level,
         "value": finite_or_none(alert.value),
         "threshold": finite_or_none(alert.threshold),
     }

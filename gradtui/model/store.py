@@ -95,6 +95,9 @@ class RunStore:
     results: list[CommandResult] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     active_flags: dict[tuple[str | None, str], Alert] = field(default_factory=dict)
+    """Flags up now at warning or critical level, by (layer, kind): the last alert that raised each."""
+    info_flags: dict[tuple[str | None, str], Alert] = field(default_factory=dict)
+    """Flags up now at info level (kept apart: not flags on screen)."""
     logs: list[LogLine] = field(default_factory=list)
     max_logs: int = 2000
     _head: int = 0
@@ -119,10 +122,16 @@ class RunStore:
         elif isinstance(event, Alert):
             self.alerts.append(event)
             key = (event.layer, event.kind)
-            if event.active:
+            # An info-level flag is on the record and in the log, but not a flag on screen (or in
+            # a verdict) unless it escalates.
+            if event.active and event.level != "info":
                 self.active_flags[key] = event
+                self.info_flags.pop(key, None)
+            elif event.active:
+                self.info_flags[key] = event
             else:
                 self.active_flags.pop(key, None)
+                self.info_flags.pop(key, None)
         elif isinstance(event, CommandResult):
             self.results.append(event)
             if event.ok:

@@ -89,10 +89,19 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
     console.print(layers)
     if summary["alerts"]:
         alerts = Table(title="Alerts", title_justify="left")
-        for col in ("step", "layer", "kind", "value", "threshold"):
+        for col in ("step", "layer", "kind", "level", "value", "threshold"):
             alerts.add_column(col, justify="right" if col in ("step", "value", "threshold") else "left")
         for a in summary["alerts"]:
-            alerts.add_row(str(a["step"]), a["layer"] or "(run)", a["kind"], _num(a["value"]), _num(a["threshold"]))
+            level = a.get("level", "warning")
+            alerts.add_row(
+                str(a["step"]),
+                a["layer"] or "(run)",
+                a["kind"],
+                level,
+                _num(a["value"]),
+                _num(a["threshold"]),
+                style="dim" if level == "info" else None,
+            )
         console.print(alerts)
     else:
         console.print("No alerts.")

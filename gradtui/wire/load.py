@@ -68,7 +68,7 @@ class RunData:
     loss_scale: np.ndarray
     """[S] float64: a GradScaler's scale (NaN without one)."""
     alerts: list[dict[str, Any]] = field(default_factory=list)
-    """As in `gradtui report --json`: `{"step", "layer", "kind", "value", "threshold"}`."""
+    """As in `gradtui report --json`: `{"step", "layer", "kind", "level", "value", "threshold"}`."""
     interventions: list[dict[str, Any]] = field(default_factory=list)
     """As in `gradtui report --json`: `{"step", "kind", "message"}` and the value in force after."""
     truncated_bytes: int = 0

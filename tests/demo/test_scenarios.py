@@ -132,6 +132,10 @@ def test_relu_regression_blowup_is_flagged_before_the_first_nonfinite_gradient(
     nonfinite = run.raised("nonfinite")
     assert nonfinite and all(a.step == nan_step for a in nonfinite)
     assert f"at step {nan_step}" in nonfinite[0].message
+    # What a guard acts on: a critical exploding alert, on the run as a whole, before the NaN.
+    critical = [a for a in run.raised("exploding") if a.level == "critical" and a.layer is None]
+    assert critical and critical[0].step <= nan_step - 2, [(a.step, a.level) for a in run.raised("exploding")]
+    assert {a.level for a in nonfinite} == {"critical"}
 
 
 def test_relu_regression_clipped_trains_without_nonfinite_or_late_flags(

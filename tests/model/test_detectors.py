@@ -417,7 +417,7 @@ def test_alerts_alternate_and_match_the_state(rows: list[tuple[list[float], floa
             assert state.get((a.layer, a.kind), False) != a.active
             state[(a.layer, a.kind)] = a.active
             assert not (math.isnan(a.threshold))
-    assert {k for k, v in state.items() if v} == set(det.active())
+    assert {k for k, v in state.items() if v} == {(layer, kind) for layer, kind, _level in det.active()}
     assert set(det.verdicts().values()) <= set(VERDICTS)
 
 

@@ -147,7 +147,8 @@ def test_recorded_and_recomputed_alerts() -> None:
         _step(1),
     ]
     assert summarize(events, recompute=False)["alerts"] == [alert_entry(raised)]
-    assert alert_entry(raised) == {"step": 1, "layer": "a", "kind": "dead", "value": 0.0, "threshold": 0.0}
+    entry = {"step": 1, "layer": "a", "kind": "dead", "level": "warning", "value": 0.0, "threshold": 0.0}
+    assert alert_entry(raised) == entry
     assert summarize(events, recompute=True)["alerts"] == []  # the detectors see nothing wrong here
 
 

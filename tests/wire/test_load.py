@@ -98,7 +98,8 @@ def test_hand_made_record_loads_field_by_field(tmp_path: Path) -> None:
     assert run.nonfinite.dtype == np.int64 and run.nonfinite.tolist() == [[0, 0], [0, 0], [3, 0]]
     np.testing.assert_array_equal(run.loss_scale, [NAN, 1024.0, NAN])
     # recorded alerts (only raised flags) and the applied command, with the rates in force after it
-    assert run.alerts == [{"step": 1, "layer": "l1", "kind": "exploding", "value": 4.0, "threshold": 2.0}]
+    alert = {"step": 1, "layer": "l1", "kind": "exploding", "level": "warning", "value": 4.0, "threshold": 2.0}
+    assert run.alerts == [alert]
     assert run.interventions == [
         {"step": 1, "kind": "set_lr", "message": "lr 0.1 -> 0.05, 0.01 -> 0.005 (all groups)", "lrs": [0.05, 0.005]}
     ]

@@ -135,7 +135,8 @@ class HealthIndex:
     def _fold_alerts(self, store: RunStore, alerts: list[Alert]) -> None:
         index = self._index
         for a in alerts:
-            if a.kind not in CELL_FLAGS or a.layer not in index:
+            if a.kind not in CELL_FLAGS or a.layer not in index or (a.active and a.level == "info"):
+                # An info-level flag is not a flag on screen (an escalation opens the span).
                 continue
             key = (index[a.layer], a.kind)
             span = self._open.get(key)

@@ -56,12 +56,13 @@ class AlertGroup:
     step: int
     kind: str
     active: bool
+    level: str = "warning"
     alerts: list[Alert] = field(default_factory=list)
     expanded: bool = False
 
     @property
-    def key(self) -> tuple[int, str, bool]:
-        return (self.step, self.kind, self.active)
+    def key(self) -> tuple[int, str, bool, str]:
+        return (self.step, self.kind, self.active, self.level)
 
 
 Entry = Text | AlertGroup
@@ -130,10 +131,16 @@ def members_phrase(g: AlertGroup) -> str:
     return " and ".join(parts)
 
 
-def _kind_label(kind: str, active: bool) -> tuple[str, str]:
-    if active:
-        return f"{FLAG_GLYPHS.get(kind, '?')} {kind}", KIND_STYLES.get(kind, "bold")
-    return f"✓ {kind} cleared", "green"
+def _kind_label(kind: str, active: bool, level: str) -> tuple[str, str]:
+    """The words and style of a kind: "▲ exploding" (a warning, the plain flag), "▲ exploding
+    (critical)", "▲ exploding (info)" dim: an info-level alert is no flag."""
+    if not active:
+        return f"✓ {kind} cleared", "dim green" if level == "info" else "green"
+    label = f"{FLAG_GLYPHS.get(kind, '?')} {kind}" + ("" if level == "warning" else f" ({level})")
+    if level == "info":
+        return label, "dim"
+    style = KIND_STYLES.get(kind, "bold")
+    return label, f"{style} underline" if level == "critical" else style
 
 
 def group_lines(g: AlertGroup) -> list[Text]:
@@ -141,14 +148,14 @@ def group_lines(g: AlertGroup) -> list[Text]:
     head = Text()
     head.append("▾ " if g.expanded else "▸ ", style="dim")
     head.append(f"step {g.step} ", style="dim")
-    label, style = _kind_label(g.kind, g.active)
+    label, style = _kind_label(g.kind, g.active, g.level)
     head.append(label, style=style)
     head.append(": ")
     if g.kind == "loss_spike" and len(g.alerts) == 1:
         # The loss is its own subject: "step 22 ^ loss_spike: loss 4.4e+03 (threshold 5.5e+02)".
         _append_value(head, g.alerts[0])
     else:
-        head.append(members_phrase(g), style="bold" if g.active else "")
+        head.append(members_phrase(g), style="bold" if g.active and g.level != "info" else "")
         summary = group_summary(g)
         if summary:
             head.append(f", {summary}")
@@ -178,7 +185,7 @@ def alert_text(a: Alert, *, layer: bool = True) -> Text:
     """One alert on its own: "step 7 ▲ exploding: layer 4, ‖g‖ 6.3e+02 (threshold 1.2e+02)";
     without `layer` (a page about that layer already) the "layer 4, " is left out."""
     t = Text(f"step {a.step} ", style="dim")
-    label, style = _kind_label(a.kind, a.active)
+    label, style = _kind_label(a.kind, a.active, a.level)
     t.append(label, style=style)
     t.append(": ")
     if layer and a.kind != "loss_spike":
@@ -242,7 +249,7 @@ class AlertLog(ScrollView):
         """Lines of each entry in `_lines`, while they are wrapped at `_wrap_width`."""
         self._wrap_width = 0
         self._cursor_cache: tuple[object, tuple[int, int]] | None = None
-        self._open: dict[tuple[int, str, bool], AlertGroup] = {}
+        self._open: dict[tuple[int, str, bool, str], AlertGroup] = {}
         """Groups of the newest step, which later alerts of that step join."""
 
     @property
@@ -476,7 +483,7 @@ class AlertLog(ScrollView):
     # ------------------------------------------------------------ what is logged
 
     def add_alerts(self, alerts: Sequence[Alert]) -> None:
-        """Log a batch of alerts, grouped by step, kind and direction: an alert joins the group
+        """Log a batch of alerts, grouped by step, kind, direction and level: an alert joins the group
         of its event if one is open (even from an earlier batch), else starts one. In a flood
         of groups, the newest are kept and the older summarised."""
         fresh: list[AlertGroup] = []
@@ -484,10 +491,10 @@ class AlertLog(ScrollView):
         for a in alerts:
             if self._open and a.step > max(key[0] for key in self._open):
                 self._open.clear()  # a newer step: the older groups are complete
-            key = (a.step, a.kind, a.active)
+            key = (a.step, a.kind, a.active, a.level)
             group = self._open.get(key)
             if group is None:
-                group = self._open[key] = AlertGroup(a.step, a.kind, a.active)
+                group = self._open[key] = AlertGroup(a.step, a.kind, a.active, a.level)
                 fresh.append(group)
             elif all(group is not g for g in fresh):
                 grown.add(id(group))
