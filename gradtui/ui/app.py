@@ -51,6 +51,7 @@ from gradtui.ui.messages import (
     InterventionSent,
     RunEnded,
 )
+from gradtui.ui.pacing import Pacer
 from gradtui.ui.palette import palette_bindings, palette_commands
 from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
@@ -135,6 +136,8 @@ class GradTUIApp(TourSwitching):
         self.title = title or f"gradtui: {source.name}"
         self.set_reactive(GradTUIApp.narrative, narrative)
         self._shown: tuple[int, int, str] | None = None
+        self._pacer = Pacer()
+        self._alerts_due: list[Alert] = []
         self._timer: Timer | None = None
         self._source_closed = False
         self._source_error: str | None = None
@@ -204,7 +207,7 @@ class GradTUIApp(TourSwitching):
             self.narrative_keys.display = False
         self.watch_narrative(self.narrative)
         self.poll_source()
-        self._timer = self.set_interval(1.0 / self.refresh_hz, self.poll_source)
+        self._timer = self.set_interval(1.0 / self.refresh_hz, partial(self.poll_source, paced=True))
         # Each frame allocates tens of thousands of short-lived segments and strips; with
         # CPython's default thresholds they reach the oldest generation, whose collections
         # then stall a frame for 50-70 ms (measured at 500 layers). Collect young objects
@@ -245,8 +248,9 @@ class GradTUIApp(TourSwitching):
 
     # ------------------------------------------------------------ events in
 
-    def poll_source(self) -> int:
-        """Fold what the source has into the store and redraw what changed; returns the event count."""
+    def poll_source(self, paced: bool = False) -> int:
+        """Fold what the source has into the store and redraw what changed (`paced`: as a timer
+        tick, see `gradtui.ui.pacing`); returns the event count."""
         if self._source_closed or not self._mounted_ui:
             return 0
         try:
@@ -264,7 +268,7 @@ class GradTUIApp(TourSwitching):
             self.reset_store()
         if events:
             self.ingest(events)
-        self.refresh_views()
+        self.refresh_views(paced=paced)
         return len(events)
 
     def reset_store(self) -> None:
@@ -280,7 +284,6 @@ class GradTUIApp(TourSwitching):
     def ingest(self, events: list[Event]) -> None:
         """Apply events to the store, and log alerts, acknowledgements and the run's end."""
         alert_log = self.alert_log
-        alerts: list[Alert] = []
         output: list[LogLine] = []
         for ev in events:
             try:
@@ -292,23 +295,23 @@ class GradTUIApp(TourSwitching):
                     alert_log.add_note(f"■ ignored a malformed {type(ev).__name__} event", "bold red")
                 continue
             if isinstance(ev, Alert):
-                alerts.append(ev)
+                # Logged with the charts (`refresh_views`): a paced tick may leave them to the next.
+                self._alerts_due.append(ev)
             elif isinstance(ev, LogLine):
                 output.append(ev)
             elif isinstance(ev, CommandResult):
-                if alerts:
-                    alert_log.add_alerts(alerts)
-                    alerts = []
+                self._flush_alerts()  # the log keeps the order of events
                 self._on_result(ev, alert_log)
             elif isinstance(ev, RunEnd):
-                if alerts:
-                    alert_log.add_alerts(alerts)
-                    alerts = []
+                self._flush_alerts()
                 self._on_end(ev, alert_log)
-        if alerts:
-            alert_log.add_alerts(alerts)
         if output:
             self.output_log.add_output(output)
+
+    def _flush_alerts(self) -> None:
+        if self._alerts_due:
+            self.alert_log.add_alerts(self._alerts_due)
+            self._alerts_due = []
 
     def _on_result(self, result: CommandResult, alert_log: AlertLog) -> None:
         pending = self.controls.acknowledge(result)
@@ -338,19 +341,27 @@ class GradTUIApp(TourSwitching):
                 hint = f"Esc: close  {RESTART_KEY}: run it again  {NEXT_KEY}: next chapter  q: quit"
             self.push_screen(RunErrorScreen(step, end.error, tail, hint=hint))
 
-    def refresh_views(self, force: bool = False) -> None:
-        """Redraw the widgets whose inputs changed since the last call."""
+    def refresh_views(self, force: bool = False, paced: bool = False) -> None:
+        """Redraw the widgets whose inputs changed since the last call (a timer tick, `paced`,
+        may leave the heatmap or the charts to the next: see `gradtui.ui.pacing`)."""
         key = (self.store.version, self.controls.version, self.stat)
-        if not force and key == self._shown:
+        changed = force or key != self._shown
+        if not changed and not self._pacer.stale:
             return
         self._shown = key
-        self.heatmap.refresh_data()
-        self._update_heatmap_titles()
+        todo = self._pacer.due(changed, paced and not force)
+        if "heatmap" in todo:
+            with self._pacer.timing("heatmap"):
+                self.heatmap.refresh_data()
+                self._update_heatmap_titles()
         if self.replay is not None:
             self.status_header.replay_status = self.replay.status
         self.status_header.refresh_data(self.stat)
-        for chart in self.charts:
-            chart.refresh_data()
+        if "panels" in todo:
+            with self._pacer.timing("panels"):
+                self._flush_alerts()
+                for chart in self.charts:
+                    chart.refresh_data()
         screen = self.screen
         if isinstance(screen, LayerDetailScreen):
             screen.refresh_data()
