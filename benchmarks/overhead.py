@@ -14,12 +14,19 @@ method's median step time as a ratio to the plain step:
     .venv/bin/python benchmarks/overhead.py            # CPU, all models, adamw
     .venv/bin/python benchmarks/overhead.py --models "mlp 50x128 b128" --rounds 40
     .venv/bin/python benchmarks/overhead.py --device cuda --rounds 30
+    .venv/bin/python benchmarks/overhead.py --device cuda --autocast bf16 --models "gpt2-small 12x768 s1024 b8"
+
+The GPT-2-small-shaped model (124M parameters) is built from its sizes, nothing downloaded;
+it is left out of the default models (a CPU step takes minutes). `benchmarks/gpu_check.sh`
+runs it on a CUDA machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -76,12 +83,49 @@ def transformer() -> tuple[nn.Module, Batch]:
     return TinyTransformer(), (x, torch.randint(0, 1000, (32 * 64,)))
 
 
+class GPT(nn.Module):
+    """A GPT-2-shaped decoder: token and position embeddings, pre-norm blocks with a 4x GELU
+    MLP and causal attention, a final norm and a head tied to the token embedding."""
+
+    def __init__(self, vocab: int = 50257, d: int = 768, layers: int = 12, heads: int = 12, seq: int = 1024) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(seq, d)
+        block = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.embed.weight
+        self.mask: torch.Tensor
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        h = self.embed(x) + self.pos(torch.arange(t, device=x.device))
+        h = self.blocks(h, mask=self.mask[:t, :t], is_causal=True)
+        out: torch.Tensor = self.head(self.norm(h)).reshape(-1, self.vocab)
+        return out
+
+
+def gpt2_small(batch: int = 8, seq: int = 1024) -> tuple[nn.Module, Batch]:
+    """GPT-2 small's shape (12 layers, d_model 768, 12 heads, 50257 tokens, 124M parameters)."""
+    model = GPT(seq=seq)
+    x = torch.randint(0, model.vocab, (batch, seq))
+    return model, (x, torch.randint(0, model.vocab, (batch * seq,)))
+
+
 MODELS: dict[str, Callable[[], tuple[nn.Module, Batch]]] = {
     "mlp 12x512 b256": mlp,
     "mlp 50x128 b128": mlp_deep,
     "cnn 3 conv+bn b64": cnn,
     "transformer 4x128 b32x64": transformer,
+    "gpt2-small 12x768 s1024 b8": gpt2_small,
 }
+DEFAULT_MODELS = [name for name in MODELS if not name.startswith("gpt2")]
+AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_opt(name: str, model: nn.Module) -> torch.optim.Optimizer:
@@ -129,9 +173,17 @@ class Runner:
     """One copy of the model trained with one method."""
 
     def __init__(
-        self, method: str, model: nn.Module, opt_name: str, batch: Batch, device: str, record: Path | None
+        self,
+        method: str,
+        model: nn.Module,
+        opt_name: str,
+        batch: Batch,
+        device: str,
+        record: Path | None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.method, self.model, self.batch, self.device = method, model, batch, device
+        self.autocast = autocast
         self.opt = make_opt(opt_name, model)
         self.loss_fn = nn.CrossEntropyLoss()
         self.mon = gradtui.watch(model, self.opt, record=record, overwrite=True) if method == "gradtui" else None
@@ -147,7 +199,10 @@ class Runner:
         x, y = self.batch
         self._sync()
         t0 = time.perf_counter()
-        loss = self.loss_fn(self.model(x), y)
+        # Parameters and gradients stay float32 under autocast (no GradScaler needed for bf16).
+        cast = torch.autocast(self.device, self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        with cast:
+            loss = self.loss_fn(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.mon is not None:
@@ -172,16 +227,22 @@ class Runner:
 
 
 def run_model(
-    name: str, opt_name: str, device: str, rounds: int, steps: int, methods: Sequence[str], tmp: Path
+    name: str,
+    opt_name: str,
+    device: str,
+    rounds: int,
+    steps: int,
+    methods: Sequence[str],
+    tmp: Path,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Median step time per method (seconds), and gradtui's own median `mon.step` time as "probe"."""
     torch.manual_seed(0)
     model, (x, y) = MODELS[name]()
     batch = (x.to(device), y.to(device))
-    runners = [
-        Runner(m, copy.deepcopy(model).to(device), opt_name, batch, device, tmp / f"{len(name)}-{opt_name}.gtr")
-        for m in methods
-    ]
+    record = tmp / f"{len(name)}-{opt_name}.gtr"
+    runners = [Runner(m, copy.deepcopy(model).to(device), opt_name, batch, device, record, autocast) for m in methods]
+    del model  # a 124M-parameter original need not stay next to its copies
     for r in runners:  # warm-up
         for _ in range(3):
             r.step(keep=False)
@@ -204,15 +265,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rounds", type=int, default=20, help="rotating rounds per model")
     parser.add_argument("--steps", type=int, default=2, help="steps per method per round")
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, choices=list(MODELS))
+    parser.add_argument("--autocast", default="off", choices=list(AUTOCAST), help="forward and loss under autocast")
+    parser.add_argument("--json", type=Path, help="also write the rows here, as JSON")
     parser.add_argument("--optimizers", nargs="*", default=["adamw"], choices=["adamw", "sgd"])
     parser.add_argument("--methods", nargs="*", default=list(METHODS[1:]), choices=list(METHODS[1:]))
     args = parser.parse_args()
     methods = ["plain", *args.methods]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"threads {torch.get_num_threads()}"
     print(
-        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}, device {args.device} ({where}), autocast {args.autocast}, "
         f"{args.rounds} rounds x {args.steps} steps per method; gradtui: watch(model, opt, record=...) defaults"
     )
+    results: list[dict[str, Any]] = []
     header = ["model", "opt", "plain ms", *args.methods]
     if "gradtui" in args.methods:
         header.append("mon.step ms")
@@ -220,7 +287,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         for name in args.models:
             for opt_name in args.optimizers:
-                t = run_model(name, opt_name, args.device, args.rounds, args.steps, methods, Path(tmpdir))
+                t = run_model(
+                    name, opt_name, args.device, args.rounds, args.steps, methods, Path(tmpdir), AUTOCAST[args.autocast]
+                )
+                results.append({
+                    "model": name, "opt": opt_name, "device": args.device, "autocast": args.autocast,
+                    "plain_ms": t["plain"] * 1e3, "ratio": {m: t[m] / t["plain"] for m in args.methods},
+                    "probe_ms": t["probe"] * 1e3 if "probe" in t else None,
+                })
                 row = [name, opt_name, f"{t['plain'] * 1e3:.2f}", *(f"{t[m] / t['plain']:.3f}" for m in args.methods)]
                 if "probe" in t:
                     row.append(f"{t['probe'] * 1e3:.3f}")
@@ -235,6 +309,8 @@ def main() -> None:
         "\nEach method column: its median step / the plain median step (rotating rounds). "
         "Target for gradtui: <= 1.02 on CPU and no more than any anchor."
     )
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

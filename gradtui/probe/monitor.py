@@ -423,7 +423,8 @@ class Monitor:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event made so far has reached the sinks (they are sent on a thread of
         the probe's own, so the loop never waits for them); False on timeout. A sampled step's
-        statistics are made once the optimizer step that follows has been measured."""
+        statistics are made once the optimizer step that follows has been measured (at the latest
+        by the next `step`); on CUDA at the first `step` that finds their host copy landed, or at `close`."""
         return self._publisher.flush(timeout) if self._publisher is not None else True
 
     def close(self, status: str = "ok", error: str = "") -> None:

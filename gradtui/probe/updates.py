@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from gradtui.probe.dist import local
-from gradtui.probe.stats import GradStats
+from gradtui.probe.stats import GradStats, to_device
 
 
 class UpdateRatio:
@@ -60,7 +60,7 @@ class UpdateRatio:
         s = self._stats
         after = [local(s.params[i].detach()) for i in which]
         delta = torch._foreach_sub(after, before)
-        idx = torch.as_tensor(s.param_layer[which], device=s.device, dtype=torch.long)
+        idx = to_device(s.param_layer[which], s.device)
         d2 = s.per_layer(s.sq_norms(delta), idx, which)
         w2 = s.per_layer(s.sq_norms(before), idx, which)
         both = torch.cat([d2, w2])
