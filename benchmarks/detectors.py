@@ -256,13 +256,18 @@ def healthy_lstm(seed: int) -> Setup:
     return Setup(model, opt, _sampler(x, y, 32, seed), _ce, 5000, sched)
 
 
+def ramp(lr: float, growth: float, start: int) -> Callable[[int], float]:
+    """An LR schedule for a blow-up: `lr` until step `start`, then `growth` times more each step."""
+    return lambda i: lr * growth ** max(0, i - start)
+
+
 def blowup_late_ramp_resmlp(seed: int) -> Setup:
     """Healthy for 1,500 steps, then the LR grows 3% a step until the run diverges."""
     torch.manual_seed(seed)
     x, y = _classification(seed)
     model = resmlp(32, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return Setup(model, opt, _sampler(x, y, 32, seed), _ce, 4000, lr_at=lambda i: 1e-3 * 1.03 ** max(0, i - 1500))
+    return Setup(model, opt, _sampler(x, y, 32, seed), _ce, 4000, lr_at=ramp(1e-3, 1.03, 1500))
 
 
 def blowup_regression_ramp(seed: int) -> Setup:
@@ -274,14 +279,7 @@ def blowup_regression_ramp(seed: int) -> Setup:
     x, y = x.astype(np.float32), (0.1 * y).astype(np.float32)[:, None]
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    return Setup(
-        model,
-        opt,
-        _sampler(x, y, 32, seed),
-        nn.functional.mse_loss,
-        3000,
-        lr_at=lambda i: 1e-4 * 1.05 ** max(0, i - 500),
-    )
+    return Setup(model, opt, _sampler(x, y, 32, seed), nn.functional.mse_loss, 3000, lr_at=ramp(1e-4, 1.05, 500))
 
 
 def blowup_cnn_mse_ramp(seed: int) -> Setup:
@@ -292,14 +290,7 @@ def blowup_cnn_mse_ramp(seed: int) -> Setup:
     onehot = np.eye(10, dtype=np.float32)[y]
     model = cnn(bn=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    return Setup(
-        model,
-        opt,
-        _sampler(x, onehot, 32, seed),
-        nn.functional.mse_loss,
-        3000,
-        lr_at=lambda i: 0.01 * 1.03 ** max(0, i - 500),
-    )
+    return Setup(model, opt, _sampler(x, onehot, 32, seed), nn.functional.mse_loss, 3000, lr_at=ramp(0.01, 1.03, 500))
 
 
 HEALTHY: dict[str, Callable[[int], Setup]] = {

@@ -35,7 +35,7 @@ _AMP_SKIPS_TOLERATED = 30
 """Consecutive GradScaler-skipped samples ignored; beyond that their non-finite gradients count."""
 _INFO, _WARNING, _CRITICAL = (ALERT_LEVELS.index(x) for x in ("info", "warning", "critical"))
 _KIND_LEVEL = np.array([_CRITICAL, _INFO, _WARNING, _WARNING, _WARNING], np.int8)
-"""Level of a raised flag by kind (rows of `_KINDS`); exploding is judged per sample instead."""
+"""Level of a raised flag by kind (rows of `_KINDS`); exploding and loss spikes are judged per sample instead."""
 
 
 def _median_spread(sorted_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,8 +409,7 @@ class Detectors:
         if self._ceiling_hit[u] or not self._rows:
             return ""
         scale = 10.0 ** float(self._scale[u])
-        x = float(self._last_x[u] if not self._valid[u] else self._x[u])
-        times = 10.0 ** (x - float(self._scale[u]))
+        times = 10.0 ** float(self._last_x[u] - self._scale[u])  # the norm now, or the last one seen
         if level == _CRITICAL and self._rise[u] >= c.explode_critical_steps:
             return f"; critical: grown {c.explode_compound_ratio:g}x or more at {int(self._rise[u])} samples in a row"
         if level == _CRITICAL:
