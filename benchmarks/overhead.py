@@ -2,9 +2,14 @@
 
 Identical copies of each model train on the same batch, one copy per method; rounds
 rotate through the methods, so drift in machine load hits them all alike. Prints each
-method's median step time as a ratio to the plain step:
+method's step time as a ratio to the plain step: each round times a block of `--steps`
+consecutive steps per method, and a method's step time is the median over rounds of its
+blocks' mean (a mean over the block, so a probe that samples every few steps pays for its
+sampled steps in full; a median over rounds, so a noisy moment does not decide):
 
-- gradtui: `gradtui.watch(model, opt, record=...)`, defaults otherwise.
+- gradtui: `gradtui.watch(model, opt, record=...)`, defaults otherwise (the overhead budget
+  chooses the sampling stride; its column "stride" says which it settled on).
+- gradtui every=1: the same with `every=1`, per-layer statistics at every step.
 - lightning: Lightning's `grad_norm` utility as its docs use it in `on_before_optimizer_step`
   (a norm per parameter, their total through `torch.tensor(list)`).
 - item loop: `p.grad.norm().item()` per parameter, the loop people write by hand.
@@ -166,7 +171,7 @@ def wandb_hooks(model: nn.Module) -> list[Any]:
     return [p.register_hook(lambda g, f=stats: f(g)) for p in model.parameters() if p.requires_grad]
 
 
-METHODS = ("plain", "gradtui", "lightning", "item loop", "wandb hooks")
+METHODS = ("plain", "gradtui", "gradtui every=1", "lightning", "item loop", "wandb hooks")
 
 
 class Runner:
@@ -186,7 +191,16 @@ class Runner:
         self.autocast = autocast
         self.opt = make_opt(opt_name, model)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.mon = gradtui.watch(model, self.opt, record=record, overwrite=True) if method == "gradtui" else None
+        self.mon = None
+        if method.startswith("gradtui"):
+            every = 1 if method == "gradtui every=1" else None
+            self.mon = gradtui.watch(
+                model,
+                self.opt,
+                record=record and record.with_suffix(f".{len(method)}.gtr"),
+                overwrite=True,
+                every=every,
+            )
         self.hooks = wandb_hooks(model) if method == "wandb hooks" else []
         self.times: list[float] = []
         self.probe: list[float] = []
@@ -194,6 +208,15 @@ class Runner:
     def _sync(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+    def block(self, steps: int) -> None:
+        """`steps` steps in a row; their mean step time and mean `mon.step` time are one sample each."""
+        times, probe = len(self.times), len(self.probe)
+        for _ in range(steps):
+            self.step()
+        self.times[times:] = [statistics.fmean(self.times[times:])]
+        if self.mon is not None:
+            self.probe[probe:] = [statistics.fmean(self.probe[probe:])]
 
     def step(self, keep: bool = True) -> None:
         x, y = self.batch
@@ -236,35 +259,36 @@ def run_model(
     tmp: Path,
     autocast: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Median step time per method (seconds), and gradtui's own median `mon.step` time as "probe"."""
+    """Step time per method (seconds), gradtui's own `mon.step` time per step as "probe" and its
+    sampling stride at the end as "stride"."""
     torch.manual_seed(0)
     model, (x, y) = MODELS[name]()
     batch = (x.to(device), y.to(device))
     record = tmp / f"{len(name)}-{opt_name}.gtr"
     runners = [Runner(m, copy.deepcopy(model).to(device), opt_name, batch, device, record, autocast) for m in methods]
     del model  # a 124M-parameter original need not stay next to its copies
-    for r in runners:  # warm-up
-        for _ in range(3):
+    for r in runners:  # warm-up: caches, allocations, and the budget's first choice of stride
+        for _ in range(max(steps, 3)):
             r.step(keep=False)
     for i in range(rounds):
         # Rotate the order too: no method always runs right after the same one.
         for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
-            for _ in range(steps):
-                r.step()
+            r.block(steps)
+    gt = next((r for r in runners if r.method == "gradtui"), None)
+    out = {r.method: statistics.median(r.times) for r in runners}
+    if gt is not None and gt.mon is not None:
+        out["probe"] = statistics.median(gt.probe)
+        out["stride"] = gt.mon.sampling_stride
     for r in runners:
         r.close()
-    out = {r.method: statistics.median(r.times) for r in runners}
-    gt = next((r for r in runners if r.method == "gradtui"), None)
-    if gt is not None:
-        out["probe"] = statistics.median(gt.probe)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rounds", type=int, default=20, help="rotating rounds per model")
-    parser.add_argument("--steps", type=int, default=2, help="steps per method per round")
+    parser.add_argument("--rounds", type=int, default=12, help="rotating rounds per model")
+    parser.add_argument("--steps", type=int, default=16, help="steps per method per round (one timed block)")
     parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, choices=list(MODELS))
     parser.add_argument("--autocast", default="off", choices=list(AUTOCAST), help="forward and loss under autocast")
     parser.add_argument("--json", type=Path, help="also write the rows here, as JSON")
@@ -282,7 +306,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     header = ["model", "opt", "plain ms", *args.methods]
     if "gradtui" in args.methods:
-        header.append("mon.step ms")
+        header += ["mon.step ms", "stride"]
     rows = [header]
     with tempfile.TemporaryDirectory() as tmpdir:
         for name in args.models:
@@ -290,14 +314,21 @@ def main() -> None:
                 t = run_model(
                     name, opt_name, args.device, args.rounds, args.steps, methods, Path(tmpdir), AUTOCAST[args.autocast]
                 )
-                results.append({
-                    "model": name, "opt": opt_name, "device": args.device, "autocast": args.autocast,
-                    "plain_ms": t["plain"] * 1e3, "ratio": {m: t[m] / t["plain"] for m in args.methods},
-                    "probe_ms": t["probe"] * 1e3 if "probe" in t else None,
-                })
+                results.append(
+                    {
+                        "model": name,
+                        "opt": opt_name,
+                        "device": args.device,
+                        "autocast": args.autocast,
+                        "plain_ms": t["plain"] * 1e3,
+                        "ratio": {m: t[m] / t["plain"] for m in args.methods},
+                        "probe_ms": t["probe"] * 1e3 if "probe" in t else None,
+                        "stride": t.get("stride"),
+                    }
+                )
                 row = [name, opt_name, f"{t['plain'] * 1e3:.2f}", *(f"{t[m] / t['plain']:.3f}" for m in args.methods)]
                 if "probe" in t:
-                    row.append(f"{t['probe'] * 1e3:.3f}")
+                    row += [f"{t['probe'] * 1e3:.3f}", str(int(t["stride"]))]
                 rows.append(row)
                 print("  ".join(row), flush=True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -306,7 +337,8 @@ def main() -> None:
         cells = [c.rjust(wd) if i >= 2 else c.ljust(wd) for i, (c, wd) in enumerate(zip(row, widths, strict=True))]
         print("  ".join(cells))
     print(
-        "\nEach method column: its median step / the plain median step (rotating rounds). "
+        "\nEach method column: its step time / the plain step time (median over rotating rounds of each "
+        "block's mean); mon.step ms: gradtui's own time per step, amortized over the block. "
         "Target for gradtui: <= 1.02 on CPU and no more than any anchor."
     )
     if args.json is not None:

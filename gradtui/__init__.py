@@ -19,17 +19,22 @@ from gradtui.model.commands import Release, SetClip, SetLR, SetPaused
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from gradtui.probe.monitor import Monitor, watch
+    from gradtui.probe.monitor import Monitor
+    from gradtui.probe.watch import watch
     from gradtui.wire.load import RunData, load
 
 __all__ = ["Monitor", "Release", "RunData", "SetClip", "SetLR", "SetPaused", "__version__", "load", "watch"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("watch", "Monitor"):
-        from gradtui.probe import monitor
+    if name == "Monitor":
+        from gradtui.probe.monitor import Monitor
 
-        return getattr(monitor, name)
+        return Monitor
+    if name == "watch":
+        from gradtui.probe.watch import watch
+
+        return watch
     if name in ("load", "RunData"):
         from gradtui.wire import load as loader
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
@@ -30,6 +31,13 @@ def _no_viewer_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     runtime = tmp_path_factory.mktemp("runtime")
     runtime.chmod(0o700)
     monkeypatch.setenv("GRADTUI_RUNTIME_DIR", str(runtime))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Sampling under the overhead budget follows the probe's own timing: tests that count
+    # sampled steps need every step whatever the machine's load, in fixtures of any scope
+    # and in the processes they start (tests/probe/test_budget.py turns it on explicitly).
+    os.environ["GRADTUI_BUDGET"] = "off"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     setup = scenario.build(args.seed, args.device)
     options = dict(scenario.watch_options)
+    # The tour's stories are told step by step, the same on any machine: no overhead budget.
+    options.setdefault("every", 1)
     mon = gradtui.watch(
         setup.model,
         setup.optimizer,

@@ -25,7 +25,8 @@ except ImportError:  # pragma: no cover - depends on what is installed
     ) from None
 
 from gradtui.integrations._runs import run_kwargs
-from gradtui.probe.monitor import Monitor, watch
+from gradtui.probe.monitor import Monitor
+from gradtui.probe.watch import watch
 
 log = logging.getLogger("gradtui")
 

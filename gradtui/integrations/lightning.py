@@ -21,7 +21,8 @@ except ImportError:  # pragma: no cover - depends on what is installed
     raise ImportError("gradtui's Lightning callback needs Lightning: pip install 'gradtui[lightning]'") from None
 
 from gradtui.integrations._runs import run_kwargs
-from gradtui.probe.monitor import Monitor, watch
+from gradtui.probe.monitor import Monitor
+from gradtui.probe.watch import watch
 
 
 class GradTUICallback(Callback):

@@ -278,6 +278,8 @@ def follow_schedule(state: ControlState, schedule_lrs: tuple[float, ...]) -> Con
     """The state once the loop has set `schedule_lrs`: every override re-applied on top of it."""
     if len(schedule_lrs) != len(state.lrs):
         raise ValueError(f"{len(schedule_lrs)} learning rates for {len(state.lrs)} param groups")
+    if not state.overrides and state.schedule_lrs == schedule_lrs and state.lrs == schedule_lrs:
+        return state  # nothing changed and nothing to re-apply (most steps): the same state
     base = replace(state, schedule_lrs=tuple(float(x) for x in schedule_lrs))
     return _with_overrides(base, [state.override(g) for g in range(len(state.lrs))])
 

@@ -105,6 +105,9 @@ class RunStart:
     lr_groups: tuple[str, ...] = ()
     """A name per entry of `lrs`: "0", "1", ... for one optimizer, "opt1.0" for group 0 of the
     second when several are watched (empty in records made before several optimizers)."""
+    budget: float = 0.0
+    """The probe's overhead budget, a share of the step time: `every` is then only where sampling
+    starts, and the stride follows what the probe costs (0: a fixed `every`, as in older records)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -86,6 +86,8 @@ class RunStore:
     total_steps: int = 0
     """Sampled steps seen since the start (including those that left the ring)."""
     last: StepStats | None = None
+    stride: int = 1
+    """Steps between the last two sampled steps (the effective sampling when a budget sets it)."""
     version: int = 0
     """Bumped on every change; views cache on it."""
     dropped_total: int = 0
@@ -165,6 +167,7 @@ class RunStore:
         self.count = 0
         self.total_steps = 0
         self.last = None
+        self.stride = max(1, ev.every)
         self.end = None
 
     def _ensure_started(self, n_layers: int) -> None:
@@ -230,6 +233,8 @@ class RunStore:
             self.first_nonfinite_step = ev.step
             bad = np.flatnonzero(ev.nonfinite > 0)
             self.first_nonfinite_layers = tuple(self.layers[i].name for i in bad)
+        if self.last is not None and ev.step > self.last.step:
+            self.stride = ev.step - self.last.step
         self.last = ev
 
     def _add_hist(self, ev: StepStats) -> None:

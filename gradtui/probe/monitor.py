@@ -33,6 +33,7 @@ from gradtui.model.detectors import DetectorConfig, Detectors
 from gradtui.model.events import Alert, Event, LayerInfo, LogLine, RunEnd, RunStart, UpdateStats
 from gradtui.model.rate import StepRate
 from gradtui.probe import amp, exits
+from gradtui.probe.budget import FAST_KINDS, Sampler, default_budget, parse_budget
 from gradtui.probe.clip import check_clip, clip_grads
 from gradtui.probe.control import Control
 from gradtui.probe.dist import DistContext
@@ -41,7 +42,7 @@ from gradtui.probe.layers import find_layers, optimizer_list
 from gradtui.probe.publisher import Publisher, Sampled
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
-from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, publish, update_ratio
+from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, host_loss, publish, update_ratio
 from gradtui.probe.stepped import Placement, SteppedNorm
 from gradtui.probe.updates import UpdateRatio
 from gradtui.wire import codec, env
@@ -59,8 +60,9 @@ class Monitor:
         *,
         record: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
-        every: int = 1,
+        every: int | None = None,
         detail_every: int = 50,
+        budget: float | str | None = None,
         clip: tuple[str, float] | None = None,
         queue_size: int | None = None,
         detectors: Any = True,
@@ -77,16 +79,18 @@ class Monitor:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         optimizers = optimizer_list(optimizer)
-        for label, value in (("every", every), ("detail_every", detail_every)):
+        for label, value in (("every", 1 if every is None else every), ("detail_every", detail_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        if every is not None and budget is not None:
+            raise ValueError("give every= (a fixed sampling stride) or budget= (a stride the probe chooses), not both")
+        share = parse_budget(budget) if budget is not None else None
         start_clip = check_clip(clip)
         self.model = model
         self.optimizers: list[torch.optim.Optimizer] = optimizers
         """The watched optimizers (learning rates, update ratios, the stepped norm)."""
         self.optimizer = optimizers[0] if optimizers else None
         """The first watched optimizer (None without one)."""
-        self.every = every
         self.detail_every = detail_every
         self.step_count = 0
         """Number of `step()` calls so far; the next call is step number `step_count`."""
@@ -99,6 +103,17 @@ class Monitor:
         if not self._layers:
             raise ValueError("the model has no parameters to watch")
         self.dist = DistContext.detect(model, [p for layer in self._layers for p in layer.params])
+        if self.dist is not None and share:
+            raise ValueError(
+                "budget= needs a single process: under torch.distributed every rank must sample the same "
+                "steps, so give every= (a fixed stride) instead"
+            )
+        if share is None:
+            share = default_budget() if self.dist is None else 0.0
+        self._sampler = Sampler(every, share, detail_every)
+        """Which steps are sampled: every `every`-th, or as often as the overhead budget allows."""
+        self.every = self._sampler.stride
+        """The sampling stride at the start (with a budget, `sampling_stride` is the one in force)."""
         self.primary = self.dist is None or self.dist.primary
         """Only the primary process (rank 0) runs detectors, records and serves."""
         self._stats = GradStats(self._layers, self.dist, defer)
@@ -194,6 +209,7 @@ class Monitor:
                 clip_threshold=state.clip_threshold,
                 every=self.every,
                 detail_every=self.detail_every,
+                budget=self._sampler.budget,
                 device=str(self._stats.device),
                 world_size=self.dist.world_size if self.dist else 1,
                 script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
@@ -237,6 +253,11 @@ class Monitor:
     @property
     def clip_threshold(self) -> float:
         return self.control.state.clip_threshold
+
+    @property
+    def sampling_stride(self) -> int:
+        """Steps between sampled steps now (fixed by `every`, or chosen by the overhead budget)."""
+        return self._sampler.stride
 
     @property
     def paused(self) -> bool:
@@ -300,6 +321,20 @@ class Monitor:
             return
         step = self.step_count
         self.step_count += 1
+        sampler = self._sampler
+        if sampler.adaptive:
+            if self._stepped is not None:
+                sampler.spent(self._stepped.take_spent())
+            value = host_loss(loss)
+            if value is not None:
+                sampler.check(step, value)  # before deciding: a bad loss has this very step sampled
+        sampled, detail = sampler.begin(step)
+        try:
+            self._step(step, loss, scaler, sampled, detail)
+        finally:
+            sampler.end(step)
+
+    def _step(self, step: int, loss: torch.Tensor | float | None, scaler: Any, sampled: bool, detail: bool) -> None:
         stats = self._stats
         self._resolve_pending(block=not stats.defer)  # a step no optimizer step followed
         self.control.begin_step()
@@ -309,13 +344,11 @@ class Monitor:
             self._placement.unscaled()
         self._grad_scale = scale[0] if scale is not None else None
 
-        sampled = step % self.every == 0
-        detail = sampled and (step // self.every) % self.detail_every == 0
-        index = stats.grad_index()
         clip = self._clip if self.control.state.clip_mode != "off" else None
         if self._stepped is not None:
             self._stepped.disarm()
-        if sampled:
+        index = stats.grad_index() if sampled or clip is not None else None
+        if index is not None and sampled:
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
                 loss=loss,
@@ -331,7 +364,7 @@ class Monitor:
             if pending is not None:
                 self._pending.append(pending)
                 self._arm_stepped(index[0])
-        elif clip is not None:
+        elif index is not None and clip is not None:
             clip(stats.grads(index[0]), None, index[0])
         if not stats.defer and self._stepped is None:
             self._resolve_pending(block=True)  # no optimizer step to wait for
@@ -340,6 +373,7 @@ class Monitor:
             since = time.perf_counter()
             self.control.wait_while_paused(step, lambda: self.closed)
             self._rate.pause(time.perf_counter() - since)  # paused time is not training time
+            self._sampler.untimed()
 
     def _arm_stepped(self, which: list[int]) -> None:
         if self._stepped is None:
@@ -403,15 +437,27 @@ class Monitor:
         if not isinstance(item, Sampled):
             self._outputs.emit(item)  # type: ignore[arg-type]
             return
+        began = time.thread_time()
+        try:
+            self._publish_sampled(item)
+        finally:
+            self._sampler.published(time.thread_time() - began)
+
+    def _publish_sampled(self, item: Sampled) -> None:
         stats, update = publish(item.values, item.meta, self._stats.n, bool(self.lanes), item.stepped_factor)
         self._placement.global_norm(stats.global_norm)
         if update is not None:
             self._outputs.emit(update)
         self._outputs.emit(stats)
+        sampler = self._sampler
+        sampler.check(stats.step, stats.global_norm)
+        sampler.check(stats.step, stats.loss)  # where the loss could not be read at each step (a sync)
         if self._detectors is not None:
             alerts: list[Alert] = self._detectors.update(stats)
             for alert in alerts:
                 self._outputs.emit(alert)
+                if alert.level != "info" and alert.kind in FAST_KINDS:
+                    sampler.trouble(stats.step)
 
     def _emit(self, event: Event) -> None:
         publisher = self._publisher
@@ -514,83 +560,3 @@ def _default_run_name() -> str:
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     stem = Path(script).stem if script and script not in ("-c", "") else "python"
     return f"{stem}-{os.getpid()}"
-
-
-def watch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
-    *,
-    record: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    every: int = 1,
-    detail_every: int = 50,
-    clip: tuple[str, float] | None = None,
-    queue: bool | int = False,
-    detectors: Any = True,
-    run: str | None = None,
-    update_ratio: bool = True,
-    serve: bool | None = None,
-    listen: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    lanes: Sequence[str] | int = (),
-    scheduler: Any = None,
-) -> Monitor:
-    """Start watching `model`'s gradients (and `optimizer`'s learning rates).
-
-    Args:
-        model: the module being trained (plain, DDP/FSDP-wrapped or `torch.compile`d).
-        optimizer: its optimizer, or a list of them (a GAN, a separate head optimizer); needed
-            for learning-rate commands, update ratios and the stepped norm.
-        record: write every event to this record file (refuses to replace an existing one
-            unless `overwrite=True`), or to a new timestamped file in this folder (an
-            existing directory, a path ending in "/", or one with no suffix); missing
-            folders are created. `mon.record_path` is the file chosen.
-        every: sample per-layer statistics every `every` steps.
-        detail_every: compute mean/max |g|, zero fraction, weight norm and update ratio on
-            every `detail_every`-th sampled step.
-        clip: start with clipping on, e.g. ("norm", 1.0) or ("value", 0.5).
-        queue: keep events in an in-process queue (`mon.events`): True for 20,000 events,
-            or the queue size.
-        detectors: True (defaults), False, or a `gradtui.model.detectors.DetectorConfig`.
-        run: the run's name (default: script name and pid).
-        update_ratio: snapshot weights on detail steps to measure ||Δw||/||w||.
-        serve: serve viewers (`gradtui attach`, `gradtui ls`) on a Unix socket in the
-            user's private runtime directory. Default: on when GRADTUI_SERVE=1 is set or
-            `listen` is given; False also ignores GRADTUI_LISTEN and GRADTUI_TOKEN_FILE.
-        listen: also serve on TCP at "HOST:PORT" (host defaults to 127.0.0.1, for
-            `ssh -L`; default: GRADTUI_LISTEN). Viewers must present a token: read from
-            `token_file` (written there, mode 0600, when missing), else a new one logged
-            at start.
-        token_file: where the TCP token lives (default: GRADTUI_TOKEN_FILE).
-        lanes: extra rows for gradients that reach activations, as names or a count;
-            fill them with `mon.lane(i, tensor)` during the forward pass.
-        scheduler: accepted for compatibility; not needed: a learning-rate override is
-            re-applied at every step on top of whatever the loop or its scheduler sets.
-
-    Returns:
-        The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
-    """
-    if isinstance(queue, bool):
-        queue_size = 20_000 if queue else None
-    elif isinstance(queue, int) and queue > 0:
-        queue_size = queue
-    else:
-        raise ValueError(f"queue must be True, False or a positive size, got {queue!r}")
-    return Monitor(
-        model,
-        optimizer,
-        record=record,
-        overwrite=overwrite,
-        every=every,
-        detail_every=detail_every,
-        clip=clip,
-        queue_size=queue_size,
-        detectors=detectors,
-        run=run,
-        update_ratio=update_ratio,
-        serve=serve,
-        listen=listen,
-        token_file=token_file,
-        lanes=lanes,
-        scheduler=scheduler,
-    )

@@ -493,6 +493,17 @@ def loss_tensor(loss: torch.Tensor | float | None, device: torch.device, dtype: 
     raise TypeError(f"step(loss) takes a tensor, a number or None, got {type(loss).__name__}")
 
 
+def host_loss(loss: object) -> float | None:
+    """The loss as a float where reading it costs no device sync (a number, a CPU tensor), else None."""
+    if isinstance(loss, torch.Tensor):
+        if loss.device.type != "cpu" or loss.numel() != 1:
+            return None
+        return float(loss.detach().reshape(()).item())
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return float(loss)
+    return None
+
+
 def loss_value(loss: torch.Tensor | float | None) -> float:
     if isinstance(loss, torch.Tensor) and loss.device.type == "cpu" and loss.numel() == 1:
         return float(loss.detach().item())  # on CPU a read costs no device sync

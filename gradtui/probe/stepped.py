@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ class SteppedNorm:
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in optimizers]
         self._order: list[int] | None = None
         self._last: tuple[Sequence[int], list[int]] | None = None
+        self._spent = 0.0
 
     def sample(self, which: Sequence[int]) -> list[int]:
         """The few parameters (of those with a gradient) that are re-measured."""
@@ -78,13 +80,20 @@ class SteppedNorm:
             hook.remove()
         self._hooks.clear()
 
+    def take_spent(self) -> float:
+        """Seconds the hook has taken since the last call (the probe's overhead budget counts them)."""
+        spent, self._spent = self._spent, 0.0
+        return spent
+
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._armed is None:
             return
+        began = time.perf_counter()
         grads, before, grad_scale = self._armed
         self._armed = None
         after = self._stats.sq_norms(grads).sum().reshape(1)
         self._on_factor((after / before).sqrt() * grad_scale)
+        self._spent += time.perf_counter() - began
 
 
 class Placement:

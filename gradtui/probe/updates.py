@@ -53,6 +53,8 @@ class UpdateRatio:
         self._hooks.clear()
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._before:
+            return  # no detail step is waiting for its update (most steps)
         which = [i for i in self._owned.get(id(optimizer), ()) if i in self._before]
         if not which:
             return

@@ -24,6 +24,8 @@ TOKEN_ENV = "GRADTUI_TOKEN"
 """The TCP token a viewer presents when neither --token nor --token-file is given."""
 DETECTORS_ENV = "GRADTUI_DETECTORS"
 """Detector thresholds as "key=value,key=value", set by `gradtui run/demo -D key=value`."""
+BUDGET_ENV = "GRADTUI_BUDGET"
+"""The probe's overhead budget when `watch()` is given neither `every` nor `budget`: a fraction, "1%" or "off"."""
 RUNTIME_DIR_ENV = "GRADTUI_RUNTIME_DIR"
 """Overrides where live runs are kept (tests use it; so can a shared-home setup)."""
 
@@ -36,6 +38,7 @@ ALL: tuple[str, ...] = (
     TOKEN_FILE_ENV,
     TOKEN_ENV,
     DETECTORS_ENV,
+    BUDGET_ENV,
     RUNTIME_DIR_ENV,
 )
 

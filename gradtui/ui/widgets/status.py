@@ -191,6 +191,9 @@ class StatusHeader(Widget):
         if last is not None:
             sps = shown_rate(last.steps_per_sec, paused=actual.paused, ended=st.end is not None)
             line1.append(_ranked(_chip("", f"{sps:.1f}/s" if sps is not None and math.isfinite(sps) else "—/s"), 6, 8))
+        if last is not None and st.stride > 1:
+            # Per-layer statistics every few steps: the overhead budget chose it, or `every=`.
+            line1.append(_ranked(_chip("sampled", f"1/{st.stride}"), 9))
         if last is not None and run is not None and run.started > 0:
             line1.append(_ranked(_chip("elapsed", fmt_duration(last.time - run.started)), 8))
         loss = last.loss if last is not None else None
