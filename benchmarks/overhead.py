@@ -193,14 +193,11 @@ class Runner:
         self.loss_fn = nn.CrossEntropyLoss()
         self.mon = None
         if method.startswith("gradtui"):
-            every = 1 if method == "gradtui every=1" else None
-            self.mon = gradtui.watch(
-                model,
-                self.opt,
-                record=record and record.with_suffix(f".{len(method)}.gtr"),
-                overwrite=True,
-                every=every,
-            )
+            path = record and record.with_suffix(f".{len(method)}.gtr")
+            if method == "gradtui every=1":
+                self.mon = gradtui.watch(model, self.opt, record=path, overwrite=True, every=1)
+            else:  # defaults only: the same call runs against an older checkout on PYTHONPATH
+                self.mon = gradtui.watch(model, self.opt, record=path, overwrite=True)
         self.hooks = wandb_hooks(model) if method == "wandb hooks" else []
         self.times: list[float] = []
         self.probe: list[float] = []
@@ -278,7 +275,7 @@ def run_model(
     out = {r.method: statistics.median(r.times) for r in runners}
     if gt is not None and gt.mon is not None:
         out["probe"] = statistics.median(gt.probe)
-        out["stride"] = gt.mon.sampling_stride
+        out["stride"] = getattr(gt.mon, "sampling_stride", gt.mon.every)  # older probes: a fixed every
     for r in runners:
         r.close()
     return out

@@ -65,12 +65,7 @@ def parse_budget(value: object, what: str = "budget") -> float:
 def default_budget() -> float:
     """`GRADTUI_BUDGET` when set (so a whole run or test suite can fix sampling), else `OVERHEAD_BUDGET`."""
     spec = env.get(env.BUDGET_ENV)
-    if spec is None:
-        return OVERHEAD_BUDGET
-    try:
-        return parse_budget(spec, env.BUDGET_ENV)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
+    return OVERHEAD_BUDGET if spec is None else parse_budget(spec, env.BUDGET_ENV)
 
 
 class Sampler:
@@ -90,7 +85,6 @@ class Sampler:
         detail_every: int,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.fixed = every is not None
         self.budget = 0.0 if every is not None else budget
         self.stride = every if every is not None else 1
         """Steps from one sampled step to the next, as things stand."""
@@ -171,25 +165,34 @@ class Sampler:
 
     def overhead(self, stride: int) -> float:
         """Estimated share of the loop's step time the probe takes at `stride` (NaN before data)."""
+        costs = self._costs()
+        return _share(costs, stride) if costs is not None else math.nan
+
+    def _costs(self) -> tuple[float, float, float] | None:
+        """(probe time of a sampled step, of another step, the loop's own step time): medians."""
         if not self._loop or not self._sampled_cost:
-            return math.nan
+            return None
         sampled = statistics.median(self._sampled_cost)
         if self._published:
             sampled += statistics.median(self._published)
         plain = statistics.median(self._plain_cost) if self._plain_cost else 0.0
-        loop = statistics.median(self._loop)
-        per_step = (sampled + (stride - 1) * plain) / stride
-        return per_step / loop if loop > 0 else math.inf
+        return sampled, plain, statistics.median(self._loop)
 
     def _choose(self) -> int:
-        if math.isnan(self.overhead(1)):
+        costs = self._costs()  # once: this runs after every sampled step
+        if costs is None:
             return self.stride
         stride = 1
         while stride < MAX_STRIDE:
             # A lower stride than now must fit with room to spare, so the stride does not flap.
             allowed = self.budget * (1.0 if stride >= self.stride else 0.7)
-            if self.overhead(stride) <= allowed:
+            if _share(costs, stride) <= allowed:
                 break
             stride *= 2
         return stride
 
+
+def _share(costs: tuple[float, float, float], stride: int) -> float:
+    sampled, plain, loop = costs
+    per_step = (sampled + (stride - 1) * plain) / stride
+    return per_step / loop if loop > 0 else math.inf

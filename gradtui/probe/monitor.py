@@ -451,7 +451,8 @@ class Monitor:
         self._outputs.emit(stats)
         sampler = self._sampler
         sampler.check(stats.step, stats.global_norm)
-        sampler.check(stats.step, stats.loss)  # where the loss could not be read at each step (a sync)
+        if self._stats.device.type != "cpu":
+            sampler.check(stats.step, stats.loss)  # not read at each step there: that would be a sync
         if self._detectors is not None:
             alerts: list[Alert] = self._detectors.update(stats)
             for alert in alerts:

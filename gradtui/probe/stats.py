@@ -505,6 +505,8 @@ def host_loss(loss: object) -> float | None:
 
 
 def loss_value(loss: torch.Tensor | float | None) -> float:
-    if isinstance(loss, torch.Tensor) and loss.device.type == "cpu" and loss.numel() == 1:
-        return float(loss.detach().item())  # on CPU a read costs no device sync
+    value = host_loss(loss)
+    if value is not None:
+        return value
+    # Anything else: the checks (and a device read) of `loss_tensor`.
     return float(loss_tensor(loss, torch.device("cpu"), torch.float64)[0]) if loss is not None else math.nan
