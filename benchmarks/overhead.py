@@ -10,6 +10,10 @@ sampled steps in full; a median over rounds, so a noisy moment does not decide):
 - gradtui: `gradtui.watch(model, opt, record=...)`, defaults otherwise (the overhead budget
   chooses the sampling stride; its column "stride" says which it settled on).
 - gradtui every=1: the same with `every=1`, per-layer statistics at every step.
+- gradtui guard: the defaults and `guard=True`: a finiteness check at every step, and a
+  snapshot of the model and optimizer state every 25 healthy steps (so 16-step blocks hold
+  0 or 1 of them). Its columns "snap ms" and "snap MB" time one snapshot on its own (the
+  median of 5) and give its size.
 - lightning: Lightning's `grad_norm` utility as its docs use it in `on_before_optimizer_step`
   (a norm per parameter, their total through `torch.tensor(list)`).
 - item loop: `p.grad.norm().item()` per parameter, the loop people write by hand.
@@ -171,7 +175,7 @@ def wandb_hooks(model: nn.Module) -> list[Any]:
     return [p.register_hook(lambda g, f=stats: f(g)) for p in model.parameters() if p.requires_grad]
 
 
-METHODS = ("plain", "gradtui", "gradtui every=1", "lightning", "item loop", "wandb hooks")
+METHODS = ("plain", "gradtui", "gradtui every=1", "gradtui guard", "lightning", "item loop", "wandb hooks")
 
 
 class Runner:
@@ -196,6 +200,8 @@ class Runner:
             path = record and record.with_suffix(f".{len(method)}.gtr")
             if method == "gradtui every=1":
                 self.mon = gradtui.watch(model, self.opt, record=path, overwrite=True, every=1)
+            elif method == "gradtui guard":
+                self.mon = gradtui.watch(model, self.opt, record=path, overwrite=True, guard=True)
             else:  # defaults only: the same call runs against an older checkout on PYTHONPATH
                 self.mon = gradtui.watch(model, self.opt, record=path, overwrite=True)
         self.hooks = wandb_hooks(model) if method == "wandb hooks" else []
@@ -276,9 +282,26 @@ def run_model(
     if gt is not None and gt.mon is not None:
         out["probe"] = statistics.median(gt.probe)
         out["stride"] = getattr(gt.mon, "sampling_stride", gt.mon.every)  # older probes: a fixed every
+    guarded = next((r for r in runners if r.method == "gradtui guard"), None)
+    if guarded is not None:
+        out["snap_ms"], out["snap_mb"] = snapshot_cost(guarded.model, guarded.opt, device)
     for r in runners:
         r.close()
     return out
+
+
+def snapshot_cost(model: nn.Module, opt: torch.optim.Optimizer, device: str) -> tuple[float, float]:
+    """One guard snapshot of `model` and `opt` on its own: (median ms of 5 until it landed, MB)."""
+    from gradtui.probe.snapshot import take
+
+    times, size = [], 0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        snap = take(0, model, [opt])
+        snap.wait()
+        times.append(time.perf_counter() - t0)
+        size = snap.nbytes
+    return statistics.median(times) * 1e3, size / 2**20
 
 
 def main() -> None:
@@ -304,6 +327,8 @@ def main() -> None:
     header = ["model", "opt", "plain ms", *args.methods]
     if "gradtui" in args.methods:
         header += ["mon.step ms", "stride"]
+    if "gradtui guard" in args.methods:
+        header += ["snap ms", "snap MB"]
     rows = [header]
     with tempfile.TemporaryDirectory() as tmpdir:
         for name in args.models:
@@ -321,11 +346,15 @@ def main() -> None:
                         "ratio": {m: t[m] / t["plain"] for m in args.methods},
                         "probe_ms": t["probe"] * 1e3 if "probe" in t else None,
                         "stride": t.get("stride"),
+                        "snapshot_ms": t.get("snap_ms"),
+                        "snapshot_mb": t.get("snap_mb"),
                     }
                 )
                 row = [name, opt_name, f"{t['plain'] * 1e3:.2f}", *(f"{t[m] / t['plain']:.3f}" for m in args.methods)]
                 if "probe" in t:
                     row += [f"{t['probe'] * 1e3:.3f}", str(int(t["stride"]))]
+                if "snap_ms" in t:
+                    row += [f"{t['snap_ms']:.2f}", f"{t['snap_mb']:.1f}"]
                 rows.append(row)
                 print("  ".join(row), flush=True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gradtui.model.commands import Release, SetClip, SetLR, SetPaused
+from gradtui.model.commands import Release, Rollback, SetClip, SetLR, SetPaused
+from gradtui.model.guard import Guard
 
 __version__ = "0.1.0"
 
@@ -23,7 +24,19 @@ if TYPE_CHECKING:
     from gradtui.probe.watch import watch
     from gradtui.wire.load import RunData, load
 
-__all__ = ["Monitor", "Release", "RunData", "SetClip", "SetLR", "SetPaused", "__version__", "load", "watch"]
+__all__ = [
+    "Guard",
+    "Monitor",
+    "Release",
+    "Rollback",
+    "RunData",
+    "SetClip",
+    "SetLR",
+    "SetPaused",
+    "__version__",
+    "load",
+    "watch",
+]
 
 
 def __getattr__(name: str) -> Any:

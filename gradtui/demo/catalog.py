@@ -101,6 +101,22 @@ _LIST: list[ScenarioInfo] = [
         chapter="exploding",
     ),
     ScenarioInfo(
+        name="relu-explode-guard",
+        title="Cure without a hand on the keys: the guard",
+        blurb="The run that blows up, watched with guard=True: it rolls itself back with a lower learning rate",
+        narrative="The same run, watched with gradtui.watch(model, opt, guard=True), and nobody at the keys. The "
+            "guard keeps a copy of the model and optimizer state in host memory, taken while no blow-up "
+            "alarm is up.\n\n"
+            "When the exploding flag stays critical for 3 steps, or a step turns NaN, it puts the last "
+            "healthy copy back and cuts the learning rate to a quarter, on top of the warm-up the loop "
+            "keeps setting. Each rollback is a line in the log (⟲, the step it went back to, the new "
+            "learning rate) and an R on the charts. The run ends finite and its loss keeps falling.",
+        steps=200,
+        watch_options=MappingProxyType({"guard": True}),
+        chapter="exploding",
+        speed=4.0,
+    ),
+    ScenarioInfo(
         name="deep-linear",
         title="A 20-layer deep linear net with Adam",
         blurb="20 linear layers on the digits with Adam: products of many weights are unstable",
@@ -285,6 +301,7 @@ TOUR: tuple[str, ...] = (
     "sigmoid-glorot",
     "relu-explode",
     "relu-explode-clip",
+    "relu-explode-guard",
     "deep-sigmoid",
     "deep-sigmoid-cure",
     "deep-linear",

@@ -455,6 +455,7 @@ _BUILDERS: dict[str, Callable[[int, str], ScenarioRun]] = {
     'sigmoid-glorot': _circles_mlp(nn.Sigmoid, "glorot"),
     'relu-explode': _regression_mlp(None),
     'relu-explode-clip': _regression_mlp(("norm", 1.0)),
+    'relu-explode-guard': _regression_mlp(None),
     'deep-linear': _deep_linear(None),
     'deep-linear-clip': _deep_linear(("norm", 1.0)),
     'residual-mlp': _residual,

@@ -71,6 +71,9 @@ meaningless or overflows (1e39 overflows float32 parameters), and inside them ev
 float16/bfloat16/float32 parameter can take the step."""
 CLIP_RANGE: tuple[float, float] = (1e-12, 1e12)
 """Clip thresholds a command may set: finite in float32 even times a GradScaler's scale."""
+AUTO_CLIP_Z = 2.5
+"""The z-score adaptive clipping ("auto") starts with: past it a norm is about 1 in 160 of a
+normal spread's, so a healthy run is seldom clipped and a spike always is."""
 PAUSE_LEASE = 60.0
 """Seconds a pause outlives the viewer that made it: long enough to reattach after a dropped
 SSH session, short enough that a forgotten pause does not cost a night of GPU time."""
@@ -86,6 +89,19 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """Put back the last healthy snapshot and cut the learning rate (what the guard does on a
+    blow-up; see `gradtui.model.guard`). Only a run watched with a guard can take it."""
+
+    reason: str = ""
+    """Why, in words ("critical exploding alarm up 3 steps"); shown with the acknowledgement."""
+    id: str = field(default_factory=new_command_id)
+
+
+NO_GUARD = "this run keeps no snapshot to roll back to: watch it with gradtui.watch(..., guard=True)"
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownCommand:
     """A command frame of a kind this version does not know; always refused."""
 
@@ -93,13 +109,14 @@ class UnknownCommand:
     id: str = ""
 
 
-Command = SetLR | SetClip | SetPaused | Release | UnknownCommand
+Command = SetLR | SetClip | SetPaused | Release | Rollback | UnknownCommand
 
 COMMAND_TYPES: dict[str, type] = {
     "set_lr": SetLR,
     "set_clip": SetClip,
     "set_paused": SetPaused,
     "release": Release,
+    "rollback": Rollback,
 }
 
 
@@ -220,6 +237,8 @@ def validate(cmd: Command, n_groups: int | ControlState) -> str | None:
         return None
     if isinstance(cmd, SetPaused):
         return None
+    if isinstance(cmd, Rollback):
+        return None if isinstance(cmd.reason, str) else f"rollback reason must be text, got {cmd.reason!r}"
     return f"not a command: {type(cmd).__name__}"
 
 
@@ -327,6 +346,8 @@ def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
             new = replace(new, clip_mode=mode, clip_threshold=threshold)
             parts.append(clip_change_text(state.clip_mode, state.clip_threshold, mode, threshold) + " (as started)")
         return new, "released: " + "; ".join(parts)
+    if isinstance(cmd, Rollback):
+        raise CommandRefused(NO_GUARD)  # the state holds no snapshot: a guard answers it (probe.guard)
     assert isinstance(cmd, SetPaused)  # validate() refuses everything else
     return replace(state, paused=cmd.paused), "paused" if cmd.paused else "resumed"
 

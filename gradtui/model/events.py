@@ -13,8 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-ClipMode = Literal["off", "norm", "value"]
-CLIP_MODES: tuple[str, ...] = ("off", "norm", "value")
+ClipMode = Literal["off", "norm", "value", "auto"]
+CLIP_MODES: tuple[str, ...] = ("off", "norm", "value", "auto")
+"""auto: by global norm, at mean + threshold * std of the recent norms (threshold is a z-score)."""
 
 AlertKind = Literal["vanishing", "exploding", "nonfinite", "dead", "loss_spike"]
 ALERT_KINDS: tuple[str, ...] = ("vanishing", "exploding", "nonfinite", "dead", "loss_spike")
@@ -105,6 +106,15 @@ class RunStart:
     lr_groups: tuple[str, ...] = ()
     """A name per entry of `lrs`: "0", "1", ... for one optimizer, "opt1.0" for group 0 of the
     second when several are watched (empty in records made before several optimizers)."""
+    activations: tuple[str, ...] = ()
+    """Class names of the parameter-free activation modules in the model (Sigmoid, ReLU, ...),
+    for the report's advice (empty in older records, or a functional-only model)."""
+    fan_in: tuple[int, ...] = ()
+    """Per layer: inputs per output of its weight (in_features, in_channels x kernel); 0 unknown."""
+    fan_out: tuple[int, ...] = ()
+    """Per layer: outputs of its weight (out_features, out_channels x kernel); 0 unknown."""
+    guard: bool = False
+    """The guard is on (`watch(guard=...)`): it may skip steps and roll the run back."""
     budget: float = 0.0
     """The probe's overhead budget, a share of the step time: `every` is then only where sampling
     starts, and the stride follows what the probe costs (0: a fixed `every`, as in older records)."""
@@ -212,6 +222,30 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardAction:
+    """Something the guard did to the run (see `gradtui.model.guard`)."""
+
+    step: int
+    """The step it acted at (a skip or rollback: that step's gradients were not applied)."""
+    action: str
+    """One of `GUARD_ACTIONS`: skip, rollback, clip, lr_cut."""
+    detail: str
+    """What it did, in words: "rolled back to step 140 (non-finite gradients), lr 0.03 -> 0.0075"."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadBatch:
+    """The ledger of bad batches: the identifiers given to `mon.step(loss, batch=...)` at a step
+    that spiked, was skipped or was rolled back, so they can be pulled out of the data set."""
+
+    step: int
+    why: str
+    """"loss_spike", "skip" or "rollback"."""
+    batch: str
+    """The identifiers as text ("17", "3,17,42"; see `gradtui.model.guard.batch_text`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """Events a slow consumer missed since the last report (training never waits)."""
 
@@ -238,7 +272,9 @@ class RunEnd:
     """Exception summary and traceback when status is "error"."""
 
 
-Event = RunStart | StepStats | UpdateStats | CommandResult | Alert | Dropped | LogLine | RunEnd
+Event = (
+    RunStart | StepStats | UpdateStats | CommandResult | Alert | GuardAction | BadBatch | Dropped | LogLine | RunEnd
+)
 
 EVENT_TYPES: dict[str, type] = {
     "run_start": RunStart,
@@ -246,6 +282,8 @@ EVENT_TYPES: dict[str, type] = {
     "update": UpdateStats,
     "command_result": CommandResult,
     "alert": Alert,
+    "guard": GuardAction,
+    "bad_batch": BadBatch,
     "dropped": Dropped,
     "log": LogLine,
     "run_end": RunEnd,
@@ -258,11 +296,13 @@ __all__ = [
     "CLIP_MODES",
     "Alert",
     "AlertKind",
+    "BadBatch",
     "ClipMode",
     "CommandResult",
     "Dropped",
     "EVENT_TYPES",
     "FLAG_PRIORITY",
+    "GuardAction",
     "GRAD_HIST_BUCKETS",
     "GRAD_HIST_HI",
     "GRAD_HIST_LO",

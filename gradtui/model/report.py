@@ -17,8 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from gradtui.model.advice import RunFacts, suggestions
 from gradtui.model.consistency import RunCheck
-from gradtui.model.events import Alert, CommandResult, Event, RunEnd, RunStart, StepStats, verdict_of
+from gradtui.model.events import (
+    Alert,
+    BadBatch,
+    CommandResult,
+    Event,
+    GuardAction,
+    RunEnd,
+    RunStart,
+    StepStats,
+    verdict_of,
+)
 from gradtui.model.store import RunStore
 
 _PAUSE_WORDS = {"paused": True, "resumed": False}
@@ -143,7 +154,11 @@ class Summary:
         self.loss_first: float | None = None
         self.loss_last: float | None = None
         self.loss_min: float | None = None
+        self.guard: list[dict[str, Any]] = []
+        self.bad_batches: list[dict[str, Any]] = []
         self.global_norms: array[float] = array("d")
+        self.norm_steps: array[int] = array("q")
+        self.first_weights: np.ndarray | None = None
         self.stepped_norms: array[float] = array("d")
 
     def add(self, event: Event) -> bool:
@@ -169,6 +184,10 @@ class Summary:
             self._step(event)
         elif isinstance(event, RunEnd):
             self.end = event
+        elif isinstance(event, GuardAction):
+            self.guard.append({"step": event.step, "action": event.action, "detail": event.detail})
+        elif isinstance(event, BadBatch):
+            self.bad_batches.append({"step": event.step, "why": event.why, "batch": event.batch})
         self.interventions.add(event)
         self.store.apply(event)
         return True
@@ -191,6 +210,9 @@ class Summary:
             self.loss_last = loss
             self.loss_min = loss if self.loss_min is None else min(self.loss_min, loss)
         self.global_norms.append(float(event.global_norm))
+        self.norm_steps.append(event.step)
+        if self.first_weights is None and event.weight_norm is not None:
+            self.first_weights = np.asarray(event.weight_norm, np.float64)
         self.stepped_norms.append(float(event.stepped_norm))
 
     @property
@@ -201,6 +223,18 @@ class Summary:
     def alert_entries(self) -> list[dict[str, Any]]:
         """The report's `alerts`: every flag raised, in order."""
         return [alert_entry(a) for a in self.alerts if a.active]
+
+    def suggestions(self) -> list[dict[str, Any]]:
+        """The report's `suggestions`: what to change, per alarm kind (see `gradtui.model.advice`)."""
+        facts = RunFacts(
+            start=self.start,
+            alerts=self.alerts,
+            steps=np.frombuffer(self.norm_steps, dtype=np.int64) if len(self.norm_steps) else np.zeros(0, np.int64),
+            global_norm=np.frombuffer(self.global_norms, dtype=np.float64) if len(self.global_norms) else np.zeros(0),
+            weight_norm=self.first_weights,
+            bad_batches=self.bad_batches,
+        )
+        return suggestions(facts)
 
     def result(self) -> dict[str, Any]:
         """The report's object (see DESIGN.md and README "Commands")."""
@@ -226,6 +260,9 @@ class Summary:
             "layers": layers,
             "alerts": self.alert_entries(),
             "interventions": [dict(entry) for entry in self.interventions.entries],
+            "guard": [dict(entry) for entry in self.guard],
+            "bad_batches": [dict(entry) for entry in self.bad_batches],
+            "suggestions": self.suggestions(),
             "loss": {"first": self.loss_first, "last": self.loss_last, "min": self.loss_min},
             "global_norm": spread(self.global_norms),
             "stepped_norm": spread(self.stepped_norms),

@@ -13,9 +13,11 @@ import numpy as np
 from gradtui.model.events import (
     GRAD_HIST_BUCKETS,
     Alert,
+    BadBatch,
     CommandResult,
     Dropped,
     Event,
+    GuardAction,
     LayerInfo,
     LogLine,
     RunEnd,
@@ -95,6 +97,11 @@ class RunStore:
     first_nonfinite_layers: tuple[str, ...] = ()
     markers: list[Marker] = field(default_factory=list)
     results: list[CommandResult] = field(default_factory=list)
+    guard: list[GuardAction] = field(default_factory=list)
+    """What the guard did (skips, rollbacks, clips, learning-rate cuts)."""
+    bad_batches: list[BadBatch] = field(default_factory=list)
+    first_weight_norm: np.ndarray | None = None
+    """Per-layer weight norms at the first detail step (the init, for the advice)."""
     alerts: list[Alert] = field(default_factory=list)
     active_flags: dict[tuple[str | None, str], Alert] = field(default_factory=dict)
     """Flags up now at warning or critical level, by (layer, kind): the last alert that raised each."""
@@ -138,6 +145,11 @@ class RunStore:
             self.results.append(event)
             if event.ok:
                 self.markers.append(Marker(event.step, event.kind, event.message))
+        elif isinstance(event, BadBatch):
+            self.bad_batches.append(event)
+        elif isinstance(event, GuardAction):
+            self.guard.append(event)
+            self.markers.append(Marker(event.step, event.action, event.detail))
         elif isinstance(event, Dropped):
             self.dropped_total = max(self.dropped_total + event.count, event.total)
         elif isinstance(event, LogLine):
@@ -189,6 +201,8 @@ class RunStore:
         self._head = (row + 1) % cap
         self.count = min(self.count + 1, cap)
         self.total_steps += 1
+        if self.first_weight_norm is None and ev.weight_norm is not None:
+            self.first_weight_norm = np.asarray(ev.weight_norm, np.float64)
         self._steps[row] = ev.step
         s = self._series
         s["time"][row] = ev.time

@@ -1,5 +1,6 @@
-"""Clipping on the device with no host sync: by global L2 norm (as `clip_grad_norm_`) or
-elementwise by value (as `clip_grad_value_`)."""
+"""Clipping on the device with no host sync: by global L2 norm (as `clip_grad_norm_`),
+elementwise by value (as `clip_grad_value_`), or adaptively ("auto", `ZClip`): by norm, at a
+threshold the run's own recent norms set."""
 
 from __future__ import annotations
 
@@ -26,6 +27,50 @@ def check_clip(clip: tuple[str, float] | None) -> tuple[str, float]:
     return mode, float(threshold)
 
 
+class ZClip:
+    """Adaptive clipping by z-score (as ZClip, Kumar et al. 2025): the threshold is
+    mean + z * std of an exponential moving average of the recent global norms, so it follows
+    the run as its norms drift (a percentile of the whole history, as AutoClip, keeps
+    clipping to the early large norms long after they have shrunk, and needs the history).
+
+    Everything stays on the device: the moving mean and variance are tensors, updated with the
+    norm after clipping (a spike does not inflate its own threshold), and a non-finite norm
+    leaves them as they were. The first `WARMUP` norms only build the statistics.
+    """
+
+    WARMUP = 25
+    ALPHA = 0.97
+    """EMA weight of the past: about the last 33 steps count."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self._mean: torch.Tensor | None = None
+        self._var: torch.Tensor | None = None
+
+    def coefficient(self, total: torch.Tensor, z: float) -> torch.Tensor:
+        """The factor to scale the gradients by this step (<= 1), given their global norm."""
+        total = total.reshape(())
+        if self._mean is None or self._var is None:
+            self._mean, self._var = torch.zeros_like(total), torch.zeros_like(total)
+        mean, var = self._mean, self._var
+        if self.seen < self.WARMUP:
+            coef = torch.ones_like(total)
+            alpha = self.seen / (self.seen + 1)  # a plain running mean while warming up
+        else:
+            threshold = mean + z * var.clamp(min=0).sqrt()
+            coef = torch.clamp(threshold / (total + _EPS), max=1.0)
+            alpha = self.ALPHA
+        clipped = total * coef
+        ok = torch.isfinite(clipped)
+        delta = clipped - mean
+        new_mean = mean + (1 - alpha) * delta
+        new_var = alpha * (var + (1 - alpha) * delta * delta)
+        self._mean = torch.where(ok, new_mean, mean)
+        self._var = torch.where(ok, new_var, var)
+        self.seen += 1
+        return coef
+
+
 def clip_grads(
     grads: list[torch.Tensor],
     mode: str,
@@ -33,23 +78,30 @@ def clip_grads(
     total: torch.Tensor | None,
     global_norm: Callable[[], torch.Tensor],
     scale: torch.Tensor | None = None,
+    auto: ZClip | None = None,
 ) -> torch.Tensor:
     """Clip `grads` in place; returns the global norm after clipping (a 1-element tensor).
 
     Args:
         grads: The gradients (values of sparse ones, local shards of sharded ones).
-        mode: "norm" or "value".
-        threshold: Max global norm, or max |value|.
+        mode: "norm", "value" or "auto".
+        threshold: Max global norm, max |value|, or (auto) the z-score past which a norm is clipped.
         total: The global norm before clipping when already known (saves a pass).
         global_norm: Computes the global norm of `grads` now (across ranks when distributed), in
             true units.
         scale: The factor the gradients carry (a GradScaler's scale, not yet unscaled): norms are
             in true units, so a value threshold is scaled by it and a norm coefficient needs nothing.
+        auto: The moving statistics of the "auto" mode.
     """
-    if mode == "norm":
+    if mode in ("norm", "auto"):
         if total is None:
             total = global_norm()
-        coef = torch.clamp(threshold / (total + _EPS), max=1.0)
+        if mode == "auto":
+            if auto is None:
+                raise ValueError("adaptive clipping needs its moving statistics (auto=ZClip())")
+            coef = auto.coefficient(total, threshold)
+        else:
+            coef = torch.clamp(threshold / (total + _EPS), max=1.0)
         for dev_grads in by_device(grads):
             torch._foreach_mul_(dev_grads, coef.to(dev_grads[0].device, dev_grads[0].dtype))
         return (total * coef).reshape(1)

@@ -32,6 +32,7 @@ from gradtui.model.commands import (
     PAUSE_LEASE,
     Command,
     ControlState,
+    Rollback,
     SetPaused,
     command_kind,
     follow_schedule,
@@ -97,6 +98,8 @@ class Control:
         """Resumes the probe sends itself (a pause whose viewer left): command id -> why."""
         self._owner_gone: float | None = None
         self._emit = emit
+        self.rollback: Callable[[ControlState, Rollback, int], tuple[ControlState, CommandResult]] | None = None
+        """The guard's answer to a `Rollback` (None without a guard: the rule refuses it)."""
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in self.optimizers]
 
     def group_names(self) -> tuple[str, ...]:
@@ -136,9 +139,15 @@ class Control:
         batch and leaves every setting as it was: the monitor must never be why a run stops.
         """
         before = self.state
-        state, results = before, []
+        state, results, quiet = before, [], set()
         for cmd in cmds:
-            state, result = respond(state, cmd, step, self._origins.pop(cmd.id, None))
+            origin = self._origins.pop(cmd.id, None)
+            if isinstance(cmd, Rollback) and self.rollback is not None:
+                state, result = self.rollback(state, cmd, step)
+                if origin is None:
+                    quiet.add(cmd.id)  # the guard's own: its events say what it did
+            else:
+                state, result = respond(state, cmd, step, origin)
             why = self._resumes.pop(cmd.id, None)
             results.append(replace(result, message=f"{result.message}: {why}") if why and result.ok else result)
         self.state = state
@@ -157,7 +166,8 @@ class Control:
             if self.viewers is not None:
                 self.viewers.paused_by(self.state.paused_by if self.state.paused else None)
         for result in results:
-            self._emit(result)
+            if result.command_id not in quiet:
+                self._emit(result)
         return results
 
     def take(self, step: int, wait: float | None = None) -> list[Command]:

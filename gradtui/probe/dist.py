@@ -95,6 +95,12 @@ class DistContext:
         dist.all_gather(out, vec)
         return torch.stack(out)
 
+    def all_true(self, flag: torch.Tensor) -> bool:
+        """Whether `flag` (a 0/1 tensor) is 1 on every rank (ONE collective, then a host read)."""
+        t = flag.reshape(1).to(torch.float32)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item() > 0.5)
+
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         return t

@@ -3,6 +3,7 @@ without wrapper segments, and the optimizer inside wrappers."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,3 +91,27 @@ def optimizer_list(optimizer: Any) -> list[torch.optim.Optimizer]:
             raise ValueError(f"optimizer {i} is given twice")
         out.append(inner)
     return out
+
+
+ACTIVATIONS = frozenset(
+    {"Sigmoid", "Tanh", "ReLU", "LeakyReLU", "GELU", "SiLU", "ELU", "Softsign", "Hardtanh", "LogSigmoid", "Mish"}
+)
+"""Activation modules the report's advice knows (saturating ones make gradients vanish)."""
+
+
+def activations(model: nn.Module) -> tuple[str, ...]:
+    """The activation modules' class names in `model`, each once, in order of first use."""
+    seen: dict[str, None] = {}
+    for m in model.modules():
+        if type(m).__name__ in ACTIVATIONS:
+            seen.setdefault(type(m).__name__, None)
+    return tuple(seen)
+
+
+def fans(layer: Layer) -> tuple[int, int]:
+    """(fan_in, fan_out) of a layer's weight as torch.nn.init computes them; (0, 0) without one."""
+    weight = getattr(layer.module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return 0, 0
+    field = math.prod(weight.shape[2:])  # the shape only: a sharded weight is not indexed
+    return int(weight.shape[1] * field), int(weight.shape[0] * field)

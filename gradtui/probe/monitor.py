@@ -31,14 +31,16 @@ from torch import nn
 from gradtui.model.commands import Command
 from gradtui.model.detectors import DetectorConfig, Detectors
 from gradtui.model.events import Alert, Event, LayerInfo, LogLine, RunEnd, RunStart, UpdateStats
+from gradtui.model.guard import guard_config
 from gradtui.model.rate import StepRate
 from gradtui.probe import amp, exits
 from gradtui.probe.budget import FAST_KINDS, Sampler, default_budget, parse_budget
-from gradtui.probe.clip import check_clip, clip_grads
+from gradtui.probe.clip import ZClip, check_clip, clip_grads
 from gradtui.probe.control import Control
 from gradtui.probe.dist import DistContext
+from gradtui.probe.guard import Keeper, Ledger
 from gradtui.probe.lanes import Lanes, lane_names
-from gradtui.probe.layers import find_layers, optimizer_list
+from gradtui.probe.layers import activations, fans, find_layers, optimizer_list
 from gradtui.probe.publisher import Publisher, Sampled
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
@@ -75,6 +77,7 @@ class Monitor:
         token_file: str | os.PathLike[str] | None = None,
         lanes: Sequence[str] | int = (),
         scheduler: Any = None,
+        guard: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
@@ -85,7 +88,10 @@ class Monitor:
         if every is not None and budget is not None:
             raise ValueError("give every= (a fixed sampling stride) or budget= (a stride the probe chooses), not both")
         share = parse_budget(budget) if budget is not None else None
+        guard_cfg = guard_config(guard)
         start_clip = check_clip(clip)
+        if guard_cfg is not None and guard_cfg.clip and clip is None:
+            start_clip = ("auto", guard_cfg.clip_z)
         self.model = model
         self.optimizers: list[torch.optim.Optimizer] = optimizers
         """The watched optimizers (learning rates, update ratios, the stepped norm)."""
@@ -134,6 +140,14 @@ class Monitor:
         self._grad_scale: torch.Tensor | None = None
         """The factor the gradients carry at this `mon.step` (a GradScaler's scale), None for 1."""
         self._placement = Placement(lambda text: self._emit(LogLine(text, stream="gradtui")))
+        self._ledger = Ledger(self._emit)
+        self._zclip: ZClip | None = None
+        self.guard = (
+            Keeper(guard_cfg, model, optimizers, self._stats, self.control, self._emit, self._ledger)
+            if guard_cfg is not None
+            else None
+        )
+        """The guard at work (`watch(guard=...)`), None when off."""
 
         self.events: EventQueue | None = EventQueue(queue_size) if queue_size and self.primary else None
         """In-process event queue (when `queue=` was given to `watch`; rank 0 only)."""
@@ -210,6 +224,10 @@ class Monitor:
                 every=self.every,
                 detail_every=self.detail_every,
                 budget=self._sampler.budget,
+                guard=self.guard is not None,
+                activations=activations(self.model),
+                fan_in=tuple(fans(layer)[0] for layer in self._layers),
+                fan_out=tuple(fans(layer)[1] for layer in self._layers),
                 device=str(self._stats.device),
                 world_size=self.dist.world_size if self.dist else 1,
                 script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
@@ -302,7 +320,7 @@ class Monitor:
 
     # ------------------------------------------------------------ the step
 
-    def step(self, loss: torch.Tensor | float | None = None, *, scaler: Any = None) -> None:
+    def step(self, loss: torch.Tensor | float | None = None, *, scaler: Any = None, batch: Any = None) -> None:
         """Record this step's gradients and apply pending commands and clipping.
 
         Call after `loss.backward()` and before `optimizer.step()`.
@@ -313,6 +331,8 @@ class Monitor:
                 unscaled first (`scaler.unscale_(optimizer)`, as for clipping), so the
                 statistics describe the true gradients; skipped steps and the loss scale
                 are recorded.
+            batch: identifiers of this step's batch (an int, a str, or a list/tensor of sample
+                indices): kept on the record when the step spikes, is skipped or rolled back.
         """
         if self.closed:
             raise RuntimeError("this monitor is closed")
@@ -321,6 +341,7 @@ class Monitor:
             return
         step = self.step_count
         self.step_count += 1
+        self._ledger.keep(step, batch)
         sampler = self._sampler
         if sampler.adaptive:
             if self._stepped is not None:
@@ -344,10 +365,14 @@ class Monitor:
             self._placement.unscaled()
         self._grad_scale = scale[0] if scale is not None else None
 
-        clip = self._clip if self.control.state.clip_mode != "off" else None
+        mode = self.control.state.clip_mode
+        clip = self._clip if mode != "off" else None
+        if mode != "auto":
+            self._zclip = None  # fresh statistics each time the mode is chosen
         if self._stepped is not None:
             self._stepped.disarm()
-        index = stats.grad_index() if sampled or clip is not None else None
+        guard = self.guard
+        index = stats.grad_index() if sampled or clip is not None or guard is not None else None
         if index is not None and sampled:
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
@@ -366,6 +391,10 @@ class Monitor:
                 self._arm_stepped(index[0])
         elif index is not None and clip is not None:
             clip(stats.grads(index[0]), None, index[0])
+        if guard is not None and index is not None:
+            guard.check(step, stats.grads(index[0]), index[0], loss, scale is not None)
+            if guard.finish(step, scale is not None) and self._stepped is not None:
+                self._stepped.disarm()  # no optimizer step uses these gradients
         if not stats.defer and self._stepped is None:
             self._resolve_pending(block=True)  # no optimizer step to wait for
         if self.control.state.paused:
@@ -401,7 +430,9 @@ class Monitor:
             norm = self._stats.global_norm(grads, which)
             return norm if scale is None else norm / scale[0]
 
-        return clip_grads(grads, c.clip_mode, c.clip_threshold, total, global_norm, scale)
+        if c.clip_mode == "auto" and self._zclip is None:
+            self._zclip = ZClip()
+        return clip_grads(grads, c.clip_mode, c.clip_threshold, total, global_norm, scale, self._zclip)
 
     def _meta(self, step: int, index: Any, detail: bool, update_step: int | None) -> StepMeta:
         rate = self._rate.update(step, time.perf_counter())
@@ -459,6 +490,10 @@ class Monitor:
                 self._outputs.emit(alert)
                 if alert.level != "info" and alert.kind in FAST_KINDS:
                     sampler.trouble(stats.step)
+                    if alert.kind == "loss_spike" and alert.active:
+                        self._ledger.note(alert.step, "loss_spike")
+            if self.guard is not None:
+                self.guard.observe(stats, alerts)
 
     def _emit(self, event: Event) -> None:
         publisher = self._publisher

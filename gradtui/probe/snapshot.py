@@ -101,17 +101,33 @@ def take(
 
 
 def restore(
-    snap: Snapshot, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], schedulers: Sequence[Any] = ()
+    snap: Snapshot,
+    model: nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    schedulers: Sequence[Any] = (),
+    *,
+    keep_groups: bool = False,
 ) -> None:
-    """Put `snap` back: parameters and buffers in place, optimizer and scheduler state loaded."""
+    """Put `snap` back: parameters and buffers in place, optimizer and scheduler state loaded.
+
+    With `keep_groups` the optimizers' param-group settings (learning rate, betas, weight
+    decay...) stay as they are now: the loop's schedule goes on, only the state is rewound.
+    """
     snap.wait()
     if len(optimizers) != len(snap.optimizers) or len(schedulers) != len(snap.schedulers):
         raise ValueError("the snapshot was taken of other optimizers or schedulers")
     with torch.no_grad():
         model.load_state_dict(snap.model)
     for opt, state in zip(optimizers, snap.optimizers, strict=True):
+        groups = list(opt.param_groups)
         # load_state_dict keeps references to what it is given for non-tensor values: give it a copy,
         # so a second restore from the same snapshot starts from the same state.
         opt.load_state_dict(Copier()(state))
+        # It makes new group dicts: put the old ones back, which the probe's control, a scheduler's
+        # tensor lr and the loop may hold.
+        for old, new in zip(groups, opt.param_groups, strict=True):
+            if not keep_groups:
+                old.update({k: v for k, v in new.items() if k != "params"})
+        opt.param_groups[:] = groups
     for sched, state in zip(schedulers, snap.schedulers, strict=True):
         sched.load_state_dict(Copier()(state))

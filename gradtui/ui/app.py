@@ -29,7 +29,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from gradtui.model.commands import PAUSE_LEASE, Command, Release, SetPaused
-from gradtui.model.events import Alert, CommandResult, Event, LogLine, RunEnd
+from gradtui.model.events import Alert, CommandResult, Event, GuardAction, LogLine, RunEnd
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.sources.base import Source
 from gradtui.ui.bindings import (
@@ -41,18 +41,12 @@ from gradtui.ui.bindings import (
     TOUR_BINDINGS,
     VIEW_BINDINGS,
 )
-from gradtui.ui.bindings import (
-    KEY_ACTIONS as _KEY_ACTIONS,
-)
-from gradtui.ui.controls import Controls, describe
-from gradtui.ui.messages import (
-    InterventionAcknowledged,
-    InterventionRefused,
-    InterventionSent,
-    RunEnded,
-)
+from gradtui.ui.bindings import KEY_ACTIONS as _KEY_ACTIONS
+from gradtui.ui.controls import Controls, clip_preview, describe
+from gradtui.ui.messages import InterventionAcknowledged, InterventionRefused, InterventionSent, RunEnded
 from gradtui.ui.pacing import Pacer
 from gradtui.ui.palette import palette_bindings, palette_commands
+from gradtui.ui.renderables.chart import LR_MARKERS
 from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
@@ -153,7 +147,7 @@ class GradTUIApp(TourSwitching):
             SeriesChartWidget(self.store, "loss", "loss", id="loss", classes="panel"),
             SeriesChartWidget(self.store, "global_norm", "global ‖g‖", id="norm", classes="panel"),
             SeriesChartWidget(
-                self.store, "lr", "lr", id="lr", classes="panel", overlay="schedule_lr", markers=("set_lr", "release")
+                self.store, "lr", "lr", id="lr", classes="panel", overlay="schedule_lr", markers=LR_MARKERS
             ),
         )
         self.alert_log = AlertLog(id="alerts", classes="panel")
@@ -302,6 +296,9 @@ class GradTUIApp(TourSwitching):
             elif isinstance(ev, CommandResult):
                 self._flush_alerts()  # the log keeps the order of events
                 self._on_result(ev, alert_log)
+            elif isinstance(ev, GuardAction):
+                self._flush_alerts()
+                alert_log.add_guard(ev)
             elif isinstance(ev, RunEnd):
                 self._flush_alerts()
                 self._on_end(ev, alert_log)
@@ -404,7 +401,11 @@ class GradTUIApp(TourSwitching):
         return True
 
     def action_toggle_clip(self) -> None:
-        self.send_command(self.controls.toggle_clip())
+        cmd = self.controls.toggle_clip()
+        # The preview only where the clip went out: a refused one already says why.
+        if self.send_command(cmd) is None and cmd.mode != "off":
+            if preview := clip_preview(self.store, self.controls.thresholds, cmd.threshold or 1.0):
+                self.notify(preview, title="What each clip rule would have clipped", timeout=10)
 
     def action_cycle_clip_mode(self) -> None:
         cmd = self.controls.cycle_clip_mode()

@@ -57,7 +57,9 @@ TOUR_BINDINGS: list[Binding] = [
 
 INTERVENTION_BINDINGS: list[Binding] = [
     Binding("c", "toggle_clip", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
-    Binding("m", "cycle_clip_mode", "mode", tooltip="Cycle the clip mode: norm / value", id="clip-mode"),
+    Binding(
+        "m", "cycle_clip_mode", "mode", tooltip="Cycle the clip mode: norm / value / auto", id="clip-mode"
+    ),
     Binding("]", "scale_threshold(2.0)", "thr×2", tooltip="Clip threshold ×2", group=_THRESHOLD, id="clip-up"),
     Binding("[", "scale_threshold(0.5)", "thr÷2", tooltip="Clip threshold ÷2", group=_THRESHOLD, id="clip-down"),
     Binding("+", "scale_lr(2.0)", "lr×2", tooltip="Learning rate ×2", group=_LR, id="lr-up"),

@@ -14,7 +14,11 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
+from gradtui.model import advice
 from gradtui.model.commands import (
+    AUTO_CLIP_Z,
     Command,
     CommandRefused,
     ControlState,
@@ -71,6 +75,10 @@ def describe(cmd: Command) -> str:
     return command_kind(cmd)
 
 
+CLIP_CYCLE: dict[str, str] = {"norm": "value", "value": "auto", "auto": "norm"}
+"""What `m` turns each clip mode into."""
+
+
 class Controls:
     """Pending and recently applied commands of one viewer, over a store."""
 
@@ -80,6 +88,8 @@ class Controls:
         self.applied: list[Applied] = []
         self.last_clip_mode = "norm"
         """Mode that `c` turns clipping back on with (the last non-off mode seen)."""
+        self.thresholds: dict[str, float] = {"auto": AUTO_CLIP_Z}
+        """The last threshold seen per clip mode (a norm, a value and a z-score do not mix)."""
         self.version = 0
         """Bumped whenever pending/applied state changes."""
         self._holds_pause = False
@@ -106,6 +116,7 @@ class Controls:
             state = RunControls()
         if state.clip_mode != "off":
             self.last_clip_mode = state.clip_mode
+            self.thresholds[state.clip_mode] = state.clip_threshold
         return state
 
     def actual(self) -> RunControls:
@@ -136,18 +147,27 @@ class Controls:
         s = self.intended()
         if s.clip_mode != "off":
             return SetClip("off")
-        return SetClip(self.last_clip_mode, s.clip_threshold)
+        return SetClip(self.last_clip_mode, self._threshold(self.last_clip_mode, s.clip_threshold, s.clip_mode))
+
+    def _threshold(self, mode: str, current: float, current_mode: str) -> float:
+        if mode in self.thresholds:
+            return self.thresholds[mode]
+        if current_mode != "auto":
+            return current
+        # A z-score is no norm: the last norm or value threshold seen, else 1.
+        return next((self.thresholds[m] for m in ("norm", "value") if m in self.thresholds), 1.0)
 
     def cycle_clip_mode(self) -> SetClip | None:
-        """norm <-> value when clipping is on; when off, only remembers the mode (None)."""
+        """norm -> value -> auto (adaptive) -> norm when clipping is on; when off, only
+        remembers the mode (None). Each mode keeps its own threshold."""
         s = self.intended()
         base = s.clip_mode if s.clip_mode != "off" else self.last_clip_mode
-        nxt = "value" if base == "norm" else "norm"
+        nxt = CLIP_CYCLE.get(base, "norm")
         if s.clip_mode == "off":
             self.last_clip_mode = nxt
             self.version += 1
             return None
-        return SetClip(nxt, s.clip_threshold)
+        return SetClip(nxt, self._threshold(nxt, s.clip_threshold, base))
 
     def scale_threshold(self, factor: float) -> SetClip:
         """Multiply the clip threshold (kept even while clipping is off)."""
@@ -184,6 +204,8 @@ class Controls:
 
         if isinstance(cmd, SetClip) and cmd.mode != "off":
             self.last_clip_mode = cmd.mode
+            if cmd.threshold is not None:
+                self.thresholds[cmd.mode] = cmd.threshold
         p = Pending(cmd, describe(cmd), target)
         self.pending[cmd.id] = p
         self.version += 1
@@ -243,3 +265,27 @@ def _implied_overrides(lrs: tuple[float, ...], schedule: tuple[float, ...]) -> t
 def fmt_lr(lr: float) -> str:
     """A learning rate in 3 significant digits."""
     return "—" if not math.isfinite(lr) else f"{lr:.3g}"
+
+
+PREVIEW_STEPS = 200
+"""Sampled steps the clip preview (`c`) looks back over."""
+
+
+def clip_preview(store: RunStore, thresholds: dict[str, float], current: float) -> str:
+    """What each clip rule would have clipped over the last `PREVIEW_STEPS` sampled steps, for
+    the note `c` shows: norm and value at their thresholds, auto at its z-score."""
+    norms = store.series("global_norm", PREVIEW_STEPS)
+    if not norms.size:
+        return ""
+    norm_t = thresholds.get("norm", current)
+    value_t = thresholds.get("value", current)
+    z = thresholds.get("auto", AUTO_CLIP_Z)
+    peak = store.window("max_abs", PREVIEW_STEPS)
+    detail = ~np.isnan(peak).all(axis=1) if peak.size else np.zeros(0, bool)
+    over = int((np.nanmax(peak[detail], axis=1) > value_t).sum()) if detail.any() else 0
+    value = f"{over} of {int(detail.sum())} detail steps" if detail.any() else "unknown (no detail step yet)"
+    return (
+        f"Over the last {norms.size} sampled steps: norm ≤{norm_t:g} would have clipped "
+        f"{advice.clip_preview(norms, norm_t)}, value ≤{value_t:g} {value}, auto {z:g}σ "
+        f"{advice.zclip_preview(norms, z)} (m cycles the mode, ] and [ scale the threshold)."
+    )

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gradtui.model.guard import GUARD_SYMBOLS
+
 _VERDICT_STYLE = {
     "healthy": "green",
     "vanishing": "cyan",
@@ -113,5 +115,26 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
         for i in summary["interventions"]:
             inter.add_row(str(i["step"]), i["message"], in_force(i))
         console.print(inter)
+    if summary.get("guard"):
+        guard = Table(title="Guard", title_justify="left")
+        guard.add_column("step", justify="right")
+        guard.add_column("action")
+        guard.add_column("what it did")
+        for g in summary["guard"]:
+            guard.add_row(str(g["step"]), f"{GUARD_SYMBOLS.get(g['action'], '')} {g['action']}", g["detail"])
+        console.print(guard)
+    if summary.get("bad_batches"):
+        bad = Table(title="Bad batches (mon.step(loss, batch=...))", title_justify="left")
+        bad.add_column("step", justify="right")
+        bad.add_column("why")
+        bad.add_column("batch")
+        for b in summary["bad_batches"]:
+            bad.add_row(str(b["step"]), b["why"], b["batch"])
+        console.print(bad)
+    for advice in summary.get("suggestions") or []:
+        where = f" on {', '.join(advice['layers'][:6])}" if advice.get("layers") else ""
+        console.print(f"[bold]What to change: {advice['kind']}{where} (from step {advice['first_step']})[/bold]")
+        console.print(f"  cause: {advice['cause']}", markup=False)
+        console.print(f"  cure:  {advice['cure']}", markup=False)
     if summary.get("error"):
         console.print(f"[red]The run ended with an error:[/red]\n{summary['error']}")

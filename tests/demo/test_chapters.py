@@ -193,6 +193,30 @@ def test_chapter_relu_explode_clip() -> None:
     assert nan_step is not None and 60 < nan_step < 80
 
 
+def test_chapter_relu_explode_guard() -> None:
+    w = plain("relu-explode-guard", 200)
+    bare = plain("relu-explode", 200)
+    assert bare.store.first_nonfinite_step is not None  # the run it heals does blow up
+    rollbacks = [g for g in w.store.guard if g.action == "rollback"]
+    # "it puts the last healthy copy back and cuts the learning rate to a quarter, on top of the warm-up"
+    assert rollbacks, "no rollback"
+    lr, schedule = w.series("lr"), w.series("schedule_lr")
+    cut = 0.25 ** len(rollbacks)
+    assert lr[-1] == pytest.approx(cut * 0.02) and schedule[-1] == pytest.approx(0.02)
+    assert lr[29] == pytest.approx(cut * schedule[29]) or rollbacks[-1].step > 29
+    # "When the exploding flag stays critical for 3 steps, or a step turns NaN"
+    first = min(a.step for a in w.raised("exploding"))
+    critical = [a for a in w.raised("exploding") if a.level == "critical"]
+    assert critical and rollbacks[0].step <= critical[0].step + 4
+    # "Each rollback is a line in the log (⟲, the step it went back to, the new learning rate) and an R"
+    for r in rollbacks:
+        assert r.detail.startswith("rolled back to step ") and " -> " in r.detail
+        assert any(m.step == r.step and m.kind == "rollback" for m in w.store.markers)
+    # "The run ends finite and its loss keeps falling"
+    assert all(np.isfinite(w.losses[-50:]))
+    assert w.mean_loss(20) < w.losses[first] and w.mean_loss(20) < float(np.mean(w.losses[100:120]))
+
+
 def test_chapter_deep_linear() -> None:
     w = plain("deep-linear", 300)
     # "Watch the global norm burst by orders of magnitude (the exploding flag, from the first steps)"

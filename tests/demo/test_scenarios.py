@@ -12,7 +12,7 @@ import torch
 
 import gradtui
 from gradtui.demo.scenarios import SCENARIOS, get
-from gradtui.model.events import Alert, StepStats
+from gradtui.model.events import Alert, GuardAction, StepStats
 
 GRADIENT_KINDS = ("vanishing", "exploding", "nonfinite", "dead")
 RecordProperty = Callable[[str, object], None]
@@ -35,6 +35,7 @@ class Trained:
     stats: list[StepStats] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    guard: list[GuardAction] = field(default_factory=list)
 
     @property
     def first_nonfinite(self) -> int | None:
@@ -60,12 +61,19 @@ class Trained:
         return float(np.mean(self.losses[-last:]))
 
 
-def train(name: str, *, seed: int = 0, steps: int | None = None, stop_after_nonfinite: int | None = None) -> Trained:
+def train(
+    name: str,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    stop_after_nonfinite: int | None = None,
+    guard: bool = False,
+) -> Trained:
     """Train scenario `name` under `gradtui.watch` and collect its events."""
     scenario = get(name)
     run = scenario.build(seed, "cpu")
     out = Trained()
-    mon = gradtui.watch(run.model, run.optimizer, queue=100_000, serve=False, **scenario.watch_options)
+    mon = gradtui.watch(run.model, run.optimizer, queue=100_000, serve=False, guard=guard, **scenario.watch_options)
     left: int | None = None
     with mon:
         for _ in range(steps if steps is not None else scenario.steps):
@@ -83,6 +91,8 @@ def train(name: str, *, seed: int = 0, steps: int | None = None, stop_after_nonf
             out.stats.append(event)
         elif isinstance(event, Alert):
             out.alerts.append(event)
+        elif isinstance(event, GuardAction):
+            out.guard.append(event)
     assert len(out.stats) == len(out.losses), "the queue dropped events"
     return out
 
@@ -178,6 +188,29 @@ def test_healthy_runs_raise_no_gradient_alert_while_the_loss_goes_to_zero(
     assert run.raised(*GRADIENT_KINDS) == []
     assert run.first_nonfinite is None
     assert run.mean_loss(20) < 0.02
+
+
+# ---------------------------------------------------------------- the guard
+
+
+@pytest.mark.parametrize("name", ["relu-explode", "high-lr"])
+def test_the_guard_heals_the_runs_that_blow_up(name: str, record_property: RecordProperty) -> None:
+    bare, run = train(name), train(name, guard=True)
+    first = run.first_alert("exploding", "nonfinite")
+    assert first is not None
+    record_property("guard_actions", [(a.step, a.action) for a in run.guard])
+    assert "rollback" in {a.action for a in run.guard} and "lr_cut" in {a.action for a in run.guard}
+    assert all(math.isfinite(x) for x in run.losses[-20:])
+    assert run.mean_loss(20) < run.losses[first]  # lower than when the alarm went up
+    assert run.mean_loss(20) < bare.mean_loss(20) or not math.isfinite(bare.mean_loss(20))
+    assert not any(run.active_at(run.stats[-1].step, kind) for kind in ("exploding", "nonfinite"))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "residual-mlp", "cnn-bn", "lstm", "opt-step-lr"])
+def test_the_guard_leaves_healthy_runs_alone_bit_for_bit(name: str) -> None:
+    bare, run = train(name), train(name, guard=True)
+    assert run.guard == []
+    assert run.losses == bare.losses
 
 
 # The other chapters' claims are checked in test_chapters.py, one test per chapter.

@@ -15,8 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 import gradtui
-from gradtui.model.commands import SetLR
-from gradtui.model.events import StepStats
+from gradtui.model.commands import Rollback, SetLR
+from gradtui.model.events import GuardAction, StepStats
 
 STEPS = 4
 LR_CHANGE_STEP = 2
@@ -53,6 +53,9 @@ def main() -> None:
             if isinstance(layer, nn.Linear):
                 fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
+    if inject == "guard":
+        guarded(model, rank, out)
+        return
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = gradtui.watch(model, opt, queue=True, detail_every=1, detectors=False)
     xs, ys = data()
@@ -87,6 +90,40 @@ def main() -> None:
         result["nonfinite"] = [s.nonfinite.tolist() for s in steps]
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # neither rank tears down gloo while the other still talks to it
+    dist.destroy_process_group()
+
+
+def guarded(model: nn.Module, rank: int, out: Path) -> None:
+    """Adam + StepLR under the guard: rank 0 asks for a rollback at step 1 (as its detectors
+    would), rank 1's gradients turn NaN at step 3; both ranks must act at the same steps."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    mon = gradtui.watch(model, opt, queue=True, every=1, guard=gradtui.Guard(snapshot_every=2, lr_factor=0.5))
+    xs, ys = data()
+    per = xs.shape[1] // 2
+    start: dict[str, torch.Tensor] = {}
+    back, lrs = [], []
+    for step in range(STEPS):
+        if step == 0:
+            start = {k: v.clone() for k, v in model.state_dict().items()}
+        x, y = xs[step, rank * per : (rank + 1) * per], ys[step, rank * per : (rank + 1) * per]
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if step == 3 and rank == 1:
+            next(iter(model.parameters())).grad.view(-1)[0] = float("nan")  # type: ignore[union-attr]
+        if step == 1 and rank == 0:
+            mon.send(Rollback("asked by the test"))
+        mon.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if all(torch.equal(v, start[k]) for k, v in model.state_dict().items()):
+            back.append(step)  # rolled back, and the optimizer step after it applied nothing
+        sched.step()
+    mon.close()
+    actions = [[e.step, e.action] for e in mon.events.drain() if isinstance(e, GuardAction)] if mon.events else []
+    weights = [v.tolist() for v in model.state_dict().values()]
+    (out / f"rank{rank}.json").write_text(json.dumps({"back": back, "lrs": lrs, "actions": actions, "w": weights}))
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -362,10 +362,13 @@ def test_the_socket_is_removed_on_normal_exit_exception_and_sigterm_and_ls_clean
             proc, rt = procs[name]
             wait_for(lambda rt=rt: any(rt.glob("*.sock")), 60, f"the {name} run's socket")
         watcher = SocketSource(next(procs["sigterm"][1].glob("*.sock")))
+        got: list[Event] = []
+        # Attached before the signal (on a loaded box the handshake may take a while): the end
+        # must come as a RunEnd, not as a connection cut before the viewer was let in.
+        _poll_until(watcher, got, lambda ev: any(isinstance(e, RunStart) for e in ev), 30, "the SIGTERM run's start")
         procs["sigterm"][0].send_signal(signal.SIGTERM)
         procs["sigkill"][0].kill()
         codes = {name: proc.wait(60) for name, (proc, _) in procs.items()}
-        got: list[Event] = []
         _poll_until(watcher, got, lambda ev: any(isinstance(e, RunEnd) for e in ev), 10, "the RunEnd of SIGTERM")
         watcher.close()
     finally:

@@ -98,6 +98,19 @@ def test_nonfinite_values_name_the_rank_they_came_from(mode: str, tmp_path: Path
     assert sum(primary["nonfinite"][last]) == (1 if mode == "fsdp2" else 0)  # type: ignore[index]
 
 
+def test_every_rank_rolls_back_at_the_same_step(tmp_path: Path) -> None:
+    ranks = run_ranks("ddp-guard", tmp_path)
+    # A rollback asked on rank 0 (step 1) and rank 1's NaN (step 3): both ranks back at the
+    # state of step 0, at the same steps, with the same learning rate cut on top of StepLR.
+    assert ranks[0]["back"] == ranks[1]["back"] == [1, 3]
+    assert ranks[0]["lrs"] == ranks[1]["lrs"]
+    lrs = ranks[0]["lrs"]
+    assert lrs == pytest.approx([0.01, 0.01 * 0.9 * 0.5, 0.01 * 0.81 * 0.5, 0.01 * 0.729 * 0.25])  # type: ignore[arg-type]
+    assert ranks[0]["actions"] == [[1, "rollback"], [1, "lr_cut"], [3, "skip"], [3, "rollback"], [3, "lr_cut"]]
+    assert ranks[1]["actions"] == []  # only rank 0 reports
+    assert ranks[0]["w"] == ranks[1]["w"]
+
+
 @pytest.mark.gpu
 def test_classic_fsdp_needs_an_accelerator_so_it_runs_only_on_gpu(tmp_path: Path) -> None:
     if torch.cuda.device_count() < 2:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 
-from gradtui.model.events import Alert
+from gradtui.model.events import Alert, GuardAction
 from gradtui.ui.widgets.alert_log import MAX_GROUPS_PER_BATCH, AlertGroup, AlertLog, alert_text
 
 LAYERS = ["0", "2", "4", "6", "8", "10"]
@@ -95,6 +95,7 @@ def test_enter_and_a_click_open_the_group_under_them() -> None:
             "    layer 0: ‖g‖ 6.3e+02 (threshold 1.2e+02)",
             "    layer 2: ‖g‖ 4.8e+02 (threshold 1.2e+02)",
         ]
+
         # The cursor (while focused) marks the group's own line, not its layers.
         def marked(y: int) -> bool:
             return any(seg.style is not None and seg.style.reverse for seg in log.render_line(y))
@@ -166,5 +167,24 @@ def test_an_open_group_that_grows_is_redrawn_in_place() -> None:
         # What is drawn is what the entries say, line for line.
         drawn = [log.render_line(y).text.rstrip() for y in range(4)]
         assert drawn == log.plain_lines
+
+    drive(body)
+
+
+def test_the_guard_says_what_it_did_and_a_run_of_skips_is_one_line() -> None:
+    async def body(app: LogApp, log: AlertLog, pilot: Pilot[None]) -> None:
+        for step in (41, 42, 43):
+            log.add_guard(GuardAction(step, "skip", "non-finite loss or gradients"))
+        log.add_guard(
+            GuardAction(44, "rollback", "rolled back to step 25 (non-finite gradients at step 44), lr 0.02 -> 0.005")
+        )
+        log.add_guard(GuardAction(44, "lr_cut", "lr 0.02 -> 0.005 (x0.25, cut 1)"))
+        log.add_guard(GuardAction(50, "skip", "non-finite loss or gradients"))
+        await pilot.pause()
+        assert log.plain_lines == [
+            "steps 41-43 ⤼ 3 non-finite steps skipped (updates not applied)",
+            "step 44 ⟲ rolled back to step 25 (non-finite gradients at step 44), lr 0.02 -> 0.005",
+            "step 50 ⤼ non-finite loss or gradients",
+        ]
 
     drive(body)

@@ -14,7 +14,7 @@ import pytest
 from textual.pilot import Pilot
 from ui_helpers import manual_app, synthetic_source, text_of
 
-from gradtui.model.commands import SetClip, SetLR, SetPaused
+from gradtui.model.commands import AUTO_CLIP_Z, SetClip, SetLR, SetPaused
 from gradtui.ui.app import GradTUIApp
 from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog
 from gradtui.ui.screens.help import HelpScreen
@@ -88,6 +88,11 @@ def test_clip_toggle_off_on_keeps_mode_and_threshold_and_m_cycles() -> None:
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
         assert "clip value ≤0.25" in status(app)
+        await pilot.press("m")
+        # The adaptive mode, with its own threshold (a z-score, not the value's 0.25).
+        assert src.sent[-1] == SetClip("auto", AUTO_CLIP_Z, id=src.sent[-1].id)
+        await ack(app, pilot)
+        assert f"clip auto {AUTO_CLIP_Z:g}σ" in status(app)
         await pilot.press("m")
         assert src.sent[-1] == SetClip("norm", 0.25, id=src.sent[-1].id)
         await ack(app, pilot)

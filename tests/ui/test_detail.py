@@ -18,9 +18,11 @@ from ui_helpers import manual_app, run_start, step_stats, store_of, text_of
 
 from gradtui.demo.catalog import TOUR
 from gradtui.demo.launcher import chapter_of
-from gradtui.model.events import GRAD_HIST_BUCKETS, GRAD_HIST_LO, Event, StepStats
+from gradtui.model.advice import zclip_preview
+from gradtui.model.events import GRAD_HIST_BUCKETS, GRAD_HIST_LO, Alert, Event, StepStats
 from gradtui.sources.synthetic import ScriptedSource
 from gradtui.ui.app import GradTUIApp, make_app
+from gradtui.ui.controls import clip_preview
 from gradtui.ui.renderables.detail_charts import HistogramChart, HistoryChart
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.tour import Tour
@@ -315,3 +317,31 @@ def test_store_keeps_each_layers_latest_histogram() -> None:
     assert store.latest_hist(2) is None
     store.reset()
     assert store.latest_hist(0) is None
+
+
+def test_a_flagged_layer_shows_what_to_change() -> None:
+    start = dataclasses.replace(run_start(3, names=NAMES), activations=("Sigmoid",))
+    events: list[Event] = [start] + [step_stats(s, [1e-6, 0.5, 0.3]) for s in range(12)]
+    events.append(Alert(8, "conv1", "vanishing", True, 1e-6, 1e-3, level="warning"))
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        await app.push_screen(LayerDetailScreen(app.store, 0))
+        await pilot.pause()
+        text = text_of(app.screen.query_one("#detail-alert-list"), width=200)
+        assert "What to change (vanishing)" in text
+        assert "the net uses Sigmoid" in text and "sigmoid-relu-he" in text
+        await pilot.press("j")  # fc1 carries no flag: no advice
+        assert "What to change" not in text_of(app.screen.query_one("#detail-alert-list"), width=200)
+
+    drive(events, body)
+
+
+def test_the_clip_preview_counts_what_each_rule_would_have_clipped() -> None:
+    norms = [1.0 + 0.01 * (s % 5) for s in range(60)]
+    norms[40] = 50.0
+    store = store_of([run_start(1)] + [step_stats(s, [g]) for s, g in enumerate(norms)])
+    text = clip_preview(store, {"norm": 1.02}, 1.0)
+    expected_norm = sum(g > 1.02 for g in norms)
+    assert f"Over the last 60 sampled steps: norm ≤1.02 would have clipped {expected_norm}," in text
+    assert "value ≤1 unknown (no detail step yet)" in text
+    assert f"auto 2.5σ {zclip_preview(np.array(norms))} " in text and zclip_preview(np.array(norms)) >= 1

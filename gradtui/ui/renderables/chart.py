@@ -24,8 +24,20 @@ BARS = " ▁▂▃▄▅▆▇█"
 _PLAIN = Style()
 """An explicit empty style: Textual's NO_COLOR filter cannot take segments with none."""
 
-MARKER_GLYPHS: dict[str, str] = {"set_lr": "L", "set_clip": "C", "set_paused": "P"}
-"""Letter drawn on the chart axis for an intervention of each command kind."""
+MARKER_GLYPHS: dict[str, str] = {
+    "set_lr": "L",
+    "set_clip": "C",
+    "set_paused": "P",
+    "rollback": "R",
+    "skip": "S",
+    "lr_cut": "L",
+    "clip": "C",
+}
+"""Letter drawn on the chart axis for an intervention (or a guard action) of each kind."""
+LR_MARKERS: tuple[str, ...] = ("set_lr", "release", "lr_cut")
+"""The markers of the learning-rate chart: what changed the learning rate."""
+PAIRED_MARKERS: frozenset[str] = frozenset({"lr_cut"})
+"""Kinds left off the other charts: a guard's LR cut always comes with its rollback's R."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from gradtui.model.advice import store_facts, suggestions
 from gradtui.model.store import LAYER_STATS, STAT_LABELS, RunStore
 from gradtui.ui.numbers import fmt_stat
 from gradtui.ui.renderables.detail_charts import (
@@ -225,6 +226,12 @@ class LayerDetailScreen(Screen[None]):
             table.add_row(Text("none so far", style="dim"))
         for a in reversed(alerts):
             table.add_row(alert_text(a, layer=False))
+        kinds = {kind for (layer, kind) in st.active_flags if layer == name}
+        for tip in suggestions(store_facts(st)) if kinds else []:
+            if tip["kind"] in kinds and name in tip["layers"]:
+                table.add_row(Text(f"What to change ({tip['kind']})", style="bold"))
+                table.add_row(Text(f"cause: {tip['cause']}"))
+                table.add_row(Text(f"cure: {tip['cure']}", style="green"))
         self.query_one("#detail-alert-list", Static).update(table)
 
     def action_back(self, _shown: int = 1) -> None:

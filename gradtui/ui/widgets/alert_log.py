@@ -25,7 +25,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 
-from gradtui.model.events import Alert, CommandResult, LogLine, RunEnd
+from gradtui.model.events import Alert, CommandResult, GuardAction, LogLine, RunEnd
+from gradtui.model.guard import GUARD_SYMBOLS
 from gradtui.ui.controls import Pending
 from gradtui.ui.numbers import fmt_count, fmt_sig
 from gradtui.ui.scale import FLAG_GLYPHS
@@ -251,6 +252,8 @@ class AlertLog(ScrollView):
         self._cursor_cache: tuple[object, tuple[int, int]] | None = None
         self._open: dict[tuple[int, str, bool, str], AlertGroup] = {}
         """Groups of the newest step, which later alerts of that step join."""
+        self._skips: tuple[int, int, int] | None = None
+        """The guard's run of skipped steps on the last line: (first step, last step, entry index)."""
 
     @property
     def plain_lines(self) -> list[str]:
@@ -535,6 +538,28 @@ class AlertLog(ScrollView):
         else:
             t.append(f"✗ {what} refused: {result.message}", style="bold red")
         self.write(t)
+
+    def add_guard(self, action: GuardAction) -> None:
+        """What the guard did. A run of skipped steps is one line that grows ("steps 41-60 ⤼ ...")."""
+        symbol = GUARD_SYMBOLS.get(action.action, "•")
+        if action.action == "lr_cut":
+            return  # its rollback's line says the new learning rate
+        if action.action == "skip" and self._skips is not None:
+            first, last, index = self._skips
+            if last == action.step - 1 and index == len(self.entries) - 1:
+                self._skips = (first, action.step, index)
+                count = action.step - first + 1
+                self.entries[index] = Text(
+                    f"steps {first}-{action.step} {symbol} {count} non-finite steps skipped (updates not applied)",
+                    style="bold magenta",
+                )
+                self._replace(index)
+                self.refresh()
+                return
+        t = Text(f"step {action.step} {symbol} ", style="dim")
+        t.append(action.detail, style="bold magenta" if action.action != "rollback" else "bold cyan")
+        self.write(t)
+        self._skips = (action.step, action.step, len(self.entries) - 1) if action.action == "skip" else None
 
     def add_end(self, end: RunEnd) -> None:
         style = {"ok": "bold green", "error": "bold red"}.get(end.status, "bold yellow")

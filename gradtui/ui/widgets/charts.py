@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from rich.style import Style
 from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
 from gradtui.model.store import RunStore
-from gradtui.ui.renderables.chart import MARKER_GLYPHS, ChartMarker, ChartStyles, SeriesChart
+from gradtui.ui.renderables.chart import MARKER_GLYPHS, PAIRED_MARKERS, ChartMarker, ChartStyles, SeriesChart
 from gradtui.ui.widgets.regions import line_runs
+
+
+def chart_markers(store: RunStore, kinds: Collection[str] | None) -> list[ChartMarker]:
+    """The axis letters of a chart that shows `kinds` of markers (None: all but the paired ones)."""
+    return [
+        ChartMarker(m.step, MARKER_GLYPHS.get(m.kind, "*"))
+        for m in store.markers
+        if (m.kind not in PAIRED_MARKERS if kinds is None else m.kind in kinds)
+    ]
 
 
 class SeriesChartWidget(Widget):
@@ -89,10 +100,7 @@ class SeriesChartWidget(Widget):
                 overlay=get("series-chart--overlay", partial=True),
             )
         styles = self._styles
-        kinds = self.marker_kinds
-        markers = [
-            ChartMarker(m.step, MARKER_GLYPHS.get(m.kind, "*")) for m in st.markers if kinds is None or m.kind in kinds
-        ]
+        markers = chart_markers(st, self.marker_kinds)
         return SeriesChart(
             st.steps(),
             st.series(self.series),

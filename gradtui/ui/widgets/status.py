@@ -226,15 +226,20 @@ class StatusHeader(Widget):
             if last is not None or run is not None:
                 clip.append(f" (≤{actual.clip_threshold:g})", style="dim")
         else:
-            clip = _chip("clip", f"{actual.clip_mode} ≤{actual.clip_threshold:g}", "bold cyan")
+            clip = _chip("clip", _clip_label(actual.clip_mode, actual.clip_threshold), "bold cyan")
             if last is not None and last.clipped:
                 clip.append(f" clipping ×{last.clip_factor:.2g}", style="bold yellow")
         pend_clip = ctl.pending_of("set_clip")
         if pend_clip:
             t = pend_clip[-1].target
-            desc = "off" if t.clip_mode == "off" else f"{t.clip_mode} ≤{t.clip_threshold:g}"
+            desc = "off" if t.clip_mode == "off" else _clip_label(t.clip_mode, t.clip_threshold)
             clip.append(f" → {desc} pending", style="bold yellow")
         line2.append(_ranked(clip, 4))
+        if run is not None and run.guard:
+            backs = sum(g.action == "rollback" for g in st.guard)
+            skips = sum(g.action == "skip" for g in st.guard)
+            acted = f"⟲{backs} ⤼{skips}" if backs or skips else "on"
+            line2.append(_ranked(_chip("guard", acted, "bold magenta" if backs or skips else "bold"), 7))
 
         counts: dict[str, int] = {}
         for _layer, kind in st.active_flags:
@@ -316,3 +321,8 @@ def _fmt_nan(value: float | None) -> str:
     if math.isnan(value):
         return "nan"
     return fmt_number(value)
+
+
+def _clip_label(mode: str, threshold: float) -> str:
+    """ "norm ≤1", "value ≤0.5"; adaptive clipping's threshold is a z-score: "auto 2.5σ"."""
+    return f"auto {threshold:g}σ" if mode == "auto" else f"{mode} ≤{threshold:g}"
