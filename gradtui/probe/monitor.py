@@ -372,7 +372,8 @@ class Monitor:
         if self._stepped is not None:
             self._stepped.disarm()
         guard = self.guard
-        index = stats.grad_index() if sampled or clip is not None or guard is not None else None
+        checked = guard is not None and (sampled or guard.config.every_step)
+        index = stats.grad_index() if sampled or clip is not None or checked else None
         if index is not None and sampled:
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
@@ -391,8 +392,8 @@ class Monitor:
                 self._arm_stepped(index[0])
         elif index is not None and clip is not None:
             clip(stats.grads(index[0]), None, index[0])
-        if guard is not None and index is not None:
-            guard.check(step, stats.grads(index[0]), index[0], loss, scale is not None)
+        if guard is not None:
+            guard.check(step, stats.grads(index[0]) if checked and index is not None else None, loss, scale is not None)
             if guard.finish(step, scale is not None) and self._stepped is not None:
                 self._stepped.disarm()  # no optimizer step uses these gradients
         if not stats.defer and self._stepped is None:

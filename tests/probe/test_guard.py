@@ -79,7 +79,7 @@ class Loop:
 
 def watched(guard: Any = True, **options: Any) -> Loop:
     model, opt = make()
-    mon = gradtui.watch(model, opt, queue=10_000, serve=False, every=1, guard=guard, **options)
+    mon = gradtui.watch(model, opt, queue=10_000, serve=False, guard=guard, **{"every": 1, **options})
     return Loop(model, opt, mon)
 
 
@@ -327,3 +327,56 @@ def test_the_ledger_keeps_the_batch_of_a_loss_spike_without_a_guard() -> None:
     spikes = [e for e in events if isinstance(e, Alert) and e.kind == "loss_spike" and e.active]
     assert [a.step for a in spikes] == [30], spikes
     assert [(b.step, b.why, b.batch) for b in events if isinstance(b, BadBatch)] == [(30, "loss_spike", "shard-30")]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.to_dense().contiguous().reshape(-1).view(torch.uint8)
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_the_fused_finiteness_check_agrees_with_isfinite_and_leaves_values_as_they_were(bad: float | None) -> None:
+    from gradtui.probe.amp import any_nonfinite
+
+    torch.manual_seed(1)
+    dense = [
+        torch.randn(5, dtype=torch.float16),
+        torch.randn(3, 4, dtype=torch.bfloat16).t(),  # not contiguous
+        torch.randn(7),
+        torch.randn(2, 3, dtype=torch.float64) * 1e300,  # finite, far past float32's range
+        torch.tensor([1e-45]),  # a denormal: x * 1.0 must keep it
+    ]
+    sparse = torch.sparse_coo_tensor([[0, 2]], [1.0, 2.0], (4,), check_invariants=True)
+    for where in range(len(dense) + 1):
+        tensors = [t.clone() for t in dense] + [sparse.clone()]
+        if bad is not None and where < len(dense):
+            tensors[where][(-1,) * tensors[where].dim()] = bad
+        elif bad is not None:
+            tensors[-1] = torch.sparse_coo_tensor([[0, 2]], [1.0, bad], (4,), check_invariants=True)
+        before = [t.clone() for t in tensors]
+        expect = not all(bool(torch.isfinite(t.to_dense()).all()) for t in tensors)
+        assert bool(any_nonfinite(tensors, torch.device("cpu"))) is expect
+        for a, b in zip(tensors, before, strict=True):
+            assert torch.equal(bits(a), bits(b))
+        if bad is None:
+            break
+    assert not bool(any_nonfinite([], torch.device("cpu")))
+
+
+def test_gradients_are_checked_at_sampled_steps_and_the_next_loss_catches_the_rest() -> None:
+    # every=4: step 5 is not sampled. Its NaN gradient (under a finite loss) is applied, the
+    # model turns NaN, and step 6's loss is the alarm: skipped and rolled back to step 4.
+    loop = watched(Guard(snapshot_every=4), every=4)
+    loop.run(range(8), nan_at(5))
+    loop.close()
+    assert [(a.step, a.action) for a in loop.actions()][:3] == [(6, "skip"), (6, "rollback"), (6, "lr_cut")]
+    assert all(torch.isfinite(p).all() for p in loop.model.parameters())
+    assert "rolled back to step 0" in loop.actions()[1].detail  # 4 was a candidate with 5 unjudged
+
+
+def test_every_step_checks_the_gradients_of_unsampled_steps_too() -> None:
+    loop = watched(Guard(snapshot_every=4, every_step=True), every=4)
+    loop.run(range(8), nan_at(5))
+    loop.close()
+    # Skipped at once: the NaN never reaches the model, so step 6's loss raises nothing.
+    assert [(a.step, a.action) for a in loop.actions()] == [(5, "skip"), (5, "rollback"), (5, "lr_cut")]
+    assert all(torch.isfinite(p).all() for p in loop.model.parameters())
