@@ -65,6 +65,17 @@ def _run_table(summary: dict[str, Any]) -> Table | None:
     return table
 
 
+def _step_table(title: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Table:
+    """One row per step: the step, then `columns`."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("step", justify="right")
+    for column in columns:
+        table.add_column(column)
+    for step, *cells in rows:
+        table.add_row(str(step), *cells)
+    return table
+
+
 def print_report(summary: dict[str, Any], path: str, console: Console | None = None) -> None:
     """Print a report summary (see `gradtui.model.report.summarize`)."""
     console = console or Console()
@@ -107,30 +118,19 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
         console.print(alerts)
     else:
         console.print("No alerts.")
-    if summary.get("interventions"):
-        inter = Table(title="Interventions", title_justify="left")
-        inter.add_column("step", justify="right")
-        inter.add_column("change")
-        inter.add_column("in force after")
-        for i in summary["interventions"]:
-            inter.add_row(str(i["step"]), i["message"], in_force(i))
-        console.print(inter)
-    if summary.get("guard"):
-        guard = Table(title="Guard", title_justify="left")
-        guard.add_column("step", justify="right")
-        guard.add_column("action")
-        guard.add_column("what it did")
-        for g in summary["guard"]:
-            guard.add_row(str(g["step"]), f"{GUARD_SYMBOLS.get(g['action'], '')} {g['action']}", g["detail"])
-        console.print(guard)
-    if summary.get("bad_batches"):
-        bad = Table(title="Bad batches (mon.step(loss, batch=...))", title_justify="left")
-        bad.add_column("step", justify="right")
-        bad.add_column("why")
-        bad.add_column("batch")
-        for b in summary["bad_batches"]:
-            bad.add_row(str(b["step"]), b["why"], b["batch"])
-        console.print(bad)
+    steps = [
+        ("interventions", "Interventions", ("change", "in force after"), lambda i: (i["message"], in_force(i))),
+        (
+            "guard",
+            "Guard",
+            ("action", "what it did"),
+            lambda g: (f"{GUARD_SYMBOLS.get(g['action'], '')} {g['action']}", g["detail"]),
+        ),
+        ("bad_batches", "Bad batches (mon.step(loss, batch=...))", ("why", "batch"), lambda b: (b["why"], b["batch"])),
+    ]
+    for key, title, columns, cells in steps:
+        if summary.get(key):
+            console.print(_step_table(title, columns, [(e["step"], *cells(e)) for e in summary[key]]))
     for advice in summary.get("suggestions") or []:
         where = f" on {', '.join(advice['layers'][:6])}" if advice.get("layers") else ""
         console.print(f"[bold]What to change: {advice['kind']}{where} (from step {advice['first_step']})[/bold]")

@@ -12,8 +12,10 @@ import pytest
 
 from gradtui.model.events import (
     Alert,
+    BadBatch,
     CommandResult,
     Event,
+    GuardAction,
     LayerInfo,
     RunEnd,
     RunStart,
@@ -211,3 +213,23 @@ def test_the_table_shows_the_new_summaries(tmp_path: Path) -> None:
     assert "in force after" in text and "clip norm 1" in text
     assert in_force({"lrs": [0.05, None], "clip": {"mode": "off", "threshold": 1.0}}) == "lr 0.05, —; clip off"
     assert in_force({"paused": True}) == "paused" and in_force({"lrs": None}) == "—" and in_force({}) == ""
+
+
+def test_the_table_shows_what_the_guard_did_and_the_bad_batches() -> None:
+    from rich.console import Console
+
+    from gradtui.ui.report_view import print_report
+
+    events = _run_events()[:-1] + [
+        GuardAction(1, "skip", "non-finite loss or gradients"),
+        GuardAction(1, "rollback", "rolled back to step 0, lr 0.1 -> 0.025"),
+        BadBatch(1, "rollback", "3,17,42"),
+        RunEnd(2, "ok"),
+    ]
+    console = Console(record=True, width=160, color_system=None)
+    print_report(summarize(events), "r.gtr", console=console)
+    lines = [" ".join(line.replace("│", " ").split()) for line in console.export_text().splitlines()]
+    assert "1 ⤼ skip non-finite loss or gradients" in lines
+    assert "1 ⟲ rollback rolled back to step 0, lr 0.1 -> 0.025" in lines
+    assert "1 rollback 3,17,42" in lines
+    assert "1 clipping off -> norm 1 clip norm 1" in lines  # the interventions' table, as before
