@@ -99,6 +99,8 @@ class RunStore:
     results: list[CommandResult] = field(default_factory=list)
     guard: list[GuardAction] = field(default_factory=list)
     """What the guard did (skips, rollbacks, clips, learning-rate cuts)."""
+    guard_counts: dict[str, int] = field(default_factory=dict)
+    """How many of each guard action (for the header, which must not count a long list a frame)."""
     bad_batches: list[BadBatch] = field(default_factory=list)
     first_weight_norm: np.ndarray | None = None
     """Per-layer weight norms at the first detail step (the init, for the advice)."""
@@ -149,6 +151,7 @@ class RunStore:
             self.bad_batches.append(event)
         elif isinstance(event, GuardAction):
             self.guard.append(event)
+            self.guard_counts[event.action] = self.guard_counts.get(event.action, 0) + 1
             self.markers.append(Marker(event.step, event.action, event.detail))
         elif isinstance(event, Dropped):
             self.dropped_total = max(self.dropped_total + event.count, event.total)

@@ -36,7 +36,7 @@ from gradtui.model.guard import Guard, batch_text
 from gradtui.probe import snapshot
 from gradtui.probe.amp import any_nonfinite
 from gradtui.probe.control import Control
-from gradtui.probe.stats import GradStats, loss_tensor
+from gradtui.probe.stats import GradStats, host_loss, loss_tensor
 
 log = logging.getLogger("gradtui")
 
@@ -108,7 +108,6 @@ class Keeper:
         self.discard = False
         """This step's gradients must not be applied (a skip or a rollback at this boundary)."""
         self.rollbacks = 0
-        self.skips = 0
         self.snapshots_taken = 0
         self.confirmed: snapshot.Snapshot | None = None
         self.candidate: snapshot.Snapshot | None = None
@@ -136,7 +135,6 @@ class Keeper:
             return
         if self.config.skip:
             self.discard = True
-            self.skips += 1
             self._act(step, "skip", "non-finite loss or gradients: this step's update is not applied")
             self._ledger.note(step, "skip")
         if self.config.rollback and self._can_roll_back():
@@ -144,11 +142,15 @@ class Keeper:
 
     def _finite(self, grads: list[torch.Tensor] | None, loss: Any) -> bool:
         stats = self.stats
-        if grads is None and loss is None:
-            return True
+        value = host_loss(loss)  # a number or a CPU tensor: read without a device sync
+        loss_ok = value is None or math.isfinite(value)
+        if grads is None and stats.dist is None and (loss is None or value is not None):
+            return loss_ok  # an unsampled step on one process: no tensor op at all
         ok = ~any_nonfinite(grads or [], stats.device)
-        if loss is not None:
+        if value is None and loss is not None:
             ok = ok & torch.isfinite(loss_tensor(loss, stats.device, stats.acc)).all()
+        elif not loss_ok:
+            ok = torch.zeros_like(ok)
         if stats.dist is not None:
             return stats.dist.all_true(ok)
         return bool(ok)

@@ -352,3 +352,25 @@ def test_shift_l_releases_the_overrides_to_the_loop() -> None:
         assert "lr 0.1 " in status(app) and "(loop" not in status(app)
 
     drive(app, body)
+
+
+def test_header_counts_what_the_guard_did() -> None:
+    from gradtui.model.events import GuardAction
+
+    src = synthetic_source(layers=4, prefill=5)
+    app = manual_app(src)
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        assert "guard" not in status(app)  # a run without a guard has no chip
+        assert app.store.run is not None
+        app.store.run = dataclasses.replace(app.store.run, guard=True)
+        app.refresh_views(force=True)
+        await pilot.pause()
+        assert "guard on" in status(app)
+        app.ingest([GuardAction(5, "skip", "non-finite"), GuardAction(6, "skip", "non-finite")])
+        app.ingest([GuardAction(6, "rollback", "rolled back to step 0"), GuardAction(6, "lr_cut", "lr 0.1 -> 0.025")])
+        app.refresh_views(force=True)
+        await pilot.pause()
+        assert "guard ⟲1 ⤼2" in status(app), status(app)
+
+    drive(app, body)

@@ -236,8 +236,7 @@ class StatusHeader(Widget):
             clip.append(f" → {desc} pending", style="bold yellow")
         line2.append(_ranked(clip, 4))
         if run is not None and run.guard:
-            backs = sum(g.action == "rollback" for g in st.guard)
-            skips = sum(g.action == "skip" for g in st.guard)
+            backs, skips = st.guard_counts.get("rollback", 0), st.guard_counts.get("skip", 0)
             acted = f"⟲{backs} ⤼{skips}" if backs or skips else "on"
             line2.append(_ranked(_chip("guard", acted, "bold magenta" if backs or skips else "bold"), 7))
 
