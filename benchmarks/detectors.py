@@ -2,14 +2,16 @@
 
 Healthy runs of several architectures, optimisers and schedules train 5,000-8,000 steps
 each, converging or memorising (label noise), under `gradtui.watch(record=...)`; blow-ups
-train until their gradients turn non-finite. Each run's record is then read back and its
-StepStats go through `Detectors` (as `gradtui report` does), so the same records can be
-judged by other detector code (`--replay`). Prints one table:
+train until their gradients turn non-finite. Every run trains twice, at the default settings
+(the overhead budget chooses the sampling stride) and at `every=1`. Each record is then read
+back and its StepStats (and, at a stride, the RunSteps of the unsampled steps) go through
+`Detectors` (as `gradtui report` does), so the same records can be judged by other detector
+code (`--replay`). Prints one table, the two settings side by side:
 
 - healthy runs: gradient alarms (vanishing, exploding, non-finite, dead; each flag counted
   once, at the highest level it reached) per 10k steps, by level;
-- blow-ups: the first non-finite step, and the lead (steps from the first alert, and from
-  the first critical alert, to it).
+- blow-ups: the first non-finite step, the step of the first alert and of the first critical
+  alert, and the lead of each over the first non-finite step.
 
     .venv/bin/python benchmarks/detectors.py                  # train and judge (about 6 min)
     .venv/bin/python benchmarks/detectors.py --save DIR       # ... keeping the records in DIR
@@ -31,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -314,8 +317,12 @@ AFTER_NONFINITE = 5
 """Steps a blow-up trains on after its first non-finite gradient (the flags' aftermath is not judged)."""
 
 
-def _train(setup: Setup, record: Path) -> None:
-    mon = gradtui.watch(setup.model, setup.opt, record=record, serve=False)
+SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "every=1": {"every": 1}}
+"""The two ways each run is watched: `watch()`'s defaults, and every step sampled."""
+
+
+def _train(setup: Setup, record: Path, options: dict[str, Any]) -> None:
+    mon = gradtui.watch(setup.model, setup.opt, record=record, serve=False, **options)
     left: int | None = None
     with mon:
         for i in range(setup.steps):
@@ -340,13 +347,13 @@ def _train(setup: Setup, record: Path) -> None:
                     break
 
 
-def _train_demo(name: str, seed: int, record: Path) -> None:
+def _train_demo(name: str, seed: int, record: Path, settings: dict[str, Any]) -> None:
     from gradtui.demo.scenarios import get
 
     scenario = get(name)
     run = scenario.build(seed, "cpu")
-    options = {k: v for k, v in scenario.watch_options.items() if k != "detectors"}
-    mon = gradtui.watch(run.model, run.optimizer, record=record, serve=False, **options)
+    options = {k: v for k, v in scenario.watch_options.items() if k not in ("detectors", "every")}
+    mon = gradtui.watch(run.model, run.optimizer, record=record, serve=False, **options, **settings)
     left: int | None = None
     with mon:
         for _ in range(scenario.steps):
@@ -377,7 +384,8 @@ def _level(alert: object) -> str:
 
 
 def judge(record: Path) -> Verdict:
-    """Replay a record's StepStats through this code's detectors."""
+    """Replay a record through this code's detectors: each sampled step whole, each unsampled one
+    (`RunSteps`, in records made with a sampling stride) through the run-wide rules, in step order."""
     events = read_record(record).events
     start = next(e for e in events if isinstance(e, RunStart))
     det = Detectors([layer.name for layer in start.layers], numel=[layer.numel for layer in start.layers])
@@ -386,12 +394,20 @@ def judge(record: Path) -> Verdict:
     steps = 0
     first_nonfinite = first_alert = first_critical = None
     for ev in events:
-        if not isinstance(ev, StepStats):
-            continue
-        steps += 1
-        if first_nonfinite is None and (bool(np.asarray(ev.nonfinite).any()) or not math.isfinite(ev.global_norm)):
-            first_nonfinite = ev.step
-        for a in det.update(ev):
+        alerts: list[Any] = []
+        if isinstance(ev, StepStats):
+            steps += 1
+            if first_nonfinite is None and (bool(np.asarray(ev.nonfinite).any()) or not math.isfinite(ev.global_norm)):
+                first_nonfinite = ev.step
+            alerts = det.update(ev)
+        elif type(ev).__name__ == "RunSteps":  # by name: an older checkout (--replay) has no such event
+            run: Any = ev
+            for step, loss, norm in zip(run.steps.tolist(), run.loss.tolist(), run.global_norm.tolist(), strict=True):
+                steps += 1
+                if first_nonfinite is None and not math.isfinite(norm):
+                    first_nonfinite = int(step)
+                alerts.extend(det.update_run(int(step), float(loss), float(norm)))
+        for a in alerts:
             if a.kind not in GRADIENT_KINDS:
                 continue
             key = (a.layer, a.kind)
@@ -416,7 +432,7 @@ def judge(record: Path) -> Verdict:
 # ---------------------------------------------------------------- main
 
 
-def _cases() -> Iterator[tuple[str, bool, Callable[[Path], None]]]:
+def _cases() -> Iterator[tuple[str, bool, Callable[[Path, dict[str, Any]], None]]]:
     for name, make in HEALTHY.items():
         yield name, True, functools.partial(_train_setup, make, 0)
     for name, make in BLOWUPS.items():
@@ -427,12 +443,13 @@ def _cases() -> Iterator[tuple[str, bool, Callable[[Path], None]]]:
             yield f"demo {name} seed {seed}", False, functools.partial(_train_demo, name, seed)
 
 
-def _train_setup(make: Callable[[int], Setup], seed: int, record: Path) -> None:
-    _train(make(seed), record)
+def _train_setup(make: Callable[[int], Setup], seed: int, record: Path, options: dict[str, Any]) -> None:
+    _train(make(seed), record, options)
 
 
-def _file(folder: Path, name: str) -> Path:
-    return folder / ("".join(c if c.isalnum() or c in "-_" else "_" for c in name.split(" (")[0]) + ".gtr")
+def _file(folder: Path, name: str, setting: str) -> Path:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.split(" (")[0])
+    return folder / f"{stem}.{setting.replace('=', '')}.gtr"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,48 +466,68 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.replay or args.save or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        rows: list[tuple[str, bool, Verdict]] = []
+        rows: list[tuple[str, bool, dict[str, Verdict]]] = []
         for name, healthy, train in _cases():
             if args.only and args.only not in name:
                 continue
-            path = _file(folder, name)
-            t0 = time.perf_counter()
-            if not args.replay:
-                path.unlink(missing_ok=True)
-                train(path)
-            elif not path.exists():
-                print(f"{name}: no record {path}, skipped", file=sys.stderr)
-                continue
-            rows.append((name, healthy, judge(path)))
-            print(f"  {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            verdicts: dict[str, Verdict] = {}
+            for setting, options in SETTINGS.items():
+                path = _file(folder, name, setting)
+                t0 = time.perf_counter()
+                if not args.replay:
+                    path.unlink(missing_ok=True)
+                    train(path, options)
+                elif not path.exists():
+                    print(f"{name} ({setting}): no record {path}, skipped", file=sys.stderr)
+                    continue
+                verdicts[setting] = judge(path)
+                print(f"  {name} ({setting}): {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            rows.append((name, healthy, verdicts))
     _print(rows)
     return 0
 
 
-def _print(rows: list[tuple[str, bool, Verdict]]) -> None:
+def _print(rows: list[tuple[str, bool, dict[str, Verdict]]]) -> None:
     healthy = [(n, v) for n, h, v in rows if h]
     blowups = [(n, v) for n, h, v in rows if not h]
     if healthy:
         width = max(len(n) for n, _ in healthy)
-        print(f"{'healthy run':<{width}}  {'steps':>6}  gradient alarms per 10k steps: info / warning / critical")
-        for name, v in healthy:
-            per = [f"{v.alarms[lvl] * 10_000 / max(1, v.steps):7.1f}" for lvl in LEVELS]
-            print(f"{name:<{width}}  {v.steps:>6}  {' / '.join(per)}")
+        head = "  ".join(f"{s + ': info / warning / critical':>33}" for s in SETTINGS)
+        print(f"{'healthy run (alarms per 10k steps)':<{width}}  {'steps':>6}  {head}")
+        for name, verdicts in healthy:
+            cells = []
+            for setting in SETTINGS:
+                v = verdicts.get(setting)
+                per = [f"{v.alarms[lvl] * 10_000 / max(1, v.steps):.1f}" for lvl in LEVELS] if v else ["-"] * 3
+                cells.append(f"{' / '.join(per):>33}")
+            steps = max((v.steps for v in verdicts.values()), default=0)
+            print(f"{name:<{width}}  {steps:>6}  {'  '.join(cells)}")
     if blowups:
         width = max(len(n) for n, _ in blowups)
         print()
-        print(
-            f"{'blow-up':<{width}}  {'first non-finite':>16}  {'lead (first alert)':>18}  {'lead (first critical)':>21}"
-        )
-        for name, v in blowups:
+        head = "  ".join(f"{s + ': NaN  alert (lead)  critical (lead)':>40}" for s in SETTINGS)
+        print(f"{'blow-up':<{width}}  {head}")
+        for name, verdicts in blowups:
+            cells = []
+            for setting in SETTINGS:
+                v = verdicts.get(setting)
+                cells.append(f"{_blowup_cell(v) if v else '-':>40}")
+            print(f"{name:<{width}}  {'  '.join(cells)}")
 
-            def lead(step: int | None, v: Verdict = v) -> str:
-                if v.first_nonfinite is None:
-                    return "-"
-                return "none" if step is None or step > v.first_nonfinite else str(v.first_nonfinite - step)
 
-            nonfinite = "none" if v.first_nonfinite is None else str(v.first_nonfinite)
-            print(f"{name:<{width}}  {nonfinite:>16}  {lead(v.first_alert):>18}  {lead(v.first_critical):>21}")
+def _blowup_cell(v: Verdict) -> str:
+    """First non-finite step, first alert and first critical alert, each with its lead over the NaN."""
+
+    def at(step: int | None) -> str:
+        if step is None:
+            return "none"
+        if v.first_nonfinite is None:
+            return str(step)
+        lead = v.first_nonfinite - step
+        return f"{step} ({lead})" if lead >= 0 else f"{step} (late)"
+
+    nonfinite = "none" if v.first_nonfinite is None else str(v.first_nonfinite)
+    return f"{nonfinite}  {at(v.first_alert)}  {at(v.first_critical)}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 itself, in the words of the guided tour. `gradtui report` prints them (`suggestions` in
 `--json`) and the viewer's layer detail shows the one for the layer's flag.
 
-Pure NumPy over what a record holds: the alarms, the global norms of the sampled steps, the
+Pure NumPy over what a record holds: the alarms, the global norm of every step, the
 layers (their kinds, fans and first weight norms) and the activations the model uses.
 """
 
@@ -52,7 +52,7 @@ def store_facts(store: RunStore) -> RunFacts:
     return RunFacts(
         start=store.run,
         alerts=store.alerts,
-        steps=store.steps(),
+        steps=store.series_steps("global_norm"),
         global_norm=store.series("global_norm"),
         weight_norm=store.first_weight_norm,
         bad_batches=[{"step": b.step, "why": b.why, "batch": b.batch} for b in store.bad_batches],
@@ -60,13 +60,13 @@ def store_facts(store: RunStore) -> RunFacts:
 
 
 def clip_preview(norms: np.ndarray, threshold: float) -> int:
-    """Sampled steps whose global norm a norm clip at `threshold` would have scaled down."""
+    """Steps whose global norm a norm clip at `threshold` would have scaled down."""
     finite = norms[np.isfinite(norms)]
     return int((finite > threshold).sum()) + int((~np.isfinite(norms)).sum())
 
 
 def zclip_preview(norms: np.ndarray, z: float = AUTO_CLIP_Z, warmup: int = 25, alpha: float = 0.97) -> int:
-    """Sampled steps adaptive clipping (ZClip, `gradtui.probe.clip`) would have clipped."""
+    """Steps adaptive clipping (ZClip, `gradtui.probe.clip`) would have clipped."""
     mean = var = 0.0
     count = 0
     for i, g in enumerate(float(x) for x in norms):
@@ -129,7 +129,7 @@ def _exploding(facts: RunFacts, alerts: list[Alert], first: int) -> dict[str, An
         cures.append(
             f"clip the gradient norm at {threshold:g} (watch(clip=('norm', {threshold:g})), or c in the viewer): "
             f"the {CLIP_PERCENTILE:g}th percentile of the {healthy.size} healthy norms before step {start}; it "
-            f"would have clipped {would} of the {before.size} sampled steps{span}, "
+            f"would have clipped {would} of the {before.size} steps{span}, "
             f"{out['clip']['healthy_clipped']} of them healthy"
         )
     growth = _growth(norms, steps, start if start is not None else first)

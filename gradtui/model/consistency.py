@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gradtui.model.events import Alert, Event, RunStart, StepStats, UpdateStats
+from gradtui.model.events import Alert, Event, RunStart, RunSteps, StepStats, UpdateStats
 
 MAX_STEP = 2**62
 """Largest step accepted: steps go into int64 arrays."""
@@ -110,6 +110,8 @@ class RunCheck:
             return self._run_start(event)
         if isinstance(event, StepStats):
             return self._step(event)
+        if isinstance(event, RunSteps):
+            return self._run_steps(event)
         if isinstance(event, UpdateStats):
             return self._update(event)
         if isinstance(event, Alert):
@@ -162,6 +164,32 @@ class RunCheck:
             self._first = ev.step
         return None
 
+    def _run_steps(self, ev: RunSteps) -> tuple[str, str] | None:
+        """Unsampled steps: increasing integer steps after every step so far, a loss and a norm each."""
+        where = f"steps up to {ev.step}"
+        steps, loss, norm = ev.steps, ev.loss, ev.global_norm
+        if not (isinstance(steps, np.ndarray) and steps.ndim == 1 and steps.dtype.kind in "iu" and steps.size):
+            return "has steps that are not a non-empty integer vector", where
+        if not (_float_vector(loss) and _float_vector(norm)):
+            return "has losses or global norms that are not float vectors", where
+        if len(loss) != steps.size or len(norm) != steps.size:
+            return "has another number of losses or global norms than steps", (
+                f"{where}: {steps.size} steps, {len(loss)} losses, {len(norm)} global norms"
+            )
+        first, last = int(steps[0]), int(steps[-1])
+        if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):
+            return "has steps that do not increase", f"{where}: steps {first}..{last}"
+        if not 0 <= first <= last <= MAX_STEP:
+            return "has a step number out of range", f"{where}: steps {first}..{last}"
+        if last != ev.step:
+            return "does not end at its own step", f"{where}: steps {first}..{last}"
+        if self._last is not None and first <= self._last:
+            return "goes backwards", f"{where}: step {first} after step {self._last}"
+        self._last = last
+        if self._first is None:
+            self._first = first
+        return None
+
     def _update(self, ev: UpdateStats) -> tuple[str, str] | None:
         where = f"update at step {ev.step}"
         if not _float_vector(ev.update_ratio):
@@ -173,4 +201,10 @@ class RunCheck:
         return None
 
 
-_KIND: dict[type, str] = {RunStart: "run_start", StepStats: "step", UpdateStats: "update", Alert: "alert"}
+_KIND: dict[type, str] = {
+    RunStart: "run_start",
+    StepStats: "step",
+    RunSteps: "run_steps",
+    UpdateStats: "update",
+    Alert: "alert",
+}

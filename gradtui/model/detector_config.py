@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Thresholds of every detector. Counts are in sampled steps (see `watch(every=...)`)."""
+    """Thresholds of every detector. Persistence counts steps, whatever the sampling stride; the
+    histories (`window`, `explode_min_history`, ...) hold samples."""
 
     vanish_ratio: float = 3e-4
     """Vanishing when a layer's per-parameter gradient RMS is below this fraction of the largest layer's."""
@@ -22,13 +23,13 @@ class DetectorConfig:
     vanish_weight_ratio: float = 1e-7
     """Also vanishing when ||g||/||w|| is below this and the layer is 10x below the largest (detail steps)."""
     vanish_steps: int = 10
-    """Consecutive samples a vanishing condition must hold before the flag is raised."""
+    """Steps a vanishing condition must hold before the flag is raised."""
     explode_ratio: float = 10.0
     """Exploding when a norm jumps this factor above its baseline (recent median, or its decayed past peak)."""
     explode_z: float = 4.0
     """... and at least this many robust standard deviations (log10 scale, from the window's IQR) above it."""
     explode_memory: float = 0.005
-    """Decay of the baseline's past peak, in decades per sample: a norm that fell as the run converged and
+    """Decay of the baseline's past peak, in decades per step: a norm that fell as the run converged and
     spikes back toward its old level is not exploding."""
     explode_loss_z: float = 2.0
     """The growth rule also needs the loss this many robust deviations above its recent median (when the
@@ -54,7 +55,7 @@ class DetectorConfig:
     window: int = 32
     """Samples kept for the recent medians of the exploding and loss-spike rules."""
     dead_steps: int = 20
-    """Consecutive samples of an exactly-zero gradient before a layer is flagged dead."""
+    """Steps of an exactly-zero gradient before a layer is flagged dead."""
     spike_z: float = 6.0
     """Loss spike when the loss exceeds its recent median by this many robust standard deviations (of
     log10 loss when the losses are positive) ..."""
@@ -65,7 +66,7 @@ class DetectorConfig:
     spike_min_history: int = 20
     """Finite losses needed before the loss-spike rule applies."""
     clear_steps: int = 5
-    """Consecutive samples a leave condition must hold before any flag is cleared."""
+    """Steps a leave condition must hold before any flag is cleared."""
 
     def __post_init__(self) -> None:
         problems = _check(self)

@@ -1,12 +1,13 @@
 """Gradient-health detectors: vanishing, exploding, non-finite, dead layers and loss spikes.
 
-Pure NumPy, run by the probe on every sampled step (so alerts are on the record even with
-no viewer) and by `gradtui report` over a record. Every detector is a per-unit state
-machine with hysteresis: a flag is raised once its enter condition has held for a minimum
-number of consecutive samples, and cleared once its stricter leave condition has held for
-`clear_steps` samples. Between the two thresholds nothing moves, so a value hovering at a
-threshold cannot make a flag flicker. `update()` is vectorised over layers and keeps only
-fixed-size ring buffers: its cost per call and its memory stay flat however long the run.
+Pure NumPy, run by the probe on every step (the run-wide rules) and every sampled step (the
+per-layer ones), so alerts are on the record even with no viewer, and by `gradtui report`
+over a record. Every detector is a per-unit state machine with hysteresis: a flag is raised
+once its enter condition has held for a minimum number of steps, and cleared once its
+stricter leave condition has held for `clear_steps` steps. Between the two thresholds
+nothing moves, so a value hovering at a threshold cannot make a flag flicker. `update()` is
+vectorised over layers and keeps only fixed-size ring buffers: its cost per call and its
+memory stay flat however long the run.
 The rules and their defaults are described in README.md (Detectors).
 """
 
@@ -19,35 +20,33 @@ import numpy as np
 
 from gradtui.model.detector_config import DetectorConfig
 from gradtui.model.events import ALERT_LEVELS, FLAG_PRIORITY, VERDICTS, Alert, StepStats
+from gradtui.model.explode import CRITICAL as _CRITICAL
+from gradtui.model.explode import INFO as _INFO
+from gradtui.model.explode import MIN_SPREAD as _MIN_SPREAD
+from gradtui.model.explode import SCREEN_SHARE, Growth, median_spread
+from gradtui.model.explode import WARNING as _WARNING
 
 # Rows of the state matrices, in flag priority order, so the first active row is the verdict.
 _KINDS: tuple[str, ...] = FLAG_PRIORITY
 _NONFINITE, _EXPLODING, _VANISHING, _DEAD, _SPIKE = (_KINDS.index(k) for k in (
     "nonfinite", "exploding", "vanishing", "dead", "loss_spike"))
 
-_MIN_SPREAD = 0.05
-"""Floor of a robust spread on a log10 scale: a perfectly steady history must not make every wiggle significant."""
 _WEIGHT_RULE_GAP = -1.0
 """The gradient-to-weight vanishing rule also needs the layer 10x (log10: 1) below the largest layer."""
 _LOSS_MIN_HISTORY = 5
 """Finite losses needed before the loss can hold back the exploding growth rule."""
 _AMP_SKIPS_TOLERATED = 30
 """Consecutive GradScaler-skipped samples ignored; beyond that their non-finite gradients count."""
-_INFO, _WARNING, _CRITICAL = (ALERT_LEVELS.index(x) for x in ("info", "warning", "critical"))
 _KIND_LEVEL = np.array([_CRITICAL, _INFO, _WARNING, _WARNING, _WARNING], np.int8)
 """Level of a raised flag by kind (rows of `_KINDS`); exploding and loss spikes are judged per sample instead."""
 
 
-def _median_spread(sorted_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and robust standard deviation (IQR / 1.349) of each column of an axis-0-sorted array."""
-    n = sorted_rows.shape[0]
-    med = 0.5 * (sorted_rows[(n - 1) // 2] + sorted_rows[n // 2])
-    iqr = sorted_rows[(3 * (n - 1)) // 4] - sorted_rows[(n - 1) // 4]
-    return med, iqr / 1.349
-
-
 class Detectors:
-    """Online detectors over a stream of `StepStats`.
+    """Online detectors over a run's steps: `update_run` for a step whose per-layer statistics were
+    not sampled (its loss and global norm), `update` for a sampled step (`StepStats`, which carries
+    both). The run-wide rules (loss spike, the global norm's exploding flag, a non-finite global
+    norm) see every step they are given; the per-layer rules see the sampled ones. Persistence
+    (`vanish_steps`, `dead_steps`, `clear_steps`) counts steps, whatever the sampling stride.
 
     Args:
         layers: Layer names, in the order of the per-layer arrays of `StepStats`.
@@ -73,55 +72,38 @@ class Detectors:
         self._active = np.zeros(shape, bool)
         self._level = np.zeros(shape, np.int8)
         """Level of each active flag (an index into ALERT_LEVELS)."""
-        self._on = np.zeros(shape, np.int64)
-        self._off = np.zeros(shape, np.int64)
+        self._on_since = np.full(shape, -1, np.int64)
+        """Step from which each flag's enter condition has held at every observation (-1: it does not)."""
+        self._off_since = np.full(shape, -1, np.int64)
         self._min_on = np.array([1, 1, c.vanish_steps, c.dead_steps, 1], np.int64)[:, None]
         self._enter = np.zeros(shape, bool)
         self._leave = np.zeros(shape, bool)
         self._seen = np.zeros(shape, bool)
         self._clear_steps = c.clear_steps
         self._by_weight = np.zeros(n, bool)
-        self._ceiling_hit = np.zeros(units, bool)
         self._weight_norm = np.full(n, np.nan)
         self._log_vanish = math.log10(c.vanish_ratio)
         self._log_vanish_clear = math.log10(c.vanish_clear_ratio)
-        self._log_ratio = math.log10(c.explode_ratio)
-        self._log_clear = math.log10(c.explode_clear_ratio)
-        self._log_ceiling = math.log10(c.explode_ceiling)
-        self._log_warn = math.log10(c.explode_warn_ratio)
-        self._log_scale_ratio = math.log10(c.explode_scale_ratio)
-        self._log_compound = math.log10(c.explode_compound_ratio)
-        # Exploding: ring of log10 norms (layers, then global), kept dense by repeating a unit's last value.
-        self._hist = np.zeros((c.window, units))
-        self._hist_seen = np.zeros(units, np.int64)
-        self._last_x = np.zeros(units)
-        self._peak = np.full(units, -np.inf)
-        self._scale = np.full(units, -np.inf)
-        """Per unit: the run's scale, the largest window median of its log10 norm so far."""
-        self._rise = np.zeros(units, np.int64)
-        """Per unit: consecutive samples at which the norm grew by explode_compound_ratio or more."""
-        self._jump = np.zeros(units)
+        self._layer_growth = Growth(n, c)
+        """The exploding rule over the layers' norms (fed at sampled steps)."""
+        self._run_growth = Growth(1, c)
+        """... and over the global norm (fed at every step)."""
         self._xlevel = np.zeros(units, np.int8)
-        """Per unit: the level an exploding flag would have at this sample."""
-        self._x = np.zeros(units)
-        self._valid = np.zeros(units, bool)
-        self._all_seen = False
-        self._rows = 0
-        self._head = 0
+        self._valid_layers = np.zeros(n, bool)
         # This step's intermediates, read back only for the few units whose flag changes.
         self._gn = np.zeros(n)
         self._counts = np.zeros(n, np.int64)
         self._glob = math.nan
         self._rel = np.zeros(n)
         self._gw = np.zeros(n)
-        self._med = np.zeros(units)
-        self._grow = np.zeros(units)
         self._spike = (math.nan, math.nan)
         self._loss_scale = -math.inf
         """The run's loss scale: the largest median of the loss window so far."""
         self._spike_level = _INFO
         self._loss_in_range = False
         """This sample's loss is known and at most the run's loss scale (before this sample)."""
+        self._loss_screen = math.inf
+        """A loss at or above this makes the probe sample its step (see `run_limits`)."""
         # Loss spike: ring of finite losses.
         self._loss = np.zeros(c.window)
         self._log_loss = np.zeros(c.window)
@@ -133,12 +115,14 @@ class Detectors:
         self.first_nonfinite: tuple[int, str] | None = None
         """(step, layer) of the first non-finite gradient seen, or None."""
         self.samples = 0
-        """Number of `update` calls so far."""
+        """Number of `update` calls (sampled steps) so far."""
+        self.steps = 0
+        """Number of steps folded in (`update` and `update_run` calls)."""
 
     # ------------------------------------------------------------------ update
 
     def update(self, stats: StepStats) -> list[Alert]:
-        """Fold one sampled step in.
+        """Fold one sampled step in (its run-wide values and its per-layer statistics).
 
         Returns:
             An `Alert` for every flag raised (`active=True`) or cleared (`active=False`) at this step.
@@ -148,18 +132,61 @@ class Detectors:
         if gn.shape != (n,):
             raise ValueError(f"StepStats has per-layer arrays of shape {gn.shape}, the detectors watch {n} layers")
         self.samples += 1
-        self._enter.fill(False)
-        self._leave.fill(False)
-        self._seen.fill(False)
+        self._begin()
         # NaN and zero norms are expected here; every comparison below masks them.
         with np.errstate(all="ignore"):
-            loss_z = self._loss_spike(float(stats.loss))
             # A GradScaler overflow is routine (the scaler skips the step and lowers its scale): such a
             # step says nothing about the gradients. A long run of them does.
             self._amp_skips = self._amp_skips + 1 if stats.amp_skipped else 0
-            if not 0 < self._amp_skips <= _AMP_SKIPS_TOLERATED:
+            judge = not 0 < self._amp_skips <= _AMP_SKIPS_TOLERATED
+            loss_z = self._run(stats.step, float(stats.loss), float(stats.global_norm), judge, sampled=True)
+            if judge:
                 self._gradients(stats, gn, loss_z)
         return self._transitions(stats.step)
+
+    def update_run(self, step: int, loss: float, global_norm: float) -> list[Alert]:
+        """Fold in a step whose per-layer statistics were not sampled: its loss (NaN when unknown)
+        and global gradient norm. Returns the alerts raised or cleared at `step`, as `update`."""
+        self._begin()
+        with np.errstate(all="ignore"):
+            self._run(step, float(loss), float(global_norm), True, sampled=False)
+        return self._transitions(step)
+
+    def run_limits(self) -> tuple[float, float]:
+        """(global norm, loss): a step whose value reaches either may raise a run-wide alarm, so the
+        probe samples it whole. Halfway (log scale) from the recent median to the raise thresholds:
+        a screen, not the rule (the detectors judge the step); inf where no rule applies yet."""
+        return self._run_growth.raise_limit(0), self._loss_screen
+
+    def _begin(self) -> None:
+        self.steps += 1
+        self._enter.fill(False)
+        self._leave.fill(False)
+        self._seen.fill(False)
+
+    def _run(self, step: int, loss: float, glob: float, judge: bool, sampled: bool) -> float:
+        """The run-wide rules at one step; returns the loss's robust z-score (NaN if unknown)."""
+        n = self._n
+        loss_z = self._loss_spike(loss)
+        self._glob = glob
+        if not judge:
+            return loss_z
+        x = math.log10(glob) if glob > 0 and math.isfinite(glob) else math.nan
+        valid = math.isfinite(x)
+        growth = self._run_growth
+        was_on = np.array([self._on_since[_EXPLODING, n] >= 0])
+        growth.update(step, np.array([x]), np.array([valid]), loss_z, self._loss_in_range, was_on)
+        self._enter[_EXPLODING, n] = growth.enter[0]
+        self._leave[_EXPLODING, n] = growth.leave[0]
+        self._seen[_EXPLODING, n] = valid
+        self._xlevel[n] = growth.level[0]
+        if not sampled:
+            # At a sampled step the layers carry non-finite values (by layer); here only the run can.
+            finite = math.isfinite(glob)
+            self._enter[_NONFINITE, n] = not finite
+            self._leave[_NONFINITE, n] = finite
+            self._seen[_NONFINITE, n] = True
+        return loss_z
 
     def _gradients(self, stats: StepStats, gn: np.ndarray, loss_z: float) -> None:
         n = self._n
@@ -187,10 +214,14 @@ class Detectors:
         seen[_DEAD, :n] = ok
 
         log_gn = np.log10(gn)
-        glob = float(stats.global_norm)
-        self._glob = glob
         self._vanishing(pos, gn, log_gn)
-        self._exploding(pos, log_gn, math.log10(glob) if glob > 0 and math.isfinite(glob) else math.nan, loss_z)
+        growth = self._layer_growth
+        was_on = self._on_since[_EXPLODING, :n] >= 0
+        growth.update(stats.step, log_gn, pos, loss_z, self._loss_in_range, was_on)
+        enter[_EXPLODING, :n] = growth.enter
+        leave[_EXPLODING, :n] = growth.leave
+        seen[_EXPLODING, :n] = pos
+        self._xlevel[:n] = growth.level
 
     def _vanishing(self, pos: np.ndarray, gn: np.ndarray, log_gn: np.ndarray) -> None:
         c = self.config
@@ -209,81 +240,6 @@ class Detectors:
         self._seen[_VANISHING, :n] = pos
         np.logical_and(by_weight, ~by_depth, out=self._by_weight)
 
-    def _exploding(self, pos: np.ndarray, log_gn: np.ndarray, log_glob: float, loss_z: float) -> None:
-        c = self.config
-        n = self._n
-        x, valid = self._x, self._valid
-        x[:n] = log_gn
-        x[n] = log_glob
-        valid[:n] = pos
-        valid[n] = math.isfinite(log_glob)
-        if not self._all_seen:
-            new = valid & (self._hist_seen == 0)
-            if new.any():
-                # A unit seen for the first time starts from a flat history at its first value.
-                self._hist[:, new] = x[new]
-        np.logical_and(valid, x > self._log_ceiling, out=self._ceiling_hit)
-        if self._rows:
-            hist = self._hist if self._rows == c.window else self._hist[: self._rows]
-            med, spread = _median_spread(np.sort(hist, axis=0))
-            np.maximum(spread, _MIN_SPREAD, out=spread)
-            np.maximum(self._peak - c.explode_memory, med, out=self._peak)
-            if not self._all_seen:
-                self._peak[self._hist_seen == 0] = -np.inf
-            spread *= c.explode_z
-            grow = self._grow = self._peak + np.maximum(spread, self._log_ratio, out=spread)
-            self._med = med
-            enter = self._enter[_EXPLODING]
-            # A gradient jump while the loss holds or falls is a run starting to learn, not a blow-up;
-            # an unknown loss does not hold the rule back.
-            if not loss_z < c.explode_loss_z:
-                np.logical_and(valid, x >= grow, out=enter)
-                enter &= self._hist_seen >= c.explode_min_history
-            enter |= self._ceiling_hit
-            self._leave[_EXPLODING] = valid & (x - med <= self._log_clear) & ~self._ceiling_hit
-            if self._all_seen:
-                np.maximum(self._scale, med, out=self._scale)
-            else:
-                seen = self._hist_seen > 0
-                self._scale[seen] = np.maximum(self._scale[seen], med[seen])
-        else:
-            self._enter[_EXPLODING] = self._ceiling_hit
-        self._seen[_EXPLODING] = valid
-        self._severity(x, valid)
-        self._last_x[valid] = x[valid]
-        self._hist_seen += valid
-        if not self._all_seen:
-            self._all_seen = bool(self._hist_seen.all())
-        self._hist[self._head] = self._last_x
-        self._head = (self._head + 1) % c.window
-        self._rows = min(self._rows + 1, c.window)
-
-    def _severity(self, x: np.ndarray, valid: np.ndarray) -> None:
-        """The level an exploding flag on each unit has at this sample (`_xlevel`).
-
-        The raise rule compares a norm with its recent past, so it fires early; the level compares
-        it with the whole run. Measured on long runs (benchmarks/detectors.py), a hard batch on a
-        converged run jumps 10x or more over its recent median, with a loss that stays within what
-        the run's early batches cost, and returns at the next sample (a memorising LSTM's can reach
-        13x the run's scale), while every blow-up either compounds (2x or more per sample, two
-        samples in a row, each past the raise threshold) or stays past 10x the run's scale.
-        """
-        jump = np.subtract(x, self._last_x, out=self._jump)
-        # Growth counts only while the norm is still past the raise threshold: a noisy norm near
-        # convergence doubles twice in a row now and then on its way back up from a dip.
-        grew = self._enter[_EXPLODING] & (self._hist_seen > 0) & (jump >= self._log_compound)
-        self._rise += grew
-        self._rise *= grew | ~valid
-        above = x - self._scale
-        # One sample with a loss inside the run's range may be a hard batch: judged by its height
-        # only if the next sample is still past the raise threshold.
-        judged = valid if not self._loss_in_range else valid & (self._on[_EXPLODING] > 0)
-        level = self._xlevel
-        level.fill(_INFO)
-        level[judged & (above >= self._log_warn)] = _WARNING
-        critical = (judged & (above >= self._log_scale_ratio)) | (self._rise >= self.config.explode_critical_steps)
-        level[critical | self._ceiling_hit] = _CRITICAL
-
     def _loss_spike(self, loss: float) -> float:
         """Update the loss-spike state; return the loss's robust z-score in its window (NaN if unknown)."""
         c = self.config
@@ -298,7 +254,7 @@ class Detectors:
             # batch can cost 10x the median with nothing wrong).
             log_scale = loss > 0 and self._loss_nonpositive == 0
             ring = self._log_loss if log_scale else self._loss
-            med_a, spread_a = _median_spread(np.sort(ring if rows == c.window else ring[:rows]))
+            med_a, spread_a = median_spread(np.sort(ring if rows == c.window else ring[:rows]))
             cur = math.log10(loss) if log_scale else loss
             med = float(med_a)
             spread = max(float(spread_a), _MIN_SPREAD if log_scale else 1e-3 * abs(med), 1e-12)
@@ -317,6 +273,8 @@ class Detectors:
                 self._seen[_SPIKE, n] = True
                 edge = back if self._active[_SPIKE, n] else limit
                 self._spike = (loss, 10.0**edge if log_scale else edge)
+                screen = med + SCREEN_SHARE * (limit - med)
+                self._loss_screen = 10.0**screen if log_scale else screen
         head = self._loss_head
         if rows == c.window and self._loss[head] <= 0:
             self._loss_nonpositive -= 1
@@ -328,21 +286,24 @@ class Detectors:
         return z
 
     def _transitions(self, step: int) -> list[Alert]:
-        # Consecutive counts (enter and leave imply seen): an observed sample that misses the condition
-        # resets its count, an unobserved one (no gradient for that layer, a skipped AMP step) keeps it.
-        unseen = ~self._seen
-        self._on += self._enter
-        self._on *= self._enter | unseen
-        self._off += self._leave
-        self._off *= self._leave | unseen
+        # Persistence in steps (enter and leave imply seen): an observed sample that misses the condition
+        # ends its run, an unobserved one (no gradient for that layer, a skipped AMP step, a step whose
+        # layers were not sampled) keeps it.
+        seen, enter, leave = self._seen, self._enter, self._leave
+        on, off = self._on_since, self._off_since
+        on[enter & (on < 0)] = step
+        on[seen & ~enter] = -1
+        off[leave & (off < 0)] = step
+        off[seen & ~leave] = -1
         active, level = self._active, self._level
-        raised = ~active & (self._on >= self._min_on)
-        cleared = active & (self._off >= self._clear_steps)
+        raised = ~active & (on >= 0) & (step - on + 1 >= self._min_on)
+        cleared = active & (off >= 0) & (step - off + 1 >= self._clear_steps)
         # A flag that is up is raised again when its level rises (a hard-batch jump that keeps growing).
         escalated = np.zeros_like(raised)
         escalated[_EXPLODING] = active[_EXPLODING] & ~cleared[_EXPLODING] & (self._xlevel > level[_EXPLODING])
         n = self._n
         escalated[_SPIKE, n] = active[_SPIKE, n] & ~cleared[_SPIKE, n] & (self._spike_level > level[_SPIKE, n])
+        escalated &= seen
         changed = raised | cleared | escalated
         if not changed.any():
             return []
@@ -371,47 +332,45 @@ class Detectors:
         level[cleared] = _INFO
         return alerts
 
+    def _growth(self, u: int) -> tuple[Growth, int]:
+        """The exploding rule's state holding unit `u`, and its index there."""
+        return (self._run_growth, 0) if u == self._n else (self._layer_growth, u)
+
     def _value_threshold(self, k: int, u: int, up: bool, escalated: bool = False) -> tuple[float, float]:
         """The value that tripped (or released) flag `k` on unit `u` at this step, and the threshold it
         crossed (for an escalation: the one of its new level)."""
         c = self.config
         if k == _SPIKE:
             return self._spike
+        run = u == self._n
         if k == _EXPLODING:
-            v = self._glob if u == self._n else float(self._gn[u])
-            if self._ceiling_hit[u] or not self._rows:
-                return v, c.explode_ceiling
-            if escalated:
-                return v, float(10.0 ** self._escalation_limit(u))
-            limit = self._med[u] + self._log_clear if not up else min(self._grow[u], self._log_ceiling)
-            return v, float(10.0**limit)
+            v = self._glob if run else float(self._gn[u])
+            growth, j = self._growth(u)
+            if escalated and not (growth.ceiling_hit[j] or not growth.rows):
+                return v, float(10.0 ** growth.escalation_limit(j, int(self._level[k, u])))
+            return v, growth.threshold(j, up, False)
         if k == _VANISHING:
             if self._by_weight[u]:
                 return float(self._gw[u]), c.vanish_weight_ratio
             return float(10.0 ** self._rel[u]), c.vanish_ratio if up else c.vanish_clear_ratio
         if k == _NONFINITE:
+            if run:
+                return self._glob, 0.0
             count = int(self._counts[u])
             return (float(count) if count > 0 else float(self._gn[u])), 0.0
         return float(self._gn[u]), 0.0
-
-    def _escalation_limit(self, u: int) -> float:
-        """log10 of the threshold an exploding flag on `u` crossed to reach its present level."""
-        if self._level[_EXPLODING, u] == _WARNING:
-            return float(self._scale[u] + self._log_warn)
-        if self._rise[u] >= self.config.explode_critical_steps:
-            return float(self._last_x[u] - self._jump[u] + self._log_compound)
-        return float(self._scale[u] + self._log_scale_ratio)
 
     def _severity_words(self, u: int) -> str:
         """Why an exploding flag on `u` has its level: "; critical: ..." (nothing for a ceiling hit)."""
         c = self.config
         level = int(self._level[_EXPLODING, u])
-        if self._ceiling_hit[u] or not self._rows:
+        growth, j = self._growth(u)
+        if growth.ceiling_hit[j] or not growth.rows:
             return ""
-        scale = 10.0 ** float(self._scale[u])
-        times = 10.0 ** float(self._last_x[u] - self._scale[u])  # the norm now, or the last one seen
-        if level == _CRITICAL and self._rise[u] >= c.explode_critical_steps:
-            return f"; critical: grown {c.explode_compound_ratio:g}x or more at {int(self._rise[u])} samples in a row"
+        scale = 10.0 ** float(growth.scale[j])
+        times = 10.0 ** float(growth.last_x[j] - growth.scale[j])  # the norm now, or the last one seen
+        if level == _CRITICAL and growth.rise[j] >= c.explode_critical_steps:
+            return f"; critical: grown {c.explode_compound_ratio:g}x or more at {int(growth.rise[j])} samples in a row"
         if level == _CRITICAL:
             return f"; critical: {times:.3g}x the run's scale {scale:.3g}"
         if level == _WARNING:
@@ -434,21 +393,24 @@ class Detectors:
                 _SPIKE: f"loss {v:.4g} back within its recent range",
             }[k]
         if k == _NONFINITE:
+            if u == self._n:
+                return f"global gradient norm {v} at a step whose layers were not sampled"
             what = f"{v:.0f} non-finite gradient values" if v >= 1 else f"gradient norm {v}"
             first = self.first_nonfinite
             return what + (f"; first in the run: layer {first[1]!r} at step {first[0]}" if first else "")
         if k == _EXPLODING:
-            if self._ceiling_hit[u]:
+            growth, j = self._growth(u)
+            if growth.ceiling_hit[j]:
                 return f"{norm} {v:.3g} above the ceiling {c.explode_ceiling:g}"
             return f"{norm} {v:.3g} jumped past {t:.3g}, over {c.explode_ratio:g}x its recent level" + (
                 self._severity_words(u)
             )
         if k == _VANISHING:
             if self._by_weight[u]:
-                return f"||g||/||w|| = {v:.2g}, below {t:g}, for {c.vanish_steps} samples"
-            return f"gradient RMS {v:.2g}x the largest layer's, below {t:g}, for {c.vanish_steps} samples"
+                return f"||g||/||w|| = {v:.2g}, below {t:g}, for {c.vanish_steps} steps"
+            return f"gradient RMS {v:.2g}x the largest layer's, below {t:g}, for {c.vanish_steps} steps"
         if k == _DEAD:
-            return f"gradient exactly zero for {c.dead_steps} samples"
+            return f"gradient exactly zero for {c.dead_steps} steps"
         return f"loss {v:.4g} above {t:.4g}, far above its recent range" + self._spike_words()
 
     def _spike_words(self) -> str:

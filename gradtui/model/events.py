@@ -28,6 +28,9 @@ the run's scale) or non-finite values: what a guard may act on."""
 
 FLAG_PRIORITY: tuple[str, ...] = ("nonfinite", "exploding", "vanishing", "dead", "loss_spike")
 """Alert kinds, most urgent first: a layer carrying several flags shows (and is judged by) the first."""
+BLOWUP_KINDS = frozenset({"exploding", "nonfinite", "loss_spike"})
+"""Alert kinds of a blow-up under way: what a guard's rollback cures and a snapshot must be free of.
+A vanishing or dead layer may stay flagged for a whole run and a rollback would not cure it."""
 VERDICTS: tuple[str, ...] = ("healthy", "vanishing", "exploding", "nonfinite", "dead")
 """Per-layer verdicts, as in the report contract."""
 
@@ -181,6 +184,22 @@ class StepStats:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class RunSteps:
+    """The run-wide signals of steps whose per-layer statistics were not sampled, in step order:
+    what the detectors and the guard see at every step whatever the sampling stride. A sampled
+    step carries the same values in its `StepStats`; the two together give every step once."""
+
+    step: int
+    """The last step of `steps` (where this event sits in the run)."""
+    steps: np.ndarray
+    """int64, increasing."""
+    loss: np.ndarray
+    """float64 per step; NaN where no loss was given or it was not finite."""
+    global_norm: np.ndarray
+    """float64 per step: the L2 norm of all gradients before clipping (unscaled under a GradScaler)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class UpdateStats:
     """Size of the optimizer update taken at `step`, relative to the weights before it."""
 
@@ -273,12 +292,23 @@ class RunEnd:
 
 
 Event = (
-    RunStart | StepStats | UpdateStats | CommandResult | Alert | GuardAction | BadBatch | Dropped | LogLine | RunEnd
+    RunStart
+    | StepStats
+    | RunSteps
+    | UpdateStats
+    | CommandResult
+    | Alert
+    | GuardAction
+    | BadBatch
+    | Dropped
+    | LogLine
+    | RunEnd
 )
 
 EVENT_TYPES: dict[str, type] = {
     "run_start": RunStart,
     "step": StepStats,
+    "run_steps": RunSteps,
     "update": UpdateStats,
     "command_result": CommandResult,
     "alert": Alert,
@@ -292,6 +322,7 @@ EVENT_TYPES: dict[str, type] = {
 __all__ = [
     "ALERT_KINDS",
     "ALERT_LEVELS",
+    "BLOWUP_KINDS",
     "AlertLevel",
     "CLIP_MODES",
     "Alert",
@@ -312,6 +343,7 @@ __all__ = [
     "LogLine",
     "RunEnd",
     "RunStart",
+    "RunSteps",
     "StepStats",
     "UpdateStats",
     "grad_hist_exponent",

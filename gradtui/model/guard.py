@@ -4,7 +4,7 @@
 The guard acts only on what cannot be wrong about a blow-up: a step whose gradients or loss
 are not finite (checked at every step while the guard is on), and a *critical* exploding
 alarm of the detectors (compounding growth, or a norm far above the run's own scale) that is
-still up `patience` sampled steps later. Warnings and info-level alarms are shown, never
+still up `patience` steps later. Warnings and info-level alarms are shown, never
 acted on.
 """
 
@@ -30,11 +30,11 @@ class Guard:
         skip: a step with a non-finite loss or gradient is not applied (its gradients are set
             to None before `optimizer.step()`, which every torch optimizer honours). A
             GradScaler's own skips are left to it.
-        rollback: on a non-finite step, or a critical exploding alarm up `patience` sampled
+        rollback: on a non-finite step, or a critical exploding alarm up `patience`
             steps, put back the model and optimizer state of the last snapshot taken while no
             blow-up alarm was up, and multiply the learning rate by `lr_factor` (an override
             through the probe's control, so a loop that sets the LR every step keeps it).
-        patience: sampled steps a critical exploding alarm may stay up before a rollback.
+        patience: steps a critical exploding alarm may stay up before a rollback.
         lr_factor: each rollback multiplies the learning rate by this (they compound).
         snapshot_every: steps between snapshots (each taken only while no blow-up alarm is up).
         max_snapshot_bytes: host memory the snapshots may take in all. The guard keeps two
@@ -46,12 +46,10 @@ class Guard:
             of the recent norms; see `gradtui.probe.clip.ZClip`) unless `watch(clip=...)` is given.
             Off by default: a healthy run stays bit for bit what it was.
         clip_z: the z-score of adaptive clipping.
-        every_step: check the gradients at every step, not only at the steps the probe samples
-            (the loss is checked at every step either way). One fused read of every gradient
-            per step, on a 2-core CPU 2-5% of a small model's step; off, a non-finite gradient
-            under a finite loss at an unsampled step is caught by the next step's loss (its
-            update made the model non-finite), and rolled back. Trouble samples every step, so
-            a blow-up is checked in full from its first alarm on.
+        every_step: on CUDA, check the gradients at every step, not only at the steps the
+            probe samples (a host read at each: a sync). Elsewhere they are checked at every
+            step anyway, through the global norm the probe computes at every step; the loss
+            is checked at every step either way.
     """
 
     skip: bool = True

@@ -27,6 +27,7 @@ from gradtui.model.events import (
     GuardAction,
     RunEnd,
     RunStart,
+    RunSteps,
     StepStats,
     verdict_of,
 )
@@ -144,19 +145,22 @@ class Summary:
 
     def _reset(self) -> None:
         """Forget the run so far: another run starts in the same record."""
-        self.store = RunStore(capacity=1)
+        self.store = RunStore(capacity=1, run_capacity=1)
         self.detectors: Any = None
         self.alerts: list[Alert] = []
         self.interventions = Interventions()
         self.start: RunStart | None = None
         self.end: RunEnd | None = None
         self.last: StepStats | None = None
+        self.last_step = -1
+        """The newest step seen, sampled or not."""
         self.loss_first: float | None = None
         self.loss_last: float | None = None
         self.loss_min: float | None = None
         self.guard: list[dict[str, Any]] = []
         self.bad_batches: list[dict[str, Any]] = []
         self.global_norms: array[float] = array("d")
+        """The global norm of every step (sampled or not), in step order."""
         self.norm_steps: array[int] = array("q")
         self.first_weights: np.ndarray | None = None
         self.stepped_norms: array[float] = array("d")
@@ -182,6 +186,8 @@ class Summary:
                 self.detectors = Detectors(names, self.detector_config, numel=numel)
         elif isinstance(event, StepStats):
             self._step(event)
+        elif isinstance(event, RunSteps):
+            self._run_steps(event)
         elif isinstance(event, RunEnd):
             self.end = event
         elif isinstance(event, GuardAction):
@@ -200,20 +206,36 @@ class Summary:
 
             self.detectors = Detectors([f"layer{i}" for i in range(len(event.grad_norm))], self.detector_config)
         if self.detectors is not None:
-            for alert in self.detectors.update(event):
-                self.store.apply(alert)
-                self.alerts.append(alert)
-        loss = finite_or_none(event.loss)
-        if loss is not None:
-            if self.loss_first is None:
-                self.loss_first = loss
-            self.loss_last = loss
-            self.loss_min = loss if self.loss_min is None else min(self.loss_min, loss)
-        self.global_norms.append(float(event.global_norm))
-        self.norm_steps.append(event.step)
+            self._raised(self.detectors.update(event))
+        self._run_wide(event.step, event.loss, event.global_norm)
         if self.first_weights is None and event.weight_norm is not None:
             self.first_weights = np.asarray(event.weight_norm, np.float64)
         self.stepped_norms.append(float(event.stepped_norm))
+
+    def _run_steps(self, event: RunSteps) -> None:
+        """Unsampled steps (`RunCheck` has made sure the arrays agree): each through the
+        detectors' run-wide rules, one by one and in step order, as the probe fed them."""
+        for step, loss, norm in zip(event.steps.tolist(), event.loss.tolist(), event.global_norm.tolist(), strict=True):
+            if self.detectors is not None:
+                self._raised(self.detectors.update_run(int(step), float(loss), float(norm)))
+            self._run_wide(int(step), float(loss), float(norm))
+
+    def _raised(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.store.apply(alert)
+            self.alerts.append(alert)
+
+    def _run_wide(self, step: int, loss: float, norm: float) -> None:
+        """The loss and global norm of one step, sampled or not."""
+        self.last_step = max(self.last_step, step)
+        value = finite_or_none(loss)
+        if value is not None:
+            if self.loss_first is None:
+                self.loss_first = value
+            self.loss_last = value
+            self.loss_min = value if self.loss_min is None else min(self.loss_min, value)
+        self.global_norms.append(float(norm))
+        self.norm_steps.append(step)
 
     @property
     def status(self) -> str:
@@ -249,7 +271,7 @@ class Summary:
         if end is not None and end.step >= 0:
             steps = end.step
         else:
-            steps = last.step + 1 if last is not None else 0
+            steps = self.last_step + 1  # every step is seen (sampled ones and the others alike)
         return {
             "run": start.run if start else None,
             "steps": steps,

@@ -1,7 +1,11 @@
-"""Ring-buffer history of a run: layers x steps for every statistic.
+"""Ring-buffer history of a run: layers x sampled steps for every statistic, and the
+run-wide loss and global norm at every step.
 
 Preallocated NumPy arrays, written one step (one row) at a time in O(layers) with no
-`np.roll`; reads put the ring back in order only when a view asks for it.
+`np.roll`; reads put the ring back in order only when a view asks for it. Two rings: the
+sampled one (a `StepStats` per row: per-layer statistics and the settings of that step)
+and the every-step one (loss and global norm of every step, from `StepStats` and
+`RunSteps` alike), so the charts show every step whatever the sampling stride.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from gradtui.model.events import (
     LogLine,
     RunEnd,
     RunStart,
+    RunSteps,
     StepStats,
     UpdateStats,
 )
@@ -47,16 +52,16 @@ STAT_LABELS: dict[str, str] = {
     "nonfinite": "non-finite",
 }
 
-RUN_SERIES: tuple[str, ...] = (
-    "time",
-    "loss",
-    "global_norm",
-    "clipped_norm",
-    "clip_factor",
-    "lr",
-    "schedule_lr",
-    "steps_per_sec",
-)
+STEP_SERIES: tuple[str, ...] = ("loss", "global_norm")
+"""Run-wide series kept at every step (from `StepStats` and `RunSteps`), in a ring of their own."""
+SAMPLED_SERIES: tuple[str, ...] = ("time", "clipped_norm", "clip_factor", "lr", "schedule_lr", "steps_per_sec")
+"""Run-wide series known at sampled steps only (rows of the per-layer ring)."""
+RUN_SERIES: tuple[str, ...] = STEP_SERIES + SAMPLED_SERIES
+"""Every run-wide series `RunStore.series` reads."""
+
+RUN_CAPACITY = 16384
+"""Steps the every-step ring keeps by default (24 bytes a step): at the budget's widest stride
+(32) a quarter of what the sampled ring spans, at stride 1 four times as much."""
 
 
 def default_capacity(n_layers: int) -> int:
@@ -78,6 +83,8 @@ class RunStore:
     """Everything a viewer or report needs to know about one run."""
 
     capacity: int | None = None
+    run_capacity: int | None = None
+    """Steps the every-step ring keeps (`RUN_CAPACITY`, or `capacity` when that is larger, by default)."""
     run: RunStart | None = None
     end: RunEnd | None = None
     layers: tuple[LayerInfo, ...] = ()
@@ -88,6 +95,13 @@ class RunStore:
     total_steps: int = 0
     """Sampled steps seen since the start (including those that left the ring)."""
     last: StepStats | None = None
+    """The newest sampled step."""
+    last_step: int = -1
+    """The newest step seen, sampled or not (-1 before any)."""
+    run_count: int = 0
+    """Steps held in the every-step ring (at most run_capacity)."""
+    run_total: int = 0
+    """Steps folded into the every-step ring since the start (including those that left it)."""
     stride: int = 1
     """Steps between the last two sampled steps (the effective sampling when a budget sets it)."""
     version: int = 0
@@ -119,6 +133,9 @@ class RunStore:
     _latest_step: dict[str, np.ndarray] = field(default_factory=dict)
     _hist: np.ndarray = field(default_factory=lambda: np.zeros((0, GRAD_HIST_BUCKETS), np.int64))
     _hist_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    _run_head: int = 0
+    _run_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    _run_series: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ------------------------------------------------------------ ingest
 
@@ -126,6 +143,8 @@ class RunStore:
         """Fold one event into the store."""
         if isinstance(event, StepStats):
             self._add_step(event)
+        elif isinstance(event, RunSteps):
+            self._add_run_steps(event)
         elif isinstance(event, UpdateStats):
             self._add_update(event)
         elif isinstance(event, RunStart):
@@ -184,6 +203,17 @@ class RunStore:
         self.last = None
         self.stride = max(1, ev.every)
         self.end = None
+        self._start_run_ring(cap)
+
+    def _start_run_ring(self, cap: int) -> None:
+        run_cap = self.run_capacity or max(RUN_CAPACITY, cap)
+        self.run_capacity = run_cap
+        self._run_steps = np.full(run_cap, -1, np.int64)
+        self._run_series = {s: np.full(run_cap, np.nan, np.float64) for s in STEP_SERIES}
+        self._run_head = 0
+        self.run_count = 0
+        self.run_total = 0
+        self.last_step = -1
 
     def _ensure_started(self, n_layers: int) -> None:
         if self.run is None or len(self.layers) - self.n_lanes != n_layers:
@@ -207,10 +237,9 @@ class RunStore:
         if self.first_weight_norm is None and ev.weight_norm is not None:
             self.first_weight_norm = np.asarray(ev.weight_norm, np.float64)
         self._steps[row] = ev.step
+        self._add_run_step(ev.step, ev.loss, ev.global_norm)
         s = self._series
         s["time"][row] = ev.time
-        s["loss"][row] = ev.loss
-        s["global_norm"][row] = ev.global_norm
         s["clipped_norm"][row] = ev.clipped_norm
         s["clip_factor"][row] = ev.clip_factor
         s["lr"][row] = ev.lrs[0] if ev.lrs else np.nan
@@ -254,6 +283,58 @@ class RunStore:
             self.stride = ev.step - self.last.step
         self.last = ev
 
+    def _add_run_step(self, step: int, loss: float, global_norm: float) -> None:
+        """One step into the every-step ring (a step not after the newest one is a repeat: left out)."""
+        if step <= self.last_step:
+            return
+        row = self._run_head
+        cap = self._run_steps.shape[0]
+        self._run_head = (row + 1) % cap
+        self.run_count = min(self.run_count + 1, cap)
+        self.run_total += 1
+        self._run_steps[row] = step
+        self._run_series["loss"][row] = loss
+        self._run_series["global_norm"][row] = global_norm
+        self.last_step = step
+
+    def _add_run_steps(self, ev: RunSteps) -> None:
+        """A batch of unsampled steps: at most two slice writes into the every-step ring."""
+        if self._run_steps.shape[0] == 0:
+            self._start_run_ring(default_capacity(0))  # a stream that joined mid-run
+        steps = np.asarray(ev.steps).ravel()
+        loss = np.asarray(ev.loss).ravel()
+        norm = np.asarray(ev.global_norm).ravel()
+        n = min(steps.size, loss.size, norm.size)
+        if n == 0 or steps.dtype.kind not in "iu" or loss.dtype.kind not in "fiu" or norm.dtype.kind not in "fiu":
+            return
+        steps, loss, norm = steps[:n].astype(np.int64), loss[:n].astype(np.float64), norm[:n].astype(np.float64)
+        if not bool(np.all(steps[1:] > steps[:-1])) or steps[0] <= self.last_step:
+            # Out of order or repeating steps already held (a damaged or foreign record): keep the new ones.
+            keep = steps > np.maximum.accumulate(np.concatenate([[self.last_step], steps[:-1]]))
+            steps, loss, norm = steps[keep], loss[keep], norm[keep]
+            n = steps.size
+            if n == 0:
+                return
+        if self.first_nonfinite_step is None:
+            bad = np.flatnonzero(~np.isfinite(norm))
+            if bad.size:
+                self.first_nonfinite_step = int(steps[bad[0]])
+                self.first_nonfinite_layers = ()
+        cap = self._run_steps.shape[0]
+        if n > cap:
+            steps, loss, norm = steps[-cap:], loss[-cap:], norm[-cap:]
+        take = steps.size
+        head = self._run_head
+        first = min(take, cap - head)
+        rings = ((self._run_steps, steps), (self._run_series["loss"], loss), (self._run_series["global_norm"], norm))
+        for dest, values in rings:
+            dest[head : head + first] = values[:first]
+            dest[: take - first] = values[first:]
+        self._run_head = (head + take) % cap
+        self.run_count = min(self.run_count + take, cap)
+        self.run_total += n
+        self.last_step = int(steps[-1])
+
     def _add_hist(self, ev: StepStats) -> None:
         h = ev.grad_hist
         # A histogram of another shape (a damaged or foreign record) is left out, not fatal.
@@ -296,8 +377,7 @@ class RunStore:
 
     def steps(self, last: int | None = None, skip: int = 0) -> np.ndarray:
         """Step numbers held, oldest first (the `last` before the newest `skip`)."""
-        out: np.ndarray = self._steps[self._order(last, skip)]
-        return out
+        return _ring_read(self._steps, self._head, self.count, last, skip)
 
     def window(
         self, stat: str, last: int | None = None, layers: np.ndarray | None = None, skip: int = 0
@@ -338,9 +418,41 @@ class RunStore:
             setattr(self, f.name, getattr(fresh, f.name))
         self.version = version + 1
 
+    def run_steps(self, last: int | None = None) -> np.ndarray:
+        """The steps of the every-step ring (every step seen, sampled or not), oldest first."""
+        return _ring_read(self._run_steps, self._run_head, self.run_count, last)
+
     def series(self, name: str, last: int | None = None) -> np.ndarray:
-        """A run-wide series (loss, global_norm, lr, ...) over the newest `last` steps."""
-        return self._series[name][self._order(last)] if self._series else np.zeros(0)
+        """A run-wide series over its newest `last` entries, oldest first: loss and global_norm
+        at every step (`run_steps`), the others (lr, clipped_norm, ...) at sampled steps (`steps`)."""
+        if name in STEP_SERIES:
+            if not self._run_series:
+                return np.zeros(0)
+            return _ring_read(self._run_series[name], self._run_head, self.run_count, last)
+        return _ring_read(self._series[name], self._head, self.count, last) if self._series else np.zeros(0)
+
+    def series_steps(self, name: str, last: int | None = None) -> np.ndarray:
+        """The step of each value of `series(name, last)`."""
+        return self.run_steps(last) if name in STEP_SERIES else self.steps(last)
+
+    def series_first_index(self, name: str) -> int:
+        """How many values of `series(name)` left the ring before its oldest one (an absolute position)."""
+        return self.run_total - self.run_count if name in STEP_SERIES else self.total_steps - self.count
+
+    def _newest(self, name: str) -> float:
+        if self.run_count == 0:
+            return float("nan")
+        return float(self._run_series[name][(self._run_head - 1) % self._run_steps.shape[0]])
+
+    @property
+    def last_loss(self) -> float:
+        """The loss of the newest step seen, sampled or not (NaN: none, unknown or not finite)."""
+        return self._newest("loss")
+
+    @property
+    def last_global_norm(self) -> float:
+        """The global gradient norm of the newest step seen, sampled or not (NaN: none yet)."""
+        return self._newest("global_norm")
 
     def layer_history(self, layer: int, stat: str, last: int | None = None) -> np.ndarray:
         """One layer's history of `stat`, oldest first."""
@@ -365,3 +477,17 @@ class RunStore:
     def layer_flags(self, layer: str) -> list[str]:
         """Kinds of the flags currently raised on a layer."""
         return [kind for (name, kind) in self.active_flags if name == layer]
+
+
+def _ring_read(ring: np.ndarray, head: int, count: int, last: int | None = None, skip: int = 0) -> np.ndarray:
+    """A copy of the `last` entries of a 1-D ring before its newest `skip`, oldest first (one or
+    two slices: no index arithmetic)."""
+    skip = max(0, min(skip, count))
+    n = count - skip if last is None else max(0, min(last, count - skip))
+    end = head - skip
+    if end >= n:
+        return ring[end - n : end].copy()
+    cap = ring.shape[0]
+    if end <= 0:
+        return ring[cap + end - n : cap + end].copy()
+    return np.concatenate((ring[cap - (n - end) :], ring[:end]))

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 
+class AmpScale(NamedTuple):
+    """What a GradScaler means for this step's gradients."""
+
+    factor: torch.Tensor
+    """The factor the gradients carry now (1 once the scaler unscaled them), 1 element on the device."""
+    scale: torch.Tensor
+    """The scaler's loss scale, 1 element on the device."""
+    unscaled: bool
+    """The scaler had already unscaled the gradients (the loop called `unscale_` before `mon.step`)."""
+
+
 def grad_scale(
     scaler: Any, optimizers: Sequence[torch.optim.Optimizer], device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-    """(the factor the gradients carry now, the loss scale), both 1-element tensors on `device`,
-    and whether the scaler had already unscaled them; None without an enabled scaler."""
+) -> AmpScale | None:
+    """What an enabled scaler means for this step's gradients; None without one."""
     if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
         return None
     if not optimizers:
@@ -30,7 +40,7 @@ def grad_scale(
     raw = scaler._scale if scaler._scale is not None else torch.tensor(math.nan)
     scale = raw.detach().to(device, dtype).reshape(1)
     factor = torch.ones(1, dtype=dtype, device=device) if unscaled else scale
-    return factor, scale, unscaled
+    return AmpScale(factor, scale, unscaled)
 
 
 FUSED_CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

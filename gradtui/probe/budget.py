@@ -5,12 +5,13 @@ With the budget, the probe times what it spends on each step (`mon.step`, the op
 post-step hook, and on the publishing thread the CPU time it takes to turn a sampled step
 into events) against the loop's own step time, and samples every `stride` steps, the
 smallest power of two that keeps the estimated overhead within the budget (at most
-`MAX_STRIDE`). Trouble brings it back to every step at once, for `HOLD_STEPS` steps: a
-non-finite loss (read on the host at every step where that costs no device sync), a
-non-finite global norm, or a warning or critical alarm of the detectors of a kind that grows
-within steps (`FAST_KINDS`). The detectors are the judge of what is unusual (their rules
-are tuned to stay quiet on healthy runs); a heuristic of the sampler's own would be a second
-rule for the same thing.
+`MAX_STRIDE`). The stride is only that of the per-layer statistics: every step's loss and
+global norm reach the detectors whatever it is (`gradtui.probe.runwide`). Trouble brings it
+back to every step at once, for `HOLD_STEPS` steps: a non-finite loss or global norm, or any
+alarm the detectors raise, info included. A step whose loss or global norm comes near what
+the detectors would flag is sampled whole on the spot (`promote`). The detectors are the
+judge of what is unusual (their rules are tuned to stay quiet on healthy runs); a heuristic
+of the sampler's own would be a second rule for the same thing.
 
 Why 1% by default: the per-layer norms and the detectors cost about 0.6-1 ms on a 2-core
 CPU whatever the model, which is 1-15% of the small models people debug on a laptop and
@@ -36,9 +37,6 @@ HOLD_STEPS = 200
 """After trouble, every step is sampled for this many steps."""
 WARMUP_SAMPLES = 8
 """Sampled steps timed before the stride may rise (the first ones pay for caches and allocation)."""
-FAST_KINDS = frozenset({"exploding", "nonfinite", "loss_spike"})
-"""Alarms that bring sampling back to every step: what grows within steps (a vanishing or dead
-layer stays so for thousands of steps and is seen at any stride)."""
 _WINDOW = 32
 
 
@@ -98,6 +96,8 @@ class Sampler:
         self._own = 0.0
         self._loop: deque[float] = deque(maxlen=_WINDOW)
         self._published: deque[float] = deque(maxlen=_WINDOW)
+        self._published_run = 0.0
+        """Publishing-thread CPU time per unsampled step (a running mean)."""
         self._sampled_cost: deque[float] = deque(maxlen=_WINDOW)
         self._plain_cost: deque[float] = deque(maxlen=_WINDOW)
         self._was_sampled = False
@@ -143,6 +143,25 @@ class Sampler:
         """CPU time the publishing thread took for one sampled step (it shares the cores with the loop)."""
         self._published.append(seconds)
 
+    def promote(self, step: int) -> bool:
+        """Sample the current step after all (its loss or global norm looks unusual; with the budget
+        only: a fixed stride stays exact); returns whether it is a detail step."""
+        detail = self.samples % self.detail_every == 0
+        self.samples += 1
+        self._was_sampled = True
+        self._next = step + self.stride
+        return detail
+
+    def sample_next(self) -> None:
+        """Sample the next step (a value read a step late looked unusual); with the budget only."""
+        if self.adaptive:
+            self._next = 0
+
+    def published_run(self, seconds: float, steps: int) -> None:
+        """CPU time the publishing thread took for `steps` unsampled steps."""
+        if steps > 0:
+            self._published_run += 0.1 * (seconds / steps - self._published_run)
+
     def end(self, step: int) -> None:
         """At the end of `mon.step`: count its time, and choose the stride after a sampled step."""
         if not self.adaptive or self._entered is None:
@@ -176,7 +195,7 @@ class Sampler:
         if self._published:
             sampled += statistics.median(self._published)
         plain = statistics.median(self._plain_cost) if self._plain_cost else 0.0
-        return sampled, plain, statistics.median(self._loop)
+        return sampled, plain + self._published_run, statistics.median(self._loop)
 
     def _choose(self) -> int:
         costs = self._costs()  # once: this runs after every sampled step

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gradtui.model.commands import ControlState, Rollback, SetLR, respond
-from gradtui.model.events import Alert, BadBatch, CommandResult, Event, GuardAction, LogLine, StepStats
+from gradtui.model.events import BLOWUP_KINDS, Alert, BadBatch, CommandResult, Event, GuardAction, LogLine, StepStats
 from gradtui.model.guard import Guard, batch_text
 from gradtui.probe import snapshot
 from gradtui.probe.amp import any_nonfinite
@@ -40,9 +40,6 @@ from gradtui.probe.stats import GradStats, host_loss, loss_tensor
 
 log = logging.getLogger("gradtui")
 
-BLOWUP_KINDS = frozenset({"exploding", "nonfinite", "loss_spike"})
-"""Alarms a snapshot must be free of: what a rollback cures. A vanishing or dead layer may stay
-flagged for a whole run and a rollback would not cure it, so it does not stop snapshots."""
 LEDGER_STEPS = 64
 """Steps whose batch identifiers are kept for the ledger (a spike is judged a step or two late)."""
 
@@ -116,7 +113,8 @@ class Keeper:
         self._lock = threading.Lock()
         self._up: dict[tuple[str | None, str], str] = {}
         """Blow-up alarms up now (warning or critical): (layer, kind) -> level. Publishing thread."""
-        self._critical_run = 0
+        self._critical_since: int | None = None
+        """The step from which a critical exploding alarm has been up (None: none is). Publishing thread."""
         self._last_flag_step: int | None = None
         """The last sampled step a blow-up alarm was up at (None: none yet)."""
         self._last_rollback = -1
@@ -126,12 +124,16 @@ class Keeper:
 
     # ------------------------------------------------------------ the training thread
 
-    def check(self, step: int, grads: list[torch.Tensor] | None, loss: Any, scaled: bool) -> None:
-        """At the step boundary, after the statistics: skip (and roll back) a non-finite step
-        (`grads` None: the loss alone, at a step that is not sampled)."""
+    def check(
+        self, step: int, grads: list[torch.Tensor] | None, loss: Any, scaled: bool, finite: bool | None = None
+    ) -> None:
+        """At the step boundary, after the statistics: skip (and roll back) a non-finite step.
+        `grads` None: the gradients are not checked here, either because `finite` says already
+        whether they are (the run-wide norm, read on the host) or at a step that is not sampled
+        on a device the norm is read from a step later."""
         if self.discard or scaled:
             return  # a rollback already threw this step away; a GradScaler skips its own overflows
-        if self._finite(grads, loss):
+        if finite is not False and self._finite(grads, loss):
             return
         if self.config.skip:
             self.discard = True
@@ -241,7 +243,7 @@ class Keeper:
         self.rollbacks += 1
         self._last_rollback = step
         with self._lock:
-            self._critical_run = 0
+            self._critical_since = None
         new, cut = respond(state, SetLR(factor=self.config.lr_factor), step)
         why = f" ({cmd.reason})" if cmd.reason else ""
         lr = cut.message.split(" (")[0] if cut.ok else f"lr unchanged: {cut.message}"
@@ -261,11 +263,11 @@ class Keeper:
 
     # ------------------------------------------------------------ the publishing thread (rank 0)
 
-    def observe(self, stats: StepStats, alerts: list[Alert]) -> None:
-        """A sampled step and its alarms: say what adaptive clipping did, track blow-ups, and ask
-        for a rollback when one persists."""
-        step = stats.step
-        if stats.clip_mode == "auto" and stats.clipped:
+    def observe(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:
+        """A step's alarms (and its statistics when it was sampled): say what adaptive clipping did,
+        track blow-ups, and ask for a rollback when a critical exploding alarm has been up for
+        `patience` steps."""
+        if stats is not None and stats.clip_mode == "auto" and stats.clipped:
             self._act(
                 step,
                 "clip",
@@ -284,10 +286,12 @@ class Keeper:
             if self._up:
                 self._last_flag_step = step
             critical = any(k[1] == "exploding" and lvl == "critical" for k, lvl in self._up.items())
-            self._critical_run = self._critical_run + 1 if critical and step > self._last_rollback else 0
-            due = self._critical_run >= self.config.patience and not self._requested
+            if not critical or step <= self._last_rollback:
+                self._critical_since = None
+            elif self._critical_since is None:
+                self._critical_since = step
+            held = step - self._critical_since + 1 if self._critical_since is not None else 0
+            due = held >= self.config.patience and not self._requested
         if due and self.config.rollback and self.rollbacks < self.config.max_rollbacks and self._target():
             self._requested = True
-            self.control.commands.put_nowait(
-                Rollback(f"critical exploding alarm up {self._critical_run} sampled steps")
-            )
+            self.control.commands.put_nowait(Rollback(f"critical exploding alarm up {held} steps"))

@@ -1,18 +1,24 @@
-"""What a viewer that attaches late is sent first: the run's start, its recent steps and its
-recent other events (alerts, acknowledgements, log lines), bounded in count and bytes."""
+"""What a viewer that attaches late is sent first: the run's start, its recent steps (sampled
+ones, the unsampled steps between them and the updates) and its recent other events (alerts,
+acknowledgements, log lines), bounded in count and bytes."""
 
 from __future__ import annotations
 
 import collections
 import heapq
 
-from gradtui.model.events import Dropped, Event, RunStart, StepStats, UpdateStats
+from gradtui.model.events import Dropped, Event, RunStart, RunSteps, StepStats, UpdateStats
 
-_STEP_EVENTS = (StepStats, UpdateStats)
+_STEP_EVENTS = (StepStats, RunSteps, UpdateStats)
+"""Kept in step order with the sampled steps, and dropped with them, oldest first."""
 
 
 class History:
-    """What a new viewer is sent first: RunStart, recent steps, recent other events. Bounded."""
+    """What a new viewer is sent first: RunStart, recent steps, recent other events. Bounded.
+
+    `max_steps` counts sampled steps (`StepStats`); the unsampled steps (`RunSteps`) and updates
+    between them are kept with them and go with them, and `max_bytes` bounds all of these together.
+    """
 
     def __init__(self, max_steps: int, max_bytes: int, max_other: int) -> None:
         self.start: bytes | None = None
@@ -38,12 +44,22 @@ class History:
             self._steps.append((self._seq, is_step, frame))
             self._n_steps += is_step
             self._step_bytes += len(frame)
+            evicted = False
             while self._steps and (self._n_steps > self._max_steps or self._step_bytes > self._max_bytes):
-                _, was_step, old = self._steps.popleft()
-                self._n_steps -= was_step
-                self._step_bytes -= len(old)
+                evicted |= self._drop_oldest()
+            # What came after a sampled step that left (its update, the unsampled steps after it) goes
+            # too: the history starts at its oldest sampled step.
+            while evicted and self._steps and not self._steps[0][1] and self._n_steps:
+                self._drop_oldest()
         elif not isinstance(event, Dropped):
             self._other.append((self._seq, False, frame))
+
+    def _drop_oldest(self) -> bool:
+        """Forget the oldest step frame; True when it was a sampled step's."""
+        _, was_step, old = self._steps.popleft()
+        self._n_steps -= was_step
+        self._step_bytes -= len(old)
+        return was_step
 
     def snapshot(self) -> list[bytes]:
         out = [self.start] if self.start is not None else []

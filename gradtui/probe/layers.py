@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from gradtui.model.events import LayerInfo
 from gradtui.probe.dist import local
 
 _WRAPPERS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "module")
@@ -108,10 +109,20 @@ def activations(model: nn.Module) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def fans(layer: Layer) -> tuple[int, int]:
-    """(fan_in, fan_out) of a layer's weight as torch.nn.init computes them; (0, 0) without one."""
+class Fans(NamedTuple):
+    fan_in: int
+    fan_out: int
+
+
+def fans(layer: Layer) -> Fans:
+    """fan_in and fan_out of a layer's weight as torch.nn.init computes them; (0, 0) without one."""
     weight = getattr(layer.module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
-        return 0, 0
+        return Fans(0, 0)
     field = math.prod(weight.shape[2:])  # the shape only: a sharded weight is not indexed
-    return int(weight.shape[1] * field), int(weight.shape[0] * field)
+    return Fans(int(weight.shape[1] * field), int(weight.shape[0] * field))
+
+
+def layer_infos(layers: Iterable[Layer]) -> tuple[LayerInfo, ...]:
+    """What `RunStart` says of each layer."""
+    return tuple(LayerInfo(x.name, type(x.module).__name__, sum(p.numel() for p in x.params)) for x in layers)

@@ -1,19 +1,19 @@
-"""The probe: per-layer gradient statistics from a live training loop.
+"""The probe: gradient statistics from a live training loop, in two tiers.
 
 `watch(model, optimizer)` returns a `Monitor`; `Monitor.step(loss)` is called after
-`loss.backward()` and before `optimizer.step()`. Each sampled step costs a handful of
-fused `torch._foreach_*` kernels on the gradients' own device and one host copy of a
-small vector (`stats`); the more expensive statistics (mean/max |g|, zero fraction,
-weight norm, update ratio) run every `detail_every` sampled steps. Commands from viewers
-are applied at the step boundary and acknowledged with the step they took effect at
-(`control`); clipping runs on the device (`clip`). Only rank 0 runs the detectors,
-records and serves (`sinks`, `server`).
+`loss.backward()` and before `optimizer.step()`. Every step, the loss and the global
+gradient norm reach the detectors and the guard (`runwide`); per-layer statistics come at
+sampled steps (`budget`): a handful of fused kernels on the gradients' own device and one
+host copy of a small vector (`stats`), with the detail statistics every `detail_every`
+sampled steps. Commands from viewers apply at the step boundary (`control`); clipping
+runs on the device (`clip`). Only rank 0 judges, records and serves (`judge`, `sinks`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -29,25 +29,38 @@ import torch
 from torch import nn
 
 from gradtui.model.commands import Command
-from gradtui.model.detectors import DetectorConfig, Detectors
-from gradtui.model.events import Alert, Event, LayerInfo, LogLine, RunEnd, RunStart, UpdateStats
+from gradtui.model.detectors import Detectors
+from gradtui.model.events import Event, LogLine, RunEnd, RunStart, UpdateStats
 from gradtui.model.guard import guard_config
 from gradtui.model.rate import StepRate
-from gradtui.probe import amp, exits
-from gradtui.probe.budget import FAST_KINDS, Sampler, default_budget, parse_budget
+from gradtui.probe import amp, exits, runwide
+from gradtui.probe.amp import AmpScale
+from gradtui.probe.budget import Sampler, default_budget
 from gradtui.probe.clip import ZClip, check_clip, clip_grads
 from gradtui.probe.control import Control
 from gradtui.probe.dist import DistContext
 from gradtui.probe.guard import Keeper, Ledger
+from gradtui.probe.judge import Judge, make_detectors
 from gradtui.probe.lanes import Lanes, lane_names
-from gradtui.probe.layers import activations, fans, find_layers, optimizer_list
-from gradtui.probe.publisher import Publisher, Sampled
+from gradtui.probe.layers import activations, fans, find_layers, layer_infos, optimizer_list
+from gradtui.probe.options import (
+    DEFAULT_INSTRUMENTS,
+    DEFAULT_OUTPUT,
+    DEFAULT_SAMPLING,
+    DEFAULT_SERVING,
+    Instruments,
+    Output,
+    Sampling,
+    Serving,
+)
+from gradtui.probe.publisher import Publisher
+from gradtui.probe.runwide import Handover
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
-from gradtui.probe.stats import GradStats, Pending, StepInputs, StepMeta, host_loss, publish, update_ratio
+from gradtui.probe.stats import GradIndex, GradStats, StepInputs, StepMeta, host_loss, update_ratio
 from gradtui.probe.stepped import Placement, SteppedNorm
 from gradtui.probe.updates import UpdateRatio
-from gradtui.wire import codec, env
+from gradtui.wire import codec
 from gradtui.wire.queue import EventQueue, QueueSource
 from gradtui.wire.record import open_record
 
@@ -60,44 +73,26 @@ class Monitor:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         *,
-        record: str | os.PathLike[str] | None = None,
-        overwrite: bool = False,
-        every: int | None = None,
-        detail_every: int = 50,
-        budget: float | str | None = None,
-        clip: tuple[str, float] | None = None,
-        queue_size: int | None = None,
-        detectors: Any = True,
-        run: str | None = None,
-        update_ratio: bool = True,
-        connect: bool = True,
-        defer: bool | None = None,
-        serve: bool | None = None,
-        listen: str | None = None,
-        token_file: str | os.PathLike[str] | None = None,
-        lanes: Sequence[str] | int = (),
+        sampling: Sampling = DEFAULT_SAMPLING,
+        output: Output = DEFAULT_OUTPUT,
+        serving: Serving = DEFAULT_SERVING,
+        instruments: Instruments = DEFAULT_INSTRUMENTS,
         scheduler: Any = None,
-        guard: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         optimizers = optimizer_list(optimizer)
-        for label, value in (("every", 1 if every is None else every), ("detail_every", detail_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
-        if every is not None and budget is not None:
-            raise ValueError("give every= (a fixed sampling stride) or budget= (a stride the probe chooses), not both")
-        share = parse_budget(budget) if budget is not None else None
-        guard_cfg = guard_config(guard)
-        start_clip = check_clip(clip)
-        if guard_cfg is not None and guard_cfg.clip and clip is None:
+        share = sampling.share
+        guard_cfg = guard_config(instruments.guard)
+        start_clip = check_clip(instruments.clip)
+        if guard_cfg is not None and guard_cfg.clip and instruments.clip is None:
             start_clip = ("auto", guard_cfg.clip_z)
         self.model = model
         self.optimizers: list[torch.optim.Optimizer] = optimizers
         """The watched optimizers (learning rates, update ratios, the stepped norm)."""
         self.optimizer = optimizers[0] if optimizers else None
         """The first watched optimizer (None without one)."""
-        self.detail_every = detail_every
+        self.detail_every = sampling.detail_every
         self.step_count = 0
         """Number of `step()` calls so far; the next call is step number `step_count`."""
         self.closed = False
@@ -115,17 +110,19 @@ class Monitor:
                 "steps, so give every= (a fixed stride) instead"
             )
         if share is None:
-            share = default_budget() if self.dist is None else 0.0
-        self._sampler = Sampler(every, share, detail_every)
+            # The environment's budget applies only where the stride is the budget's to choose.
+            share = default_budget() if self.dist is None and sampling.every is None else 0.0
+        self._sampler = Sampler(sampling.every, share, sampling.detail_every)
         """Which steps are sampled: every `every`-th, or as often as the overhead budget allows."""
         self.every = self._sampler.stride
         """The sampling stride at the start (with a budget, `sampling_stride` is the one in force)."""
         self.primary = self.dist is None or self.dist.primary
         """Only the primary process (rank 0) runs detectors, records and serves."""
-        self._stats = GradStats(self._layers, self.dist, defer)
-        self._pending: list[Pending] = []
+        self._stats = GradStats(self._layers, self.dist, instruments.defer)
+        self._handover = Handover(self._send, self._unusual, self._sampler.sample_next)
+        """Step results on their way to the publishing thread, in step order."""
         self._rate = StepRate()
-        self.lanes: tuple[str, ...] = lane_names(lanes)
+        self.lanes: tuple[str, ...] = lane_names(instruments.lanes)
         self._lanes = Lanes(self.lanes, self._stats.device, self._stats.acc)
         self._outputs = Outputs()
         self._publisher: Publisher | None = None
@@ -135,7 +132,7 @@ class Monitor:
         self.commands = self.control.commands
         """Commands for the probe; applied at the next step boundary."""
         self._scheduler = scheduler
-        self._updates = UpdateRatio(optimizers, self._stats) if optimizers and update_ratio else None
+        self._updates = UpdateRatio(optimizers, self._stats) if optimizers and instruments.update_ratio else None
         self._stepped = SteppedNorm(optimizers, self._stats, self._on_stepped) if optimizers else None
         self._grad_scale: torch.Tensor | None = None
         """The factor the gradients carry at this `mon.step` (a GradScaler's scale), None for 1."""
@@ -149,48 +146,50 @@ class Monitor:
         )
         """The guard at work (`watch(guard=...)`), None when off."""
 
-        self.events: EventQueue | None = EventQueue(queue_size) if queue_size and self.primary else None
+        self.events: EventQueue | None = EventQueue(output.queue_size) if output.queue_size and self.primary else None
         """In-process event queue (when `queue=` was given to `watch`; rank 0 only)."""
-        self._detectors = self._make_detectors(detectors) if self.primary else None
+        self._judge = Judge(
+            self._outputs,
+            self._stats,
+            bool(self.lanes),
+            self._sampler,
+            make_detectors(instruments.detectors, self._layers) if self.primary else None,
+            self._placement,
+            self._ledger,
+            self.guard,
+        )
+        """Turns what the publishing thread gets into events and judges them."""
         self.started = time.time()
-        self.run_name = run or _default_run_name()
+        self.run_name = output.run or _default_run_name()
         self.record_path: Path | None = None
         """The record file this run writes (a new file in the folder when `record=` named a folder)."""
         self._record: RecordSink | None = None
         self.server: ProbeServer | None = None
         """The socket server viewers attach to, when serving (rank 0 only)."""
         try:
-            self._open(record, overwrite, connect, serve, listen, token_file)
+            self._open(output, serving)
         except BaseException:
             # watch() fails as a whole: nothing of it stays hooked into the user's optimizers or on disk.
             self._undo_start()
             raise
         if self.primary:
-            self._publisher = Publisher(self._publish)
+            self._publisher = Publisher(self._judge.handle)
             if self.events is not None:
                 # A reader of the in-process queue sees every event made before it reads.
                 self.events.settle = self._publisher.flush
         exits.register(self)
 
-    def _open(
-        self,
-        record: str | os.PathLike[str] | None,
-        overwrite: bool,
-        connect: bool,
-        serve: bool | None,
-        listen: str | None,
-        token_file: str | os.PathLike[str] | None,
-    ) -> None:
+    def _open(self, output: Output, serving: Serving) -> None:
         """Open the sinks (queue, record, server) and send the run's start."""
         if self.events is not None:
             self._outputs.add(QueueSink(self.events))
-        if record is not None and self.primary:
-            writer = open_record(record, run=self.run_name, overwrite=overwrite)
+        if output.record is not None and self.primary:
+            writer = open_record(output.record, run=self.run_name, overwrite=output.overwrite)
             self.record_path = writer.path
             self._record = RecordSink(writer)
             self._outputs.add(self._record, needs_frame=True)
 
-        inherited = inherited_socket() if connect else None
+        inherited = inherited_socket() if serving.connect else None
         if not self.primary:
             if inherited is not None:
                 inherited.close()  # torchrun gives every rank the same environment: only rank 0 streams
@@ -199,9 +198,9 @@ class Monitor:
                 self.commands,
                 run=self.run_name,
                 started=self.started,
-                serve=serve,
-                listen=listen,
-                token_file=token_file,
+                serve=serving.serve,
+                listen=serving.listen,
+                token_file=serving.token_file,
                 inherited=inherited,
             )
             if self.server is not None:
@@ -213,10 +212,7 @@ class Monitor:
                 run=self.run_name,
                 pid=os.getpid(),
                 started=self.started,
-                layers=tuple(
-                    LayerInfo(layer.name, type(layer.module).__name__, sum(p.numel() for p in layer.params))
-                    for layer in self._layers
-                ),
+                layers=layer_infos(self._layers),
                 lrs=state.lrs,
                 lr_groups=self.control.group_names(),
                 clip_mode=state.clip_mode,
@@ -226,8 +222,8 @@ class Monitor:
                 budget=self._sampler.budget,
                 guard=self.guard is not None,
                 activations=activations(self.model),
-                fan_in=tuple(fans(layer)[0] for layer in self._layers),
-                fan_out=tuple(fans(layer)[1] for layer in self._layers),
+                fan_in=tuple(fans(layer).fan_in for layer in self._layers),
+                fan_out=tuple(fans(layer).fan_out for layer in self._layers),
                 device=str(self._stats.device),
                 world_size=self.dist.world_size if self.dist else 1,
                 script=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
@@ -247,21 +243,6 @@ class Monitor:
         with contextlib.suppress(Exception):
             self._outputs.close()
 
-    def _make_detectors(self, detectors: Any) -> Detectors | None:
-        if detectors is False or detectors is None:
-            return None
-        config = detectors if isinstance(detectors, DetectorConfig) else None
-        if config is None and detectors is not True:
-            raise TypeError(f"detectors must be True, False or a DetectorConfig, got {type(detectors).__name__}")
-        spec = env.get(env.DETECTORS_ENV)
-        if config is None and spec:
-            try:
-                config = DetectorConfig.parse(part for part in spec.split(",") if part.strip())
-            except ValueError as exc:
-                raise ValueError(f"{env.DETECTORS_ENV}: {exc}") from None
-        numel = [sum(p.numel() for p in layer.params) for layer in self._layers]
-        return Detectors([layer.name for layer in self._layers], config, numel=numel)
-
     # ------------------------------------------------------------ public API
 
     @property
@@ -271,6 +252,11 @@ class Monitor:
     @property
     def clip_threshold(self) -> float:
         return self.control.state.clip_threshold
+
+    @property
+    def detectors(self) -> Detectors | None:
+        """The detectors judging this run (rank 0; None when off or on another rank)."""
+        return self._judge.detectors
 
     @property
     def sampling_stride(self) -> int:
@@ -343,27 +329,35 @@ class Monitor:
         self.step_count += 1
         self._ledger.keep(step, batch)
         sampler = self._sampler
+        value = host_loss(loss)  # a number or a CPU tensor: read without a device sync
         if sampler.adaptive:
             if self._stepped is not None:
                 sampler.spent(self._stepped.take_spent())
-            value = host_loss(loss)
             if value is not None:
                 sampler.check(step, value)  # before deciding: a bad loss has this very step sampled
         sampled, detail = sampler.begin(step)
         try:
-            self._step(step, loss, scaler, sampled, detail)
+            self._step(step, loss, value, scaler, sampled, detail)
         finally:
             sampler.end(step)
 
-    def _step(self, step: int, loss: torch.Tensor | float | None, scaler: Any, sampled: bool, detail: bool) -> None:
+    def _step(
+        self,
+        step: int,
+        loss: torch.Tensor | float | None,
+        value: float | None,
+        scaler: Any,
+        sampled: bool,
+        detail: bool,
+    ) -> None:
         stats = self._stats
-        self._resolve_pending(block=not stats.defer)  # a step no optimizer step followed
+        self._handover.resolve(block=not stats.defer)  # a step no optimizer step followed
         self.control.begin_step()
         self.control.apply_pending(step)
         scale = amp.grad_scale(scaler, self.optimizers, stats.device, stats.acc)
-        if scale is not None and scale[2]:
+        if scale is not None and scale.unscaled:
             self._placement.unscaled()
-        self._grad_scale = scale[0] if scale is not None else None
+        self._grad_scale = scale.factor if scale is not None else None
 
         mode = self.control.state.clip_mode
         clip = self._clip if mode != "off" else None
@@ -371,15 +365,19 @@ class Monitor:
             self._zclip = None  # fresh statistics each time the mode is chosen
         if self._stepped is not None:
             self._stepped.disarm()
-        guard = self.guard
-        checked = guard is not None and (sampled or guard.config.every_step)
-        index = stats.grad_index() if sampled or clip is not None or checked else None
-        if index is not None and sampled:
+        index = stats.grad_index()
+        total = math.nan
+        """This step's global norm where the host has it already (an unsampled step on CPU)."""
+        if not sampled:
+            total, unusual = self._run_wide(step, loss, value, index, scale)
+            if unusual:
+                sampled, detail = True, self._sampler.promote(step)
+        if sampled:
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
                 loss=loss,
                 detail=detail,
-                amp=scale[:2] if scale is not None else None,
+                amp=scale,
                 lanes=self._lanes.take() if self._lanes else None,
                 update=update[1] if update is not None else None,
             )
@@ -388,22 +386,63 @@ class Monitor:
             meta = self._meta(step, index, detail, update[0] if update is not None else None)
             pending = stats.sample(index, inputs, meta, clip)
             if pending is not None:
-                self._pending.append(pending)
-                self._arm_stepped(index[0])
-        elif index is not None and clip is not None:
-            clip(stats.grads(index[0]), None, index[0])
+                self._handover.sampled(pending)
+                self._arm_stepped(index.which)
+        elif clip is not None:
+            known = torch.tensor(total, dtype=stats.acc) if math.isfinite(total) else None
+            clip(stats.grads(index.which), known, index.which)
+        guard = self.guard
         if guard is not None:
-            guard.check(step, stats.grads(index[0]) if checked and index is not None else None, loss, scale is not None)
+            checked = sampled or guard.config.every_step
+            finite = None if sampled or math.isnan(total) else math.isfinite(total)
+            guard.check(step, stats.grads(index.which) if checked else None, loss, scale is not None, finite)
             if guard.finish(step, scale is not None) and self._stepped is not None:
                 self._stepped.disarm()  # no optimizer step uses these gradients
         if not stats.defer and self._stepped is None:
-            self._resolve_pending(block=True)  # no optimizer step to wait for
+            self._handover.resolve(block=True)  # no optimizer step to wait for
         if self.control.state.paused:
-            self._resolve_pending(block=not stats.defer)  # show the step we stop at
+            self._handover.resolve(block=not stats.defer)  # show the step we stop at
+            self._handover.flush()
             since = time.perf_counter()
             self.control.wait_while_paused(step, lambda: self.closed)
             self._rate.pause(time.perf_counter() - since)  # paused time is not training time
             self._sampler.untimed()
+
+    def _run_wide(
+        self,
+        step: int,
+        loss: torch.Tensor | float | None,
+        value: float | None,
+        index: GradIndex,
+        scale: AmpScale | None,
+    ) -> tuple[float, bool]:
+        """An unsampled step's run-wide signals: its global norm (NaN when it is read a step later)
+        and whether it looks unusual enough to be sampled whole now (with the budget only: a fixed
+        stride stays exact, and under torch.distributed every rank must sample the same steps)."""
+        stats = self._stats
+        total, vec = runwide.measure(stats, stats.grads(index.which), index.which, loss, scale)
+        if vec is not None:
+            if self.primary:  # the other ranks took part in the all-reduce; rank 0 reports
+                self._handover.deferred(step, vec)
+            return math.nan, False
+        loss_now = value if value is not None else math.nan
+        if self._sampler.adaptive and self.dist is None and self._unusual(total, loss_now):
+            return total, True
+        if self.primary:
+            self._handover.run(step, loss_now, total)
+        return total, False
+
+    def _unusual(self, norm: float, loss: float) -> bool:
+        """A global norm or loss the detectors might flag (a screen: they judge it), or non-finite."""
+        norm_limit, loss_limit = self._judge.limits
+        return not math.isfinite(norm) or norm >= norm_limit or math.isinf(loss) or loss >= loss_limit
+
+    def _send(self, item: object) -> None:
+        """Hand an item to the publishing thread (or judge it here where there is none)."""
+        if self._publisher is not None:
+            self._publisher.put(item)
+        else:
+            self._judge.handle(item)
 
     def _arm_stepped(self, which: list[int]) -> None:
         if self._stepped is None:
@@ -418,11 +457,12 @@ class Monitor:
 
     def _on_stepped(self, factor: torch.Tensor) -> None:
         """From the optimizer's post-step hook: what the step just taken used."""
-        if not self._pending:
+        last = self._handover.last_sampled()
+        if last is None:
             return
-        self._pending[-1].attach_stepped(factor)
+        last.attach_stepped(factor)
         if not self._stats.defer:
-            self._resolve_pending(block=True)
+            self._handover.resolve(block=True)
 
     def _clip(self, grads: list[torch.Tensor], total: torch.Tensor | None, which: Sequence[int]) -> torch.Tensor:
         c, scale = self.control.state, self._grad_scale
@@ -435,7 +475,7 @@ class Monitor:
             self._zclip = ZClip()
         return clip_grads(grads, c.clip_mode, c.clip_threshold, total, global_norm, scale, self._zclip)
 
-    def _meta(self, step: int, index: Any, detail: bool, update_step: int | None) -> StepMeta:
+    def _meta(self, step: int, index: GradIndex, detail: bool, update_step: int | None) -> StepMeta:
         rate = self._rate.update(step, time.perf_counter())
         state = self.control.state
         return StepMeta(
@@ -443,8 +483,8 @@ class Monitor:
             time=time.time(),
             lrs=state.lrs,
             schedule_lrs=state.schedule,
-            has_grad=index[2],
-            numel_with_grad=index[3],
+            has_grad=index.has_grad,
+            numel_with_grad=index.numel,
             detail=detail,
             clip_mode=state.clip_mode,
             clip_threshold=state.clip_threshold,
@@ -454,47 +494,6 @@ class Monitor:
         )
 
     # ------------------------------------------------------------ results
-
-    def _resolve_pending(self, block: bool) -> None:
-        while self._pending and (block or self._pending[0].ready()):
-            pending = self._pending.pop(0)
-            item = Sampled(pending.values(), pending.meta, pending.stepped_factor())
-            if self._publisher is not None:
-                self._publisher.put(item)
-            else:
-                self._publish(item)
-
-    def _publish(self, item: object) -> None:
-        """On the publishing thread: a sampled step's events and alerts, or an event made elsewhere."""
-        if not isinstance(item, Sampled):
-            self._outputs.emit(item)  # type: ignore[arg-type]
-            return
-        began = time.thread_time()
-        try:
-            self._publish_sampled(item)
-        finally:
-            self._sampler.published(time.thread_time() - began)
-
-    def _publish_sampled(self, item: Sampled) -> None:
-        stats, update = publish(item.values, item.meta, self._stats.n, bool(self.lanes), item.stepped_factor)
-        self._placement.global_norm(stats.global_norm)
-        if update is not None:
-            self._outputs.emit(update)
-        self._outputs.emit(stats)
-        sampler = self._sampler
-        sampler.check(stats.step, stats.global_norm)
-        if self._stats.device.type != "cpu":
-            sampler.check(stats.step, stats.loss)  # not read at each step there: that would be a sync
-        if self._detectors is not None:
-            alerts: list[Alert] = self._detectors.update(stats)
-            for alert in alerts:
-                self._outputs.emit(alert)
-                if alert.level != "info" and alert.kind in FAST_KINDS:
-                    sampler.trouble(stats.step)
-                    if alert.kind == "loss_spike" and alert.active:
-                        self._ledger.note(alert.step, "loss_spike")
-            if self.guard is not None:
-                self.guard.observe(stats, alerts)
 
     def _emit(self, event: Event) -> None:
         publisher = self._publisher
@@ -508,6 +507,7 @@ class Monitor:
         the probe's own, so the loop never waits for them); False on timeout. A sampled step's
         statistics are made once the optimizer step that follows has been measured (at the latest
         by the next `step`); on CUDA at the first `step` that finds their host copy landed, or at `close`."""
+        self._handover.flush()
         return self._publisher.flush(timeout) if self._publisher is not None else True
 
     def close(self, status: str = "ok", error: str = "") -> None:
@@ -519,7 +519,8 @@ class Monitor:
             self.closed = True
             return
         exits.unregister(self)
-        self._resolve_pending(block=True)
+        self._handover.resolve(block=True)
+        self._handover.flush()
         last = self._updates.take() if self._updates is not None else None
         if last is not None and self.primary and self.dist is None:
             step, upd = last

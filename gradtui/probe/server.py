@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gradtui.model.commands import command_kind
-from gradtui.model.events import CommandResult, Dropped, Event, RunEnd, StepStats
+from gradtui.model.events import CommandResult, Dropped, Event, RunEnd, RunSteps, StepStats
 from gradtui.probe.gate import MAX_COMMAND_BYTES, CommandBudget, Gate, Refused, hard_close, read_hello
 from gradtui.probe.history import History
 from gradtui.wire import codec as wire
@@ -334,6 +334,9 @@ class ProbeServer:
         if isinstance(event, StepStats):
             self._last_step = event.step
             self._rate = event.steps_per_sec
+            self._meta_dirty = True
+        elif isinstance(event, RunSteps):
+            self._last_step = event.step  # the run's step for `gradtui ls`, sampled or not
             self._meta_dirty = True
         elif isinstance(event, RunEnd):
             self._seen_end = True

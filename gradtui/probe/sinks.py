@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Protocol
 
-from gradtui.model.events import Event, LogLine, RunStart, StepStats
+from gradtui.model.events import Event, LogLine, RunStart, RunSteps, StepStats
 from gradtui.probe.server import ProbeServer
 from gradtui.wire import codec, env
 from gradtui.wire.queue import CommandQueue, EventQueue
@@ -63,7 +63,7 @@ class RecordSink:
     def emit(self, event: Event, frame: bytes | None = None) -> None:
         self.writer.write_frame(codec.encode(event) if frame is None else frame)
         self.events += 1
-        if isinstance(event, StepStats):
+        if isinstance(event, (StepStats, RunSteps)):
             self.last_step = event.step
 
     def close(self) -> None:

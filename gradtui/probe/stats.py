@@ -13,19 +13,32 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from gradtui.model.events import GRAD_HIST_BUCKETS, StepStats, UpdateStats
+from gradtui.probe.amp import AmpScale
 from gradtui.probe.dist import DistContext, local
 from gradtui.probe.histogram import GradHistogram
 from gradtui.probe.layers import Layer, grad_values
 
-GradIndex = tuple[list[int], torch.Tensor, np.ndarray, np.ndarray, np.ndarray]
-"""Parameters with a gradient now, their layers (device tensor), layers with a gradient,
-numel with a gradient per layer, and the layer of each such parameter."""
+
+class GradIndex(NamedTuple):
+    """Which parameters have a gradient now, and where they belong (cached per pattern)."""
+
+    which: list[int]
+    """Indices (into `GradStats.params`) of the parameters with a gradient."""
+    layers: torch.Tensor
+    """The layer of each of them, on the device (for per-layer sums there)."""
+    has_grad: np.ndarray
+    """Per layer: some parameter of it has a gradient."""
+    numel: np.ndarray
+    """Per layer: values with a gradient."""
+    layer_of: np.ndarray
+    """The layer of each parameter in `which`, on the host."""
 
 
 @dataclass
@@ -54,12 +67,12 @@ class Pending:
 
     def __init__(self, vec: torch.Tensor | np.ndarray, meta: StepMeta) -> None:
         self.meta = meta
-        self.host, self._event = _to_host(vec)
+        self.host, self._event = to_host(vec)
         self._stepped: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
     def attach_stepped(self, factor: torch.Tensor) -> None:
         """The factor between the gradients after gradtui's clipping and those the optimizer used."""
-        self._stepped = _to_host(factor)
+        self._stepped = to_host(factor)
 
     def ready(self) -> bool:
         events = [self._event, self._stepped[1] if self._stepped is not None else None]
@@ -90,7 +103,7 @@ def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def _to_host(vec: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+def to_host(vec: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """A host copy: at once on CPU; on CUDA a non-blocking copy into pinned memory and its event."""
     if isinstance(vec, np.ndarray):
         return torch.from_numpy(vec), None
@@ -109,8 +122,8 @@ class StepInputs:
 
     loss: torch.Tensor | float | None
     detail: bool
-    amp: tuple[torch.Tensor, torch.Tensor] | None = None
-    """(the factor the gradients carry, the GradScaler's loss scale): statistics are divided by the first."""
+    amp: AmpScale | None = None
+    """A GradScaler's factor and loss scale: statistics are divided by the factor."""
     lanes: tuple[torch.Tensor, torch.Tensor] | None = None
     update: torch.Tensor | None = None
     """Squared update and weight norms per layer of the last detail step (see `UpdateRatio`)."""
@@ -184,7 +197,7 @@ class GradStats:
             has_grad[layer_of] = True
             numel = np.zeros(self.n, np.int64)
             np.add.at(numel, layer_of, [local(self.params[i]).numel() for i in which])
-            hit = (which.tolist(), idx_t, has_grad, numel, layer_of)
+            hit = GradIndex(which.tolist(), idx_t, has_grad, numel, layer_of)
             if len(self._index_cache) > 64:
                 self._index_cache.clear()
             self._index_cache[key] = hit
@@ -275,7 +288,7 @@ class GradStats:
     def sample(self, index: GradIndex, inputs: StepInputs, meta: StepMeta, clip: Clip | None) -> Pending | None:
         """Compute a sampled step's statistics (clipping when `clip` is given, after measuring);
         returns its host copy on the primary rank, None on the others."""
-        which, idx, _, _, layer_of = index
+        which, idx, layer_of = index.which, index.layers, index.layer_of
         grads = self.grads(which)
         plain = not inputs.detail and inputs.amp is None and inputs.lanes is None and inputs.update is None
         if self.fast_cpu and plain:
@@ -286,7 +299,7 @@ class GradStats:
         def seg(name: str, t: torch.Tensor, how: str = "sum") -> None:
             segs.append((name, t.reshape(-1).to(acc), how))
 
-        inv = 1.0 / inputs.amp[0] if inputs.amp is not None else None
+        inv = 1.0 / inputs.amp.factor if inputs.amp is not None else None
         sq = self.sq_norms(grads)
         seg("layer_sq", self.per_layer(sq if inv is None else sq * (inv * inv), idx, which))
         if dist is not None:
@@ -306,7 +319,7 @@ class GradStats:
             w_sq = self.sq_norms([local(p.detach()) for p in self.params])
             seg("w_sq", self.per_layer(w_sq, self.layer_index, None))
             weight = self.mask_of(which) if self.mask is not None else None
-            scale = inputs.amp[0] if inputs.amp is not None else None
+            scale = inputs.amp.factor if inputs.amp is not None else None
             # The 0-"norm" counts non-zeros exactly where its float sum of ones is exact.
             exact = all(g.dtype == torch.float64 or (g.dtype == torch.float32 and g.numel() <= 1 << 24) for g in grads)
             hist = self.hist.layer_hist(grads, idx, n, acc, scale=scale, weight=weight, nonzero=nnz if exact else None)
@@ -330,7 +343,7 @@ class GradStats:
             seg("lane_sq", inputs.lanes[0])
             seg("lane_seen", inputs.lanes[1], "max")
         if inputs.amp is not None:
-            seg("scale", inputs.amp[1], "first")
+            seg("scale", inputs.amp.scale, "first")
         if inputs.update is not None:
             seg("upd_d2", inputs.update[:n])
             seg("upd_w2", inputs.update[n:])

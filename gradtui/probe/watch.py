@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gradtui.probe.monitor import Monitor
+from gradtui.probe.options import Instruments, Output, Sampling, Serving
 
 
 def watch(
@@ -87,20 +88,9 @@ def watch(
     return Monitor(
         model,
         optimizer,
-        record=record,
-        overwrite=overwrite,
-        every=every,
-        detail_every=detail_every,
-        budget=budget,
-        clip=clip,
-        queue_size=queue_size,
-        detectors=detectors,
-        run=run,
-        update_ratio=update_ratio,
-        serve=serve,
-        listen=listen,
-        token_file=token_file,
-        lanes=lanes,
+        sampling=Sampling(every, detail_every, budget),
+        output=Output(record, overwrite, queue_size, run),
+        serving=Serving(True, serve, listen, token_file),
+        instruments=Instruments(detectors, clip, update_ratio, lanes, guard),
         scheduler=scheduler,
-        guard=guard,
     )

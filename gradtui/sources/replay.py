@@ -48,7 +48,7 @@ from gradtui.model.commands import Command
 from gradtui.model.events import Event, LogLine
 from gradtui.sources.base import no_detach
 from gradtui.wire import codec as wire
-from gradtui.wire.index import FOLLOW_RECENT, KIND_STEP, RecordIndex
+from gradtui.wire.index import FOLLOW_RECENT, KIND_STEP, STEP_KINDS, RecordIndex
 
 __all__ = ["FOLLOW_RECENT", "MAX_SPEED", "MIN_SPEED", "ReplayControls", "ReplaySource"]
 
@@ -236,7 +236,7 @@ class ReplaySource:
         except wire.WireError as exc:
             out.append(LogLine(text=f"skipped a frame of {self.path.name}: {exc}", stream="gradtui"))
             return
-        if self._index.kinds[i] == KIND_STEP:
+        if self._index.kinds[i] in STEP_KINDS:
             self._position = max(self._position, self._index.keys[i])
         out.append(event)
 
@@ -352,12 +352,14 @@ class ReplaySource:
         # Never before the first step: a seek below it shows that step (and its history: none).
         step = max(step, index.first_step)
         pos = bisect.bisect_right(keys, step, 0, len(keys))
-        # The last `backlog_steps` sampled steps before pos, plus every non-step event before it.
+        # The last `backlog_steps` sampled steps before pos (and the unsampled steps among them),
+        # plus every non-step event before it.
         lo, seen, shown = pos, 0, -1
         while lo > 0 and (seen < self._backlog_steps or shown < 0):
             lo -= 1
             if kinds[lo] == KIND_STEP:
                 seen += 1
+            if kinds[lo] in STEP_KINDS:
                 shown = max(shown, keys[lo])
         burst: list[int] = []
         if 0 <= start < pos:

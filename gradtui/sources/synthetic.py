@@ -3,6 +3,8 @@
 `SyntheticRun` plays a fake probe: it makes per-layer statistics for a scenario
 (healthy, vanishing, exploding, nan), runs the real detectors over them, and applies
 commands at its next step by the probe's own rule, answering each with a `CommandResult`.
+With a stride (`every`, which may change mid-run) the steps between two sampled ones travel
+as `RunSteps` (their loss and global norm), as the probe sends them.
 `ScriptedSource` serves a list of recorded events and/or a `SyntheticRun` through the
 `Source` interface. Time comes from the step number, never the wall clock, so that
 screens fed from it are reproducible.
@@ -23,6 +25,7 @@ from gradtui.model.events import (
     LayerInfo,
     RunEnd,
     RunStart,
+    RunSteps,
     StepStats,
     UpdateStats,
 )
@@ -62,6 +65,8 @@ class SyntheticRun:
         start_time: Unix time of step 0 (fixed, so screens are reproducible).
         dt: Seconds per step.
         fail_at: Step at which the "training process" raises (a RunEnd with a traceback).
+        every: Sample the per-layer statistics every `every` steps (the attribute may be changed
+            between steps: the next sample comes `every` steps after the last one).
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class SyntheticRun:
         start_time: float = 1_700_000_000.0,
         dt: float = 0.01,
         fail_at: int | None = None,
+        every: int = 1,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} (expected one of {', '.join(SCENARIOS)})")
@@ -93,6 +99,11 @@ class SyntheticRun:
         self.start_time = start_time
         self.dt = dt
         self.fail_at = fail_at
+        self.every = every
+        """Steps between two sampled steps (1: every step)."""
+        self._next_sample = 0
+        self._unsampled: list[tuple[int, float, float]] = []
+        """(step, loss, global norm) of the unsampled steps not sent yet."""
         self.step_no = 0
         self.ended = False
         self.commands: queue.Queue[Command] = queue.Queue()
@@ -131,7 +142,7 @@ class SyntheticRun:
             lrs=self.lrs,
             clip_mode=self.clip_mode,
             clip_threshold=self.clip_threshold,
-            every=1,
+            every=max(1, self.every),
             detail_every=self.detail_every,
             device="cpu",
             script="synthetic.py",
@@ -193,6 +204,7 @@ class SyntheticRun:
         out.extend(self._apply_commands())
         if self.fail_at is not None and self.step_no >= self.fail_at:
             self.ended = True
+            out.extend(self.flush())
             out.append(RunEnd(self.step_no, "error", error=_FAKE_TRACEBACK.format(step=self.step_no)))
             return out
         norms, nonfinite = self._norms()
@@ -210,6 +222,18 @@ class SyntheticRun:
             loss = 1.6 + 0.7 * math.exp(-self.step_no / 40) + 0.02 * math.sin(self.step_no / 7)
         if self.scenario in ("exploding", "nan"):
             loss = 0.5 + 0.01 * float(np.nansum(norms)) if finite.all() else float("nan")
+        if self.step_no < self._next_sample:
+            # Not sampled: the run-wide values go to the detectors now and to the viewers with
+            # the next sampled step (or before an alert about them, to keep events in step order).
+            self._unsampled.append((self.step_no, loss, global_norm))
+            alerts = self.detectors.update_run(self.step_no, loss, global_norm)
+            if alerts:
+                out.extend(self.flush())
+                out.extend(alerts)
+            self.step_no += 1
+            return out
+        out.extend(self.flush())
+        self._next_sample = self.step_no + max(1, self.every)
         size = np.array([info.numel for info in self.layers], np.float64)
         stats = StepStats(
             step=self.step_no,
@@ -239,11 +263,27 @@ class SyntheticRun:
         self.step_no += 1
         return out
 
+    def flush(self) -> list[Event]:
+        """The unsampled steps not sent yet, as one `RunSteps` (none when there are none)."""
+        if not self._unsampled:
+            return []
+        steps, losses, norms = zip(*self._unsampled, strict=True)
+        self._unsampled = []
+        return [
+            RunSteps(
+                step=steps[-1],
+                steps=np.array(steps, np.int64),
+                loss=np.array(losses, np.float64),
+                global_norm=np.array(norms, np.float64),
+            )
+        ]
+
     def events(self, steps: int) -> list[Event]:
-        """The events of the next `steps` steps."""
+        """The events of the next `steps` steps (unsampled ones among the last included)."""
         out: list[Event] = []
         for _ in range(steps):
             out.extend(self.step())
+        out.extend(self.flush())
         return out
 
 

@@ -331,7 +331,7 @@ class GradTUIApp(TourSwitching):
                 self.notify(f"This chapter's run is over. {invite}", title="Chapter finished", timeout=8)
         if end.status == "error" and not self._error_shown:
             self._error_shown = True
-            step = end.step if end.step >= 0 else (self.store.last.step if self.store.last is not None else None)
+            step = end.step if end.step >= 0 else (self.store.last_step if self.store.last_step >= 0 else None)
             tail = [line.text for line in self.store.logs[-OUTPUT_TAIL:]]
             hint = None
             if self.tour is not None and self.tour.next_chapter is not None:

@@ -268,12 +268,13 @@ def fmt_lr(lr: float) -> str:
 
 
 PREVIEW_STEPS = 200
-"""Sampled steps the clip preview (`c`) looks back over."""
+"""Steps the clip preview (`c`) looks back over (the global norm is known at every step)."""
 
 
 def clip_preview(store: RunStore, thresholds: dict[str, float], current: float) -> str:
-    """What each clip rule would have clipped over the last `PREVIEW_STEPS` sampled steps, for
-    the note `c` shows: norm and value at their thresholds, auto at its z-score."""
+    """What each clip rule would have clipped over the last `PREVIEW_STEPS` steps, for the note
+    `c` shows: norm and value at their thresholds, auto at its z-score (value on the detail
+    steps among the last `PREVIEW_STEPS` sampled ones: it needs max |g|)."""
     norms = store.series("global_norm", PREVIEW_STEPS)
     if not norms.size:
         return ""
@@ -285,7 +286,7 @@ def clip_preview(store: RunStore, thresholds: dict[str, float], current: float) 
     over = int((np.nanmax(peak[detail], axis=1) > value_t).sum()) if detail.any() else 0
     value = f"{over} of {int(detail.sum())} detail steps" if detail.any() else "unknown (no detail step yet)"
     return (
-        f"Over the last {norms.size} sampled steps: norm ≤{norm_t:g} would have clipped "
+        f"Over the last {norms.size} steps: norm ≤{norm_t:g} would have clipped "
         f"{advice.clip_preview(norms, norm_t)}, value ≤{value_t:g} {value}, auto {z:g}σ "
         f"{advice.zclip_preview(norms, z)} (m cycles the mode, ] and [ scale the threshold)."
     )

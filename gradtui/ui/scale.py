@@ -21,6 +21,9 @@ EMPTY = -1
 """Cell code: no value in this column (no gradient, or not computed yet)."""
 NONFINITE = -2
 """Cell code: a NaN or Inf in this column."""
+NO_SAMPLE = -3
+"""Cell code: the run went through this column's steps, but none of them was sampled (per-layer
+statistics come every few steps when the stride is above 1): drawn as such, never stretched."""
 
 N_BINS = 24
 """Colour levels of the heatmap; enough to read a decade apart, few enough to merge runs."""
@@ -43,6 +46,8 @@ SHADES = " ░▒▓█"
 
 NONFINITE_GLYPH = "×"
 EMPTY_GLYPH = " "
+NO_SAMPLE_GLYPH = "╌"
+"""A column of steps with no sample: a faint dashed line (time went on, nothing was measured)."""
 
 FLAG_GLYPHS: dict[str, str] = {
     "nonfinite": "!",
@@ -135,6 +140,7 @@ PALETTE: tuple[Style, ...] = tuple(Style(bgcolor=Color.from_rgb(*rgb)) for rgb i
 
 NONFINITE_STYLE = Style(color="bright_white", bgcolor="magenta", bold=True)
 EMPTY_STYLE = Style()
+NO_SAMPLE_STYLE = Style(dim=True)
 
 
 # ------------------------------------------------------------ health view
@@ -256,6 +262,8 @@ def shade_glyph(code: int) -> str:
     """Glyph of a bin when drawing without colour: blank (cold) to full block (hot)."""
     if code == NONFINITE:
         return NONFINITE_GLYPH
+    if code == NO_SAMPLE:
+        return NO_SAMPLE_GLYPH
     if code < 0:
         return EMPTY_GLYPH
     # Level 0 is a dot rather than blank so a vanished layer is not mistaken for "no data".

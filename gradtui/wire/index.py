@@ -15,13 +15,23 @@ import time
 from array import array
 from pathlib import Path
 
+import numpy as np
+
 from gradtui.model.events import Event
 from gradtui.wire import codec as wire
 from gradtui.wire.scan import Damage, Frame, FrameScanner, Start, read_start
 
-KIND_START, KIND_STEP, KIND_UPDATE, KIND_OTHER, KIND_END = 0, 1, 2, 3, 4
-"""`RecordIndex.kinds` values: RunStart, StepStats, UpdateStats, anything else, RunEnd."""
-_KINDS = {"run_start": KIND_START, "step": KIND_STEP, "update": KIND_UPDATE, "run_end": KIND_END}
+KIND_START, KIND_STEP, KIND_UPDATE, KIND_OTHER, KIND_END, KIND_RUN_STEPS = 0, 1, 2, 3, 4, 5
+"""`RecordIndex.kinds` values: RunStart, StepStats, UpdateStats, anything else, RunEnd, RunSteps."""
+_KINDS = {
+    "run_start": KIND_START,
+    "step": KIND_STEP,
+    "update": KIND_UPDATE,
+    "run_end": KIND_END,
+    "run_steps": KIND_RUN_STEPS,
+}
+STEP_KINDS = (KIND_STEP, KIND_RUN_STEPS)
+"""Kinds of the frames that carry steps: a sampled step, or unsampled steps up to their `step`."""
 
 FOLLOW_RECENT = 300.0
 """With `follow=None`, a record without a RunEnd is followed if written to this recently (s)."""
@@ -82,11 +92,14 @@ class RecordIndex:
         self.times = array("d")
         """The last recorded time (a step's `time`, a RunStart's `started`) at each frame, NaN before any."""
         self.others = array("q")
-        """Indices of frames that are neither steps nor updates nor the first RunStart (alerts, acks, logs, end)."""
+        """Indices of frames that are neither steps (sampled or not) nor updates nor the first RunStart
+        (alerts, acks, logs, end)."""
         self.start_index = -1
         """Index of the first RunStart (-1 until there is one)."""
         self.first_step = -1
+        """The first step of the record, sampled or not (-1 before any)."""
         self.last_step = -1
+        """The last step of the record so far, sampled or not (-1 before any)."""
         self.done = False
         """Nothing more will be indexed: the end of the record, or of the file when not following."""
         self.following = follow is not False
@@ -204,7 +217,7 @@ class RecordIndex:
 
     def _index(self, items: list[Frame | Damage]) -> None:
         """Index the frames the scanner found, and note the damage between them."""
-        batch: list[tuple[int, int, int, int, int, float]] = []
+        batch: list[tuple[int, int, int, int, int, float, int]] = []
         for item in items:
             if isinstance(item, Damage):
                 self._commit(batch)
@@ -221,32 +234,41 @@ class RecordIndex:
             if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
                 self._time = float(t)
             self._key = max(self._key, own)
-            batch.append((item.offset, item.length, kind, own, self._key, self._time))
-            if kind == KIND_STEP and own >= 0:
+            first = _first_step(payload, own) if kind == KIND_RUN_STEPS else own
+            batch.append((item.offset, item.length, kind, own, self._key, self._time, first))
+            if kind in STEP_KINDS and own >= 0:
                 self._own_step = own
                 if self._awaiting:
                     self._commit(batch)
                     batch = []
                     with self.lock:
-                        self._tell(own)
+                        self._tell(first)
         self._commit(batch)
 
-    def _commit(self, batch: list[tuple[int, int, int, int, int, float]]) -> None:
+    def _commit(self, batch: list[tuple[int, int, int, int, int, float, int]]) -> None:
         if not batch:
             return
         with self.lock:
             base = len(self.offsets)
-            for i, (off, length, kind, own, key, t) in enumerate(batch):
+            for i, (off, length, kind, own, key, t, first) in enumerate(batch):
                 self.offsets.append(off)
                 self.lengths.append(length)
                 self.kinds.append(kind)
                 self.keys.append(key)
                 self.times.append(t)
-                if kind == KIND_STEP:
+                if kind in STEP_KINDS and own >= 0:
                     self.last_step = max(self.last_step, own)
                     if self.first_step < 0:
-                        self.first_step = own
+                        self.first_step = max(0, first)
                 if kind == KIND_START and self.start_index < 0:
                     self.start_index = base + i
-                elif kind not in (KIND_STEP, KIND_UPDATE, KIND_START):
+                elif kind not in (*STEP_KINDS, KIND_UPDATE, KIND_START):
                     self.others.append(base + i)
+
+
+def _first_step(payload: dict[str, object], own: int) -> int:
+    """The first of a RunSteps frame's steps (its own `step`, the last, when they cannot be read)."""
+    steps = payload.get("steps")
+    if isinstance(steps, np.ndarray) and steps.ndim == 1 and steps.size and steps.dtype.kind in "iu":
+        return min(own, int(steps[0])) if own >= 0 else int(steps[0])
+    return own

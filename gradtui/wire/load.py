@@ -1,8 +1,11 @@
-"""`gradtui.load(PATH)`: a record as NumPy arrays, one row per sampled step.
+"""`gradtui.load(PATH)`: a record as NumPy arrays: the run-wide loss and global norm at every
+step, the per-layer statistics (and the settings of each step) at sampled steps.
 
     run = gradtui.load("run.gtr")
-    run.steps, run.grad_norm[:, run.layers.index("0")], run.loss, run.lr[:, 0]
-    df = run.to_pandas()        # needs pandas
+    run.run_steps, run.loss, run.global_norm          # every step, sampled or not
+    run.steps, run.grad_norm[:, run.layers.index("0")], run.lr[:, 0]   # sampled steps
+    run.loss[run.sampled]                             # the loss at the sampled steps
+    df = run.to_pandas()        # a row per step; needs pandas
 
 The record is streamed (`iter_record`), and its alerts and interventions come from the
 same `gradtui.model.report.Summary` that `gradtui report` uses, so they are exactly the
@@ -22,16 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from gradtui.model.events import StepStats
+from gradtui.model.events import RunSteps, StepStats
 from gradtui.model.report import Summary
 from gradtui.wire.record import Record, iter_record
 
 
 @dataclass(eq=False)
 class RunData:
-    """A recorded run: arrays with one row per sampled step (a `StepStats` of the record).
+    """A recorded run. Two kinds of rows: every step whose run-wide values were read (T of them,
+    `run_steps`: `loss` and `global_norm`), and the sampled steps (S, a `StepStats` of the record
+    each: `steps` and every other array). Where every step is sampled (`watch(every=1)`, or a
+    record made before unsampled steps were recorded) the two are the same rows.
 
-    S is the number of sampled steps, L of layers, G of param groups (0 without an optimizer).
+    T is the number of steps read, S of sampled steps, L of layers, G of param groups (0 without
+    an optimizer).
     """
 
     path: str
@@ -44,20 +51,24 @@ class RunData:
     """The L layer names, in the order of the columns of `grad_norm` and `nonfinite`."""
     lr_groups: list[str]
     """A name per param group ("0", "1", ...; "opt1.0" for group 0 of a second optimizer)."""
+    run_steps: np.ndarray
+    """[T] int64: every step whose loss and global norm were read, sampled or not."""
+    sampled: np.ndarray
+    """[T] bool: the step of each `run_steps` row was sampled (`run_steps[sampled]` is `steps`)."""
+    loss: np.ndarray
+    """[T] float64: the loss at every step of `run_steps` (NaN where unknown or not finite)."""
+    global_norm: np.ndarray
+    """[T] float64: the global gradient L2 norm before any clipping, at every step of `run_steps`."""
     steps: np.ndarray
-    """[S] int64: the step of each row."""
+    """[S] int64: the step of each sampled row."""
     time: np.ndarray
-    """[S] float64: Unix time of each row."""
+    """[S] float64: Unix time of each sampled row."""
     grad_norm: np.ndarray
     """[S, L] float64: gradient L2 norm per layer (NaN where the layer had no gradient)."""
-    loss: np.ndarray
-    """[S] float64 (NaN where unknown or not finite)."""
     lr: np.ndarray
     """[S, G] float64: the learning rate in force (the loop's, or a viewer's override)."""
     schedule_lr: np.ndarray
     """[S, G] float64: the learning rate the loop or its scheduler set, before any override."""
-    global_norm: np.ndarray
-    """[S] float64: global gradient L2 norm before any clipping."""
     clipped_norm: np.ndarray
     """[S] float64: global norm after gradtui's clipping."""
     stepped_norm: np.ndarray
@@ -81,20 +92,23 @@ class RunData:
     entry per reason (`{"event", "reason", "count", "first_step", "last_step", "example"}`)."""
 
     def __len__(self) -> int:
+        """The number of sampled steps (S)."""
         return int(self.steps.shape[0])
 
     def __repr__(self) -> str:
         return (
-            f"RunData(run={self.run!r}, status={self.status!r}, {len(self)} sampled steps, "
+            f"RunData(run={self.run!r}, status={self.status!r}, {self.run_steps.shape[0]} steps, "
+            f"{len(self)} sampled steps, "
             f"{len(self.layers)} layers, {len(self.lr_groups)} param groups, path={self.path!r})"
         )
 
     def to_pandas(self) -> Any:
-        """A `pandas.DataFrame`, one row per sampled step.
+        """A `pandas.DataFrame`, one row per step read (`run_steps`, sampled or not).
 
-        Columns: `step`, `loss`, `global_norm`, `stepped_norm`, the learning rate (`lr` with
-        one param group, `lr_<group>` for each of several, none without an optimizer), and
-        `grad_norm/<layer>` for each layer.
+        Columns: `step`, `loss`, `global_norm`, `sampled`, then the sampled statistics, NaN on
+        the rows of unsampled steps: `stepped_norm`, the learning rate (`lr` with one param
+        group, `lr_<group>` for each of several, none without an optimizer), and
+        `grad_norm/<layer>` for each layer. `df[df.sampled]` has a row per sampled step.
 
         Raises:
             ImportError: pandas is not installed.
@@ -103,19 +117,27 @@ class RunData:
             pd = importlib.import_module("pandas")
         except ImportError:
             raise ImportError("RunData.to_pandas() needs pandas: pip install pandas") from None
+        rows = np.flatnonzero(self.sampled)
+
+        def spread(values: np.ndarray) -> np.ndarray:
+            out = np.full(self.run_steps.shape[0], np.nan)
+            out[rows] = values
+            return out
+
         columns: dict[str, np.ndarray] = {
-            "step": self.steps,
+            "step": self.run_steps,
             "loss": self.loss,
             "global_norm": self.global_norm,
-            "stepped_norm": self.stepped_norm,
+            "sampled": self.sampled,
+            "stepped_norm": spread(self.stepped_norm),
         }
         if len(self.lr_groups) == 1:
-            columns["lr"] = self.lr[:, 0]
+            columns["lr"] = spread(self.lr[:, 0])
         else:
             for g, name in enumerate(self.lr_groups):
-                columns[f"lr_{name}"] = self.lr[:, g]
+                columns[f"lr_{name}"] = spread(self.lr[:, g])
         for i, name in enumerate(self.layers):
-            columns[f"grad_norm/{name}"] = self.grad_norm[:, i]
+            columns[f"grad_norm/{name}"] = spread(self.grad_norm[:, i])
         return pd.DataFrame(columns)
 
 
@@ -126,9 +148,12 @@ class _Rows:
         self.n_layers: int | None = None
         self.n_groups: int | None = None
         self.steps: list[int] = []
-        self.scalars: dict[str, list[float]] = {
-            k: [] for k in ("time", "loss", "global_norm", "clipped_norm", "stepped_norm", "loss_scale")
-        }
+        self.scalars: dict[str, list[float]] = {k: [] for k in ("time", "clipped_norm", "stepped_norm", "loss_scale")}
+        self.run_steps: list[np.ndarray] = []
+        """Every step read, in chunks: one per `StepStats` or `RunSteps`."""
+        self.sampled: list[np.ndarray] = []
+        self.loss: list[np.ndarray] = []
+        self.global_norm: list[np.ndarray] = []
         self.grad_norm: list[np.ndarray] = []
         self.nonfinite: list[np.ndarray] = []
         self.lr: list[tuple[float, ...]] = []
@@ -144,6 +169,22 @@ class _Rows:
         self.nonfinite.append(np.asarray(ev.nonfinite, np.int64))
         self.lr.append(ev.lrs)
         self.schedule_lr.append(ev.schedule_lrs or ev.lrs)
+        self._run_wide(np.array([ev.step], np.int64), np.array([ev.loss]), np.array([ev.global_norm]), True)
+
+    def add_run(self, ev: RunSteps) -> None:
+        """Unsampled steps (`RunCheck` has made sure their arrays agree)."""
+        self._run_wide(ev.steps, ev.loss, ev.global_norm, False)
+
+    def _run_wide(self, steps: np.ndarray, loss: np.ndarray, norm: np.ndarray, sampled: bool) -> None:
+        self.run_steps.append(np.asarray(steps, np.int64))
+        self.sampled.append(np.full(len(steps), sampled))
+        self.loss.append(np.asarray(loss, np.float64))
+        self.global_norm.append(np.asarray(norm, np.float64))
+
+    def joined(self, name: str, dtype: type) -> np.ndarray:
+        """One of the every-step columns as one array."""
+        chunks: list[np.ndarray] = getattr(self, name)
+        return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype)
 
 
 def _table(rows: list[Any], width: int, dtype: type) -> np.ndarray:
@@ -153,7 +194,8 @@ def _table(rows: list[Any], width: int, dtype: type) -> np.ndarray:
 
 
 def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_config: Any = None) -> RunData:
-    """Read a record file as NumPy arrays, one row per sampled step (see `RunData`).
+    """Read a record file as NumPy arrays: the loss and global norm at every step, the rest at
+    sampled steps (see `RunData`).
 
     Args:
         path: the record file (one still being written reads to its last whole frame).
@@ -182,6 +224,8 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
             segment, rows = summary.check.segment, _Rows()
         if isinstance(event, StepStats):
             rows.add(event)
+        elif isinstance(event, RunSteps):
+            rows.add_run(event)
     start = summary.start
     damage = [d.entry() for d in state.damage]
     skipped = summary.check.entries()
@@ -208,13 +252,15 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
         status=summary.status,
         layers=layers,
         lr_groups=lr_groups,
+        run_steps=rows.joined("run_steps", np.int64),
+        sampled=rows.joined("sampled", np.bool_),
+        loss=rows.joined("loss", np.float64),
+        global_norm=rows.joined("global_norm", np.float64),
         steps=np.array(rows.steps, dtype=np.int64),
         time=column("time"),
         grad_norm=_table(rows.grad_norm, n_layers, np.float64),
-        loss=column("loss"),
         lr=_table(rows.lr, n_groups, np.float64),
         schedule_lr=_table(rows.schedule_lr, n_groups, np.float64),
-        global_norm=column("global_norm"),
         clipped_norm=column("clipped_norm"),
         stepped_norm=column("stepped_norm"),
         nonfinite=_table(rows.nonfinite, n_layers, np.int64),

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradtui.model.events import Event, StepStats
+import numpy as np
+
+from gradtui.model.events import Event, RunSteps, StepStats
 from gradtui.wire import codec as wire
 from gradtui.wire.record_lock import RecordBusy, holder_words, lock_holder, lock_record
 from gradtui.wire.scan import Damage, Frame, FrameScanner, read_start
@@ -414,9 +416,12 @@ class _Events:
                 at = item.offset - wire.HEADER.size
                 self.damaged(Damage(at, item.length + wire.HEADER.size, 1, f"{exc} (frame at byte {at})"))
                 continue
-            if isinstance(event, StepStats):
+            if isinstance(event, (StepStats, RunSteps)):
+                first = event.step
+                if isinstance(event, RunSteps) and isinstance(event.steps, np.ndarray) and event.steps.size:
+                    first = min(first, int(event.steps.ravel()[0]))
                 for damage in self._awaiting:
-                    damage.before_step = event.step
+                    damage.before_step = first
                 self._awaiting.clear()
                 self.last_step = event.step
             yield event

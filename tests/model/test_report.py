@@ -19,6 +19,7 @@ from gradtui.model.events import (
     LayerInfo,
     RunEnd,
     RunStart,
+    RunSteps,
     StepStats,
 )
 from gradtui.model.report import Summary, alert_entry, summarize
@@ -233,3 +234,99 @@ def test_the_table_shows_what_the_guard_did_and_the_bad_batches() -> None:
     assert "1 ⟲ rollback rolled back to step 0, lr 0.1 -> 0.025" in lines
     assert "1 rollback 3,17,42" in lines
     assert "1 clipping off -> norm 1 clip norm 1" in lines  # the interventions' table, as before
+
+
+# ---------------------------------------------------------------- unsampled steps
+
+
+def _unsampled(steps: list[int], loss: list[float], norm: list[float]) -> RunSteps:
+    return RunSteps(
+        step=steps[-1], steps=np.array(steps, np.int64), loss=np.array(loss, np.float64),
+        global_norm=np.array(norm, np.float64),
+    )
+
+
+def _strided() -> list[Event]:
+    """Steps 0 and 4 sampled; 1..3 and 5..6 not (the lowest loss at step 2, the last at step 6)."""
+    return [
+        _start(),
+        _step(0, loss=4.0, gnorm=1.0, stepped=1.0),
+        _unsampled([1, 2, 3], [3.0, 0.5, NAN], [2.0, 9.0, 3.0]),
+        _step(4, loss=2.0, gnorm=4.0, stepped=3.0),
+        _unsampled([5, 6], [1.5, 1.2], [5.0, NAN]),
+    ]
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_loss_and_global_norm_summaries_are_over_every_step_sampled_or_not(recompute: bool) -> None:
+    out = summarize(_strided(), recompute=recompute)
+    assert out["loss"] == {"first": 4.0, "last": 1.2, "min": 0.5}
+    finite_norms = [1.0, 2.0, 9.0, 3.0, 4.0, 5.0]
+    assert out["global_norm"] == {"median": float(np.median(finite_norms)), "max": 9.0}
+    assert out["stepped_norm"] == {"median": 2.0, "max": 3.0}  # known at sampled steps only
+    assert out["steps"] == 7 and out["sampled_steps"] == 2
+    assert out["first_nonfinite_step"] == 6  # the global norm of step 6 is NaN
+    json.dumps(out, allow_nan=False)
+
+
+def test_the_last_loss_is_the_last_steps_even_when_it_was_not_sampled() -> None:
+    events = [*_strided(), RunEnd(7, "ok")]
+    assert summarize(events)["loss"]["last"] == 1.2
+    events[-2] = _unsampled([5, 6], [1.5, NAN], [5.0, 4.0])  # no finite loss at the last step: the one before
+    assert summarize(events)["loss"]["last"] == 1.5
+
+
+def test_recomputed_detectors_get_every_step_in_order_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradtui.model import detectors
+
+    calls: list[tuple[Any, ...]] = []
+
+    class Spy(detectors.Detectors):
+        def update(self, stats: StepStats) -> list[Alert]:
+            calls.append(("update", stats.step, stats.loss, stats.global_norm))
+            return super().update(stats)
+
+        def update_run(self, step: int, loss: float, global_norm: float) -> list[Alert]:
+            assert type(step) is int and type(loss) is float and type(global_norm) is float
+            calls.append(("update_run", step, loss, global_norm))
+            return super().update_run(step, loss, global_norm)
+
+    monkeypatch.setattr(detectors, "Detectors", Spy)
+    events = [_start(), _step(0, loss=4.0), _unsampled([1, 2], [3.0, 2.5], [2.0, 1.5]), _step(3, loss=2.0),
+              _unsampled([4], [1.0], [0.5])]
+    summarize(events, recompute=True)
+    assert calls == [
+        ("update", 0, 4.0, 1.0),
+        ("update_run", 1, 3.0, 2.0),
+        ("update_run", 2, 2.5, 1.5),
+        ("update", 3, 2.0, 1.0),
+        ("update_run", 4, 1.0, 0.5),
+    ]
+
+
+def test_a_non_finite_global_norm_at_an_unsampled_step_is_flagged_when_the_report_recomputes() -> None:
+    events = [_start(), *(_step(i) for i in range(5)), _unsampled([5, 6, 7], [1.0, 1.0, NAN], [1.0, INF, NAN])]
+    out = summarize(events, recompute=True)
+    assert out["first_nonfinite_step"] == 6
+    raised = [(a["step"], a["layer"], a["kind"]) for a in out["alerts"]]
+    assert (6, None, "nonfinite") in raised
+    assert all(step >= 6 for step, _, _ in raised)  # nothing before the bad step
+
+
+def test_unsampled_steps_that_do_not_fit_are_skipped_and_listed() -> None:
+    bad = [
+        _unsampled([3, 2], [1.0, 1.0], [1.0, 1.0]),  # not increasing
+        RunSteps(step=9, steps=np.array([8, 9]), loss=np.ones(3), global_norm=np.ones(2)),  # lengths disagree
+        RunSteps(step=9, steps=np.array([8.0, 9.0]), loss=np.ones(2), global_norm=np.ones(2)),  # float steps
+        _unsampled([0], [1.0], [1.0]),  # before a step already seen
+    ]
+    out = summarize([_start(), _step(0), _step(1), *bad, _unsampled([2, 3], [5.0, 6.0], [1.0, 1.0])])
+    reasons = sorted(s["reason"] for s in out["skipped"])
+    assert reasons == sorted([
+        "has steps that do not increase",
+        "has another number of losses or global norms than steps",
+        "has steps that are not a non-empty integer vector",
+        "goes backwards",
+    ])
+    assert all(s["event"] == "run_steps" for s in out["skipped"])
+    assert out["loss"]["last"] == 6.0 and out["steps"] == 4

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from gradtui.model.events import Alert, CommandResult, Dropped, LayerInfo, RunStart, StepStats, UpdateStats
+from gradtui.model.events import (
+    Alert,
+    CommandResult,
+    Dropped,
+    LayerInfo,
+    RunStart,
+    RunSteps,
+    StepStats,
+    UpdateStats,
+)
 from gradtui.model.store import RunStore
 
 
@@ -77,3 +88,73 @@ def test_updates_alerts_results_and_reset() -> None:
     version = store.version
     store.reset()
     assert store.count == 0 and store.layers == () and store.markers == [] and store.version == version + 1
+
+
+def run_steps(steps: list[int], loss: list[float], norm: list[float]) -> RunSteps:
+    return RunSteps(
+        step=steps[-1], steps=np.array(steps, np.int64), loss=np.array(loss, np.float64),
+        global_norm=np.array(norm, np.float64),
+    )
+
+
+@pytest.mark.parametrize("run_capacity", [7, 64])
+def test_loss_and_global_norm_are_kept_at_every_step_across_both_event_types(run_capacity: int) -> None:
+    """Sampled steps at stride 1, then 4, then 8 (the steps between them in batches): the every-step
+    series hold each step once, in order, against a plain list of what was sent."""
+    n = 2
+    store = RunStore(capacity=16, run_capacity=run_capacity)
+    store.apply(start(n))
+    sent: list[tuple[int, float, float]] = []  # (step, loss, global norm) of every step, in order
+    sampled: list[int] = []
+    pending: list[int] = []
+    stride = {range(0, 6): 1, range(6, 22): 4, range(22, 47): 8}
+    for s in range(47):
+        every = next(v for r, v in stride.items() if s in r)
+        if s % every:
+            pending.append(s)
+            continue
+        if pending:
+            store.apply(run_steps(pending, [10.0 + p for p in pending], [100.0 + p for p in pending]))
+            sent += [(p, 10.0 + p, 100.0 + p) for p in pending]
+            pending = []
+        ev = step(s, n)
+        store.apply(ev)
+        sent.append((s, ev.loss, ev.global_norm))
+        sampled.append(s)
+    store.apply(run_steps(pending, [10.0 + p for p in pending], [100.0 + p for p in pending]))  # 41..46
+    sent += [(p, 10.0 + p, 100.0 + p) for p in pending]
+    kept = sent[-run_capacity:]
+    assert store.run_steps().tolist() == [s for s, _, _ in kept]
+    np.testing.assert_array_equal(store.series("loss"), [x for _, x, _ in kept])
+    np.testing.assert_array_equal(store.series("global_norm"), [g for _, _, g in kept])
+    assert store.series_steps("loss").tolist() == [s for s, _, _ in kept]
+    assert store.run_total == len(sent) == 47 and store.run_count == min(run_capacity, 47)
+    assert store.series_first_index("global_norm") == 47 - min(run_capacity, 47)
+    # The per-layer ring and the other run-wide series stay at the sampled steps.
+    assert store.steps().tolist() == sampled[-16:] and store.series("lr").size == min(16, len(sampled))
+    assert store.series_steps("lr").tolist() == sampled[-16:]
+    assert store.last_step == 46 and store.last is not None and store.last.step == 40
+    assert (store.last_loss, store.last_global_norm) == (sent[-1][1], sent[-1][2]) == (56.0, 146.0)
+    assert store.series("loss", last=3).tolist() == [x for _, x, _ in sent[-3:]]
+
+
+def test_a_batch_larger_than_the_ring_and_repeated_steps_keep_each_step_once() -> None:
+    store = RunStore(run_capacity=5)
+    store.apply(start(1))
+    store.apply(step(0, 1))
+    store.apply(run_steps(list(range(1, 13)), [float(s) for s in range(1, 13)], [1.0] * 12))
+    assert store.run_steps().tolist() == [8, 9, 10, 11, 12] and store.run_total == 13
+    store.apply(run_steps([11, 12, 13], [0.0, 0.0, 13.0], [1.0] * 3))  # 11 and 12 again: left out
+    store.apply(step(12, 1))  # a sampled step already held: its run-wide values are not repeated
+    assert store.run_steps().tolist() == [9, 10, 11, 12, 13]
+    assert store.series("loss").tolist() == [9.0, 10.0, 11.0, 12.0, 13.0] and store.run_total == 14
+
+
+def test_a_non_finite_global_norm_at_an_unsampled_step_is_the_first_non_finite_step() -> None:
+    store = RunStore()
+    store.apply(start(2))
+    store.apply(step(0, 2))
+    store.apply(run_steps([1, 2, 3], [1.0, math.nan, math.nan], [1.0, 5.0, math.inf]))
+    store.apply(step(4, 2))
+    assert store.first_nonfinite_step == 3 and store.first_nonfinite_layers == ()
+    assert math.isnan(store.series("loss")[2]) and store.last_step == 4

@@ -20,7 +20,17 @@ from attach_helpers import env_for, read_lines, start, stop_process, wait_for, w
 
 from gradtui import cli
 from gradtui.model.commands import SetLR
-from gradtui.model.events import CommandResult, Dropped, Event, LayerInfo, RunEnd, RunStart, StepStats, UpdateStats
+from gradtui.model.events import (
+    CommandResult,
+    Dropped,
+    Event,
+    LayerInfo,
+    RunEnd,
+    RunStart,
+    RunSteps,
+    StepStats,
+    UpdateStats,
+)
 from gradtui.probe.history import History
 from gradtui.sources.attach import AttachError, SocketSource
 from gradtui.wire import codec as wire
@@ -436,6 +446,34 @@ def test_history_is_bounded_and_replays_in_order() -> None:
     assert not any(isinstance(e, Dropped) for e in events)
     order = [getattr(e, "step", -1) for e in events[1:]]
     assert order == sorted(order)
+
+
+def test_history_keeps_the_unsampled_steps_between_the_sampled_ones_bounded_with_them() -> None:
+    """At stride 4 the steps between two samples travel as RunSteps: a viewer that attaches late gets
+    every step since the oldest sample kept (not only the sampled ones), and no more than the bounds."""
+    start_ev = RunStart(
+        run="r", pid=1, started=0.0, layers=(LayerInfo("a", "Linear", 4),) * 4, lrs=(0.1,), clip_mode="off",
+        clip_threshold=1.0, every=4, detail_every=1, device="cpu",
+    )
+
+    def fill(hist: History) -> list[Event]:
+        hist.add(start_ev, wire.encode(start_ev))
+        for i in range(0, 4000, 4):
+            between = np.arange(i + 1, i + 4)
+            for ev in (_step(i), RunSteps(i + 3, between, np.ones(3), np.full(3, 2.0))):
+                hist.add(ev, wire.encode(ev))
+        return [wire.decode_event(p) for p in wire.iter_frames(wire.hello_frame() + b"".join(hist.snapshot()))]
+
+    events = fill(History(max_steps=10, max_bytes=1 << 30, max_other=3))
+    assert isinstance(events[0], RunStart)
+    assert [e.step for e in events if isinstance(e, StepStats)] == list(range(3960, 4000, 4))
+    every = [int(s) for e in events[1:] for s in (e.steps if isinstance(e, RunSteps) else [e.step])]
+    assert every == list(range(3960, 4000)), "every step since the oldest sample kept, once, in order"
+    small = History(max_steps=1000, max_bytes=20 * len(wire.encode(_step(0))), max_other=3)
+    kept = fill(small)
+    assert small.nbytes <= 20 * len(wire.encode(_step(0))) + len(wire.encode(start_ev))
+    steps = [int(s) for e in kept[1:] for s in (e.steps if isinstance(e, RunSteps) else [e.step])]
+    assert steps == list(range(steps[0], 4000)) and 3900 < steps[0]
 
 
 def test_a_stalled_viewer_queue_drops_its_oldest_frames_and_counts_them() -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import gradtui
-from gradtui.model.events import StepStats
+from gradtui.model.events import RunSteps, StepStats
 
 pytestmark = pytest.mark.gpu
 
@@ -135,3 +135,44 @@ def test_no_host_sync_from_the_probe(
     assert [s.step for s in stats] == list(range(STEPS))  # every step was measured and published
     assert all(np.isfinite(s.grad_norm).all() for s in stats)
     assert any(s.grad_hist is not None for s in stats[1:])  # detail steps ran inside the recorder
+
+
+@pytest.mark.parametrize("options", [{"every": 3}, {"budget": 0.5}], ids=["every-3", "budget"])
+def test_no_host_sync_from_the_run_wide_tier(options: dict[str, Any]) -> None:
+    """Unsampled steps still send their loss and global norm: a deferred copy, never a sync."""
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gradtui.watch(model, opt, queue=True, serve=False, guard=False, **options)
+    x, y = torch.randn(64, 32, device="cuda"), torch.randint(0, 4, (64,), device="cuda")
+    losses: list[torch.Tensor] = []
+    norms: list[torch.Tensor] = []
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss)
+        # The reference, kept on the device and read after the recorder: torch's own global norm.
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+        losses.append(loss.detach())
+        opt.step()
+
+    step()
+    with syncs_recorded() as found:
+        for _ in range(1, 3 * STEPS):
+            step()
+    mon.close()
+    ours = ["".join(stack.format()) for stack in found if from_gradtui(stack)]
+    assert not ours, "synchronising CUDA calls from gradtui:\n" + "\n".join(ours)
+    assert mon.events is not None
+    seen: dict[int, tuple[float, float]] = {}
+    for event in mon.events.drain():
+        if isinstance(event, StepStats):
+            seen[event.step] = (event.loss, event.global_norm)
+        elif isinstance(event, RunSteps):
+            for s, lo, g in zip(event.steps.tolist(), event.loss.tolist(), event.global_norm.tolist(), strict=True):
+                seen[s] = (lo, g)
+    assert sorted(seen) == list(range(3 * STEPS))  # every step once, sampled or not
+    got = np.array([seen[s] for s in range(3 * STEPS)])
+    want = np.array([[lo.item(), g.item()] for lo, g in zip(losses, norms, strict=True)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)

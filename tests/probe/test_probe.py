@@ -17,6 +17,7 @@ from gradtui.model.commands import SetClip, SetLR, SetPaused, UnknownCommand
 from gradtui.model.events import CommandResult, Event, RunEnd, RunStart, StepStats, UpdateStats
 from gradtui.probe.layers import find_layers
 from gradtui.probe.monitor import Monitor
+from gradtui.probe.options import Instruments, Output, Sampling, Serving
 
 RTOL = 1e-5
 
@@ -156,7 +157,13 @@ def check_against_reference(stats: StepStats, names: list[str], ref: dict[str, d
 def test_stats_match_per_parameter_reference(name: str, defer: bool, detail_every: int) -> None:
     model, x, y = MODELS[name]()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
-    mon = Monitor(model, opt, queue_size=1000, detail_every=detail_every, detectors=False, defer=defer, connect=False)
+    mon = Monitor(
+        model, opt,
+        sampling=Sampling(detail_every=detail_every),
+        output=Output(queue_size=1000),
+        serving=Serving(connect=False),
+        instruments=Instruments(detectors=False, defer=defer),
+    )
     refs = []
     for _ in range(3):
         opt.zero_grad()
@@ -194,7 +201,12 @@ def test_layers_are_modules_owning_parameters_tied_counted_once() -> None:
 @pytest.mark.parametrize(("defer", "warm"), [(False, 0), (True, 0), (False, 1)], ids=["sync", "deferred", "fast"])
 def test_nonfinite_values_counted_exactly(defer: bool, warm: int) -> None:
     model, x, y = mlp()
-    mon = Monitor(model, None, queue_size=100, detectors=False, defer=defer, connect=False)
+    mon = Monitor(
+        model, None,
+        output=Output(queue_size=100),
+        serving=Serving(connect=False),
+        instruments=Instruments(detectors=False, defer=defer),
+    )
     for _ in range(warm):  # step 0 is a detail step; later ones take the CPU fast path
         _loss(model, x, y).backward()
         mon.step()
@@ -217,7 +229,13 @@ def test_nonfinite_values_counted_exactly(defer: bool, warm: int) -> None:
 def test_update_ratio_matches_weights_before_and_after() -> None:
     model, x, y = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    mon = Monitor(model, opt, queue_size=1000, detail_every=2, detectors=False, connect=False)
+    mon = Monitor(
+        model, opt,
+        sampling=Sampling(detail_every=2),
+        output=Output(queue_size=1000),
+        serving=Serving(connect=False),
+        instruments=Instruments(detectors=False),
+    )
     expected = {}
     for step in range(4):
         opt.zero_grad()
@@ -245,7 +263,13 @@ def test_update_ratio_matches_weights_before_and_after() -> None:
 
 def test_detail_statistics_only_on_detail_steps() -> None:
     model, x, y = mlp()
-    mon = Monitor(model, None, queue_size=1000, detail_every=3, every=2, detectors=False, connect=False)
+    mon = Monitor(
+        model, None,
+        sampling=Sampling(every=2, detail_every=3),
+        output=Output(queue_size=1000),
+        serving=Serving(connect=False),
+        instruments=Instruments(detectors=False),
+    )
     for _ in range(12):
         model.zero_grad()
         _loss(model, x, y).backward()
@@ -592,7 +616,7 @@ def test_detector_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatc
     model, _, _ = mlp()
     monkeypatch.setenv("GRADTUI_DETECTORS", "dead_steps=7")
     mon = gradtui.watch(model)
-    assert mon._detectors is not None and mon._detectors.config.dead_steps == 7
+    assert mon.detectors is not None and mon.detectors.config.dead_steps == 7
     mon.close()
     monkeypatch.setenv("GRADTUI_DETECTORS", "no_such_key=1")
     with pytest.raises(ValueError, match="GRADTUI_DETECTORS: .*no_such_key"):

@@ -20,6 +20,7 @@ from gradtui.model.events import (
     LogLine,
     RunEnd,
     RunStart,
+    RunSteps,
     StepStats,
     UpdateStats,
 )
@@ -364,3 +365,70 @@ def test_replay_never_needs_torch(record: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+# ---------------------------------------------------------------- unsampled steps
+
+
+def _strided_record(path: Path) -> Path:
+    """Steps 0..101: those with step % 4 == 3 sampled, the others in RunSteps (0..2 first, 100..101 last)."""
+    w = RecordWriter(path)
+    w.write(
+        RunStart(
+            run="strided", pid=1, started=T0, layers=tuple(LayerInfo(f"l{i}", "Linear", 10) for i in range(3)),
+            lrs=(0.1,), clip_mode="off", clip_threshold=1.0, every=4, detail_every=10, device="cpu",
+        )
+    )
+    pending: list[int] = []
+    for i in range(102):
+        if i % 4 != 3:
+            pending.append(i)
+            continue
+        w.write(RunSteps(pending[-1], np.array(pending), np.array([1.0 / (s + 1) for s in pending]), np.ones(3)))
+        pending = []
+        w.write(_step(i, T0 + i * DT))
+        if i == 43:
+            w.write(LogLine(text="log at 43"))
+    w.write(RunSteps(pending[-1], np.array(pending), np.array([1.0 / (s + 1) for s in pending]), np.ones(2)))
+    w.write(RunEnd(step=102, status="ok"))
+    w.close()
+    return path
+
+
+def test_a_record_with_unsampled_steps_plays_every_step_in_order(tmp_path: Path) -> None:
+    path = _strided_record(tmp_path / "strided.gtr")
+    src = ReplaySource(path, speed=math.inf, follow=False)
+    try:
+        assert src.wait_indexed()
+        got = _play_all(src)
+    finally:
+        src.close()
+    assert [type(e) for e in got] == [type(e) for e in read_record(path).events]
+    assert (src.first_step, src.last_step, src.position) == (0, 101, 101)
+    store = RunStore()
+    for e in got:
+        store.apply(e)
+    assert store.run_steps().tolist() == list(range(102))
+    np.testing.assert_allclose(store.series("loss"), [1.0 / (s + 1) for s in range(102)])
+    assert store.steps().tolist() == list(range(3, 102, 4)) and store.last_step == 101
+
+
+def test_a_seek_into_a_strided_record_brings_the_unsampled_steps_of_its_backlog(tmp_path: Path) -> None:
+    path = _strided_record(tmp_path / "strided.gtr")
+    src = ReplaySource(path, follow=False, paused=True, backlog_steps=5, clock=Clock())
+    try:
+        assert src.wait_indexed()
+        src.poll()
+        assert src.seek(50) == 50  # the last event at or before step 50 is RunSteps 48..50
+        got = src.poll()
+    finally:
+        src.close()
+    assert isinstance(got[0], RunStart)
+    assert _steps(got) == [31, 35, 39, 43, 47]
+    unsampled = [int(s) for e in got if isinstance(e, RunSteps) for s in e.steps]
+    assert unsampled == [s for s in range(32, 51) if s % 4 != 3]
+    assert [e.text for e in got if isinstance(e, LogLine)] == ["log at 43"]
+    store = RunStore()
+    for e in got:
+        store.apply(e)
+    assert store.run_steps().tolist() == list(range(31, 51)) and store.last_step == 50

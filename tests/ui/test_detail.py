@@ -342,6 +342,6 @@ def test_the_clip_preview_counts_what_each_rule_would_have_clipped() -> None:
     store = store_of([run_start(1)] + [step_stats(s, [g]) for s, g in enumerate(norms)])
     text = clip_preview(store, {"norm": 1.02}, 1.0)
     expected_norm = sum(g > 1.02 for g in norms)
-    assert f"Over the last 60 sampled steps: norm ≤1.02 would have clipped {expected_norm}," in text
+    assert f"Over the last 60 steps: norm ≤1.02 would have clipped {expected_norm}," in text
     assert "value ≤1 unknown (no detail step yet)" in text
     assert f"auto 2.5σ {zclip_preview(np.array(norms))} " in text and zclip_preview(np.array(norms)) >= 1

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from rich.color import ColorSystem
+from rich.style import Style
 from ui_helpers import run_start, step_stats, store_of
 
-from gradtui.model.events import Event
+from gradtui.model.events import Event, RunSteps
 from gradtui.model.store import RunStore
 from gradtui.ui.renderables.heatmap import (
     Heatmap,
@@ -21,9 +22,11 @@ from gradtui.ui.scale import (
     EXPLODING_CELL,
     HEALTH,
     HEALTH_GLYPHS,
+    HEALTH_LEVELS,
     HEALTH_MID,
     HEALTH_STYLES,
     N_BINS,
+    NO_SAMPLE,
     NONFINITE,
     PALETTE,
     STAT_SCALES,
@@ -291,3 +294,97 @@ def test_an_alert_about_an_old_step_repaints_the_kept_columns() -> None:
     after = heatmap_view(store, HEALTH, 40, health=kept, previous=before)
     assert (after.codes[2] == EXPLODING_CELL).sum() > 20
     np.testing.assert_array_equal(after.codes, heatmap_view(store, HEALTH, 40, health=kept).codes)
+
+
+def _stride_change_store() -> RunStore:
+    """fc0 at 0.1, sampled at every step from 0 to 16 (1e3 at step 5), then every 8 steps up to 64,
+    the steps between them sent as RunSteps."""
+    events: list[Event] = [run_start(1)]
+    for s in range(17):
+        events.append(step_stats(s, [1e3 if s == 5 else 0.1]))
+    for s in range(24, 65, 8):
+        between = np.arange(s - 7, s)
+        events.append(RunSteps(s - 1, between, np.ones(7), np.ones(7)))
+        events.append(step_stats(s, [0.1]))
+    return store_of(events)
+
+
+def test_columns_cover_a_fixed_number_of_steps_when_the_stride_changes() -> None:
+    """65 steps in 40 columns: 2 steps a column, whatever the stride. At stride 1 a column holds two
+    samples (the one at step 5 makes column 2 hot); at stride 8 one column in four holds a sample and
+    the other three are drawn as not sampled, not stretched over."""
+    layout = HeatmapLayout(57, name_width=6)
+    view = heatmap_view(_stride_change_store(), "grad_norm", layout.cells)
+    assert (view.steps_per_col, view.first_step, view.last_step) == (2, 0, 64)
+    ok = shade_glyph(int(STAT_SCALES["grad_norm"].codes(np.array([0.1]))[0]))
+    hot = shade_glyph(N_BINS - 1)
+    # Columns -7..-1 hold no step; 0..8 cover steps 0..17 (sampled 0..16); then a sample every fourth column.
+    cells = " " * 7 + ok * 2 + hot + ok * 6 + ("╌╌╌" + ok) * 6
+    assert render_heatmap_text(Heatmap(view, layout=layout, color=False), 57) == (
+        f" ‖g‖₂ 1e-07 ...░░▒▒▒▓▓██ 1e+03  × nan/inf  ╌ not sampled \n"
+        f"  layer    value 0             2 steps/col             64\n"
+        f"  fc0    1.0e-01 {cells}\n"
+    )
+
+
+def test_unsampled_columns_of_the_health_view_are_dim_dashes_between_coloured_cells() -> None:
+    layout = HeatmapLayout(57, name_width=6)
+    view = heatmap_view(_stride_change_store(), HEALTH, layout.cells)
+    assert render_heatmap_text(Heatmap(view, layout=layout, color=False), 57).splitlines()[2] == (
+        "  fc0    1.0e-01 " + " " * 7 + "··+······" + "╌╌╌·" * 6
+    )
+    text = render_heatmap_text(Heatmap(view, layout=layout, header=False), 57, color_system="truecolor")
+
+    def run(code: int, n: int) -> str:
+        return HEALTH_STYLES[code].render(HEALTH_GLYPHS[code] * n, color_system=ColorSystem.TRUECOLOR)
+
+    gap = Style(dim=True).render("╌╌╌", color_system=ColorSystem.TRUECOLOR)
+    high = HEALTH_LEVELS - 1  # four decades over the layer's level: the strongest "high"
+    expected = run(HEALTH_MID, 2) + run(high, 1) + run(HEALTH_MID, 6) + (gap + run(HEALTH_MID, 1)) * 6
+    assert text == "  fc0    1.0e-01 " + " " * 7 + expected + "\n"
+
+
+def test_a_column_before_the_oldest_sample_is_empty_and_one_after_the_newest_is_not_sampled() -> None:
+    """RunSteps newer than the last sample move the right edge: time goes on, nothing was measured."""
+    later = RunSteps(3, np.array([2, 3]), np.ones(2), np.ones(2))
+    store = store_of([run_start(1), step_stats(0, [0.1]), step_stats(1, [0.1]), later])
+    view = heatmap_view(store, "grad_norm", 6)
+    ok = int(STAT_SCALES["grad_norm"].codes(np.array([0.1]))[0])
+    assert view.codes[0].tolist() == [EMPTY, EMPTY, ok, ok, NO_SAMPLE, NO_SAMPLE]
+    assert (view.first_step, view.last_step, view.steps_per_col) == (0, 3, 1)
+
+
+@pytest.mark.parametrize("stat", [HEALTH, "grad_norm", "mean_abs"])
+def test_incremental_view_matches_a_fresh_one_as_the_stride_changes(stat: str) -> None:
+    """As the stride goes 1, 8, 3, 32 and back to 1 (the steps between samples as RunSteps), a view
+    built from the last frame's columns equals one built from scratch, and unsampled columns show."""
+    from gradtui.sources.synthetic import SyntheticRun
+    from gradtui.ui.renderables.health import HealthIndex
+
+    run = SyntheticRun("exploding", 10, detail_every=5)
+    events: list[Event] = []
+    for every, steps in ((1, 60), (8, 200), (3, 90), (32, 500), (1, 80)):
+        run.every = every
+        for _ in range(0, steps, 7):
+            events.extend(run.events(7))
+    assert any(isinstance(ev, RunSteps) for ev in events)
+    store = RunStore(capacity=64)
+    kept = HealthIndex()
+    previous = None
+    reused = gaps = 0
+    for i, ev in enumerate(events):
+        store.apply(ev)
+        if i % 5 or store.count == 0:
+            continue
+        view = heatmap_view(store, stat, 40, np.arange(2, 9), health=kept, previous=previous)
+        fresh = heatmap_view(store, stat, 40, np.arange(2, 9), health=kept)
+        np.testing.assert_array_equal(view.codes, fresh.codes, err_msg=f"event {i}, step {store.last_step}")
+        assert (view.first_step, view.last_step, view.steps_per_col) == (
+            fresh.first_step,
+            fresh.last_step,
+            fresh.steps_per_col,
+        )
+        reused += previous is not None and previous.basis == view.basis
+        gaps += view.gaps
+        previous = view
+    assert reused > 20 and gaps > 20

@@ -20,6 +20,7 @@ from gradtui.model.events import (
     LogLine,
     RunEnd,
     RunStart,
+    RunSteps,
     StepStats,
     UpdateStats,
 )
@@ -198,18 +199,82 @@ def test_to_pandas_without_pandas_says_how_to_get_it(tmp_path: Path, monkeypatch
         run.to_pandas()
 
 
-def test_to_pandas_has_a_row_per_sampled_step(tmp_path: Path) -> None:
+def test_to_pandas_has_a_row_per_step(tmp_path: Path) -> None:
     pytest.importorskip("pandas")
     run = load(_write(tmp_path / "hand.gtr", _hand_events()))
     df = run.to_pandas()
     assert list(df.columns) == [
-        "step", "loss", "global_norm", "stepped_norm", "lr_0", "lr_1", "grad_norm/l0", "grad_norm/l1",
+        "step", "loss", "global_norm", "sampled", "stepped_norm", "lr_0", "lr_1", "grad_norm/l0", "grad_norm/l1",
     ]
-    assert len(df) == 3 and df["step"].tolist() == [0, 1, 2]
+    assert len(df) == 3 and df["step"].tolist() == [0, 1, 2] and df["sampled"].tolist() == [True] * 3
     np.testing.assert_array_equal(df["grad_norm/l1"].to_numpy(), [2.0, 4.0, 1.0])
     np.testing.assert_array_equal(df["lr_1"].to_numpy(), [0.01, 0.005, 0.005])
     one = load(_write(tmp_path / "one.gtr", [_start(1), _step(0, norms=[1.0])])).to_pandas()
-    assert list(one.columns) == ["step", "loss", "global_norm", "stepped_norm", "lr", "grad_norm/l0"]
+    assert list(one.columns) == ["step", "loss", "global_norm", "sampled", "stepped_norm", "lr", "grad_norm/l0"]
+
+
+def test_to_pandas_of_a_strided_run_has_every_step_and_the_sampled_columns_only_where_sampled(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("pandas")
+    df = load(_write(tmp_path / "strided.gtr", _strided_events())).to_pandas()
+    assert df["step"].tolist() == list(range(7)) and df["sampled"].tolist() == SAMPLED
+    np.testing.assert_array_equal(df["loss"].to_numpy(), LOSS)
+    np.testing.assert_array_equal(df["grad_norm/l1"].to_numpy(), [2.0, NAN, NAN, NAN, 6.0, NAN, NAN])
+    np.testing.assert_array_equal(df["lr"].to_numpy(), [0.1, NAN, NAN, NAN, 0.05, NAN, NAN])
+    assert df[df["sampled"]]["step"].tolist() == [0, 4]
+
+
+# ---------------------------------------------------------------- unsampled steps
+
+LOSS = [3.0, 2.5, NAN, 2.0, 1.5, 1.2, 1.1]
+"""The loss at steps 0..6 of `_strided_events` (NaN at step 2: not finite, or not given)."""
+NORM = [5.0, 4.0, 3.0, 2.5, 2.0, 1.8, 1.7]
+SAMPLED = [True, False, False, False, True, False, False]
+
+
+def _run_steps(steps: list[int]) -> RunSteps:
+    return RunSteps(
+        step=steps[-1], steps=np.array(steps, np.int64), loss=np.array([LOSS[s] for s in steps]),
+        global_norm=np.array([NORM[s] for s in steps]),
+    )
+
+
+def _strided_events() -> list[Event]:
+    """Steps 0 and 4 sampled, 1..3 and 5..6 sent as RunSteps."""
+    return [
+        _start(2),
+        _step(0, norms=[1.0, 2.0], loss=LOSS[0], gnorm=NORM[0]),
+        _run_steps([1, 2, 3]),
+        _step(4, norms=[3.0, 6.0], loss=LOSS[4], gnorm=NORM[4], lrs=(0.05,), stepped=1.0),
+        _run_steps([5, 6]),
+        RunEnd(step=7, status="ok"),
+    ]
+
+
+def test_the_loss_and_global_norm_come_at_every_step_the_rest_at_sampled_steps(tmp_path: Path) -> None:
+    run = load(_write(tmp_path / "strided.gtr", _strided_events()))
+    assert run.run_steps.dtype == np.int64 and run.run_steps.tolist() == list(range(7))
+    np.testing.assert_array_equal(run.loss, LOSS)
+    np.testing.assert_array_equal(run.global_norm, NORM)
+    assert run.sampled.dtype == np.bool_ and run.sampled.tolist() == SAMPLED
+    assert run.steps.tolist() == [0, 4] == run.run_steps[run.sampled].tolist() and len(run) == 2
+    np.testing.assert_array_equal(run.loss[run.sampled], [3.0, 1.5])
+    np.testing.assert_array_equal(run.grad_norm, [[1.0, 2.0], [3.0, 6.0]])
+    np.testing.assert_array_equal(run.lr, [[0.1], [0.05]])
+    np.testing.assert_array_equal(run.stepped_norm, [NAN, 1.0])
+    assert "7 steps, 2 sampled steps" in repr(run)
+
+
+def test_unsampled_steps_that_do_not_fit_the_run_are_left_out_and_listed(tmp_path: Path) -> None:
+    events = _strided_events()
+    events.insert(4, _run_steps([3]))  # step 3 again, after step 4
+    with pytest.warns(RuntimeWarning, match="do not fit the run"):
+        run = load(_write(tmp_path / "bad.gtr", events))
+    assert run.run_steps.tolist() == list(range(7))
+    [entry] = run.skipped
+    assert (entry["event"], entry["reason"], entry["first_step"]) == ("run_steps", "goes backwards", 3)
+    assert summarize(iter(events))["skipped"] == run.skipped
 
 
 # ---------------------------------------------------------------- a real run

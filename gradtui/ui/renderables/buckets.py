@@ -7,16 +7,17 @@ import numpy as np
 from gradtui.model.events import FLAG_PRIORITY, primary_flag
 from gradtui.model.store import RunStore
 
-# Detail statistics arrive every `detail_every` steps: between two samples a column shows
-# the last known value instead of a gap. grad_norm is never filled: NaN there means "no gradient".
-_SPARSE_STATS = frozenset({"mean_abs", "max_abs", "update_ratio", "weight_norm", "zero_frac"})
+# Detail statistics arrive every `detail_every` sampled steps: a sampled column without one shows
+# the last known value instead of a gap (a column with no sample at all stays "not sampled").
+# grad_norm is never filled: NaN there means "no gradient".
+SPARSE_STATS = frozenset({"mean_abs", "max_abs", "update_ratio", "weight_norm", "zero_frac"})
 
 
 def bucket_size(count: int, cols: int) -> int:
     """Steps per column: the smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... that fits `count` in `cols`.
 
-    A coarse ladder changes rarely as a run grows (and buckets are aligned to absolute
-    sample numbers), so columns shift by one whole column as steps arrive instead of
+    A coarse ladder changes rarely as a run grows (and buckets are aligned to absolute step
+    numbers in the heatmap, sample numbers in a chart), so columns shift by one whole column as steps arrive instead of
     reshuffling every frame; steps of at most 1.5x keep at least two thirds of the width used.
     """
     cols = max(1, cols)
@@ -26,7 +27,7 @@ def bucket_size(count: int, cols: int) -> int:
     return k
 
 
-def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray, skip: int = 0) -> np.ndarray:
+def ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray, skip: int = 0) -> np.ndarray:
     """(last, len(layers)) float32 block of the ring before its newest `skip` steps, oldest first."""
     if last <= 0 or layers.size == 0:
         return np.full((max(0, last), layers.size), np.nan, np.float32)
@@ -37,7 +38,7 @@ def _ring_block(store: RunStore, stat: str, last: int, layers: np.ndarray, skip:
     return block
 
 
-def _ffill(values: np.ndarray) -> np.ndarray:
+def ffill(values: np.ndarray) -> np.ndarray:
     """Carry the last finite value forward down axis 0 (time) where a value is NaN."""
     valid = np.isfinite(values)
     idx = np.where(valid, np.arange(values.shape[0])[:, None], 0)
@@ -48,7 +49,7 @@ def _ffill(values: np.ndarray) -> np.ndarray:
     return np.where(seen & ~valid & ~np.isinf(values), filled, values)
 
 
-def _row_flags(store: RunStore, names: tuple[str, ...]) -> tuple[str | None, ...]:
+def row_flags(store: RunStore, names: tuple[str, ...]) -> tuple[str | None, ...]:
     """The most urgent active flag of each named row (looked up per shown row: a blow-up can hold
     a flag on every one of thousands of layers)."""
     active = store.active_flags

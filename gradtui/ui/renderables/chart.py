@@ -16,7 +16,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
 
-from gradtui.ui.renderables.heatmap import bucket_size
+from gradtui.ui.renderables.buckets import bucket_size
 from gradtui.ui.scale import fmt_number
 
 BARS = " ▁▂▃▄▅▆▇█"
@@ -102,10 +102,8 @@ class SeriesChart:
         self.overlay = None if overlay is None else np.asarray(overlay, dtype=np.float64)
         self.overlay_label = overlay_label
 
-    def _buckets(
-        self, cols: int, values: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-        """Per column: worst finite value, any non-finite, and the sample range it covers."""
+    def _buckets(self, cols: int, values: np.ndarray | None = None) -> _Buckets:
+        """Per column: worst and best finite value and any non-finite, over buckets of samples."""
         values = self.values if values is None else values
         n = values.size
         k = bucket_size(n, cols)
@@ -118,13 +116,20 @@ class SeriesChart:
         padded = np.full(cols * k, np.nan)
         padded[offset : offset + take] = values[n - take :]
         blocks = padded.reshape(cols, k)
-        worst = np.fmax.reduce(np.where(np.isfinite(blocks), blocks, np.nan), axis=1)
-        bad = np.isinf(blocks).any(axis=1)
-        # A NaN inside the data (not padding) is a non-finite value too.
-        inside = np.zeros(cols * k, bool)
-        inside[offset : offset + take] = True
-        bad |= (np.isnan(padded) & inside).reshape(cols, k).any(axis=1)
-        return worst, bad, padded, first_bucket, k
+        finite = np.isfinite(blocks)
+        masked = np.where(finite, blocks, np.nan)
+        # One pass each over the samples (the every-step series hold up to `RUN_CAPACITY`).
+        worst = np.fmax.reduce(masked, axis=1)
+        best = np.fmin.reduce(masked, axis=1)
+        bad = ~finite.all(axis=1)
+        # A NaN or Inf inside the data is a non-finite value; the padding (NaN) is not: buckets
+        # before the data hold none, and the two at its ends are looked at alone.
+        first_data = offset // k
+        bad[:first_data] = False
+        for b in {first_data, cols - 1}:
+            a, z = max(offset, b * k), min(offset + take, (b + 1) * k)
+            bad[b] = z > a and not bool(np.isfinite(padded[a:z]).all())
+        return _Buckets(worst, best, bad, first_bucket, k)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = options.max_width
@@ -138,8 +143,16 @@ class SeriesChart:
         st = self.styles
         rows = max(1, height - 2)
         out: list[list[Segment]] = []
-        both = self.values if self.overlay is None else np.concatenate([self.values, self.overlay])
-        finite = both[np.isfinite(both)]
+        cols = max(1, width)
+        buckets = self._buckets(cols) if self.values.size else None
+        over_all = self._buckets(cols, self.overlay) if self.overlay is not None and self.overlay.size else None
+        # The range of every finite value (the overlay's too), from the buckets' extremes.
+        ends = [b for b in (buckets, over_all) if b is not None]
+        lows = np.concatenate([b.best for b in ends]) if ends else np.zeros(0)
+        highs = np.concatenate([b.worst for b in ends]) if ends else np.zeros(0)
+        any_finite = bool(np.isfinite(highs).any())
+        v_min = float(np.nanmin(lows)) if any_finite else math.nan
+        v_max = float(np.nanmax(highs)) if any_finite else math.nan
         last = float(self.values[-1]) if self.values.size else None
         now = "—" if last is None else ("nan" if math.isnan(last) else fmt_number(last))
         # A narrow chart keeps the latest value whole: "global ‖g‖ 0.012", "‖g‖ 0.012", "0.012".
@@ -151,9 +164,9 @@ class SeriesChart:
             head += f" ({self.overlay_label} {fmt_number(float(over[-1]))})".replace("( ", "(")
         use_log = self.log
         if use_log is None:
-            use_log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() >= 100)
-        if finite.size:
-            lo_s, hi_s = fmt_number(float(finite.min())), fmt_number(float(finite.max()))
+            use_log = bool(any_finite and v_min > 0 and v_max / v_min >= 100)
+        if any_finite:
+            lo_s, hi_s = fmt_number(v_min), fmt_number(v_max)
             # A flat series says so (its bars are all the same height, whatever the value).
             rng = f"  [{lo_s} … {hi_s}{' log' if use_log else ''}]" if lo_s != hi_s else f"  [flat at {lo_s}]"
         else:
@@ -163,12 +176,12 @@ class SeriesChart:
         if len(head) + len(rng) <= width:
             title_segs.append(Segment(rng, st.axis))
         out.append(Segment.adjust_line_length(title_segs, width, style=_PLAIN))
-        if self.values.size == 0 or width < 2:
+        if buckets is None or width < 2:
             out.extend([Segment(" " * width, _PLAIN)] for _ in range(rows))
             out.append([Segment(" " * width, _PLAIN)])
             return out
 
-        worst, bad, _, first_bucket, k = self._buckets(width)
+        worst, bad, first_bucket, k = buckets.worst, buckets.bad, buckets.first_bucket, buckets.k
 
         def scaled(x: np.ndarray) -> np.ndarray:
             if not use_log:
@@ -177,7 +190,9 @@ class SeriesChart:
                 return np.log10(np.where(x > 0, x, np.nan))
 
         vals = scaled(worst)
-        over_vals = scaled(self._buckets(width, over)[0]) if over is not None else None
+        over_vals = None
+        if over is not None:
+            over_vals = scaled(over_all.worst if over_all is not None else self._buckets(width, over).worst)
         fin = np.concatenate([vals, over_vals]) if over_vals is not None else vals
         fin = fin[np.isfinite(fin)]
         lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
@@ -240,6 +255,22 @@ class SeriesChart:
             chars[width - len(b) :] = list(b)
         out.append(_runs_to_segments(chars, cls, style_of))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Buckets:
+    """A series in a chart's columns (see `SeriesChart._buckets`)."""
+
+    worst: np.ndarray
+    """Per column: the largest finite value (NaN: none)."""
+    best: np.ndarray
+    """Per column: the smallest finite value (NaN: none)."""
+    bad: np.ndarray
+    """Per column: a NaN or Inf among its values."""
+    first_bucket: int
+    """Absolute bucket number (sample number // k) of the first column."""
+    k: int
+    """Samples per column."""
 
 
 def _runs_to_segments(chars: np.ndarray, cls: np.ndarray, styles: tuple[Style, ...]) -> list[Segment]:

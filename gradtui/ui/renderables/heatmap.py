@@ -1,16 +1,17 @@
 """The layers x steps heatmap as a pure Rich renderable.
 
-`heatmap_view` turns a `RunStore` into a small matrix of colour codes (one row per
-layer, one column per bucket of steps); `Heatmap` draws it. The health view (the
-default) colours a cell by how far the layer is from healthy at that step, the other
-views by the magnitude of a statistic on a fixed log scale. The Textual widget in
+`heatmap_view` (in `gradtui.ui.renderables.columns`) turns a `RunStore` into a small matrix
+of colour codes (one row per layer, one column per bucket of a fixed number of steps);
+`Heatmap` draws it. The health view (the default) colours a cell by how far the layer is
+from healthy at that step, the other views by the magnitude of a statistic on a fixed log
+scale; a column none of whose steps was sampled is drawn as such. The Textual widget in
 `gradtui.ui.widgets.layer_heatmap` reuses `Heatmap.row_segments` line by line, so the
 terminal app and the string-rendering tests draw exactly the same thing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,9 +19,9 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment, Segments
 from rich.style import Style
 
-from gradtui.model.store import STAT_LABELS, RunStore
-from gradtui.ui.renderables.buckets import _SPARSE_STATS, _ffill, _ring_block, _row_flags, bucket_size
-from gradtui.ui.renderables.health import CELL_FLAGS, HealthIndex, paint_mask, span_rows
+from gradtui.model.store import STAT_LABELS
+from gradtui.ui.renderables.buckets import bucket_size
+from gradtui.ui.renderables.columns import HeatmapView, heatmap_view
 from gradtui.ui.scale import (
     DEAD_CELL,
     EMPTY,
@@ -38,13 +39,14 @@ from gradtui.ui.scale import (
     HEALTH_SIDE,
     HEALTH_STYLES,
     N_BINS,
+    NO_SAMPLE,
+    NO_SAMPLE_GLYPH,
+    NO_SAMPLE_STYLE,
     NONFINITE,
     NONFINITE_GLYPH,
     NONFINITE_STYLE,
     PALETTE,
-    STAT_SCALES,
     VANISHING_CELL,
-    LogScale,
     fmt_value,
     shade_glyph,
     truncate_left,
@@ -56,241 +58,23 @@ MONO_FLAG_STYLE = Style(bold=True, reverse=True)
 MIN_NAME_WIDTH = 6
 HEADER_LINES = 2
 """Legend and step axis, drawn above the rows."""
+NO_SAMPLE_WORDS = "not sampled"
+"""The legend's word for a column of steps none of which was sampled."""
 
-
-
-@dataclass(frozen=True)
-class HeatmapView:
-    """What the heatmap shows: labels, current values, flags and a grid of colour codes."""
-
-    stat: str
-    names: tuple[str, ...]
-    values: np.ndarray
-    """Current (latest known) value of `stat` per row."""
-    flags: tuple[str | None, ...]
-    """Most urgent active flag kind per row, or None."""
-    codes: np.ndarray
-    """(rows, cols) int16: 0..N_BINS-1 colour bin, EMPTY or NONFINITE."""
-    first_step: int | None = None
-    last_step: int | None = None
-    steps_per_col: int = 1
-    known: np.ndarray | None = None
-    """Per row: the value was ever computed (else it shows as "—"; a NaN that was computed shows "nan")."""
-    scale: LogScale = field(default_factory=lambda: STAT_SCALES["grad_norm"])
-    last_bucket: int | None = None
-    """Absolute bucket number (sample number // steps_per_col) of the last column."""
-    basis: _Basis | None = field(default=None, compare=False, repr=False)
-    """What the columns were computed from (a later frame reuses them when it matches)."""
-    alerts_seen: int = 0
-    """Alerts the store held when the view was built."""
-
-    @property
-    def rows(self) -> int:
-        return len(self.names)
-
-    @property
-    def cols(self) -> int:
-        return int(self.codes.shape[1]) if self.codes.ndim == 2 else 0
-
-
-def heatmap_view(
-    store: RunStore,
-    stat: str,
-    cols: int,
-    layers: Sequence[int] | np.ndarray | None = None,
-    *,
-    health: HealthIndex | None = None,
-    previous: HeatmapView | None = None,
-) -> HeatmapView:
-    """Build the view of `stat` for the given layer indices (all by default) in `cols` columns.
-
-    Each column is a bucket of steps; a bucket shows the largest finite value in it (for a
-    norm, the worst case), is NON-FINITE only when the layer really had a NaN/Inf gradient
-    (a non-finite count, or an infinite value), and EMPTY when it holds no value. The
-    health view (`stat` "health") reads the gradient norm and its references from
-    `health`, which a caller drawing many frames keeps (a fresh one reads the whole ring).
-    With `previous` (the view of the last frame), the columns that cannot have changed are
-    copied from it and only the newest are computed.
-    """
-    source = "grad_norm" if stat == HEALTH else stat
-    scale = STAT_SCALES.get(source, STAT_SCALES["grad_norm"])
-    idx = np.arange(store.n_layers) if layers is None else np.asarray(layers, dtype=np.intp)
-    cols = max(0, cols)
-    names = tuple(store.layers[i].name for i in idx)
-    latest = store.latest(source)
-    values = latest[idx] if latest.size else np.full(idx.size, np.nan)
-    seen = store.latest_step(source)
-    known = seen[idx] >= 0 if seen.size else np.zeros(idx.size, bool)
-    flags = _row_flags(store, names)
-    if store.count == 0 or cols == 0 or idx.size == 0:
-        codes = np.full((idx.size, cols), EMPTY, np.int16)
-        return HeatmapView(stat, names, values, flags, codes, known=known, scale=scale)
-
-    total, count = store.total_steps, store.count
-    k = bucket_size(count, cols)
-    newest = (total - 1) // k
-    first_bucket = newest - cols + 1
-    if stat == HEALTH:
-        health = health if health is not None else HealthIndex()
-        health.sync(store)
-    basis = _Basis(store, store.run, stat, idx.tobytes(), k, cols, health.generation if health else -1)
-    since = _reusable(previous, basis, store, first_bucket)
-    # Buckets before the previous view's newest are final, except those holding the oldest
-    # sample or older: the ring drops samples there as it wraps.
-    oldest = max(first_bucket, (total - count) // k)
-    if since is None or previous is None or oldest + 1 >= since:
-        c = _bucket_codes(store, source, stat, idx, k, first_bucket, newest, scale, health)
-    else:
-        prev_first = since - cols + 1
-        c = np.concatenate(
-            [
-                _bucket_codes(store, source, stat, idx, k, first_bucket, oldest, scale, health),
-                previous.codes[:, oldest + 1 - prev_first : since - prev_first],
-                _bucket_codes(store, source, stat, idx, k, since, newest, scale, health),
-            ],
-            axis=1,
-        )
-    shown = total - max(first_bucket * k, total - count)
-    return HeatmapView(
-        stat,
-        names,
-        values,
-        flags,
-        np.ascontiguousarray(c),
-        first_step=int(store.steps(1, skip=shown - 1)[0]),
-        last_step=int(store.steps(1)[0]),
-        steps_per_col=k,
-        known=known,
-        scale=scale,
-        last_bucket=newest,
-        basis=basis,
-        alerts_seen=len(store.alerts),
-    )
-
-
-@dataclass(frozen=True)
-class _Basis:
-    """What a view's columns were computed from: columns of two views with equal bases agree."""
-
-    store: RunStore
-    run: object
-    stat: str
-    rows: bytes
-    k: int
-    cols: int
-    health: int
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _Basis)
-            and self.store is other.store
-            and self.run is other.run
-            and (self.stat, self.rows, self.k, self.cols, self.health)
-            == (other.stat, other.rows, other.k, other.cols, other.health)
-        )
-
-    def __hash__(self) -> int:
-        return hash((id(self.store), id(self.run), self.stat, self.rows, self.k, self.cols, self.health))
-
-
-def _reusable(previous: HeatmapView | None, basis: _Basis, store: RunStore, first_bucket: int) -> int | None:
-    """The previous view's newest bucket when its older columns still hold (from it on is recomputed), else None."""
-    if previous is None or previous.basis != basis or previous.last_bucket is None:
-        return None
-    if basis.stat in _SPARSE_STATS:
-        return None  # a new empty column carries the last value forward from the ones before
-    since = previous.last_bucket
-    if not first_bucket <= since < first_bucket + basis.cols or len(store.alerts) < previous.alerts_seen:
-        return None
-    # An alert about a step before the recomputed buckets would paint a column that is kept.
-    held = store.total_steps - store.count
-    first_fresh = int(store.steps(1, skip=store.count - 1 - max(0, since * basis.k - held))[0])
-    if any(a.step < first_fresh for a in store.alerts[previous.alerts_seen :]):
-        return None
-    return since
-
-
-def _bucket_codes(
-    store: RunStore,
-    source: str,
-    stat: str,
-    idx: np.ndarray,
-    k: int,
-    first_bucket: int,
-    newest: int,
-    scale: LogScale,
-    health: HealthIndex | None,
-) -> np.ndarray:
-    """(rows, buckets) codes of buckets first_bucket..newest (k steps each, aligned to sample numbers)."""
-    total, count = store.total_steps, store.count
-    cols = newest - first_bucket + 1
-    s0 = max(first_bucket * k, total - count)
-    end = min(total, (newest + 1) * k)
-    m, skip = end - s0, total - end
-    offset = s0 - first_bucket * k
-    padded = cols * k
-
-    def block(name: str) -> np.ndarray:
-        out = np.full((padded, idx.size), np.nan, np.float32)
-        out[offset : offset + m] = _ring_block(store, name, m, idx, skip)
-        return out.reshape(cols, k, idx.size)
-
-    vals_b = block(source)
-    vals = np.fmax.reduce(vals_b, axis=1)
-    # NaN (no sample) compares False, so padding never counts as non-finite.
-    bad = (block("nonfinite") > 0).any(axis=1)
-    bad |= np.isinf(vals_b).any(axis=1)
-    if source != "grad_norm":
-        bad |= np.isinf(block("grad_norm")).any(axis=1)
-    if source in _SPARSE_STATS:
-        vals = _ffill(vals)
-    if stat == HEALTH:
-        window = _Window(m, offset, k, cols, store.steps(m, skip), skip)
-        c = _health_codes(store, health if health is not None else HealthIndex(), idx, window)
-    else:
-        c = scale.codes(vals)
-    c[bad] = NONFINITE
-    return c.T
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Where the held steps sit in the columns: `m` samples from `offset` of `cols` buckets of `k`,
-    ending `skip` samples before the newest."""
-
-    m: int
-    offset: int
-    k: int
-    cols: int
-    steps: np.ndarray
-    skip: int = 0
-    """Newest samples held after the window."""
-
-
-def _health_codes(store: RunStore, health: HealthIndex, idx: np.ndarray, w: _Window) -> np.ndarray:
-    """(cols, rows) health codes: each bucket's level furthest from healthy, or the flag that was up."""
-    flat = np.full((w.cols * w.k, idx.size), EMPTY, np.int8)
-    flat[w.offset : w.offset + w.m] = health.levels(store, w.m, idx, w.skip)
-    lv = flat.reshape(w.cols, w.k, idx.size)
-    hi = lv.max(axis=1)  # EMPTY (-1) is below every level
-    lo = np.where(lv == EMPTY, np.int8(HEALTH_LEVELS), lv).min(axis=1)
-    codes: np.ndarray = np.where(hi - HEALTH_MID >= HEALTH_MID - lo, hi, lo).astype(np.int16)
-    codes[hi == EMPTY] = EMPTY
-    drawn = [(r, span) for r, layer in enumerate(idx.tolist()) for span in health.spans(layer)]
-    if drawn:
-        rows = np.array([r for r, _ in drawn], np.intp)
-        kinds = np.array([CELL_FLAGS[span.kind] for _, span in drawn], np.int16)
-        first, past = span_rows(w.steps, [span for _, span in drawn])
-        # Step indices to columns: [first, past) covers the buckets of its first to its last step.
-        a = (w.offset + first) // w.k
-        b = np.where(past > first, (w.offset + past - 1) // w.k + 1, a)
-        has_value = codes != EMPTY
-        # Least urgent first, so the most urgent flag of a bucket is the one left on it.
-        for code in CELL_FLAGS.values():
-            sel = kinds == code
-            if sel.any():
-                codes[paint_mask(a[sel], b[sel], rows[sel], codes.shape) & has_value] = code
-    return codes
+__all__ = [  # the view's model and columns live in `columns`; drawing them, here
+    "HEADER_LINES",
+    "MIN_NAME_WIDTH",
+    "MONO_FLAG_STYLE",
+    "NO_SAMPLE_WORDS",
+    "VALUE_WIDTH",
+    "Heatmap",
+    "HeatmapLayout",
+    "HeatmapStyles",
+    "HeatmapView",
+    "bucket_size",
+    "heatmap_view",
+    "render_heatmap_text",
+]
 
 
 @dataclass(frozen=True)
@@ -408,7 +192,7 @@ class Heatmap:
         table = _CELL_TABLES.get((self.color, health))
         if table is None:
             table = {}
-            for code in (NONFINITE, EMPTY, *(HEALTH_CODES if health else range(N_BINS))):
+            for code in (NONFINITE, EMPTY, NO_SAMPLE, *(HEALTH_CODES if health else range(N_BINS))):
                 seg = self._cell(code, 1)
                 table[code] = (seg.text, seg.style if seg.style is not None else EMPTY_STYLE)
             _CELL_TABLES[(self.color, health)] = table
@@ -419,6 +203,8 @@ class Heatmap:
             return Segment(NONFINITE_GLYPH * n, NONFINITE_STYLE)
         if code == EMPTY:
             return Segment(EMPTY_GLYPH * n, EMPTY_STYLE)
+        if code == NO_SAMPLE:
+            return Segment(NO_SAMPLE_GLYPH * n, NO_SAMPLE_STYLE)
         if self.view.stat == HEALTH:
             if self.color:
                 return Segment(HEALTH_GLYPHS[code] * n, HEALTH_STYLES[code])
@@ -473,6 +259,11 @@ class Heatmap:
     def legend_segments(self, layout: HeatmapLayout) -> list[Segment]:
         """What the colours mean, in the longest of its forms that fits the width (never cut)."""
         forms = self._health_legends() if self.view.stat == HEALTH else self._scale_legends()
+        if self.view.gaps:
+            # Unsampled columns on screen: say what they are while the width allows.
+            axis = self.styles.axis
+            gap = [Segment("  ", axis), self._cell(NO_SAMPLE, 1), Segment(" " + NO_SAMPLE_WORDS, axis)]
+            forms = [[*segs, *gap] for segs in forms[:3]] + forms
         for segs in forms:
             if sum(seg.cell_length for seg in segs) <= layout.width:
                 return _fit(segs, layout.width)

@@ -101,14 +101,15 @@ class SeriesChartWidget(Widget):
             )
         styles = self._styles
         markers = chart_markers(st, self.marker_kinds)
+        # Loss and global norm at every step, the others at sampled steps (see `RunStore.series`).
         return SeriesChart(
-            st.steps(),
+            st.series_steps(self.series),
             st.series(self.series),
             title=self.title,
             height=height,
             log=self.log_scale,
             markers=markers,
-            first_index=st.total_steps - st.count,
+            first_index=st.series_first_index(self.series),
             styles=styles,
             overlay=st.series(self.overlay) if self.overlay is not None else None,
             overlay_label="loop",

@@ -309,7 +309,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
             self._view = view
             self._view_key = key
             self._renderable = Heatmap(view, layout=layout, color=self.color, styles=self._styles())
-            legend_key = (self.stat, layout, self.color)
+            legend_key = (self.stat, layout, self.color, view.gaps)
             if self._legend is None or self._legend[0] != legend_key:
                 legend = Strip(self._renderable.legend_segments(layout), layout.width)
                 self._legend = (legend_key, legend.extend_cell_length(width, _PLAIN))

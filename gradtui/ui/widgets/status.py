@@ -186,7 +186,8 @@ class StatusHeader(Widget):
         line1: list[_Item] = [_ranked(self._state(), 0, 10), _ranked(_chip("", name, "bold"), 7)]
         if self.source_name != name:
             line1.append(_ranked(Text(self.source_name, style="dim"), 6))
-        step = f"{last.step}" if last is not None else "—"
+        # The newest step seen, sampled or not: loss and global norm arrive at every step.
+        step = f"{st.last_step}" if st.last_step >= 0 else "—"
         line1.append(_ranked(_chip("step", step), 1, 11))
         if last is not None:
             sps = shown_rate(last.steps_per_sec, paused=actual.paused, ended=st.end is not None)
@@ -196,10 +197,10 @@ class StatusHeader(Widget):
             line1.append(_ranked(_chip("sampled", f"1/{st.stride}"), 9))
         if last is not None and run is not None and run.started > 0:
             line1.append(_ranked(_chip("elapsed", fmt_duration(last.time - run.started)), 8))
-        loss = last.loss if last is not None else None
+        loss = st.last_loss if st.run_count else None
         loss_style = "bold red" if loss is not None and not math.isfinite(loss) else "bold"
         line1.append(_ranked(_chip("loss", _fmt_nan(loss), loss_style), 2, 15))
-        g = last.global_norm if last is not None else None
+        g = st.last_global_norm if st.run_count else None
         line1.append(
             _ranked(_chip("‖g‖", _fmt_nan(g), "bold red" if g is not None and not math.isfinite(g) else "bold"), 5, 14)
         )

@@ -1,0 +1,125 @@
+"""What the publishing thread does with a step: a sampled step's host copy becomes events, every
+step's run-wide values go through the detectors, and their alarms start what they start
+(sampling every step, a bad batch on the ledger, the guard's judgement).
+
+Runs on the probe's publishing thread (`gradtui.probe.publisher`), or inline where there is
+none; the training thread reads only `limits`, a tuple replaced whole.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from gradtui.model.detector_config import DetectorConfig
+from gradtui.model.detectors import Detectors
+from gradtui.model.events import Alert, RunSteps, StepStats
+from gradtui.probe.budget import Sampler
+from gradtui.probe.guard import Keeper, Ledger
+from gradtui.probe.layers import Layer
+from gradtui.probe.publisher import Sampled
+from gradtui.probe.sinks import Outputs
+from gradtui.probe.stats import GradStats, publish
+from gradtui.probe.stepped import Placement
+from gradtui.wire import env
+
+
+def make_detectors(detectors: Any, layers: Sequence[Layer]) -> Detectors | None:
+    """The detectors `watch(detectors=...)` asks for (True: the defaults, or `GRADTUI_DETECTORS`)."""
+    if detectors is False or detectors is None:
+        return None
+    config = detectors if isinstance(detectors, DetectorConfig) else None
+    if config is None and detectors is not True:
+        raise TypeError(f"detectors must be True, False or a DetectorConfig, got {type(detectors).__name__}")
+    spec = env.get(env.DETECTORS_ENV)
+    if config is None and spec:
+        try:
+            config = DetectorConfig.parse(part for part in spec.split(",") if part.strip())
+        except ValueError as exc:
+            raise ValueError(f"{env.DETECTORS_ENV}: {exc}") from None
+    numel = [sum(p.numel() for p in layer.params) for layer in layers]
+    return Detectors([layer.name for layer in layers], config, numel=numel)
+
+
+class Judge:
+    """Turns the publishing thread's items into events and judges them (rank 0 only)."""
+
+    def __init__(
+        self,
+        outputs: Outputs,
+        stats: GradStats,
+        lanes: bool,
+        sampler: Sampler,
+        detectors: Detectors | None,
+        placement: Placement,
+        ledger: Ledger,
+        guard: Keeper | None,
+    ) -> None:
+        self._outputs = outputs
+        self._n = stats.n
+        self._host_loss = stats.device.type == "cpu"
+        self._lanes = lanes
+        self._sampler = sampler
+        self.detectors = detectors
+        self._placement = placement
+        self._ledger = ledger
+        self._guard = guard
+        self.limits: tuple[float, float] = (math.inf, math.inf)
+        """(global norm, loss) at which an unsampled step is sampled whole (`Detectors.run_limits`)."""
+
+    def handle(self, item: object) -> None:
+        """A sampled step, the run-wide values of unsampled steps, or an event made elsewhere."""
+        if isinstance(item, RunSteps):
+            began = time.thread_time()
+            try:
+                self._runs(item)
+            finally:
+                self._sampler.published_run(time.thread_time() - began, len(item.steps))
+        elif isinstance(item, Sampled):
+            began = time.thread_time()
+            try:
+                self._sampled(item)
+            finally:
+                self._sampler.published(time.thread_time() - began)
+        else:
+            self._outputs.emit(item)  # type: ignore[arg-type]
+
+    def _sampled(self, item: Sampled) -> None:
+        stats, update = publish(item.values, item.meta, self._n, self._lanes, item.stepped_factor)
+        self._placement.global_norm(stats.global_norm)
+        if update is not None:
+            self._outputs.emit(update)
+        self._outputs.emit(stats)
+        sampler = self._sampler
+        sampler.check(stats.step, stats.global_norm)
+        if not self._host_loss:
+            sampler.check(stats.step, stats.loss)  # not read at each step there: that would be a sync
+        if self.detectors is not None:
+            self._alerts(stats.step, self.detectors.update(stats), stats)
+            self.limits = self.detectors.run_limits()
+
+    def _runs(self, event: RunSteps) -> None:
+        self._outputs.emit(event)
+        detectors = self.detectors
+        if detectors is None:
+            return
+        steps, losses, norms = event.steps.tolist(), event.loss.tolist(), event.global_norm.tolist()
+        for step, loss, norm in zip(steps, losses, norms, strict=True):
+            self._sampler.check(step, norm)
+            self._alerts(step, detectors.update_run(step, loss, norm), None)
+        self.limits = detectors.run_limits()
+
+    def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:
+        for alert in alerts:
+            self._outputs.emit(alert)
+            if alert.active:
+                self._sampler.trouble(step)  # any alarm, info included: watch every step for a while
+                if alert.kind == "loss_spike" and alert.level != "info":
+                    self._ledger.note(step, "loss_spike")
+        if self._guard is not None:
+            self._guard.observe(step, alerts, stats)
+
+
+__all__ = ["Judge"]

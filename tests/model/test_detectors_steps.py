@@ -1,0 +1,88 @@
+"""The detectors over a run watched in two tiers: run-wide values at every step (`update_run`),
+per-layer statistics at sampled steps (`update`); persistence counts steps, not samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_detectors import NAMES, stats
+
+from gradtui.model.detectors import DetectorConfig, Detectors
+from gradtui.model.events import Alert
+
+
+def run(det: Detectors, steps: int, stride: int, norms: np.ndarray, losses: np.ndarray) -> list[Alert]:
+    """Every step to the detectors: sampled ones (step % stride == 0) whole, the others run-wide."""
+    out: list[Alert] = []
+    for step in range(steps):
+        g = norms[step]
+        glob = float(np.sqrt((g**2).sum())) if np.isfinite(g).all() else math.nan
+        if step % stride == 0:
+            out += det.update(stats(step, g, loss=float(losses[step]), global_norm=glob))
+        else:
+            out += det.update_run(step, float(losses[step]), glob)
+    return out
+
+
+def first(alerts: list[Alert], kind: str, layer: str | None = "any") -> int | None:
+    return min((a.step for a in alerts if a.active and a.kind == kind and (layer == "any" or a.layer == layer)),
+               default=None)
+
+
+def steady(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    norms = np.array([0.5, 1.0, 2.0, 1.5]) * 10.0 ** (0.1 * rng.standard_normal((steps, 4)))
+    losses = 2.0 * 10.0 ** (0.03 * rng.standard_normal(steps))
+    return norms, losses
+
+
+@pytest.mark.parametrize("stride", [1, 4, 8, 32])
+def test_a_loss_spike_at_an_unsampled_step_is_flagged_at_that_step(stride: int) -> None:
+    norms, losses = steady(200)
+    losses[123] *= 1000.0  # one bad batch; 123 is sampled at none of these strides but 1
+    alerts = run(Detectors(NAMES), 200, stride, norms, losses)
+    spikes = [a for a in alerts if a.kind == "loss_spike" and a.active]
+    assert [a.step for a in spikes] == [123]
+    assert spikes[0].level == "warning" and spikes[0].layer is None
+    assert spikes[0].value == pytest.approx(losses[123])
+
+
+@pytest.mark.parametrize("stride", [4, 8, 32])
+def test_a_global_norm_blow_up_between_samples_is_flagged_as_early_as_at_every_step(stride: int) -> None:
+    norms, losses = steady(120)
+    for step in range(90, 120):  # compounding 3x a step, loss rising with it
+        norms[step] *= 3.0 ** (step - 89)
+        losses[step] *= 1.5 ** (step - 89)
+    every = first(run(Detectors(NAMES), 120, 1, norms, losses), "exploding", None)
+    strided = first(run(Detectors(NAMES), 120, stride, norms, losses), "exploding", None)
+    assert every is not None and 90 <= every <= 93
+    assert strided == every
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 8, 16])
+def test_dead_and_clear_count_steps_whatever_the_stride(stride: int) -> None:
+    cfg = DetectorConfig(dead_steps=20, clear_steps=5)
+    norms, losses = steady(200)
+    norms[40:120, 2] = 0.0  # layer fc3 dead from step 40 to 119
+    alerts = run(Detectors(NAMES, cfg), 200, stride, norms, losses)
+    up = first(alerts, "dead", "fc3")
+    down = min((a.step for a in alerts if a.kind == "dead" and not a.active and a.layer == "fc3"), default=None)
+    # At every step: raised once dead for 20 steps (step 59), cleared after 5 live ones (step 124).
+    # At a stride the flag waits for the first sample that completes the count: at most a stride later,
+    # never earlier (a single sample does not stand for the steps around it).
+    assert up is not None and 59 <= up < 59 + stride
+    assert down is not None and 124 <= down < 124 + stride
+
+
+def test_run_limits_screen_below_what_the_rules_flag() -> None:
+    det = Detectors(NAMES)
+    norms, losses = steady(60)
+    run(det, 60, 1, norms, losses)
+    norm_limit, loss_limit = det.run_limits()
+    glob = np.sqrt((norms**2).sum(axis=1))
+    # Past the rules' history, a screen sits above the healthy values and below a 10x jump.
+    assert glob.max() < norm_limit < 10 * np.median(glob[-32:])
+    assert losses.max() < loss_limit < 2 * np.median(losses[-32:])
+    assert Detectors(NAMES).run_limits() == (DetectorConfig().explode_ceiling, math.inf)
