@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 
@@ -33,11 +32,19 @@ def _no_viewer_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Tem
     monkeypatch.setenv("GRADTUI_RUNTIME_DIR", str(runtime))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Sampling under the overhead budget follows the probe's own timing: tests that count
-    # sampled steps need every step whatever the machine's load, in fixtures of any scope
-    # and in the processes they start (tests/probe/test_budget.py turns it on explicitly).
-    os.environ["GRADTUI_BUDGET"] = "off"
+@pytest.fixture(autouse=True)
+def _default_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe samples as a user's would: under the overhead budget (`watch()`'s default),
+    whatever the shell that started pytest set. Tests that count sampled steps ask for
+    `every_step_sampling` (or give `every=`)."""
+    monkeypatch.delenv("GRADTUI_BUDGET", raising=False)
+
+
+@pytest.fixture
+def every_step_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step sampled (`GRADTUI_BUDGET=off`), here and in the processes the test starts: for
+    tests that count sampled steps, which under the budget follow the machine's load."""
+    monkeypatch.setenv("GRADTUI_BUDGET", "off")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

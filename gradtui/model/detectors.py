@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gradtui.model.detector_config import DetectorConfig
+from gradtui.model.detector_words import Change, FirstNonfinite, Severity, message
 from gradtui.model.events import ALERT_LEVELS, FLAG_PRIORITY, VERDICTS, Alert, StepStats
 from gradtui.model.explode import CRITICAL as _CRITICAL
 from gradtui.model.explode import INFO as _INFO
@@ -39,6 +40,90 @@ _AMP_SKIPS_TOLERATED = 30
 """Consecutive GradScaler-skipped samples ignored; beyond that their non-finite gradients count."""
 _KIND_LEVEL = np.array([_CRITICAL, _INFO, _WARNING, _WARNING, _WARNING], np.int8)
 """Level of a raised flag by kind (rows of `_KINDS`); exploding and loss spikes are judged per sample instead."""
+
+
+class LossSpike:
+    """The loss-spike rule: a ring of the run's last `window` finite losses, and each new loss judged
+    against it. `update` sets the rule's enter and leave conditions; `Detectors` turns them into the
+    run's flag."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        c = self.config = config
+        self._ring = np.zeros(c.window)
+        self._log_ring = np.zeros(c.window)
+        """The ring's losses on a log10 scale (-inf where not positive)."""
+        self._nonpositive = 0
+        """Entries of the ring that are <= 0 (then the log scale does not apply)."""
+        self._rows = 0
+        self._head = 0
+        self.scale = -math.inf
+        """The run's loss scale: the largest median of the ring so far."""
+        self.in_range = False
+        """This loss is known and at most the run's loss scale (before this loss)."""
+        self.level = _INFO
+        """The level a spike flag has at this loss: info within the run's loss scale, else warning."""
+        self.screen = math.inf
+        """A loss at or above this makes the probe sample its step (see `Detectors.run_limits`)."""
+        self.judged = False
+        """The rule applied to this loss (it is finite and `spike_min_history` losses are known)."""
+        self.enter = False
+        self.leave = False
+        self.loss = math.nan
+        """The last judged loss."""
+        self._limit = self._back = math.nan
+        """Where that loss would raise a spike (above `_limit`) or clear one (at or below `_back`) ..."""
+        self._log_scale = False
+        """... on a log10 scale when this is set."""
+
+    def update(self, loss: float) -> float:
+        """Fold in a loss (NaN when unknown); return its robust z-score in the ring (NaN if unknown)."""
+        c = self.config
+        self.in_range = False
+        self.judged = False
+        if not math.isfinite(loss):
+            return math.nan
+        z = math.nan
+        rows = self._rows
+        if rows >= _LOSS_MIN_HISTORY:
+            # Positive losses are compared on a log scale: their noise grows with their size (near zero a
+            # batch can cost 10x the median with nothing wrong).
+            log_scale = loss > 0 and self._nonpositive == 0
+            ring = self._log_ring if log_scale else self._ring
+            med_a, spread_a = median_spread(np.sort(ring if rows == c.window else ring[:rows]))
+            cur = math.log10(loss) if log_scale else loss
+            med = float(med_a)
+            spread = max(float(spread_a), _MIN_SPREAD if log_scale else 1e-3 * abs(med), 1e-12)
+            z = (cur - med) / spread
+            # As for the gradients: a loss that jumps but stays within where the run has been is info.
+            self.in_range = loss <= self.scale
+            self.level = _INFO if self.in_range else _WARNING
+            self.scale = max(self.scale, 10.0**med if log_scale else med)
+            if rows >= c.spike_min_history:
+                limit = med + c.spike_z * spread
+                if log_scale:
+                    limit = max(limit, med + math.log10(c.spike_ratio))
+                back = med + c.spike_clear_z * spread
+                self.judged = True
+                self.enter = cur > limit
+                self.leave = cur <= back
+                self.loss = loss
+                self._limit, self._back, self._log_scale = limit, back, log_scale
+                screen = med + SCREEN_SHARE * (limit - med)
+                self.screen = 10.0**screen if log_scale else screen
+        head = self._head
+        if rows == c.window and self._ring[head] <= 0:
+            self._nonpositive -= 1
+        self._ring[head] = loss
+        self._log_ring[head] = math.log10(loss) if loss > 0 else -math.inf
+        self._nonpositive += loss <= 0
+        self._head = (head + 1) % c.window
+        self._rows = min(rows + 1, c.window)
+        return z
+
+    def threshold(self, active: bool) -> float:
+        """The loss past which the last judged loss raised a spike, or (`active`) would clear it."""
+        edge = self._back if active else self._limit
+        return 10.0**edge if self._log_scale else edge
 
 
 class Detectors:
@@ -81,38 +166,31 @@ class Detectors:
         self._seen = np.zeros(shape, bool)
         self._clear_steps = c.clear_steps
         self._by_weight = np.zeros(n, bool)
+        """Layers vanishing by the gradient-to-weight rule alone (their value is ||g||/||w||)."""
         self._weight_norm = np.full(n, np.nan)
+        """Each layer's weight norm at the last detail step (NaN before the first)."""
         self._log_vanish = math.log10(c.vanish_ratio)
         self._log_vanish_clear = math.log10(c.vanish_clear_ratio)
         self._layer_growth = Growth(n, c)
         """The exploding rule over the layers' norms (fed at sampled steps)."""
         self._run_growth = Growth(1, c)
         """... and over the global norm (fed at every step)."""
-        self._xlevel = np.zeros(units, np.int8)
-        self._valid_layers = np.zeros(n, bool)
+        self._explode_level = np.zeros(units, np.int8)
+        """The level an exploding flag on each unit would have at this sample (from the two `Growth`s)."""
+        self._loss_spike = LossSpike(c)
         # This step's intermediates, read back only for the few units whose flag changes.
-        self._gn = np.zeros(n)
-        self._counts = np.zeros(n, np.int64)
-        self._glob = math.nan
-        self._rel = np.zeros(n)
-        self._gw = np.zeros(n)
-        self._spike = (math.nan, math.nan)
-        self._loss_scale = -math.inf
-        """The run's loss scale: the largest median of the loss window so far."""
-        self._spike_level = _INFO
-        self._loss_in_range = False
-        """This sample's loss is known and at most the run's loss scale (before this sample)."""
-        self._loss_screen = math.inf
-        """A loss at or above this makes the probe sample its step (see `run_limits`)."""
-        # Loss spike: ring of finite losses.
-        self._loss = np.zeros(c.window)
-        self._log_loss = np.zeros(c.window)
-        self._loss_nonpositive = 0
-        """Entries of the loss ring that are <= 0 (then the log scale does not apply)."""
-        self._loss_rows = 0
-        self._loss_head = 0
+        self._grad_norm = np.zeros(n)
+        """Each layer's gradient norm."""
+        self._nonfinite_counts = np.zeros(n, np.int64)
+        """Each layer's count of non-finite gradient values."""
+        self._global_norm = math.nan
+        self._log_rms_gap = np.zeros(n)
+        """log10 of each layer's gradient RMS over the largest layer's (vanishing by depth)."""
+        self._grad_to_weight = np.zeros(n)
+        """Each layer's ||g|| / ||w|| (vanishing by weight; NaN before the first detail step)."""
         self._amp_skips = 0
-        self.first_nonfinite: tuple[int, str] | None = None
+        """GradScaler-skipped samples in a row."""
+        self.first_nonfinite: FirstNonfinite | None = None
         """(step, layer) of the first non-finite gradient seen, or None."""
         self.samples = 0
         """Number of `update` calls (sampled steps) so far."""
@@ -156,7 +234,7 @@ class Detectors:
         """(global norm, loss): a step whose value reaches either may raise a run-wide alarm, so the
         probe samples it whole. Halfway (log scale) from the recent median to the raise thresholds:
         a screen, not the rule (the detectors judge the step); inf where no rule applies yet."""
-        return self._run_growth.raise_limit(0), self._loss_screen
+        return self._run_growth.raise_limit(0), self._loss_spike.screen
 
     def _begin(self) -> None:
         self.steps += 1
@@ -164,25 +242,30 @@ class Detectors:
         self._leave.fill(False)
         self._seen.fill(False)
 
-    def _run(self, step: int, loss: float, glob: float, judge: bool, sampled: bool) -> float:
+    def _run(self, step: int, loss: float, global_norm: float, judge: bool, sampled: bool) -> float:
         """The run-wide rules at one step; returns the loss's robust z-score (NaN if unknown)."""
         n = self._n
-        loss_z = self._loss_spike(loss)
-        self._glob = glob
+        spike = self._loss_spike
+        loss_z = spike.update(loss)
+        if spike.judged:
+            self._enter[_SPIKE, n] = spike.enter
+            self._leave[_SPIKE, n] = spike.leave
+            self._seen[_SPIKE, n] = True
+        self._global_norm = global_norm
         if not judge:
             return loss_z
-        x = math.log10(glob) if glob > 0 and math.isfinite(glob) else math.nan
+        x = math.log10(global_norm) if global_norm > 0 and math.isfinite(global_norm) else math.nan
         valid = math.isfinite(x)
         growth = self._run_growth
         was_on = np.array([self._on_since[_EXPLODING, n] >= 0])
-        growth.update(step, np.array([x]), np.array([valid]), loss_z, self._loss_in_range, was_on)
+        growth.update(step, np.array([x]), np.array([valid]), loss_z, spike.in_range, was_on)
         self._enter[_EXPLODING, n] = growth.enter[0]
         self._leave[_EXPLODING, n] = growth.leave[0]
         self._seen[_EXPLODING, n] = valid
-        self._xlevel[n] = growth.level[0]
+        self._explode_level[n] = growth.level[0]
         if not sampled:
             # At a sampled step the layers carry non-finite values (by layer); here only the run can.
-            finite = math.isfinite(glob)
+            finite = math.isfinite(global_norm)
             self._enter[_NONFINITE, n] = not finite
             self._leave[_NONFINITE, n] = finite
             self._seen[_NONFINITE, n] = True
@@ -196,16 +279,16 @@ class Detectors:
         ok = has & finite
         if stats.weight_norm is not None:
             self._weight_norm[:] = stats.weight_norm
-        self._gn = gn
+        self._grad_norm = gn
 
         # Non-finite: NaN/Inf values, or a norm that overflowed although every value was finite.
-        counts = self._counts = np.asarray(stats.nonfinite)
+        counts = self._nonfinite_counts = np.asarray(stats.nonfinite)
         bad = has & ((counts > 0) | ~finite)
         enter[_NONFINITE, :n] = bad
         leave[_NONFINITE, :n] = ok & (counts == 0)
         seen[_NONFINITE, :n] = has
         if self.first_nonfinite is None and bad.any():
-            self.first_nonfinite = (stats.step, self.layers[int(np.argmax(bad))])
+            self.first_nonfinite = FirstNonfinite(stats.step, self.layers[int(np.argmax(bad))])
 
         # Dead: a gradient exactly zero.
         np.logical_and(ok, gn == 0.0, out=enter[_DEAD, :n])
@@ -217,11 +300,11 @@ class Detectors:
         self._vanishing(pos, gn, log_gn)
         growth = self._layer_growth
         was_on = self._on_since[_EXPLODING, :n] >= 0
-        growth.update(stats.step, log_gn, pos, loss_z, self._loss_in_range, was_on)
+        growth.update(stats.step, log_gn, pos, loss_z, self._loss_spike.in_range, was_on)
         enter[_EXPLODING, :n] = growth.enter
         leave[_EXPLODING, :n] = growth.leave
         seen[_EXPLODING, :n] = pos
-        self._xlevel[:n] = growth.level
+        self._explode_level[:n] = growth.level
 
     def _vanishing(self, pos: np.ndarray, gn: np.ndarray, log_gn: np.ndarray) -> None:
         c = self.config
@@ -231,59 +314,14 @@ class Detectors:
         if np.count_nonzero(ref_ok) < 2:
             return
         log_rms = log_gn - self._log_sqrt_numel
-        rel = self._rel = log_rms - np.max(log_rms, where=ref_ok, initial=-np.inf)
-        gw = self._gw = gn / self._weight_norm
-        by_weight = pos & (gw < c.vanish_weight_ratio) & (rel < _WEIGHT_RULE_GAP)
-        by_depth = pos & (rel < self._log_vanish)
+        gap = self._log_rms_gap = log_rms - np.max(log_rms, where=ref_ok, initial=-np.inf)
+        to_weight = self._grad_to_weight = gn / self._weight_norm
+        by_weight = pos & (to_weight < c.vanish_weight_ratio) & (gap < _WEIGHT_RULE_GAP)
+        by_depth = pos & (gap < self._log_vanish)
         np.logical_or(by_depth, by_weight, out=self._enter[_VANISHING, :n])
-        self._leave[_VANISHING, :n] = pos & (rel > self._log_vanish_clear) & ~by_weight
+        self._leave[_VANISHING, :n] = pos & (gap > self._log_vanish_clear) & ~by_weight
         self._seen[_VANISHING, :n] = pos
         np.logical_and(by_weight, ~by_depth, out=self._by_weight)
-
-    def _loss_spike(self, loss: float) -> float:
-        """Update the loss-spike state; return the loss's robust z-score in its window (NaN if unknown)."""
-        c = self.config
-        n = self._n
-        self._loss_in_range = False
-        if not math.isfinite(loss):
-            return math.nan
-        z = math.nan
-        rows = self._loss_rows
-        if rows >= _LOSS_MIN_HISTORY:
-            # Positive losses are compared on a log scale: their noise grows with their size (near zero a
-            # batch can cost 10x the median with nothing wrong).
-            log_scale = loss > 0 and self._loss_nonpositive == 0
-            ring = self._log_loss if log_scale else self._loss
-            med_a, spread_a = median_spread(np.sort(ring if rows == c.window else ring[:rows]))
-            cur = math.log10(loss) if log_scale else loss
-            med = float(med_a)
-            spread = max(float(spread_a), _MIN_SPREAD if log_scale else 1e-3 * abs(med), 1e-12)
-            z = (cur - med) / spread
-            # As for the gradients: a loss that jumps but stays within where the run has been is info.
-            self._loss_in_range = loss <= self._loss_scale
-            self._spike_level = _INFO if self._loss_in_range else _WARNING
-            self._loss_scale = max(self._loss_scale, 10.0**med if log_scale else med)
-            if rows >= c.spike_min_history:
-                limit = med + c.spike_z * spread
-                if log_scale:
-                    limit = max(limit, med + math.log10(c.spike_ratio))
-                back = med + c.spike_clear_z * spread
-                self._enter[_SPIKE, n] = cur > limit
-                self._leave[_SPIKE, n] = cur <= back
-                self._seen[_SPIKE, n] = True
-                edge = back if self._active[_SPIKE, n] else limit
-                self._spike = (loss, 10.0**edge if log_scale else edge)
-                screen = med + SCREEN_SHARE * (limit - med)
-                self._loss_screen = 10.0**screen if log_scale else screen
-        head = self._loss_head
-        if rows == c.window and self._loss[head] <= 0:
-            self._loss_nonpositive -= 1
-        self._loss[head] = loss
-        self._log_loss[head] = math.log10(loss) if loss > 0 else -math.inf
-        self._loss_nonpositive += loss <= 0
-        self._loss_head = (head + 1) % c.window
-        self._loss_rows = min(rows + 1, c.window)
-        return z
 
     def _transitions(self, step: int) -> list[Alert]:
         # Persistence in steps (enter and leave imply seen): an observed sample that misses the condition
@@ -300,9 +338,10 @@ class Detectors:
         cleared = active & (off >= 0) & (step - off + 1 >= self._clear_steps)
         # A flag that is up is raised again when its level rises (a hard-batch jump that keeps growing).
         escalated = np.zeros_like(raised)
-        escalated[_EXPLODING] = active[_EXPLODING] & ~cleared[_EXPLODING] & (self._xlevel > level[_EXPLODING])
+        escalated[_EXPLODING] = active[_EXPLODING] & ~cleared[_EXPLODING] & (self._explode_level > level[_EXPLODING])
         n = self._n
-        escalated[_SPIKE, n] = active[_SPIKE, n] & ~cleared[_SPIKE, n] & (self._spike_level > level[_SPIKE, n])
+        spike_level = self._loss_spike.level
+        escalated[_SPIKE, n] = active[_SPIKE, n] & ~cleared[_SPIKE, n] & (spike_level > level[_SPIKE, n])
         escalated &= seen
         changed = raised | cleared | escalated
         if not changed.any():
@@ -312,19 +351,19 @@ class Detectors:
             up = not cleared[k, u]
             if up:
                 level[k, u] = (
-                    self._xlevel[u] if k == _EXPLODING else self._spike_level if k == _SPIKE else _KIND_LEVEL[k]
+                    self._explode_level[u] if k == _EXPLODING else spike_level if k == _SPIKE else _KIND_LEVEL[k]
                 )
-            value, threshold = self._value_threshold(int(k), int(u), up, bool(escalated[k, u]))
+            change = self._change(int(k), int(u), up, bool(escalated[k, u]))
             alerts.append(
                 Alert(
                     step=step,
-                    layer=self._names[u],
-                    kind=_KINDS[k],
+                    layer=change.layer,
+                    kind=change.kind,
                     active=up,
-                    value=value,
-                    threshold=threshold,
-                    message=self._message(int(k), int(u), up, value, threshold, bool(escalated[k, u])),
-                    level=ALERT_LEVELS[level[k, u]],
+                    value=change.value,
+                    threshold=change.threshold,
+                    message=message(change, self.config),
+                    level=change.level,
                 )
             )
         active |= raised
@@ -336,88 +375,61 @@ class Detectors:
         """The exploding rule's state holding unit `u`, and its index there."""
         return (self._run_growth, 0) if u == self._n else (self._layer_growth, u)
 
-    def _value_threshold(self, k: int, u: int, up: bool, escalated: bool = False) -> tuple[float, float]:
+    def _change(self, k: int, u: int, up: bool, escalated: bool) -> Change:
+        """Flag `k` on unit `u` moved at this step: the facts of its alert (read before `_active` moves)."""
+        value, threshold = self._value_threshold(k, u, up, escalated)
+        change = Change(
+            kind=_KINDS[k],
+            layer=self._names[u],
+            up=up,
+            escalated=escalated,
+            value=value,
+            threshold=threshold,
+            level=ALERT_LEVELS[self._level[k, u]],
+        )
+        if k == _EXPLODING:
+            growth, j = self._growth(u)
+            ceiling_hit = bool(growth.ceiling_hit[j])
+            severity = None
+            if not ceiling_hit and growth.rows:
+                severity = Severity(
+                    scale=10.0 ** float(growth.scale[j]),
+                    times=10.0 ** float(growth.last_x[j] - growth.scale[j]),  # the norm now, or the last one seen
+                    rise=int(growth.rise[j]),
+                )
+            return change._replace(ceiling_hit=ceiling_hit, severity=severity)
+        if k == _VANISHING:
+            return change._replace(by_weight=bool(self._by_weight[u]))
+        if k == _SPIKE:
+            return change._replace(loss_scale=self._loss_spike.scale)
+        if k == _NONFINITE:
+            return change._replace(first_nonfinite=self.first_nonfinite)
+        return change
+
+    def _value_threshold(self, k: int, u: int, up: bool, escalated: bool) -> tuple[float, float]:
         """The value that tripped (or released) flag `k` on unit `u` at this step, and the threshold it
         crossed (for an escalation: the one of its new level)."""
         c = self.config
         if k == _SPIKE:
-            return self._spike
+            spike = self._loss_spike
+            return spike.loss, spike.threshold(bool(self._active[_SPIKE, u]))
         run = u == self._n
         if k == _EXPLODING:
-            v = self._glob if run else float(self._gn[u])
+            v = self._global_norm if run else float(self._grad_norm[u])
             growth, j = self._growth(u)
             if escalated and not (growth.ceiling_hit[j] or not growth.rows):
                 return v, float(10.0 ** growth.escalation_limit(j, int(self._level[k, u])))
             return v, growth.threshold(j, up, False)
         if k == _VANISHING:
             if self._by_weight[u]:
-                return float(self._gw[u]), c.vanish_weight_ratio
-            return float(10.0 ** self._rel[u]), c.vanish_ratio if up else c.vanish_clear_ratio
+                return float(self._grad_to_weight[u]), c.vanish_weight_ratio
+            return float(10.0 ** self._log_rms_gap[u]), c.vanish_ratio if up else c.vanish_clear_ratio
         if k == _NONFINITE:
             if run:
-                return self._glob, 0.0
-            count = int(self._counts[u])
-            return (float(count) if count > 0 else float(self._gn[u])), 0.0
-        return float(self._gn[u]), 0.0
-
-    def _severity_words(self, u: int) -> str:
-        """Why an exploding flag on `u` has its level: "; critical: ..." (nothing for a ceiling hit)."""
-        c = self.config
-        level = int(self._level[_EXPLODING, u])
-        growth, j = self._growth(u)
-        if growth.ceiling_hit[j] or not growth.rows:
-            return ""
-        scale = 10.0 ** float(growth.scale[j])
-        times = 10.0 ** float(growth.last_x[j] - growth.scale[j])  # the norm now, or the last one seen
-        if level == _CRITICAL and growth.rise[j] >= c.explode_critical_steps:
-            return f"; critical: grown {c.explode_compound_ratio:g}x or more at {int(growth.rise[j])} samples in a row"
-        if level == _CRITICAL:
-            return f"; critical: {times:.3g}x the run's scale {scale:.3g}"
-        if level == _WARNING:
-            return f"; warning: {times:.3g}x the run's scale {scale:.3g}"
-        return f"; info: within {c.explode_warn_ratio:g}x of the run's scale {scale:.3g}, as a hard batch is"
-
-    def _message(self, k: int, u: int, up: bool, v: float, t: float, escalated: bool = False) -> str:
-        c = self.config
-        norm = "global gradient norm" if u == self._n else "gradient norm"
-        if escalated and k == _SPIKE:
-            return f"loss {v:.4g} above its recent range" + self._spike_words()
-        if escalated:
-            return f"{norm} {v:.3g} past {t:.3g}" + self._severity_words(u)
-        if not up:
-            return {
-                _NONFINITE: "gradient finite again",
-                _EXPLODING: f"{norm} {v:.3g} back within {c.explode_clear_ratio:g}x of its recent median",
-                _VANISHING: f"gradient RMS back to {v:.2g}x the largest layer's",
-                _DEAD: f"gradient nonzero again ({v:.3g})",
-                _SPIKE: f"loss {v:.4g} back within its recent range",
-            }[k]
-        if k == _NONFINITE:
-            if u == self._n:
-                return f"global gradient norm {v} at a step whose layers were not sampled"
-            what = f"{v:.0f} non-finite gradient values" if v >= 1 else f"gradient norm {v}"
-            first = self.first_nonfinite
-            return what + (f"; first in the run: layer {first[1]!r} at step {first[0]}" if first else "")
-        if k == _EXPLODING:
-            growth, j = self._growth(u)
-            if growth.ceiling_hit[j]:
-                return f"{norm} {v:.3g} above the ceiling {c.explode_ceiling:g}"
-            return f"{norm} {v:.3g} jumped past {t:.3g}, over {c.explode_ratio:g}x its recent level" + (
-                self._severity_words(u)
-            )
-        if k == _VANISHING:
-            if self._by_weight[u]:
-                return f"||g||/||w|| = {v:.2g}, below {t:g}, for {c.vanish_steps} steps"
-            return f"gradient RMS {v:.2g}x the largest layer's, below {t:g}, for {c.vanish_steps} steps"
-        if k == _DEAD:
-            return f"gradient exactly zero for {c.dead_steps} steps"
-        return f"loss {v:.4g} above {t:.4g}, far above its recent range" + self._spike_words()
-
-    def _spike_words(self) -> str:
-        scale = f"{self._loss_scale:.4g}"
-        if self._level[_SPIKE, self._n] == _INFO:
-            return f"; info: within the run's earlier range (up to {scale})"
-        return f"; warning: above the run's earlier range (up to {scale})"
+                return self._global_norm, 0.0
+            count = int(self._nonfinite_counts[u])
+            return (float(count) if count > 0 else float(self._grad_norm[u])), 0.0
+        return float(self._grad_norm[u]), 0.0
 
     # ------------------------------------------------------------------ state
 

@@ -450,12 +450,9 @@ class Monitor:
         sample = self._stepped.sample(which)
         if not sample:
             return
-        grads = self._stats.grads(sample)
-        before = self._stats.sq_norms(grads).sum().reshape(1)
-        factor = self._grad_scale if self._grad_scale is not None else torch.ones_like(before)
-        self._stepped.arm(grads, before, factor)
+        self._stepped.arm(self._stats.grads(sample), self._grad_scale)
 
-    def _on_stepped(self, factor: torch.Tensor) -> None:
+    def _on_stepped(self, factor: torch.Tensor | float) -> None:
         """From the optimizer's post-step hook: what the step just taken used."""
         last = self._handover.last_sampled()
         if last is None:

@@ -68,11 +68,11 @@ class Pending:
     def __init__(self, vec: torch.Tensor | np.ndarray, meta: StepMeta) -> None:
         self.meta = meta
         self.host, self._event = to_host(vec)
-        self._stepped: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+        self._stepped: tuple[torch.Tensor | float, torch.cuda.Event | None] | None = None
 
-    def attach_stepped(self, factor: torch.Tensor) -> None:
+    def attach_stepped(self, factor: torch.Tensor | float) -> None:
         """The factor between the gradients after gradtui's clipping and those the optimizer used."""
-        self._stepped = to_host(factor)
+        self._stepped = to_host(factor) if isinstance(factor, torch.Tensor) else (factor, None)
 
     def ready(self) -> bool:
         events = [self._event, self._stepped[1] if self._stepped is not None else None]
@@ -91,7 +91,7 @@ class Pending:
         host, event = self._stepped
         if event is not None:
             event.synchronize()
-        return float(host.reshape(-1)[0])
+        return host if isinstance(host, float) else float(host.reshape(-1)[0])
 
 
 def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from gradtui.probe.stats import GradStats
+from gradtui.probe.stats import GradStats, cpu_sq_norms
 
 log = logging.getLogger("gradtui")
 
@@ -38,18 +38,21 @@ class SteppedNorm:
     Args:
         optimizers: The watched optimizers (their post-step hooks take the measurement).
         stats: The probe's statistics (parameters and norm helpers).
-        on_factor: Called from the hook with the factor, a 1-element accumulation-dtype tensor.
+        on_factor: Called from the hook with the factor: a float where the host is the device, else a
+            1-element accumulation-dtype tensor (read later, without a sync).
     """
 
     def __init__(
         self,
         optimizers: Sequence[torch.optim.Optimizer],
         stats: GradStats,
-        on_factor: Callable[[torch.Tensor], None],
+        on_factor: Callable[[torch.Tensor | float], None],
     ) -> None:
         self._stats = stats
         self._on_factor = on_factor
-        self._armed: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
+        self._armed: tuple[list[torch.Tensor], torch.Tensor | float, torch.Tensor | float] | None = None
+        self._host = stats.fast_cpu
+        """The host is the device: norms are read as floats (a torch op on a tiny tensor costs ~5 us)."""
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in optimizers]
         self._order: list[int] | None = None
         self._last: tuple[Sequence[int], list[int]] | None = None
@@ -67,10 +70,14 @@ class SteppedNorm:
         self._last = (which, chosen)
         return chosen
 
-    def arm(self, grads: list[torch.Tensor], before: torch.Tensor, grad_scale: torch.Tensor) -> None:
-        """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm
-        `before`, and the factor the gradients carry now (a GradScaler's scale, else 1)."""
-        self._armed = (grads, before, grad_scale)
+    def arm(self, grads: list[torch.Tensor], grad_scale: torch.Tensor | None) -> None:
+        """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm,
+        and the factor the gradients carry now (a GradScaler's scale, None for 1)."""
+        if self._host and grad_scale is None:
+            self._armed = (grads, float(cpu_sq_norms(grads).sum()), 1.0)
+            return
+        before = self._stats.sq_norms(grads).sum().reshape(1)
+        self._armed = (grads, before, grad_scale if grad_scale is not None else torch.ones_like(before))
 
     def disarm(self) -> None:
         self._armed = None
@@ -91,8 +98,11 @@ class SteppedNorm:
         began = time.perf_counter()
         grads, before, grad_scale = self._armed
         self._armed = None
-        after = self._stats.sq_norms(grads).sum().reshape(1)
-        self._on_factor((after / before).sqrt() * grad_scale)
+        if isinstance(before, float):
+            after = float(cpu_sq_norms(grads).sum())
+            self._on_factor(math.sqrt(after / before) if before > 0 else math.nan)
+        else:
+            self._on_factor((self._stats.sq_norms(grads).sum().reshape(1) / before).sqrt() * grad_scale)
         self._spent += time.perf_counter() - began
 
 

@@ -64,9 +64,10 @@ def watch_chapter(
     """
     scenario = get(name)
     run = scenario.build(0, "cpu")
+    # As the worker: the tour's stories are told step by step (every=1), the same on any machine.
+    options = {"every": 1, **scenario.watch_options}
     mon = gradtui.watch(
-        run.model, run.optimizer, queue=100_000, serve=False, lanes=run.lanes, scheduler=run.scheduler,
-        **scenario.watch_options,
+        run.model, run.optimizer, queue=100_000, serve=False, lanes=run.lanes, scheduler=run.scheduler, **options
     )
     run.use_monitor_lanes(mon.lane)
     source = mon.source()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -50,6 +50,38 @@ def plain(name: str, steps: int) -> Watched:
 def medians(w: Watched, last: int) -> np.ndarray:
     """Each row's median raw norm over the last `last` steps (what `s` shows on the heatmap)."""
     return np.median(w.norms()[:, -last:], axis=1)
+
+
+def jumps(values: Sequence[float] | np.ndarray, before: int = 10) -> np.ndarray:
+    """Each step's value over the median of the `before` steps before it (NaN for the first
+    `before` steps): how far the step jumps above its recent level."""
+    x = np.asarray(values, np.float64)
+    out = np.full(len(x), np.nan)
+    out[before:] = x[before:] / np.median(np.lib.stride_tricks.sliding_window_view(x[:-1], before), axis=1)
+    return out
+
+
+def spiking(losses: Sequence[float]) -> int:
+    """Steps at which the loss is above three times the run's median."""
+    return int(np.sum(np.asarray(losses) > 3 * np.median(losses)))
+
+
+def burst_steps(w: Watched) -> list[int]:
+    """Steps after the first ten at which an exploding flag comes up (on any row), in order."""
+    return sorted({a.step for a in w.raised("exploding") if a.step > 10})
+
+
+def loss_at_first_burst(w: Watched) -> float:
+    """How far the loss jumps above its recent level at the first burst after the first ten steps
+    (its first step with an exploding flag, and the two after it)."""
+    t = burst_steps(w)[0]
+    return float(np.max(jumps(w.losses)[t : t + 3]))
+
+
+def spike_at_first_burst(w: Watched) -> bool:
+    """Whether the loss-spike flag comes up with that burst."""
+    t = burst_steps(w)[0]
+    return any(t <= a.step <= t + 2 for a in w.raised("loss_spike"))
 
 
 def press_at_first_flag(kind: str, cmd: Command) -> Keys:
@@ -169,11 +201,17 @@ def test_chapter_relu_explode() -> None:
     # "Press c to clip the gradient norm, or - to halve the learning rate, before it is too late"
     for cmd in (SetClip("norm", 1.0), SetLR(factor=0.5)):
         saved = watch_chapter("relu-explode", 200, press_at_first_flag("exploding", cmd))
-        assert saved.store.first_nonfinite_step is None and all(np.isfinite(saved.losses)), cmd
         assert saved.store.results and saved.store.results[0].ok and saved.store.results[0].step <= first + 1
         if isinstance(cmd, SetClip):
+            assert saved.store.first_nonfinite_step is None and all(np.isfinite(saved.losses))
             assert saved.mean_loss(20) < 0.5 * float(np.mean(saved.losses[:20]))
             assert saved.store.last is not None and saved.store.last.clip_mode == "norm"
+        else:
+            # Halved once, the rate sits at the stability limit and the run is chaotic from there:
+            # finite for all 200 steps on every CPU kernel and thread count tried, but in 4 of 57
+            # runs with every weight scaled by 1 + 2^-24 N(0, 1) after each step it turned NaN at
+            # step 96, 112, 117 or 160 (where the bare run does at step 26 or 27).
+            assert all(np.isfinite(saved.losses[: 2 * nan_step])), cmd
 
 
 def test_chapter_relu_explode_clip() -> None:
@@ -217,19 +255,30 @@ def test_chapter_relu_explode_guard() -> None:
     assert w.mean_loss(20) < w.losses[first] and w.mean_loss(20) < float(np.mean(w.losses[100:120]))
 
 
+# The deep linear runs (Adam on a product of 20 matrices) are chaotic: a difference in the last bit
+# of a weight (another CPU's kernels, another thread count) grows until, from about step 30 on,
+# each machine trains a different run. The first burst after the warm start (step 27 here, 22
+# clipped) comes before that and is the same everywhere; what follows is checked only for what
+# every such run shows. Measured on 22 runs of the chapter (AVX-512, AVX2 and plain ATen kernels,
+# 1 and 2 threads, and 16 runs with every weight scaled by 1 + 2^-24 N(0, 1) after each step): the
+# first burst is 228x to 232x its recent level and lifts the loss 5.1x with a loss-spike flag in
+# every run, while deep-linear's loss peaks anywhere from 7x to 5,100x its median later on.
+
+
 def test_chapter_deep_linear() -> None:
     w = plain("deep-linear", 300)
     # "Watch the global norm burst by orders of magnitude (the exploding flag, from the first steps)"
     g = w.series("global_norm")
-    assert np.max(g) > 1e3 * np.median(g[:5])
-    assert min(a.step for a in w.raised("exploding")) < 5
-    # "and the loss line spike"
-    assert w.raised("loss_spike") and max(w.losses) > 100 * np.median(w.losses)
-    assert [a for a in w.raised("exploding") if a.step > 10], "bursts go on after the first steps"
+    assert np.nanmax(jumps(g)) > 100  # 228x to 232x, at step 27
+    assert np.max(g) > 100 * np.median(g[:5])  # 636x to 642,000x
+    assert min(a.step for a in w.raised("exploding")) < 5  # step 2 in every run measured
+    # "and the loss line spike": flagged, and 5.1x its recent level at the first burst (more later)
+    assert w.raised("loss_spike") and np.nanmax(jumps(w.losses)) > 3
+    assert burst_steps(w), "bursts go on after the first steps"
     # "Press - early to halve the learning rate: smaller moves compound less, and the bursts stop"
     calm = watch_chapter("deep-linear", 300, lambda step, w, s: SetLR(factor=0.5) if step == 5 else None)
-    assert [a for a in calm.raised("exploding") if a.step > 10] == []
-    assert calm.raised("loss_spike") == [] and max(calm.losses[20:]) < 5
+    assert burst_steps(calm) == [] and np.nanmax(jumps(calm.series("global_norm"))) < 30  # 13.8x
+    assert calm.raised("loss_spike") == [] and max(calm.losses[20:]) < 5  # 2.33
 
 
 def test_chapter_deep_linear_clip() -> None:
@@ -237,14 +286,19 @@ def test_chapter_deep_linear_clip() -> None:
     free = plain("deep-linear", 300)
     # "Clipping bounds each gradient before Adam sees it, and the loss no longer spikes"
     assert np.all(w.series("clipped_norm") <= 1.0 + EPS)
-    # No burst to 100x the median: at most a stray flag where the unclipped run raises many
-    # (one, at step 42, on some CPUs' rounding).
-    assert max(w.losses) < 10 and max(free.losses) > 100 * np.median(free.losses)
-    assert len(w.raised("loss_spike")) <= max(1, len(free.raised("loss_spike")) // 3)
-    # "they still jump ... and raise the exploding flag about as often as in deep-linear"
-    late = len([a for a in w.raised("exploding") if a.step > 10])
-    unclipped = len([a for a in free.raised("exploding") if a.step > 10])
-    assert unclipped / 2 <= late <= unclipped * 2
+    late, unclipped = burst_steps(w), burst_steps(free)
+    assert late and unclipped, "bursts after the first steps, clipped or not"
+    # At each run's first burst (see above) deep-linear's loss jumps 5.1x its recent level and is
+    # flagged; the clipped run's stays at 1.99x, unflagged.
+    assert loss_at_first_burst(free) > 3 and loss_at_first_burst(w) < 3
+    assert spike_at_first_burst(free) and not spike_at_first_burst(w)
+    # After it the clipped loss may still get a stray flag (at one step from 42 to 229 in 12 of the
+    # 22 runs measured), but it spends at most 2 steps above 3x its median; deep-linear's, 6 to 123.
+    assert spiking(w.losses) <= 5 and spiking(w.losses) < spiking(free.losses)
+    # "they still jump far above their recent level (192x at the first burst) and raise the exploding
+    # flag about as often as in deep-linear": at 2 to 4 steps after the first ten, deep-linear at 2 to 5
+    assert np.max(jumps(w.series("global_norm"))[late[0] : late[0] + 3]) > 30
+    assert len(unclipped) / 3 <= len(late) <= len(unclipped) * 3
     # "The cure for the jumps themselves is a smaller learning rate (press -)": see test_chapter_deep_linear.
 
 
@@ -360,12 +414,18 @@ def test_chapter_residual_mlp() -> None:
     # "every row of the heatmap calm, no layer flagged"
     assert [a for a in w.raised() if a.layer is not None] == []
     # "every layer in one band, the whole band drifting down together as the loss goes to zero"
+    # Near zero loss Adam now and then throws the run back up for a few dozen steps before it
+    # settles again: somewhere after step 150 in 4 of 20 runs with every weight scaled by
+    # 1 + 2^-24 N(0, 1) after each step (a stand-in for another CPU's rounding). So the band and the
+    # loss are read where the run settles between those bumps, the lower quartile of the last 100
+    # steps; over those runs and this one: every layer's drift 0.023 to 0.22, their spread 2.4x to
+    # 4.4x, the band 1.72 to 1.82 decades wide, the loss 0.0025 to 0.0076.
     g = w.norms()
-    early, late = np.median(g[:, 10:40], axis=1), np.median(g[:, -30:], axis=1)
+    early, late = np.median(g[:, 10:40], axis=1), np.percentile(g[:, -100:], 25, axis=1)
     drift = late / early
-    assert np.all(drift < 0.1) and drift.max() / drift.min() < 5
+    assert np.all(drift < 0.5) and drift.max() / drift.min() < 10
     assert math.log10(late.max() / late.min()) < 2
-    assert w.mean_loss(20) < 0.02
+    assert np.percentile(w.losses[-100:], 25) < 0.02
 
 
 def test_chapter_cnn_bn() -> None:

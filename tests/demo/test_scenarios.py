@@ -12,9 +12,12 @@ import torch
 
 import gradtui
 from gradtui.demo.scenarios import SCENARIOS, get
-from gradtui.model.events import Alert, GuardAction, StepStats
+from gradtui.model.events import Alert, GuardAction, RunSteps, StepStats
 
 GRADIENT_KINDS = ("vanishing", "exploding", "nonfinite", "dead")
+SAMPLING = pytest.mark.parametrize("every", [1, None], ids=["every=1", "default"])
+"""Each claim about detection and the guard holds at every step sampled and at `watch()`'s defaults
+(the overhead budget chooses the stride)."""
 RecordProperty = Callable[[str, object], None]
 """pytest's `record_property` fixture."""
 
@@ -33,13 +36,16 @@ class Trained:
     """What a watched run left on the probe's queue."""
 
     stats: list[StepStats] = field(default_factory=list)
+    """The sampled steps."""
+    norms: dict[int, float] = field(default_factory=dict)
+    """The global norm of every step, sampled or not."""
     alerts: list[Alert] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     guard: list[GuardAction] = field(default_factory=list)
 
     @property
     def first_nonfinite(self) -> int | None:
-        return next((s.step for s in self.stats if s.nonfinite.any() or not math.isfinite(s.global_norm)), None)
+        return next((step for step, norm in sorted(self.norms.items()) if not math.isfinite(norm)), None)
 
     def raised(self, *kinds: str) -> list[Alert]:
         return [a for a in self.alerts if a.active and (not kinds or a.kind in kinds)]
@@ -68,12 +74,15 @@ def train(
     steps: int | None = None,
     stop_after_nonfinite: int | None = None,
     guard: bool = False,
+    every: int | None = 1,
 ) -> Trained:
-    """Train scenario `name` under `gradtui.watch` and collect its events."""
+    """Train scenario `name` under `gradtui.watch` (sampling every `every` steps, or at the
+    defaults for None) and collect its events."""
     scenario = get(name)
     run = scenario.build(seed, "cpu")
     out = Trained()
-    mon = gradtui.watch(run.model, run.optimizer, queue=100_000, serve=False, guard=guard, **scenario.watch_options)
+    options = {**scenario.watch_options, **({"every": every} if every is not None else {})}
+    mon = gradtui.watch(run.model, run.optimizer, queue=100_000, serve=False, guard=guard, **options)
     left: int | None = None
     with mon:
         for _ in range(steps if steps is not None else scenario.steps):
@@ -89,11 +98,15 @@ def train(
     for event in mon.events.drain():
         if isinstance(event, StepStats):
             out.stats.append(event)
+            is_finite = not event.nonfinite.any() and math.isfinite(event.global_norm)
+            out.norms[event.step] = event.global_norm if is_finite else math.nan
+        elif isinstance(event, RunSteps):
+            out.norms.update(zip(event.steps.tolist(), event.global_norm.tolist(), strict=True))
         elif isinstance(event, Alert):
             out.alerts.append(event)
         elif isinstance(event, GuardAction):
             out.guard.append(event)
-    assert len(out.stats) == len(out.losses), "the queue dropped events"
+    assert sorted(out.norms) == list(range(len(out.losses))), "a step is missing (or the queue dropped events)"
     return out
 
 
@@ -106,8 +119,11 @@ def report(record_property: RecordProperty, run: Trained) -> None:
 # ---------------------------------------------------------------- vanishing
 
 
-def test_sigmoid_with_small_init_flags_the_first_hidden_layers_early(record_property: RecordProperty) -> None:
-    run = train("sigmoid", steps=120)
+@SAMPLING
+def test_sigmoid_with_small_init_flags_the_first_hidden_layers_early(
+    every: int | None, record_property: RecordProperty
+) -> None:
+    run = train("sigmoid", steps=120, every=every)
     report(record_property, run)
     vanishing = run.raised("vanishing")
     assert {a.layer for a in vanishing} == {"0", "2"}, vanishing  # the first two hidden Linear layers
@@ -128,10 +144,11 @@ def test_the_cures_of_the_sigmoid_net_are_not_vanishing(name: str, record_proper
 # ---------------------------------------------------------------- exploding
 
 
+@SAMPLING
 def test_relu_regression_blowup_is_flagged_before_the_first_nonfinite_gradient(
-    record_property: RecordProperty,
+    every: int | None, record_property: RecordProperty
 ) -> None:
-    run = train("relu-explode", stop_after_nonfinite=3)
+    run = train("relu-explode", stop_after_nonfinite=3, every=every)
     report(record_property, run)
     nan_step = run.first_nonfinite
     assert nan_step is not None, "the run did not blow up"
@@ -148,22 +165,26 @@ def test_relu_regression_blowup_is_flagged_before_the_first_nonfinite_gradient(
     assert {a.level for a in nonfinite} == {"critical"}
 
 
+@SAMPLING
 def test_relu_regression_clipped_trains_without_nonfinite_or_late_flags(
-    record_property: RecordProperty,
+    every: int | None, record_property: RecordProperty
 ) -> None:
-    run = train("relu-explode-clip")
+    run = train("relu-explode-clip", every=every)
     report(record_property, run)
     assert run.first_nonfinite is None
     warmup = 30  # the scenario's learning-rate warm-up
     assert [a for a in run.raised() if a.step >= warmup] == []
-    assert not any(run.active_at(run.stats[-1].step, kind) for kind in GRADIENT_KINDS)
+    assert not any(run.active_at(len(run.losses) - 1, kind) for kind in GRADIENT_KINDS)
     assert all(s.clipped_norm <= 1.0 + 1e-5 for s in run.stats)
     assert run.mean_loss(20) < 0.1 * float(np.mean(run.losses[:20]))
 
 
+@SAMPLING
 @pytest.mark.parametrize("name", ["deep-linear", "deep-linear-clip"])
-def test_deep_linear_net_with_adam_bursts_with_or_without_clipping(name: str, record_property: RecordProperty) -> None:
-    run = train(name)
+def test_deep_linear_net_with_adam_bursts_with_or_without_clipping(
+    name: str, every: int | None, record_property: RecordProperty
+) -> None:
+    run = train(name, every=every)
     report(record_property, run)
     # Adam moves all 20 factors of the product at once: the gradient jumps by orders of magnitude
     # within a few steps. Clipping bounds each applied gradient, but Adam rescales it anyway.
@@ -179,11 +200,12 @@ def test_deep_linear_net_with_adam_bursts_with_or_without_clipping(name: str, re
 # ---------------------------------------------------------------- healthy
 
 
+@SAMPLING
 @pytest.mark.parametrize("name", ["residual-mlp", "cnn-bn", "lstm"])
 def test_healthy_runs_raise_no_gradient_alert_while_the_loss_goes_to_zero(
-    name: str, record_property: RecordProperty
+    name: str, every: int | None, record_property: RecordProperty
 ) -> None:
-    run = train(name)
+    run = train(name, every=every)
     report(record_property, run)
     assert run.raised(*GRADIENT_KINDS) == []
     assert run.first_nonfinite is None
@@ -193,9 +215,10 @@ def test_healthy_runs_raise_no_gradient_alert_while_the_loss_goes_to_zero(
 # ---------------------------------------------------------------- the guard
 
 
+@SAMPLING
 @pytest.mark.parametrize("name", ["relu-explode", "high-lr"])
-def test_the_guard_heals_the_runs_that_blow_up(name: str, record_property: RecordProperty) -> None:
-    bare, run = train(name), train(name, guard=True)
+def test_the_guard_heals_the_runs_that_blow_up(name: str, every: int | None, record_property: RecordProperty) -> None:
+    bare, run = train(name, every=every), train(name, guard=True, every=every)
     first = run.first_alert("exploding", "nonfinite")
     assert first is not None
     record_property("guard_actions", [(a.step, a.action) for a in run.guard])
@@ -203,12 +226,13 @@ def test_the_guard_heals_the_runs_that_blow_up(name: str, record_property: Recor
     assert all(math.isfinite(x) for x in run.losses[-20:])
     assert run.mean_loss(20) < run.losses[first]  # lower than when the alarm went up
     assert run.mean_loss(20) < bare.mean_loss(20) or not math.isfinite(bare.mean_loss(20))
-    assert not any(run.active_at(run.stats[-1].step, kind) for kind in ("exploding", "nonfinite"))
+    assert not any(run.active_at(len(run.losses) - 1, kind) for kind in ("exploding", "nonfinite"))
 
 
+@SAMPLING
 @pytest.mark.parametrize("name", ["sigmoid", "residual-mlp", "cnn-bn", "lstm", "opt-step-lr"])
-def test_the_guard_leaves_healthy_runs_alone_bit_for_bit(name: str) -> None:
-    bare, run = train(name), train(name, guard=True)
+def test_the_guard_leaves_healthy_runs_alone_bit_for_bit(name: str, every: int | None) -> None:
+    bare, run = train(name, every=every), train(name, guard=True, every=every)
     assert run.guard == []
     assert run.losses == bare.losses
 

@@ -116,6 +116,7 @@ def test_a_full_record_folder_at_the_start_leaves_no_file_either(
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_a_full_disk_mid_run_drops_the_record_once_and_tells_the_viewers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

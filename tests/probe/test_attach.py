@@ -73,6 +73,7 @@ def _poll_until(
 # ---------------------------------------------------------------- step rate under a bad viewer
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_training_keeps_its_pace_with_viewers_attached_stalled_killed_and_reattached(tmp_path: Path) -> None:
     train, viewer = write_scripts(tmp_path)
     rt = tmp_path / "rt"

@@ -77,6 +77,7 @@ def _hf_args(hf: Any, out: Path, **kw: Any) -> Any:
     return hf.TrainingArguments(**base)
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_hf_loss_lr_and_clipping_are_the_trainers(hf: Any, tmp_path: Path) -> None:
     from gradtui.integrations.huggingface import GradTUICallback
 
@@ -232,6 +233,7 @@ def _regressor(pl: Any, warmup: int = 10) -> Any:
     return Regressor()
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_lightning_loss_clipping_schedule_and_lr_override(pl: Any) -> None:
     from gradtui.integrations.lightning import GradTUICallback
 
@@ -307,6 +309,7 @@ def test_lightning_update_ratio_is_of_its_own_step(pl: Any) -> None:
         assert u.update_ratio[0] == pytest.approx(ratios[u.step], rel=1e-4)
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_lightning_manual_optimization_two_optimizers(pl: Any) -> None:
     from gradtui.integrations.lightning import GradTUICallback
 

@@ -42,6 +42,7 @@ def _train(mon: gradtui.Monitor, model: nn.Module, opt: torch.optim.Optimizer, s
         opt.step()
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_the_loop_goes_on_while_a_sink_is_stuck_and_every_event_arrives_in_order() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

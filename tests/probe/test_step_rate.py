@@ -79,6 +79,7 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, mon: gradtui.Monitor) ->
     opt.step()
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_the_probe_reports_the_paced_rate_and_leaves_a_pause_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before the fix the probe averaged per-interval rates: 82/s here, 116/s and 173/s on demos paced at 20/s."""
     clock = FakeClock()

@@ -265,6 +265,7 @@ def test_a_damaged_record_plays_on_past_the_damage(record: Path, tmp_path: Path)
     assert f"between steps {lost[0] - 1} and {lost[0] + 1}" in notices[0]
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_a_record_still_being_written_is_followed_to_its_end(tmp_path: Path) -> None:
     train, _ = write_scripts(tmp_path)
     rec = tmp_path / "live.gtr"

@@ -84,6 +84,7 @@ def test_a_script_that_never_watches_still_reports_its_output_and_status(tmp_pat
     assert not any(isinstance(e, RunStart) for e in got)
 
 
+@pytest.mark.usefixtures("every_step_sampling")  # counts sampled steps
 def test_detaching_leaves_the_script_running_and_attach_picks_it_up(tmp_path: Path, rt: Path) -> None:
     train, _ = write_scripts(tmp_path)
     stop = tmp_path / "stop"
