@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -126,6 +127,15 @@ class LossSpike:
         return 10.0**edge if self._log_scale else edge
 
 
+class Limits(NamedTuple):
+    """Screens for a step whose per-layer statistics are not sampled (`Detectors.run_limits`)."""
+
+    global_norm: float
+    loss: float
+    layers: np.ndarray
+    """Per layer, a gradient L2 norm."""
+
+
 class Detectors:
     """Online detectors over a run's steps: `update_run` for a step whose per-layer statistics were
     not sampled (its loss and global norm), `update` for a sampled step (`StepStats`, which carries
@@ -230,11 +240,11 @@ class Detectors:
             self._run(step, float(loss), float(global_norm), True, sampled=False)
         return self._transitions(step)
 
-    def run_limits(self) -> tuple[float, float]:
-        """(global norm, loss): a step whose value reaches either may raise a run-wide alarm, so the
-        probe samples it whole. Halfway (log scale) from the recent median to the raise thresholds:
-        a screen, not the rule (the detectors judge the step); inf where no rule applies yet."""
-        return self._run_growth.raise_limit(0), self._loss_spike.screen
+    def run_limits(self) -> Limits:
+        """What makes the probe sample a step whole: a value that might raise an alarm. Halfway (log
+        scale) from the recent median to the raise thresholds: a screen, not the rule (the detectors
+        judge the step); the ceiling, or inf for the loss, where no rule applies yet."""
+        return Limits(float(self._run_growth.screen()[0]), self._loss_spike.screen, self._layer_growth.screen())
 
     def _begin(self) -> None:
         self.steps += 1

@@ -159,15 +159,18 @@ class Growth:
         critical = (judged & (above >= self._log_scale_ratio)) | (self.rise >= self.config.explode_critical_steps)
         level[critical | self.ceiling_hit] = CRITICAL
 
-    def raise_limit(self, u: int) -> float:
-        """The norm at or past which unit `u`'s flag would be raised at its next sample (given a loss
-        that is up too): the ceiling, or the growth threshold once the rule applies."""
-        ceiling = self.config.explode_ceiling
-        if not self.rows or self.hist_seen[u] < self.config.explode_min_history:
-            return ceiling
-        # The window moves before the next comparison: a screen keeps a margin (SCREEN_SHARE).
-        med = float(self.med[u])
-        return float(min(ceiling, 10.0 ** (med + SCREEN_SHARE * (float(self.grow[u]) - med))))
+    def screen(self) -> np.ndarray:
+        """Per unit, the norm at or past which its flag might be raised at its next sample: halfway
+        (log scale) from its recent median to the growth threshold once the rule applies (the window
+        moves before the next comparison: a screen keeps a margin), the ceiling before."""
+        c = self.config
+        limit = np.full(self.units, c.explode_ceiling)
+        if self.rows:
+            ready = self.hist_seen >= c.explode_min_history
+            with np.errstate(over="ignore"):
+                grown = 10.0 ** (self.med + SCREEN_SHARE * (self.grow - self.med))
+            np.minimum(limit, grown, out=limit, where=ready)
+        return limit
 
     def threshold(self, u: int, up: bool, escalated: bool) -> float:
         """The threshold unit `u`'s flag crossed at this sample (for an escalation, its new level's)."""

@@ -7,8 +7,10 @@ into events) against the loop's own step time, and samples every `stride` steps,
 smallest power of two that keeps the estimated overhead within the budget (at most
 `MAX_STRIDE`). The stride is only that of the per-layer statistics: every step's loss and
 global norm reach the detectors whatever it is (`gradtui.probe.runwide`). Trouble brings it
-back to every step at once, for `HOLD_STEPS` steps: a non-finite loss or global norm, or any
-alarm the detectors raise, info included. A step whose loss or global norm comes near what
+back to every step at once, for `HOLD_STEPS` steps: a non-finite loss or global norm, or an
+alarm of a blow-up (exploding, non-finite, loss spike: `BLOWUP_KINDS`) at any level, info
+included. A vanishing or dead layer stays so for thousands of steps and is seen at any
+stride. A step whose loss or global norm comes near what
 the detectors would flag is sampled whole on the spot (`promote`). The detectors are the
 judge of what is unusual (their rules are tuned to stay quiet on healthy runs); a heuristic
 of the sampler's own would be a second rule for the same thing.

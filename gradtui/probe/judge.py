@@ -13,9 +13,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from gradtui.model.detector_config import DetectorConfig
-from gradtui.model.detectors import Detectors
-from gradtui.model.events import Alert, RunSteps, StepStats
+from gradtui.model.detectors import Detectors, Limits
+from gradtui.model.events import BLOWUP_KINDS, Alert, RunSteps, StepStats
 from gradtui.probe.budget import Sampler
 from gradtui.probe.guard import Keeper, Ledger
 from gradtui.probe.layers import Layer
@@ -66,8 +68,8 @@ class Judge:
         self._placement = placement
         self._ledger = ledger
         self._guard = guard
-        self.limits: tuple[float, float] = (math.inf, math.inf)
-        """(global norm, loss) at which an unsampled step is sampled whole (`Detectors.run_limits`)."""
+        self.limits = Limits(math.inf, math.inf, np.full(stats.n, math.inf))
+        """What has an unsampled step sampled whole (`Detectors.run_limits`)."""
 
     def handle(self, item: object) -> None:
         """A sampled step, the run-wide values of unsampled steps, or an event made elsewhere."""
@@ -114,8 +116,11 @@ class Judge:
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:
         for alert in alerts:
             self._outputs.emit(alert)
-            if alert.active:
-                self._sampler.trouble(step)  # any alarm, info included: watch every step for a while
+            if alert.active and alert.kind in BLOWUP_KINDS:
+                # Any level, info included: what grows within steps is watched at every step for a
+                # while. A vanishing or dead layer stays so for thousands of steps and is seen at any
+                # stride (its persistence counts steps); sampling every step for it would only cost.
+                self._sampler.trouble(step)
                 if alert.kind == "loss_spike" and alert.level != "info":
                     self._ledger.note(step, "loss_spike")
         if self._guard is not None:

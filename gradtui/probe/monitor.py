@@ -25,8 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gradtui.model.commands import Command
 from gradtui.model.detectors import Detectors
@@ -365,11 +366,10 @@ class Monitor:
             self._zclip = None  # fresh statistics each time the mode is chosen
         if self._stepped is not None:
             self._stepped.disarm()
-        index = stats.grad_index()
-        total = math.nan
-        """This step's global norm where the host has it already (an unsampled step on CPU)."""
+        index, grads = stats.current()
+        total = math.nan  # this step's global norm where the host has it already (unsampled, on CPU)
         if not sampled:
-            total, unusual = self._run_wide(step, loss, value, index, scale)
+            total, unusual = self._run_wide(step, loss, value, index, grads, scale)
             if unusual:
                 sampled, detail = True, self._sampler.promote(step)
         if sampled:
@@ -384,18 +384,18 @@ class Monitor:
             if detail and self._updates is not None:
                 self._updates.want(step)
             meta = self._meta(step, index, detail, update[0] if update is not None else None)
-            pending = stats.sample(index, inputs, meta, clip)
+            pending = stats.sample(index, inputs, meta, clip, grads)
             if pending is not None:
                 self._handover.sampled(pending)
                 self._arm_stepped(index.which)
         elif clip is not None:
             known = torch.tensor(total, dtype=stats.acc) if math.isfinite(total) else None
-            clip(stats.grads(index.which), known, index.which)
+            clip(grads, known, index.which)
         guard = self.guard
         if guard is not None:
             checked = sampled or guard.config.every_step
             finite = None if sampled or math.isnan(total) else math.isfinite(total)
-            guard.check(step, stats.grads(index.which) if checked else None, loss, scale is not None, finite)
+            guard.check(step, grads if checked else None, loss, scale is not None, finite)
             if guard.finish(step, scale is not None) and self._stepped is not None:
                 self._stepped.disarm()  # no optimizer step uses these gradients
         if not stats.defer and self._stepped is None:
@@ -409,33 +409,31 @@ class Monitor:
             self._sampler.untimed()
 
     def _run_wide(
-        self,
-        step: int,
-        loss: torch.Tensor | float | None,
-        value: float | None,
-        index: GradIndex,
-        scale: AmpScale | None,
+        self, step: int, loss: Any, value: float | None, index: GradIndex, grads: list[Tensor], scale: AmpScale | None
     ) -> tuple[float, bool]:
         """An unsampled step's run-wide signals: its global norm (NaN when it is read a step later)
         and whether it looks unusual enough to be sampled whole now (with the budget only: a fixed
         stride stays exact, and under torch.distributed every rank must sample the same steps)."""
         stats = self._stats
-        total, vec = runwide.measure(stats, stats.grads(index.which), index.which, loss, scale)
-        if vec is not None:
+        got = runwide.measure(stats, grads, index, loss, scale)
+        if got.device is not None:
             if self.primary:  # the other ranks took part in the all-reduce; rank 0 reports
-                self._handover.deferred(step, vec)
+                self._handover.deferred(step, got.device)
             return math.nan, False
+        total = got.global_norm
         loss_now = value if value is not None else math.nan
-        if self._sampler.adaptive and self.dist is None and self._unusual(total, loss_now):
+        if self._sampler.adaptive and self.dist is None and self._unusual(total, loss_now, got.layer_sq):
             return total, True
         if self.primary:
             self._handover.run(step, loss_now, total)
         return total, False
 
-    def _unusual(self, norm: float, loss: float) -> bool:
-        """A global norm or loss the detectors might flag (a screen: they judge it), or non-finite."""
-        norm_limit, loss_limit = self._judge.limits
-        return not math.isfinite(norm) or norm >= norm_limit or math.isinf(loss) or loss >= loss_limit
+    def _unusual(self, norm: float, loss: float, layer_sq: np.ndarray | None) -> bool:
+        """A norm or loss the detectors might flag (a screen: they judge it), or non-finite."""
+        limits = self._judge.limits
+        if not math.isfinite(norm) or norm >= limits.global_norm or math.isinf(loss) or loss >= limits.loss:
+            return True
+        return layer_sq is not None and bool((layer_sq >= limits.layers * limits.layers).any())
 
     def _send(self, item: object) -> None:
         """Hand an item to the publishing thread (or judge it here where there is none)."""

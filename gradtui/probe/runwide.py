@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 from gradtui.model.events import RunSteps
 from gradtui.probe.amp import AmpScale
 from gradtui.probe.publisher import Sampled
-from gradtui.probe.stats import GradStats, Pending, cpu_sq_norms, loss_tensor, to_host
+from gradtui.probe.stats import GradIndex, GradStats, Pending, loss_tensor, to_host
 
 BATCH_STEPS = 32
 """Steps gathered into one `RunSteps` event at most."""
@@ -47,18 +48,36 @@ class RunPending:
         return math.sqrt(total_sq) if total_sq >= 0 else math.nan, loss
 
 
+class Measured(NamedTuple):
+    """An unsampled step's gradients, as far as the host has them now."""
+
+    global_norm: float
+    """The L2 norm of every gradient (unscaled); NaN when it is read a step later (`device`)."""
+    layer_sq: np.ndarray | None
+    """Per layer, the squared gradient norm, where the host has it at no extra cost (CPU)."""
+    device: torch.Tensor | None
+    """Else: (squared global norm, loss) on the device, to copy to the host."""
+
+
 def measure(
     stats: GradStats,
     grads: list[torch.Tensor],
-    which: list[int],
+    index: GradIndex,
     loss: torch.Tensor | float | None,
     scale: AmpScale | None,
-) -> tuple[float, torch.Tensor | None]:
-    """A step's global gradient norm (unscaled): a float when the host is the device, else NaN
-    and a device vector (squared norm, loss) to copy to the host. Under torch.distributed the
-    norm is global (one all-reduce, on every rank at the same steps) and the loss rank 0's."""
+) -> Measured:
+    """A step's global gradient norm. Under torch.distributed the norm is global (one all-reduce,
+    on every rank at the same steps) and the loss rank 0's."""
     if stats.fast_cpu and scale is None:
-        return math.sqrt(float(cpu_sq_norms(grads).sum())) if grads else 0.0, None
+        if not grads:
+            return Measured(0.0, np.zeros(stats.n), None)
+        # One fused call: in a training loop (right after backward) it beats the per-layer split of
+        # `cpu_sq_norms` (50x128 MLP: 0.56 vs 0.88 ms; 12x512: 0.87 vs 0.98). Its per-tensor norms
+        # give each layer's for a bincount more (a few us): a layer's jump is seen between samples too.
+        norms = torch.stack(torch._foreach_norm(grads)).to(torch.float64).numpy()
+        layer_sq = np.bincount(index.layer_of, weights=norms * norms, minlength=stats.n)
+        return Measured(math.sqrt(float(layer_sq.sum())), layer_sq, None)
+    which = index.which
     if stats.dist is not None:
         sq = stats.global_norm(grads, which).square().reshape(1)
     elif grads:
@@ -68,8 +87,8 @@ def measure(
     if scale is not None:
         sq = sq / (scale.factor * scale.factor)
     if stats.device.type == "cpu" and stats.dist is None:
-        return math.sqrt(float(sq)), None
-    return math.nan, torch.cat([sq.to(stats.acc), loss_tensor(loss, stats.device, stats.acc)])
+        return Measured(math.sqrt(float(sq)), None, None)
+    return Measured(math.nan, None, torch.cat([sq.to(stats.acc), loss_tensor(loss, stats.device, stats.acc)]))
 
 
 class RunBatch:
@@ -113,14 +132,15 @@ class Handover:
 
     Args:
         send: Hands an item (`Sampled`, `RunSteps`) to the publishing thread.
-        unusual: Whether a (global norm, loss) read a step late calls for a closer look.
+        unusual: Whether a (global norm, loss, per-layer squared norms or None) read a step late
+            calls for a closer look.
         look_closer: Called then (the sampler samples the next step).
     """
 
     def __init__(
         self,
         send: Callable[[object], None],
-        unusual: Callable[[float, float], bool],
+        unusual: Callable[[float, float, np.ndarray | None], bool],
         look_closer: Callable[[], None],
     ) -> None:
         self._send = send
@@ -153,7 +173,7 @@ class Handover:
             pending = self._pending.pop(0)
             if isinstance(pending, RunPending):
                 norm, loss = pending.values()
-                unusual = self._unusual(norm, loss)
+                unusual = self._unusual(norm, loss, None)
                 if unusual:
                     self._look_closer()
                 self.run(pending.step, loss, norm, now=unusual)

@@ -80,9 +80,12 @@ def test_run_limits_screen_below_what_the_rules_flag() -> None:
     det = Detectors(NAMES)
     norms, losses = steady(60)
     run(det, 60, 1, norms, losses)
-    norm_limit, loss_limit = det.run_limits()
+    limits = det.run_limits()
     glob = np.sqrt((norms**2).sum(axis=1))
     # Past the rules' history, a screen sits above the healthy values and below a 10x jump.
-    assert glob.max() < norm_limit < 10 * np.median(glob[-32:])
-    assert losses.max() < loss_limit < 2 * np.median(losses[-32:])
-    assert Detectors(NAMES).run_limits() == (DetectorConfig().explode_ceiling, math.inf)
+    assert glob.max() < limits.global_norm < 10 * np.median(glob[-32:])
+    assert losses.max() < limits.loss < 2 * np.median(losses[-32:])
+    assert (norms.max(axis=0) < limits.layers).all() and (limits.layers < 10 * np.median(norms[-32:], axis=0)).all()
+    fresh = Detectors(NAMES).run_limits()
+    ceiling = DetectorConfig().explode_ceiling
+    assert (fresh.global_norm, fresh.loss) == (ceiling, math.inf) and (fresh.layers == ceiling).all()

@@ -299,6 +299,15 @@ def test_tcp_viewers_need_the_token_and_a_wrong_one_gets_nothing(served: Served)
         src.close()
 
 
+def _steps(events: list[Event]) -> set[int]:
+    """Every step the events carry, sampled (StepStats) or not (RunSteps)."""
+    out = {e.step for e in events if isinstance(e, StepStats)}
+    for e in events:
+        if isinstance(e, RunSteps):
+            out.update(e.steps.tolist())
+    return out
+
+
 @pytest.mark.parametrize(
     ("data", "logged"),
     [
@@ -325,11 +334,10 @@ def test_bad_frames_close_only_that_connection_with_a_logged_reason(served: Serv
         wait_for(lambda: logged in served.log(), 10, f"{logged!r} in the run's log")
         # The run and the other viewer go on.
         got: list[Event] = []
-        _poll_until(watcher, got, lambda ev: sum(isinstance(e, StepStats) for e in ev) > 100, 20, "more steps")
-        step_before = max(e.step for e in got if isinstance(e, StepStats))
-        _poll_until(
-            watcher, got, lambda ev: max(e.step for e in ev if isinstance(e, StepStats)) > step_before + 5, 20, "live"
-        )
+        # Steps as the run sends them at its defaults: sampled ones whole, the others run-wide.
+        _poll_until(watcher, got, lambda ev: len(_steps(ev)) > 100, 20, "more steps")
+        step_before = max(_steps(got))
+        _poll_until(watcher, got, lambda ev: max(_steps(ev)) > step_before + 5, 20, "live")
         assert not any(isinstance(e, RunEnd) for e in got)
     finally:
         watcher.close()

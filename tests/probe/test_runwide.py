@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import gradtui
+from gradtui.model.detectors import Limits
 from gradtui.model.events import Alert, RunSteps, StepStats
 from gradtui.probe.monitor import Monitor
 from gradtui.probe.options import Instruments, Output, Sampling, Serving
@@ -108,3 +109,26 @@ def test_an_unusual_step_is_sampled_whole_at_the_default_settings(monkeypatch: p
     # The alarm brings every step back, once the publishing thread has judged the step (a step or two).
     assert sum(seen[s][2] for s in range(spike + 1, spike + 41)) >= 30
     assert sum(seen[s][2] for s in range(100, spike)) <= 4  # and before it, sampling was sparse
+
+
+def test_the_screen_of_an_unsampled_step_looks_at_each_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jump in one layer that the global norm does not show (a bigger layer dominates it) still has
+    its step sampled whole: the screen compares every layer's norm with that layer's own limit."""
+    monkeypatch.delenv("GRADTUI_BUDGET", raising=False)
+    model, opt = mlp()
+    mon = gradtui.watch(model, opt, serve=False)
+    train(mon, model, opt, 120)
+    mon.flush()
+    limits = mon.detectors.run_limits() if mon.detectors is not None else None
+    assert limits is not None and np.isfinite(limits.layers).all() and math.isfinite(limits.global_norm)
+    # The screen the probe uses is the detectors' (replaced whole by the publishing thread).
+    assert mon._judge.limits.global_norm == limits.global_norm
+    # A small layer's limit well below the global one: a big layer dominates the global norm.
+    mon._judge.limits = Limits(10.0, math.inf, np.array([0.1, 100.0, 100.0]))
+    calm = np.array([0.05, 5.0, 5.0]) ** 2
+    assert not mon._unusual(float(np.sqrt(calm.sum())), 1.0, calm)
+    jumped = np.array([0.5, 5.0, 5.0]) ** 2  # 10x in the small layer; the global norm barely moves
+    assert math.sqrt(jumped.sum()) < 10.0
+    assert mon._unusual(float(np.sqrt(jumped.sum())), 1.0, jumped)
+    assert not mon._unusual(float(np.sqrt(jumped.sum())), 1.0, None)  # read a step late: no per-layer view
+    mon.close()
