@@ -1,10 +1,10 @@
 """The run-wide tier: every step's loss and global gradient norm, whatever the sampling stride.
 
 A step whose per-layer statistics are not sampled still has its gradients measured as a
-whole: the same fused squared norms a sampled step starts with, summed, and nothing per
-layer. On CPU the host is the device, so the sum and the loss are plain floats at once and
-a value past what the detectors would let through (`Detectors.run_limits`) has the step
-sampled whole on the spot. Elsewhere the two values leave in one non-blocking copy and are
+whole: one fused norm pass over every gradient, summed. On CPU the host is the device, so
+the sum, each layer's share of it and the loss are plain numbers at once, and a value near
+what the detectors would flag (`Detectors.run_limits`) has the step sampled whole on the
+spot. Elsewhere the two values leave in one non-blocking copy and are
 read a step later, never with a sync. Values gather in a `RunBatch` and travel as one
 `RunSteps` event to the publishing thread, where the detectors and the guard see each step.
 """
