@@ -330,10 +330,11 @@ class Monitor:
         self.step_count += 1
         self._ledger.keep(step, batch)
         sampler = self._sampler
-        value = host_loss(loss)  # a number or a CPU tensor: read without a device sync
+        value = None  # the loss on the host (a number, a CPU tensor): read where a decision needs it
         if sampler.adaptive:
             if self._stepped is not None:
                 sampler.spent(self._stepped.take_spent())
+            value = host_loss(loss)
             if value is not None:
                 sampler.check(step, value)  # before deciding: a bad loss has this very step sampled
         sampled, detail = sampler.begin(step)
@@ -421,6 +422,8 @@ class Monitor:
                 self._handover.deferred(step, got.device)
             return math.nan, False
         total = got.global_norm
+        if value is None:
+            value = host_loss(loss)
         loss_now = value if value is not None else math.nan
         if self._sampler.adaptive and self.dist is None and self._unusual(total, loss_now, got.layer_sq):
             return total, True

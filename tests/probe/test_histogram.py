@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bare_monitor import bare_monitor
 from torch import nn
 
 import gradtui
@@ -17,7 +18,6 @@ from gradtui.model.events import GRAD_HIST_BUCKETS, GRAD_HIST_HI, GRAD_HIST_LO, 
 from gradtui.probe.histogram import GradHistogram
 from gradtui.probe.layers import find_layers
 from gradtui.probe.monitor import Monitor
-from gradtui.probe.options import Instruments, Output, Sampling, Serving
 from gradtui.wire.codec import HEADER, decode_event, encode, unpack_payload
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -76,13 +76,7 @@ def test_monitor_histograms_equal_numpy_on_detail_steps_only(defer: bool) -> Non
     torch.manual_seed(0)
     model = Mixed()
     layers = find_layers(model)
-    mon = Monitor(
-        model, None,
-        sampling=Sampling(detail_every=2),
-        output=Output(queue_size=100),
-        serving=Serving(connect=False),
-        instruments=Instruments(detectors=False, defer=defer),
-    )
+    mon = bare_monitor(model, None, queue_size=100, detail_every=2, defer=defer)
     expected = []
     x = torch.randint(0, 30, (5, 7))
     for step in range(4):
@@ -184,13 +178,7 @@ def test_mixed_precision_histograms_describe_the_unscaled_gradients() -> None:
 def test_the_histogram_crosses_the_wire_intact() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    mon = Monitor(
-        model, None,
-        sampling=Sampling(detail_every=1),
-        output=Output(queue_size=10),
-        serving=Serving(connect=False),
-        instruments=Instruments(detectors=False),
-    )
+    mon = bare_monitor(model, None, queue_size=10, detail_every=1)
     model(torch.randn(3, 4)).sum().backward()
     mon.step()
     mon.close()
@@ -233,13 +221,7 @@ def test_distributed_histograms_count_every_value_once(mode: str, tmp_path: Path
 def test_zero_fraction_is_exact_for_half_precision_gradients() -> None:
     """Was -inf: the non-zero count of a float16 gradient overflowed float16 (70,001 > 65,504)."""
     model = nn.Linear(300, 300, bias=False).half()
-    mon = Monitor(
-        model, None,
-        sampling=Sampling(detail_every=1),
-        output=Output(queue_size=10),
-        serving=Serving(connect=False),
-        instruments=Instruments(detectors=False),
-    )
+    mon = bare_monitor(model, None, queue_size=10, detail_every=1)
     grad = torch.zeros(300, 300, dtype=torch.half)
     grad.view(-1)[:70_001] = 1.0
     model.weight.grad = grad

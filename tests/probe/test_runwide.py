@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from bare_monitor import bare_monitor
 from torch import nn
 
 import gradtui
 from gradtui.model.detectors import Limits
 from gradtui.model.events import Alert, RunSteps, StepStats
 from gradtui.probe.monitor import Monitor
-from gradtui.probe.options import Instruments, Output, Sampling, Serving
 
 
 def mlp(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -60,14 +60,7 @@ def train(mon: Monitor, model: nn.Module, opt: torch.optim.Optimizer, steps: int
 @pytest.mark.parametrize("defer", [False, True], ids=["host", "deferred"])
 def test_unsampled_steps_send_their_loss_and_global_norm(defer: bool) -> None:
     model, opt = mlp()
-    mon = Monitor(
-        model,
-        opt,
-        sampling=Sampling(every=5),
-        output=Output(queue_size=10_000),
-        serving=Serving(connect=False),
-        instruments=Instruments(detectors=False, defer=defer),
-    )
+    mon = bare_monitor(model, opt, queue_size=10_000, every=5, defer=defer)
     ref = train(mon, model, opt, 43)
     mon.close()
     assert mon.events is not None

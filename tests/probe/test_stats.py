@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bare_monitor import bare_monitor
 from torch import nn
 
 from gradtui.model.events import StepStats
-from gradtui.probe.monitor import Monitor
-from gradtui.probe.options import Instruments, Output, Sampling, Serving
 from gradtui.probe.stats import SMALL_NUMEL, cpu_sq_norms
 
 
@@ -48,13 +47,7 @@ def test_per_layer_norms_match_torch_vector_norm(detail_every: int) -> None:
     torch.manual_seed(0)
     model = Mixed()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    mon = Monitor(
-        model, opt,
-        sampling=Sampling(detail_every=detail_every),
-        output=Output(queue_size=100),
-        serving=Serving(connect=False),
-        instruments=Instruments(detectors=False),
-    )
+    mon = bare_monitor(model, opt, queue_size=100, detail_every=detail_every)
     x, y = torch.randn(16, 32), torch.randint(0, 3, (16,))
     expected = []
     for _ in range(3):
