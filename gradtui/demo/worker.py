@@ -7,6 +7,7 @@ also runnable by hand: `python -m gradtui.demo.worker sigmoid --steps 300`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -79,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = dict(scenario.watch_options)
     # The tour's stories are told step by step, the same on any machine: no overhead budget.
     options.setdefault("every", 1)
+    # The tour's viewer shows every alarm and guard action as it happens; the run's own log lines
+    # (gradtui.probe.announce) would only repeat them in its log pane.
+    logging.getLogger("gradtui").setLevel(logging.ERROR)
     mon = gradtui.watch(
         setup.model,
         setup.optimizer,

@@ -170,12 +170,15 @@ class RunCheck:
         steps, loss, norm = ev.steps, ev.loss, ev.global_norm
         if not (isinstance(steps, np.ndarray) and steps.ndim == 1 and steps.dtype.kind in "iu" and steps.size):
             return "has steps that are not a non-empty integer vector", where
-        if not (_float_vector(loss) and _float_vector(norm)):
+        if not (_float_vector(loss) and (norm is None or _float_vector(norm))):
             return "has losses or global norms that are not float vectors", where
-        if len(loss) != steps.size or len(norm) != steps.size:
+        if len(loss) != steps.size or (norm is not None and len(norm) != steps.size):
             return "has another number of losses or global norms than steps", (
-                f"{where}: {steps.size} steps, {len(loss)} losses, {len(norm)} global norms"
+                f"{where}: {steps.size} steps, {len(loss)} losses, {'no' if norm is None else len(norm)} global norms"
             )
+        problem = self._canaries(ev, where)
+        if problem is not None:
+            return problem
         first, last = int(steps[0]), int(steps[-1])
         if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):
             return "has steps that do not increase", f"{where}: steps {first}..{last}"
@@ -188,6 +191,21 @@ class RunCheck:
         self._last = last
         if self._first is None:
             self._first = first
+        return None
+
+    def _canaries(self, ev: RunSteps, where: str) -> tuple[str, str] | None:
+        """Canary layers (increasing, of the run's) with a norm each per step, or neither."""
+        layers, norms = ev.canary_layers, ev.canary_norm
+        if layers is None and norms is None:
+            return None
+        if not (isinstance(layers, np.ndarray) and layers.ndim == 1 and layers.dtype.kind in "iu" and layers.size):
+            return "has canary layers that are not a non-empty integer vector", where
+        shape = (ev.steps.size, layers.size)
+        if not (isinstance(norms, np.ndarray) and norms.dtype.kind == "f" and norms.shape == shape):
+            return "has canary norms that are not a float table of a row per step and a column per canary", where
+        in_range = int(layers[0]) >= 0 and (self._layers is None or int(layers[-1]) < self._layers)
+        if not in_range or not bool(np.all(layers[1:] > layers[:-1])):
+            return "has canary layers out of order or not of the run's layers", f"{where}: {layers.tolist()}"
         return None
 
     def _update(self, ev: UpdateStats) -> tuple[str, str] | None:

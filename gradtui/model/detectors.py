@@ -30,8 +30,9 @@ from gradtui.model.explode import WARNING as _WARNING
 
 # Rows of the state matrices, in flag priority order, so the first active row is the verdict.
 _KINDS: tuple[str, ...] = FLAG_PRIORITY
-_NONFINITE, _EXPLODING, _VANISHING, _DEAD, _SPIKE = (_KINDS.index(k) for k in (
-    "nonfinite", "exploding", "vanishing", "dead", "loss_spike"))
+_NONFINITE, _EXPLODING, _VANISHING, _DEAD, _SPIKE = (
+    _KINDS.index(k) for k in ("nonfinite", "exploding", "vanishing", "dead", "loss_spike")
+)
 
 _WEIGHT_RULE_GAP = -1.0
 """The gradient-to-weight vanishing rule also needs the layer 10x (log10: 1) below the largest layer."""
@@ -185,6 +186,11 @@ class Detectors:
         """The exploding rule over the layers' norms (fed at sampled steps)."""
         self._run_growth = Growth(1, c)
         """... and over the global norm (fed at every step)."""
+        self._canary = np.zeros(0, np.int64)
+        """The canary layers: measured at every step where the rest are not (`update_run`)."""
+        self._is_canary = np.zeros(n, bool)
+        self._canary_growth = Growth(0, c)
+        """The exploding rule over the canary layers (fed at every step, in place of `_layer_growth`)."""
         self._explode_level = np.zeros(units, np.int8)
         """The level an exploding flag on each unit would have at this sample (from the two `Growth`s)."""
         self._loss_spike = LossSpike(c)
@@ -232,19 +238,56 @@ class Detectors:
                 self._gradients(stats, gn, loss_z)
         return self._transitions(stats.step)
 
-    def update_run(self, step: int, loss: float, global_norm: float) -> list[Alert]:
-        """Fold in a step whose per-layer statistics were not sampled: its loss (NaN when unknown)
-        and global gradient norm. Returns the alerts raised or cleared at `step`, as `update`."""
+    def update_run(
+        self, step: int, loss: float, global_norm: float | None, canary: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> list[Alert]:
+        """Fold in a step whose per-layer statistics were not sampled: its loss (NaN when unknown),
+        global gradient norm (None where not measured) and `canary`, (layers, their gradient norms)
+        where it measured some. A canary layer's exploding rule is fed at every step from then on
+        (sampled ones included). Returns the alerts raised or cleared at `step`, as `update`."""
         self._begin()
         with np.errstate(all="ignore"):
-            self._run(step, float(loss), float(global_norm), True, sampled=False)
+            if global_norm is None:
+                loss_z = self._run(step, float(loss), self._global_norm, False, sampled=False)
+            else:
+                loss_z = self._run(step, float(loss), float(global_norm), True, sampled=False)
+            if canary is not None:
+                layers, norms = canary
+                self._set_canaries(np.asarray(layers, np.int64))
+                self._canaries(step, np.asarray(norms, np.float64), loss_z)
         return self._transitions(step)
+
+    def _set_canaries(self, layers: np.ndarray) -> None:
+        if np.array_equal(layers, self._canary):
+            return
+        ok = layers.ndim == 1 and (layers.size == 0 or (0 <= layers.min() and layers.max() < self._n))
+        if not ok or not np.array_equal(layers, np.unique(layers)):
+            raise ValueError(f"canary layers {layers.tolist()} are not layers of the {self._n} watched")
+        self._canary = layers.copy()
+        self._is_canary[:] = False
+        self._is_canary[layers] = True
+        self._canary_growth = Growth(layers.size, self.config)
+
+    def _canaries(self, step: int, norms: np.ndarray, loss_z: float) -> None:
+        """The exploding rule on the canary layers at `step` (their norms, in `_canary` order)."""
+        units = self._canary
+        x = np.log10(norms)
+        valid = np.isfinite(x)
+        growth = self._canary_growth
+        was_on = self._on_since[_EXPLODING, units] >= 0
+        growth.update(step, x, valid, loss_z, self._loss_spike.in_range, was_on)
+        self._enter[_EXPLODING, units] = growth.enter
+        self._leave[_EXPLODING, units] = growth.leave
+        self._seen[_EXPLODING, units] = valid
+        self._explode_level[units] = growth.level
 
     def run_limits(self) -> Limits:
         """What makes the probe sample a step whole: a value that might raise an alarm. Halfway (log
         scale) from the recent median to the raise thresholds: a screen, not the rule (the detectors
         judge the step); the ceiling, or inf for the loss, where no rule applies yet."""
-        return Limits(float(self._run_growth.screen()[0]), self._loss_spike.screen, self._layer_growth.screen())
+        layers = self._layer_growth.screen()
+        layers[self._canary] = self._canary_growth.screen()
+        return Limits(float(self._run_growth.screen()[0]), self._loss_spike.screen, layers)
 
     def _begin(self) -> None:
         self.steps += 1
@@ -310,11 +353,14 @@ class Detectors:
         self._vanishing(pos, gn, log_gn)
         growth = self._layer_growth
         was_on = self._on_since[_EXPLODING, :n] >= 0
-        growth.update(stats.step, log_gn, pos, loss_z, self._loss_spike.in_range, was_on)
+        judged = pos & ~self._is_canary
+        growth.update(stats.step, log_gn, judged, loss_z, self._loss_spike.in_range, was_on)
         enter[_EXPLODING, :n] = growth.enter
         leave[_EXPLODING, :n] = growth.leave
-        seen[_EXPLODING, :n] = pos
+        seen[_EXPLODING, :n] = judged
         self._explode_level[:n] = growth.level
+        if self._canary.size:
+            self._canaries(stats.step, np.where(has, gn, np.nan)[self._canary], loss_z)
 
     def _vanishing(self, pos: np.ndarray, gn: np.ndarray, log_gn: np.ndarray) -> None:
         c = self.config
@@ -383,7 +429,11 @@ class Detectors:
 
     def _growth(self, u: int) -> tuple[Growth, int]:
         """The exploding rule's state holding unit `u`, and its index there."""
-        return (self._run_growth, 0) if u == self._n else (self._layer_growth, u)
+        if u == self._n:
+            return self._run_growth, 0
+        if self._is_canary[u]:
+            return self._canary_growth, int(np.searchsorted(self._canary, u))
+        return self._layer_growth, u
 
     def _change(self, k: int, u: int, up: bool, escalated: bool) -> Change:
         """Flag `k` on unit `u` moved at this step: the facts of its alert (read before `_active` moves)."""
@@ -425,8 +475,12 @@ class Detectors:
             return spike.loss, spike.threshold(bool(self._active[_SPIKE, u]))
         run = u == self._n
         if k == _EXPLODING:
-            v = self._global_norm if run else float(self._grad_norm[u])
             growth, j = self._growth(u)
+            # A canary layer's norm may be of an unsampled step: its rule holds the latest.
+            if run:
+                v = self._global_norm
+            else:
+                v = float(10.0 ** growth.last_x[j]) if self._is_canary[u] else float(self._grad_norm[u])
             if escalated and not (growth.ceiling_hit[j] or not growth.rows):
                 return v, float(10.0 ** growth.escalation_limit(j, int(self._level[k, u])))
             return v, growth.threshold(j, up, False)

@@ -7,7 +7,7 @@ indexed in the order of `RunStart.layers`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -195,8 +195,32 @@ class RunSteps:
     """int64, increasing."""
     loss: np.ndarray
     """float64 per step; NaN where no loss was given or it was not finite."""
-    global_norm: np.ndarray
-    """float64 per step: the L2 norm of all gradients before clipping (unscaled under a GradScaler)."""
+    global_norm: np.ndarray | None
+    """float64 per step: the L2 norm of all gradients before clipping (unscaled under a GradScaler);
+    NaN where not finite. None where these steps measured only canary layers: on CPU, where one
+    pass over every gradient costs more than the overhead budget allows, an unsampled step screens
+    a few layers instead, and one that looks unusual is sampled whole (`gradtui.probe.runwide`)."""
+    canary_layers: np.ndarray | None = None
+    """int64, increasing: the layers these steps measured, where they measured canaries (else None)."""
+    canary_norm: np.ndarray | None = None
+    """float64 [steps, canary layers]: each canary layer's gradient L2 norm at each step."""
+
+
+RunRow = tuple[int, float, "float | None", "tuple[np.ndarray, np.ndarray] | None"]
+"""One step of a `RunSteps`: (step, loss, global norm or None, (canary layers, their norms) or None)."""
+
+
+def run_rows(event: RunSteps) -> Iterator[RunRow]:
+    """The steps of `event` one by one, as the detectors take them (`Detectors.update_run`)."""
+    norms = event.global_norm.tolist() if event.global_norm is not None else None
+    layers, canary = event.canary_layers, event.canary_norm
+    for i, (step, loss) in enumerate(zip(event.steps.tolist(), event.loss.tolist(), strict=True)):
+        yield (
+            int(step),
+            float(loss),
+            float(norms[i]) if norms is not None else None,
+            (layers, canary[i]) if layers is not None and canary is not None else None,
+        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -349,5 +373,6 @@ __all__ = [
     "grad_hist_exponent",
     "level_rank",
     "primary_flag",
+    "run_rows",
     "verdict_of",
 ]

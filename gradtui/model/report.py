@@ -29,6 +29,7 @@ from gradtui.model.events import (
     RunStart,
     RunSteps,
     StepStats,
+    run_rows,
     verdict_of,
 )
 from gradtui.model.store import RunStore
@@ -215,18 +216,18 @@ class Summary:
     def _run_steps(self, event: RunSteps) -> None:
         """Unsampled steps (`RunCheck` has made sure the arrays agree): each through the
         detectors' run-wide rules, one by one and in step order, as the probe fed them."""
-        for step, loss, norm in zip(event.steps.tolist(), event.loss.tolist(), event.global_norm.tolist(), strict=True):
+        for step, loss, norm, canary in run_rows(event):
             if self.detectors is not None:
-                self._raised(self.detectors.update_run(int(step), float(loss), float(norm)))
-            self._run_wide(int(step), float(loss), float(norm))
+                self._raised(self.detectors.update_run(step, loss, norm, canary))
+            self._run_wide(step, loss, norm)
 
     def _raised(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             self.store.apply(alert)
             self.alerts.append(alert)
 
-    def _run_wide(self, step: int, loss: float, norm: float) -> None:
-        """The loss and global norm of one step, sampled or not."""
+    def _run_wide(self, step: int, loss: float, norm: float | None) -> None:
+        """The loss and global norm (None: not measured) of one step, sampled or not."""
         self.last_step = max(self.last_step, step)
         value = finite_or_none(loss)
         if value is not None:
@@ -234,8 +235,9 @@ class Summary:
                 self.loss_first = value
             self.loss_last = value
             self.loss_min = value if self.loss_min is None else min(self.loss_min, value)
-        self.global_norms.append(float(norm))
-        self.norm_steps.append(step)
+        if norm is not None:
+            self.global_norms.append(float(norm))
+            self.norm_steps.append(step)
 
     @property
     def status(self) -> str:

@@ -53,6 +53,8 @@ STAT_LABELS: dict[str, str] = {
 }
 
 STEP_SERIES: tuple[str, ...] = ("loss", "global_norm")
+LAST_NORM_LOOKBACK = 64
+"""Steps back the header looks for the newest measured global norm (a sampled step is at most 32 away)."""
 """Run-wide series kept at every step (from `StepStats` and `RunSteps`), in a ring of their own."""
 SAMPLED_SERIES: tuple[str, ...] = ("time", "clipped_norm", "clip_factor", "lr", "schedule_lr", "steps_per_sec")
 """Run-wide series known at sampled steps only (rows of the per-layer ring)."""
@@ -102,6 +104,8 @@ class RunStore:
     """Steps held in the every-step ring (at most run_capacity)."""
     run_total: int = 0
     """Steps folded into the every-step ring since the start (including those that left it)."""
+    norm_total: int = 0
+    """Of those, the steps whose global norm was measured (not canaries only: `RunSteps.global_norm`)."""
     stride: int = 1
     """Steps between the last two sampled steps (the effective sampling when a budget sets it)."""
     version: int = 0
@@ -136,6 +140,8 @@ class RunStore:
     _run_head: int = 0
     _run_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _run_series: dict[str, np.ndarray] = field(default_factory=dict)
+    _run_measured: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    """Per step of the every-step ring: its global norm was measured."""
 
     # ------------------------------------------------------------ ingest
 
@@ -210,9 +216,11 @@ class RunStore:
         self.run_capacity = run_cap
         self._run_steps = np.full(run_cap, -1, np.int64)
         self._run_series = {s: np.full(run_cap, np.nan, np.float64) for s in STEP_SERIES}
+        self._run_measured = np.zeros(run_cap, bool)
         self._run_head = 0
         self.run_count = 0
         self.run_total = 0
+        self.norm_total = 0
         self.last_step = -1
 
     def _ensure_started(self, n_layers: int) -> None:
@@ -221,8 +229,16 @@ class RunStore:
             infos = tuple(LayerInfo(f"layer{i}", "?", 0) for i in range(n_layers))
             self._start(
                 RunStart(
-                    run="?", pid=0, started=0.0, layers=infos, lrs=(), clip_mode="off", clip_threshold=1.0,
-                    every=1, detail_every=1, device="?",
+                    run="?",
+                    pid=0,
+                    started=0.0,
+                    layers=infos,
+                    lrs=(),
+                    clip_mode="off",
+                    clip_threshold=1.0,
+                    every=1,
+                    detail_every=1,
+                    device="?",
                 )
             )
 
@@ -292,9 +308,11 @@ class RunStore:
         self._run_head = (row + 1) % cap
         self.run_count = min(self.run_count + 1, cap)
         self.run_total += 1
+        self.norm_total += 1
         self._run_steps[row] = step
         self._run_series["loss"][row] = loss
         self._run_series["global_norm"][row] = global_norm
+        self._run_measured[row] = True
         self.last_step = step
 
     def _add_run_steps(self, ev: RunSteps) -> None:
@@ -303,7 +321,8 @@ class RunStore:
             self._start_run_ring(default_capacity(0))  # a stream that joined mid-run
         steps = np.asarray(ev.steps).ravel()
         loss = np.asarray(ev.loss).ravel()
-        norm = np.asarray(ev.global_norm).ravel()
+        measured = ev.global_norm is not None
+        norm = np.asarray(ev.global_norm).ravel() if measured else np.full(loss.size, np.nan)
         n = min(steps.size, loss.size, norm.size)
         if n == 0 or steps.dtype.kind not in "iu" or loss.dtype.kind not in "fiu" or norm.dtype.kind not in "fiu":
             return
@@ -315,7 +334,7 @@ class RunStore:
             n = steps.size
             if n == 0:
                 return
-        if self.first_nonfinite_step is None:
+        if self.first_nonfinite_step is None and measured:
             bad = np.flatnonzero(~np.isfinite(norm))
             if bad.size:
                 self.first_nonfinite_step = int(steps[bad[0]])
@@ -330,9 +349,12 @@ class RunStore:
         for dest, values in rings:
             dest[head : head + first] = values[:first]
             dest[: take - first] = values[first:]
+        self._run_measured[head : head + first] = measured
+        self._run_measured[: take - first] = measured
         self._run_head = (head + take) % cap
         self.run_count = min(self.run_count + take, cap)
         self.run_total += n
+        self.norm_total += n if measured else 0
         self.last_step = int(steps[-1])
 
     def _add_hist(self, ev: StepStats) -> None:
@@ -379,9 +401,7 @@ class RunStore:
         """Step numbers held, oldest first (the `last` before the newest `skip`)."""
         return _ring_read(self._steps, self._head, self.count, last, skip)
 
-    def window(
-        self, stat: str, last: int | None = None, layers: np.ndarray | None = None, skip: int = 0
-    ) -> np.ndarray:
+    def window(self, stat: str, last: int | None = None, layers: np.ndarray | None = None, skip: int = 0) -> np.ndarray:
         """(steps, layers) float32 matrix of `stat` over the newest `last` steps, oldest first.
 
         Args:
@@ -428,16 +448,27 @@ class RunStore:
         if name in STEP_SERIES:
             if not self._run_series:
                 return np.zeros(0)
-            return _ring_read(self._run_series[name], self._run_head, self.run_count, last)
+            values = _ring_read(self._run_series[name], self._run_head, self.run_count, last)
+            return values[self._measured(last)] if name == "global_norm" else values
         return _ring_read(self._series[name], self._head, self.count, last) if self._series else np.zeros(0)
 
     def series_steps(self, name: str, last: int | None = None) -> np.ndarray:
         """The step of each value of `series(name, last)`."""
+        if name == "global_norm":
+            steps: np.ndarray = self.run_steps(last)[self._measured(last)]
+            return steps
         return self.run_steps(last) if name in STEP_SERIES else self.steps(last)
 
     def series_first_index(self, name: str) -> int:
         """How many values of `series(name)` left the ring before its oldest one (an absolute position)."""
+        if name == "global_norm":
+            return self.norm_total - int(self._measured(None).sum())
         return self.run_total - self.run_count if name in STEP_SERIES else self.total_steps - self.count
+
+    def _measured(self, last: int | None) -> np.ndarray:
+        """Which of the newest `last` steps of the every-step ring had their global norm measured
+        (the others, canaries only: `RunSteps.global_norm` None)."""
+        return _ring_read(self._run_measured, self._run_head, self.run_count, last)
 
     def _newest(self, name: str) -> float:
         if self.run_count == 0:
@@ -451,8 +482,9 @@ class RunStore:
 
     @property
     def last_global_norm(self) -> float:
-        """The global gradient norm of the newest step seen, sampled or not (NaN: none yet)."""
-        return self._newest("global_norm")
+        """The global gradient norm of the newest step that measured it, sampled or not (NaN: none yet)."""
+        norms = self.series("global_norm", LAST_NORM_LOOKBACK)
+        return float(norms[-1]) if norms.size else float("nan")
 
     def layer_history(self, layer: int, stat: str, last: int | None = None) -> np.ndarray:
         """One layer's history of `stat`, oldest first."""

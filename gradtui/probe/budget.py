@@ -37,6 +37,9 @@ MAX_STRIDE = 32
 """At most this many steps between two sampled ones, however slow the probe is."""
 HOLD_STEPS = 200
 """After trouble, every step is sampled for this many steps."""
+CANARY_SHARE = 0.5
+"""An unsampled step may pass over every gradient if that takes at most this share of the budget;
+past it, it measures canary layers (`gradtui.probe.runwide.Canaries`)."""
 WARMUP_SAMPLES = 8
 """Sampled steps timed before the stride may rise (the first ones pay for caches and allocation)."""
 _WINDOW = 32
@@ -102,7 +105,10 @@ class Sampler:
         """Publishing-thread CPU time per unsampled step (a running mean)."""
         self._sampled_cost: deque[float] = deque(maxlen=_WINDOW)
         self._plain_cost: deque[float] = deque(maxlen=_WINDOW)
+        self._full_pass: deque[float] = deque(maxlen=_WINDOW)
         self._was_sampled = False
+        self.canaries = False
+        """Unsampled steps measure canary layers, not every gradient (the budget cannot pay for it)."""
 
     @property
     def adaptive(self) -> bool:
@@ -159,6 +165,10 @@ class Sampler:
         if self.adaptive:
             self._next = 0
 
+    def full_pass(self, seconds: float) -> None:
+        """Time an unsampled step took to measure every gradient (what `canaries` is chosen by)."""
+        self._full_pass.append(seconds)
+
     def published_run(self, seconds: float, steps: int) -> None:
         """CPU time the publishing thread took for `steps` unsampled steps."""
         if steps > 0:
@@ -171,6 +181,9 @@ class Sampler:
         self._own += self._clock() - self._entered
         if self._was_sampled and self.samples > WARMUP_SAMPLES and step > self._hold_until:
             self.stride = self._choose()
+            if self._full_pass and self._loop:
+                allowed = CANARY_SHARE * self.budget * statistics.median(self._loop)
+                self.canaries = statistics.median(self._full_pass) > allowed
 
     def check(self, step: int, value: float) -> None:
         """A step's loss or global norm: trouble when not finite."""

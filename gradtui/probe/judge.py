@@ -17,7 +17,7 @@ import numpy as np
 
 from gradtui.model.detector_config import DetectorConfig
 from gradtui.model.detectors import Detectors, Limits
-from gradtui.model.events import BLOWUP_KINDS, Alert, RunSteps, StepStats
+from gradtui.model.events import BLOWUP_KINDS, Alert, RunSteps, StepStats, run_rows
 from gradtui.probe.budget import Sampler
 from gradtui.probe.guard import Keeper, Ledger
 from gradtui.probe.layers import Layer
@@ -107,10 +107,10 @@ class Judge:
         detectors = self.detectors
         if detectors is None:
             return
-        steps, losses, norms = event.steps.tolist(), event.loss.tolist(), event.global_norm.tolist()
-        for step, loss, norm in zip(steps, losses, norms, strict=True):
-            self._sampler.check(step, norm)
-            self._alerts(step, detectors.update_run(step, loss, norm), None)
+        for step, loss, norm, canary in run_rows(event):
+            if norm is not None:
+                self._sampler.check(step, norm)
+            self._alerts(step, detectors.update_run(step, loss, norm, canary), None)
         self.limits = detectors.run_limits()
 
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:

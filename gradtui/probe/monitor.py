@@ -25,17 +25,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from gradtui.model.commands import Command
 from gradtui.model.detectors import Detectors
 from gradtui.model.events import Event, LogLine, RunEnd, RunStart, UpdateStats
 from gradtui.model.guard import guard_config
 from gradtui.model.rate import StepRate
-from gradtui.probe import amp, exits, runwide
-from gradtui.probe.amp import AmpScale
+from gradtui.probe import amp, exits
+from gradtui.probe.announce import Announcer
 from gradtui.probe.budget import Sampler, default_budget
 from gradtui.probe.clip import ZClip, check_clip, clip_grads
 from gradtui.probe.control import Control
@@ -55,7 +54,7 @@ from gradtui.probe.options import (
     Serving,
 )
 from gradtui.probe.publisher import Publisher
-from gradtui.probe.runwide import Handover
+from gradtui.probe.runwide import RunWide
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
 from gradtui.probe.stats import GradIndex, GradStats, StepInputs, StepMeta, host_loss, update_ratio
@@ -120,7 +119,8 @@ class Monitor:
         self.primary = self.dist is None or self.dist.primary
         """Only the primary process (rank 0) runs detectors, records and serves."""
         self._stats = GradStats(self._layers, self.dist, instruments.defer)
-        self._handover = Handover(self._send, self._unusual, self._sampler.sample_next)
+        self._runwide = RunWide(self._stats, self._sampler, self._send, lambda: self._judge.limits, self.primary)
+        self._handover = self._runwide.handover
         """Step results on their way to the publishing thread, in step order."""
         self._rate = StepRate()
         self.lanes: tuple[str, ...] = lane_names(instruments.lanes)
@@ -181,9 +181,11 @@ class Monitor:
         exits.register(self)
 
     def _open(self, output: Output, serving: Serving) -> None:
-        """Open the sinks (queue, record, server) and send the run's start."""
+        """Open the sinks (queue, record, server, the run's own output) and send the run's start."""
         if self.events is not None:
             self._outputs.add(QueueSink(self.events))
+        if self.primary:
+            self._outputs.add(Announcer())
         if output.record is not None and self.primary:
             writer = open_record(output.record, run=self.run_name, overwrite=output.overwrite)
             self.record_path = writer.path
@@ -237,6 +239,7 @@ class Monitor:
         for hooks in (self._updates, self._stepped):
             if hooks is not None:
                 hooks.remove()
+        self._runwide.close()
         self.control.close()
         if self._record is not None and self._record in self._outputs.sinks:
             self._record.writer.discard()
@@ -367,10 +370,17 @@ class Monitor:
             self._zclip = None  # fresh statistics each time the mode is chosen
         if self._stepped is not None:
             self._stepped.disarm()
-        index, grads = stats.current()
+        guard = self.guard
         total = math.nan  # this step's global norm where the host has it already (unsampled, on CPU)
-        if not sampled:
-            total, unusual = self._run_wide(step, loss, value, index, grads, scale)
+        screened = None  # measured by its canaries: whether unusual (None: not so measured)
+        if not sampled and clip is None and scale is None and (guard is None or not guard.config.every_step):
+            screened = self._runwide.canary_step(step, value)
+        if screened is None or screened:
+            index, grads = stats.current()
+            if not sampled and screened is None:
+                total, unusual = self._runwide.full_step(step, loss, value, index, grads, scale)
+            else:
+                unusual = bool(screened)
             if unusual:
                 sampled, detail = True, self._sampler.promote(step)
         if sampled:
@@ -392,10 +402,10 @@ class Monitor:
         elif clip is not None:
             known = torch.tensor(total, dtype=stats.acc) if math.isfinite(total) else None
             clip(grads, known, index.which)
-        guard = self.guard
         if guard is not None:
             checked = sampled or guard.config.every_step
-            finite = None if sampled or math.isnan(total) else math.isfinite(total)
+            # Canaries that passed the screen were finite; a non-finite value elsewhere reaches the loss.
+            finite = True if screened is False else None if sampled or math.isnan(total) else math.isfinite(total)
             guard.check(step, grads if checked else None, loss, scale is not None, finite)
             if guard.finish(step, scale is not None) and self._stepped is not None:
                 self._stepped.disarm()  # no optimizer step uses these gradients
@@ -408,35 +418,6 @@ class Monitor:
             self.control.wait_while_paused(step, lambda: self.closed)
             self._rate.pause(time.perf_counter() - since)  # paused time is not training time
             self._sampler.untimed()
-
-    def _run_wide(
-        self, step: int, loss: Any, value: float | None, index: GradIndex, grads: list[Tensor], scale: AmpScale | None
-    ) -> tuple[float, bool]:
-        """An unsampled step's run-wide signals: its global norm (NaN when it is read a step later)
-        and whether it looks unusual enough to be sampled whole now (with the budget only: a fixed
-        stride stays exact, and under torch.distributed every rank must sample the same steps)."""
-        stats = self._stats
-        got = runwide.measure(stats, grads, index, loss, scale)
-        if got.device is not None:
-            if self.primary:  # the other ranks took part in the all-reduce; rank 0 reports
-                self._handover.deferred(step, got.device)
-            return math.nan, False
-        total = got.global_norm
-        if value is None:
-            value = host_loss(loss)
-        loss_now = value if value is not None else math.nan
-        if self._sampler.adaptive and self.dist is None and self._unusual(total, loss_now, got.layer_sq):
-            return total, True
-        if self.primary:
-            self._handover.run(step, loss_now, total)
-        return total, False
-
-    def _unusual(self, norm: float, loss: float, layer_sq: np.ndarray | None) -> bool:
-        """A norm or loss the detectors might flag (a screen: they judge it), or non-finite."""
-        limits = self._judge.limits
-        if not math.isfinite(norm) or norm >= limits.global_norm or math.isinf(loss) or loss >= limits.loss:
-            return True
-        return layer_sq is not None and bool((layer_sq >= limits.layers * limits.layers).any())
 
     def _send(self, item: object) -> None:
         """Hand an item to the publishing thread (or judge it here where there is none)."""
@@ -528,6 +509,7 @@ class Monitor:
         for hooks in (self._updates, self._stepped):
             if hooks is not None:
                 hooks.remove()
+        self._runwide.close()
         self.control.close()
         self._emit(RunEnd(step=self.step_count, status=status, error=error))
         if self._publisher is not None:

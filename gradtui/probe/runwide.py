@@ -7,22 +7,36 @@ what the detectors would flag (`Detectors.run_limits`) has the step sampled whol
 spot. Elsewhere the two values leave in one non-blocking copy and are
 read a step later, never with a sync. Values gather in a `RunBatch` and travel as one
 `RunSteps` event to the publishing thread, where the detectors and the guard see each step.
+
+On CPU a pass over every gradient costs a Python call per tensor and a read of every value
+(0.4-0.8 ms on the benchmark models, 2-5% of their step). Where the overhead budget cannot
+pay for it (`Sampler.canaries`), an unsampled step measures `Canaries` instead: the layer
+whose gradients backward fills last and the one it fills first. The first is the input end:
+backward carries a non-finite value from anywhere above down to it, and exploding gradients
+grow most there; the second is the output end, nearest the loss. Each is screened against its
+own limit, the loss against the loss's, and a step that looks unusual on either is sampled
+whole on the spot, so the detectors judge it with every layer. Such steps travel with the
+loss only (`RunSteps.global_norm` None): a norm over some layers is not the global norm.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
+from gradtui.model.detectors import Limits
 from gradtui.model.events import RunSteps
 from gradtui.probe.amp import AmpScale
+from gradtui.probe.budget import Sampler
 from gradtui.probe.publisher import Sampled
-from gradtui.probe.stats import GradIndex, GradStats, Pending, loss_tensor, to_host
+from gradtui.probe.stats import GradIndex, GradStats, Pending, host_loss, loss_tensor, to_host
 
 BATCH_STEPS = 32
 """Steps gathered into one `RunSteps` event at most."""
@@ -91,6 +105,69 @@ def measure(
     return Measured(math.nan, None, torch.cat([sq.to(stats.acc), loss_tensor(loss, stats.device, stats.acc)]))
 
 
+class Canaries:
+    """The layers an unsampled step measures where a pass over every gradient costs too much:
+    the layer of the gradient that the first backward pass fills last, and of the one it fills
+    first (post-accumulate-grad hooks watch that one pass, then go).
+
+    Args:
+        params: The watched parameters, in `GradStats.params` order.
+        param_layer: The layer of each of them.
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], param_layer: np.ndarray) -> None:
+        self._params = params
+        self._param_layer = param_layer
+        self._arrived: list[int] = []
+        self._hooks: list[Any] = [
+            p.register_post_accumulate_grad_hook(functools.partial(self._arrive, i))
+            for i, p in enumerate(params)
+            if p.requires_grad
+        ]
+        self.layers = np.zeros(0, np.int64)
+        """The canary layers (indices into the watched layers)."""
+        self._tensors: list[nn.Parameter] = []
+        self._slot: list[int] = []
+        """For each of `_tensors`, its layer's position in `layers`."""
+
+    def _arrive(self, i: int, _param: nn.Parameter) -> None:
+        self._arrived.append(i)
+
+    def ready(self) -> bool:
+        """Whether the canaries are known: after a backward pass (which ends the hooks' watch)."""
+        if self._hooks and self._arrived:
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = []
+            ends = (self._param_layer[self._arrived[-1]], self._param_layer[self._arrived[0]])
+            self.layers = np.array(sorted({int(x) for x in ends}), np.int64)
+            for i, p in enumerate(self._params):
+                where = np.flatnonzero(self.layers == self._param_layer[i])
+                if where.size and p.requires_grad:
+                    self._tensors.append(p)
+                    self._slot.append(int(where[0]))
+        return bool(self._tensors)
+
+    def close(self) -> None:
+        """Remove the hooks if no backward pass came."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def measure(self) -> np.ndarray | None:
+        """Each canary layer's squared gradient norm (float64); None when one has no gradient now
+        (frozen, swapped: the step is then measured whole)."""
+        grads = [p.grad for p in self._tensors]
+        if any(g is None for g in grads):
+            return None
+        norms = torch._foreach_norm(grads)  # type: ignore[arg-type]
+        out = np.zeros(self.layers.size)
+        for slot, norm in zip(self._slot, norms, strict=True):
+            value = float(norm)
+            out[slot] += value * value
+        return out
+
+
 class RunBatch:
     """Run-wide values of unsampled steps, gathered on the training thread."""
 
@@ -98,31 +175,50 @@ class RunBatch:
         self._steps: list[int] = []
         self._loss: list[float] = []
         self._norm: list[float] = []
+        self._canary_norm: list[np.ndarray] = []
+        self._canaries: np.ndarray | None = None
+        """The canary layers the batch's steps measured (None: every gradient)."""
         self._since = 0.0
 
     def __len__(self) -> int:
         return len(self._steps)
 
-    def add(self, step: int, loss: float, global_norm: float) -> bool:
-        """Keep a step's values; True when the batch should go now (full, or old enough)."""
+    def fits(self, canaries: np.ndarray | None) -> bool:
+        """Whether a step measured so can join this batch (one event, one way of measuring)."""
+        if not self._steps or (canaries is None and self._canaries is None):
+            return True
+        return canaries is not None and self._canaries is not None and np.array_equal(canaries, self._canaries)
+
+    def add(self, step: int, loss: float, global_norm: float, canaries: np.ndarray | None = None) -> bool:
+        """Keep a step's values: its global norm, or with `canaries` (see `fits`) their squared
+        norms in its place. True when the batch should go now (full, or old enough)."""
         if not self._steps:
             self._since = time.perf_counter()
+            self._canaries = canaries
         self._steps.append(step)
         self._loss.append(loss)
-        self._norm.append(global_norm)
+        if canaries is None:
+            self._norm.append(global_norm)
         return len(self._steps) >= BATCH_STEPS or time.perf_counter() - self._since >= BATCH_SECONDS
+
+    def add_canaries(self, layer_sq: np.ndarray) -> None:
+        """The canary layers' squared norms of the step just added."""
+        self._canary_norm.append(layer_sq)
 
     def take(self) -> RunSteps | None:
         """The batch as an event (None when empty), and a fresh batch."""
         if not self._steps:
             return None
+        canaries = self._canaries
         event = RunSteps(
             step=self._steps[-1],
             steps=np.array(self._steps, np.int64),
             loss=np.array(self._loss, np.float64),
-            global_norm=np.array(self._norm, np.float64),
+            global_norm=np.array(self._norm, np.float64) if canaries is None else None,
+            canary_layers=canaries,
+            canary_norm=np.sqrt(np.stack(self._canary_norm)) if canaries is not None else None,
         )
-        self._steps, self._loss, self._norm = [], [], []
+        self._steps, self._loss, self._norm, self._canary_norm = [], [], [], []
         return event
 
 
@@ -164,7 +260,18 @@ class Handover:
 
     def run(self, step: int, loss: float, norm: float, now: bool = False) -> None:
         """An unsampled step's run-wide values on the host; `now`: hand the batch over at once."""
+        if not self._runs.fits(None):
+            self.flush()
         if self._runs.add(step, loss, norm) or now:
+            self.flush()
+
+    def canaries(self, step: int, loss: float, layers: np.ndarray, layer_sq: np.ndarray) -> None:
+        """An unsampled step measured by its canary `layers` (their squared norms `layer_sq`)."""
+        if not self._runs.fits(layers):
+            self.flush()
+        full = self._runs.add(step, loss, math.nan, layers)
+        self._runs.add_canaries(layer_sq)
+        if full:
             self.flush()
 
     def resolve(self, block: bool) -> None:
@@ -186,3 +293,93 @@ class Handover:
         event = self._runs.take()
         if event is not None:
             self._send(event)
+
+
+class RunWide:
+    """The run-wide tier at a step whose per-layer statistics are not sampled: measure its
+    gradients (all of them, or the canaries), screen the values, hand them over.
+
+    Args:
+        stats: The probe's gradient statistics.
+        sampler: Which steps are sampled (and whether the budget pays for a pass over all).
+        send: Hands an item to the publishing thread.
+        limits: The detectors' screens now (`Detectors.run_limits`, replaced whole).
+        primary: This process reports (rank 0).
+    """
+
+    def __init__(
+        self,
+        stats: GradStats,
+        sampler: Sampler,
+        send: Callable[[object], None],
+        limits: Callable[[], Limits],
+        primary: bool,
+    ) -> None:
+        self._stats = stats
+        self._sampler = sampler
+        self._limits = limits
+        self._primary = primary
+        self.handover = Handover(send, self.unusual, sampler.sample_next)
+        """Step results on their way to the publishing thread, in step order."""
+        self._screen = sampler.adaptive and stats.dist is None
+        """Values may have their step sampled whole (with the budget only: a fixed stride stays exact,
+        and under torch.distributed every rank must sample the same steps)."""
+        self.canaries = Canaries(stats.params, stats.param_layer) if self._screen and stats.fast_cpu else None
+
+    def canary_step(self, step: int, value: float | None) -> bool | None:
+        """A step measured by its canaries where the budget asks for it: whether it looks unusual
+        (then it is to be sampled whole); None where it is to be measured whole instead."""
+        canaries = self.canaries
+        if canaries is None or not self._sampler.canaries or not canaries.ready():
+            return None
+        layer_sq = canaries.measure()
+        if layer_sq is None:
+            return None
+        loss = value if value is not None else math.nan
+        limits = self._limits()
+        if math.isinf(loss) or loss >= limits.loss or not np.isfinite(layer_sq).all():
+            return True
+        if bool((layer_sq >= np.square(limits.layers[canaries.layers])).any()):
+            return True
+        if self._primary:
+            self.handover.canaries(step, loss, canaries.layers, layer_sq)
+        return False
+
+    def full_step(
+        self,
+        step: int,
+        loss: Any,
+        value: float | None,
+        index: GradIndex,
+        grads: list[torch.Tensor],
+        scale: AmpScale | None,
+    ) -> tuple[float, bool]:
+        """A step measured whole: its global norm (NaN when it is read a step later) and whether it
+        looks unusual enough to be sampled whole now."""
+        began = time.perf_counter()
+        got = measure(self._stats, grads, index, loss, scale)
+        if got.device is not None:
+            if self._primary:  # the other ranks took part in the all-reduce; rank 0 reports
+                self.handover.deferred(step, got.device)
+            return math.nan, False
+        self._sampler.full_pass(time.perf_counter() - began)
+        total = got.global_norm
+        if value is None:
+            value = host_loss(loss)
+        loss_now = value if value is not None else math.nan
+        if self._screen and self.unusual(total, loss_now, got.layer_sq):
+            return total, True
+        if self._primary:
+            self.handover.run(step, loss_now, total)
+        return total, False
+
+    def unusual(self, norm: float, loss: float, layer_sq: np.ndarray | None) -> bool:
+        """A norm or loss the detectors might flag (a screen: they judge it), or non-finite."""
+        limits = self._limits()
+        if not math.isfinite(norm) or norm >= limits.global_norm or math.isinf(loss) or loss >= limits.loss:
+            return True
+        return layer_sq is not None and bool((layer_sq >= limits.layers * limits.layers).any())
+
+    def close(self) -> None:
+        if self.canaries is not None:
+            self.canaries.close()

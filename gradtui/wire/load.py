@@ -58,7 +58,11 @@ class RunData:
     loss: np.ndarray
     """[T] float64: the loss at every step of `run_steps` (NaN where unknown or not finite)."""
     global_norm: np.ndarray
-    """[T] float64: the global gradient L2 norm before any clipping, at every step of `run_steps`."""
+    """[T] float64: the global gradient L2 norm before any clipping, at every step of `run_steps`
+    that measured it (`norm_measured`; NaN elsewhere, and where it was not finite)."""
+    norm_measured: np.ndarray
+    """[T] bool: the step measured its global norm (an unsampled step on CPU may measure canary
+    layers only, where the overhead budget cannot pay for a pass over every gradient)."""
     steps: np.ndarray
     """[S] int64: the step of each sampled row."""
     time: np.ndarray
@@ -154,6 +158,7 @@ class _Rows:
         self.sampled: list[np.ndarray] = []
         self.loss: list[np.ndarray] = []
         self.global_norm: list[np.ndarray] = []
+        self.norm_measured: list[np.ndarray] = []
         self.grad_norm: list[np.ndarray] = []
         self.nonfinite: list[np.ndarray] = []
         self.lr: list[tuple[float, ...]] = []
@@ -175,11 +180,12 @@ class _Rows:
         """Unsampled steps (`RunCheck` has made sure their arrays agree)."""
         self._run_wide(ev.steps, ev.loss, ev.global_norm, False)
 
-    def _run_wide(self, steps: np.ndarray, loss: np.ndarray, norm: np.ndarray, sampled: bool) -> None:
+    def _run_wide(self, steps: np.ndarray, loss: np.ndarray, norm: np.ndarray | None, sampled: bool) -> None:
         self.run_steps.append(np.asarray(steps, np.int64))
         self.sampled.append(np.full(len(steps), sampled))
         self.loss.append(np.asarray(loss, np.float64))
-        self.global_norm.append(np.asarray(norm, np.float64))
+        self.global_norm.append(np.asarray(norm, np.float64) if norm is not None else np.full(len(steps), np.nan))
+        self.norm_measured.append(np.full(len(steps), norm is not None))
 
     def joined(self, name: str, dtype: type) -> np.ndarray:
         """One of the every-step columns as one array."""
@@ -256,6 +262,7 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
         sampled=rows.joined("sampled", np.bool_),
         loss=rows.joined("loss", np.float64),
         global_norm=rows.joined("global_norm", np.float64),
+        norm_measured=rows.joined("norm_measured", np.bool_),
         steps=np.array(rows.steps, dtype=np.int64),
         time=column("time"),
         grad_norm=_table(rows.grad_norm, n_layers, np.float64),

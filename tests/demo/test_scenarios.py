@@ -12,7 +12,7 @@ import torch
 
 import gradtui
 from gradtui.demo.scenarios import SCENARIOS, get
-from gradtui.model.events import Alert, GuardAction, RunSteps, StepStats
+from gradtui.model.events import Alert, GuardAction, RunSteps, StepStats, run_rows
 
 GRADIENT_KINDS = ("vanishing", "exploding", "nonfinite", "dead")
 SAMPLING = pytest.mark.parametrize("every", [1, None], ids=["every=1", "default"])
@@ -101,7 +101,9 @@ def train(
             is_finite = not event.nonfinite.any() and math.isfinite(event.global_norm)
             out.norms[event.step] = event.global_norm if is_finite else math.nan
         elif isinstance(event, RunSteps):
-            out.norms.update(zip(event.steps.tolist(), event.global_norm.tolist(), strict=True))
+            for step, _, norm, canary in run_rows(event):
+                # A step that measured canaries only had them finite (else it is sampled whole).
+                out.norms[step] = norm if norm is not None else float(np.sqrt(np.square(canary[1]).sum()))
         elif isinstance(event, Alert):
             out.alerts.append(event)
         elif isinstance(event, GuardAction):

@@ -27,8 +27,9 @@ def run(det: Detectors, steps: int, stride: int, norms: np.ndarray, losses: np.n
 
 
 def first(alerts: list[Alert], kind: str, layer: str | None = "any") -> int | None:
-    return min((a.step for a in alerts if a.active and a.kind == kind and (layer == "any" or a.layer == layer)),
-               default=None)
+    return min(
+        (a.step for a in alerts if a.active and a.kind == kind and (layer == "any" or a.layer == layer)), default=None
+    )
 
 
 def steady(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,3 +90,60 @@ def test_run_limits_screen_below_what_the_rules_flag() -> None:
     fresh = Detectors(NAMES).run_limits()
     ceiling = DetectorConfig().explode_ceiling
     assert (fresh.global_norm, fresh.loss) == (ceiling, math.inf) and (fresh.layers == ceiling).all()
+
+
+def run_canaries(
+    det: Detectors, steps: int, stride: int, norms: np.ndarray, losses: np.ndarray, canary: list[int]
+) -> list[Alert]:
+    """As `run`, but the unsampled steps measure only the `canary` layers (no global norm)."""
+    layers = np.array(canary, np.int64)
+    out: list[Alert] = []
+    for step in range(steps):
+        g = norms[step]
+        if step % stride == 0:
+            glob = float(np.sqrt((g**2).sum()))
+            out += det.update(stats(step, g, loss=float(losses[step]), global_norm=glob))
+        else:
+            out += det.update_run(step, float(losses[step]), None, (layers, g[layers]))
+    return out
+
+
+@pytest.mark.parametrize("stride", [8, 32])
+def test_a_canary_layer_blow_up_between_samples_is_flagged_at_its_step(stride: int) -> None:
+    """A canary layer is judged on its every-step history: a jump at an unsampled step is flagged
+    there, with the norm of that step, as at every step; a layer that is not a canary waits for a sample."""
+    norms, losses = steady(120)
+    for step in range(97, 120):  # fc1 (a canary) compounds 3x a step, the loss rising with it
+        norms[step, 0] *= 3.0 ** (step - 96)
+        losses[step] *= 1.5 ** (step - 96)
+    every = [a for a in run(Detectors(NAMES), 120, 1, norms, losses) if a.active and a.kind == "exploding"]
+    canary = [
+        a
+        for a in run_canaries(Detectors(NAMES), 120, stride, norms, losses, [0, 3])
+        if a.active and a.kind == "exploding"
+    ]
+    first_every = min(a.step for a in every if a.layer == NAMES[0])
+    hit = [a for a in canary if a.layer == NAMES[0]]
+    assert 97 <= first_every <= 100 and 97 % stride and first_every % stride  # not a sampled step
+    assert hit and hit[0].step == first_every
+    assert hit[0].value == pytest.approx(norms[first_every, 0])
+    # Without canaries the same layer waits for the next sample.
+    late = first(run(Detectors(NAMES), 120, stride, norms, losses), "exploding", NAMES[0])
+    assert late is None or late > first_every
+
+
+def test_canary_limits_follow_their_every_step_history() -> None:
+    det = Detectors(NAMES)
+    norms, losses = steady(64)
+    run_canaries(det, 64, 32, norms, losses, [0, 3])
+    limits = det.run_limits()
+    # The canaries' screens sit above their healthy values and below a 10x jump; the global norm,
+    # seen at two samples only, keeps its wide screen.
+    assert (norms[:, [0, 3]].max(axis=0) < limits.layers[[0, 3]]).all()
+    assert (limits.layers[[0, 3]] < 10 * np.median(norms[:, [0, 3]], axis=0)).all()
+
+
+def test_canary_layers_that_are_not_the_runs_are_refused() -> None:
+    det = Detectors(NAMES)
+    with pytest.raises(ValueError, match="canary layers"):
+        det.update_run(0, 1.0, None, (np.array([0, len(NAMES)]), np.ones(2)))

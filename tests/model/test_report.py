@@ -286,21 +286,34 @@ def test_recomputed_detectors_get_every_step_in_order_one_by_one(monkeypatch: py
             calls.append(("update", stats.step, stats.loss, stats.global_norm))
             return super().update(stats)
 
-        def update_run(self, step: int, loss: float, global_norm: float) -> list[Alert]:
-            assert type(step) is int and type(loss) is float and type(global_norm) is float
-            calls.append(("update_run", step, loss, global_norm))
-            return super().update_run(step, loss, global_norm)
+        def update_run(
+            self, step: int, loss: float, global_norm: float | None, canary: Any = None
+        ) -> list[Alert]:
+            assert type(step) is int and type(loss) is float and type(global_norm) in (float, type(None))
+            got = None if canary is None else (canary[0].tolist(), canary[1].tolist())
+            calls.append(("update_run", step, loss, global_norm, got))
+            return super().update_run(step, loss, global_norm, canary)
 
     monkeypatch.setattr(detectors, "Detectors", Spy)
+    canaries = RunSteps(
+        step=6,
+        steps=np.array([5, 6], np.int64),
+        loss=np.array([0.9, 0.8]),
+        global_norm=None,
+        canary_layers=np.array([0], np.int64),
+        canary_norm=np.array([[0.4], [0.3]]),
+    )
     events = [_start(), _step(0, loss=4.0), _unsampled([1, 2], [3.0, 2.5], [2.0, 1.5]), _step(3, loss=2.0),
-              _unsampled([4], [1.0], [0.5])]
+              _unsampled([4], [1.0], [0.5]), canaries]
     summarize(events, recompute=True)
     assert calls == [
         ("update", 0, 4.0, 1.0),
-        ("update_run", 1, 3.0, 2.0),
-        ("update_run", 2, 2.5, 1.5),
+        ("update_run", 1, 3.0, 2.0, None),
+        ("update_run", 2, 2.5, 1.5, None),
         ("update", 3, 2.0, 1.0),
-        ("update_run", 4, 1.0, 0.5),
+        ("update_run", 4, 1.0, 0.5, None),
+        ("update_run", 5, 0.9, None, ([0], [0.4])),  # canaries only: no global norm, the canaries' norms
+        ("update_run", 6, 0.8, None, ([0], [0.3])),
     ]
 
 

@@ -158,3 +158,30 @@ def test_a_non_finite_global_norm_at_an_unsampled_step_is_the_first_non_finite_s
     store.apply(step(4, 2))
     assert store.first_nonfinite_step == 3 and store.first_nonfinite_layers == ()
     assert math.isnan(store.series("loss")[2]) and store.last_step == 4
+
+
+def canary_steps(steps: list[int], loss: list[float]) -> RunSteps:
+    return RunSteps(
+        step=steps[-1], steps=np.array(steps, np.int64), loss=np.array(loss, np.float64), global_norm=None,
+        canary_layers=np.array([0], np.int64), canary_norm=np.ones((len(steps), 1)),
+    )
+
+
+def test_steps_that_measured_canaries_have_a_loss_and_no_global_norm() -> None:
+    """The global-norm series holds the steps that measured it, at their own steps; the loss every step."""
+    store = RunStore(capacity=16, run_capacity=8)
+    store.apply(start(2))
+    store.apply(step(0, 2))
+    store.apply(run_steps([1, 2], [11.0, 12.0], [101.0, 102.0]))
+    store.apply(canary_steps([3, 4, 5], [13.0, 14.0, 15.0]))
+    assert store.last_global_norm == 102.0  # the newest measured, not a canary step's
+    ev = step(6, 2)
+    store.apply(ev)
+    store.apply(canary_steps([7, 8, 9], [17.0, 18.0, 19.0]))  # the ring (8) now starts at step 2
+    assert store.run_steps().tolist() == list(range(2, 10))
+    assert store.series("loss").tolist() == [12.0, 13.0, 14.0, 15.0, ev.loss, 17.0, 18.0, 19.0]
+    assert store.series_steps("global_norm").tolist() == [2, 6]
+    assert store.series("global_norm").tolist() == [102.0, ev.global_norm]
+    assert store.series_first_index("global_norm") == 2  # steps 0 and 1 measured it and left the ring
+    assert store.last_global_norm == ev.global_norm
+    assert store.first_nonfinite_step is None  # an unmeasured norm is not a non-finite one

@@ -28,7 +28,7 @@ from torch import nn
 
 import gradtui
 from gradtui.demo.scenarios import ScenarioRun, get
-from gradtui.model.events import Alert, GuardAction, RunStart, RunSteps, StepStats
+from gradtui.model.events import Alert, GuardAction, RunStart, RunSteps, StepStats, run_rows
 
 BLOWUP_KINDS = ("exploding", "nonfinite", "loss_spike")
 ALARM_LEVELS = ("warning", "critical")
@@ -218,6 +218,8 @@ class Run:
     """Per step, measured by the test itself: the loss and the gradients' float32 L2 norm were finite."""
     norms: list[float] = field(default_factory=list)
     """Per step, measured by the test itself: the L2 norm of all gradients."""
+    layer_norms: list[dict[str, float]] = field(default_factory=list)
+    """Per step, measured by the test itself: each module's gradient L2 norm, by module name."""
     start: RunStart | None = None
     stats: list[StepStats] = field(default_factory=list)
     run_steps: list[RunSteps] = field(default_factory=list)
@@ -266,12 +268,12 @@ class Run:
 
     def series(self) -> dict[int, tuple[float, float]]:
         """Step -> (loss, global norm) as the probe reported them: sampled steps from `StepStats`,
-        the others from `RunSteps` (each step once)."""
+        the others from `RunSteps` (each step once; the norm NaN where the step measured canaries)."""
         out: dict[int, tuple[float, float]] = {}
         for r in self.run_steps:
-            for step, loss, norm in zip(r.steps.tolist(), r.loss.tolist(), r.global_norm.tolist(), strict=True):
+            for step, loss, norm, _ in run_rows(r):
                 assert step not in out, f"step {step} reported twice"
-                out[step] = (loss, norm)
+                out[step] = (loss, math.nan if norm is None else norm)
         for s in self.stats:
             assert s.step not in out, f"step {s.step} reported twice"
             out[s.step] = (s.loss, s.global_norm)
@@ -294,6 +296,7 @@ class _Checked:
 
     def __init__(self, mon: Any, model: nn.Module, out: Run) -> None:
         self.mon, self.params, self.out = mon, [p for p in model.parameters() if p.requires_grad], out
+        self.named = list(model.named_parameters())
 
     def step(self, loss: torch.Tensor) -> None:
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -303,6 +306,12 @@ class _Checked:
         total = torch.linalg.vector_norm(norms)
         self.out.finite.append(bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(total)))
         self.out.norms.append(float(torch.linalg.vector_norm(torch.stack([g.detach().double().norm() for g in grads]))))
+        by_module: dict[str, float] = {}
+        for name, p in self.named:
+            if p.grad is not None:
+                module = name.rpartition(".")[0]
+                by_module[module] = by_module.get(module, 0.0) + float(p.grad.detach().double().square().sum())
+        self.out.layer_norms.append({k: math.sqrt(v) for k, v in by_module.items()})
         if self.mon is not None:
             self.mon.step(loss)
 
@@ -583,4 +592,15 @@ def test_every_step_reports_its_loss_and_global_norm_once_whatever_the_stride() 
     losses = np.array([v[0] for v in series.values()])
     norms = np.array([v[1] for v in series.values()])
     np.testing.assert_array_equal(losses, np.array(guarded.losses))
-    np.testing.assert_allclose(norms, guarded.norms, rtol=1e-4)
+    measured = ~np.isnan(norms)
+    assert measured[guarded.sampled].all(), "a sampled step without its global norm"
+    np.testing.assert_allclose(norms[measured], np.array(guarded.norms)[measured], rtol=1e-4)
+    # A step that measured its canary layers in place of every gradient: their norms, as torch has them.
+    assert guarded.start is not None
+    names = [layer.name for layer in guarded.start.layers]
+    for r in guarded.run_steps:
+        for step, _, norm, canary in run_rows(r):
+            assert (norm is None) == (canary is not None)
+            if canary is not None:
+                want = [guarded.layer_norms[step][names[i]] for i in canary[0].tolist()]
+                np.testing.assert_allclose(canary[1], want, rtol=1e-5)

@@ -340,3 +340,25 @@ def test_a_real_run_round_trips_against_its_queue_and_its_own_numbers(tmp_path: 
     assert [(i["step"], i["kind"]) for i in run.interventions] == [(2, "set_lr"), (4, "set_clip")]
     assert run.interventions[0]["lrs"] == [0.05]
     assert run.interventions[1]["clip"] == {"mode": "norm", "threshold": 0.01}
+
+
+def test_steps_that_measured_canaries_load_with_their_loss_and_no_global_norm(tmp_path: Path) -> None:
+    events = _strided_events()
+    events[4] = RunSteps(
+        step=6, steps=np.array([5, 6], np.int64), loss=np.array([LOSS[5], LOSS[6]]), global_norm=None,
+        canary_layers=np.array([1], np.int64), canary_norm=np.array([[2.0], [3.0]]),
+    )
+    run = load(_write(tmp_path / "canary.gtr", events))
+    assert run.run_steps.tolist() == list(range(7))
+    np.testing.assert_array_equal(run.loss, LOSS)
+    assert run.norm_measured.tolist() == [True] * 5 + [False] * 2
+    np.testing.assert_array_equal(run.global_norm[:5], NORM[:5])
+    assert np.isnan(run.global_norm[5:]).all()
+    assert run.skipped == []  # a canary batch fits the run
+    bad = RunSteps(
+        step=8, steps=np.array([7, 8], np.int64), loss=np.ones(2), global_norm=None,
+        canary_layers=np.array([5], np.int64), canary_norm=np.ones((2, 1)),  # the run has 2 layers
+    )
+    with pytest.warns(RuntimeWarning, match="do not fit the run"):
+        run = load(_write(tmp_path / "bad.gtr", [*events[:-1], bad, events[-1]]))
+    assert [e["reason"] for e in run.skipped] == ["has canary layers out of order or not of the run's layers"]
