@@ -402,11 +402,16 @@ def judge(record: Path) -> Verdict:
             alerts = det.update(ev)
         elif type(ev).__name__ == "RunSteps":  # by name: an older checkout (--replay) has no such event
             run: Any = ev
-            for step, loss, norm in zip(run.steps.tolist(), run.loss.tolist(), run.global_norm.tolist(), strict=True):
+            norms = run.global_norm.tolist() if run.global_norm is not None else [None] * len(run.steps)
+            canary = getattr(run, "canary_norm", None)  # steps that measured canary layers only
+            for i, (step, loss, norm) in enumerate(zip(run.steps.tolist(), run.loss.tolist(), norms, strict=True)):
                 steps += 1
-                if first_nonfinite is None and not math.isfinite(norm):
+                if first_nonfinite is None and norm is not None and not math.isfinite(norm):
                     first_nonfinite = int(step)
-                alerts.extend(det.update_run(int(step), float(loss), float(norm)))
+                if canary is not None:
+                    alerts.extend(det.update_run(int(step), float(loss), norm, (run.canary_layers, canary[i])))
+                else:
+                    alerts.extend(det.update_run(int(step), float(loss), norm))
         for a in alerts:
             if a.kind not in GRADIENT_KINDS:
                 continue

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gradtui.model.events import Alert, Event, RunStart, RunSteps, StepStats, UpdateStats
+from gradtui.model.layer_stats import STEP_FLOAT_STATS
 
 MAX_STEP = 2**62
 """Largest step accepted: steps go into int64 arrays."""
@@ -24,8 +25,6 @@ MAX_STEP = 2**62
 NEW_RUN = "another run starts: the summary leaves out what came before"
 """The `skipped` reason of a run left out (the record holds several)."""
 
-_FLOAT_STATS = ("grad_norm", "mean_abs", "max_abs", "zero_frac", "weight_norm")
-"""Per-layer float arrays of a `StepStats` (the first always there, the others on detail steps)."""
 
 
 def _float_vector(a: Any) -> bool:
@@ -138,7 +137,7 @@ class RunCheck:
         where = f"step {ev.step}"
         if not 0 <= ev.step <= MAX_STEP:
             return "has a step number out of range", where
-        arrays = [ev.grad_norm] + [a for a in (getattr(ev, k) for k in _FLOAT_STATS[1:]) if a is not None]
+        arrays = [ev.grad_norm] + [a for a in (getattr(ev, k) for k in STEP_FLOAT_STATS[1:]) if a is not None]
         if not all(_float_vector(a) for a in arrays) or (ev.lanes is not None and not _float_vector(ev.lanes)):
             return "has statistics that are not float vectors", where
         has, bad = ev.has_grad, ev.nonfinite

@@ -13,9 +13,10 @@ The rules and their defaults are described in README.md (Detectors).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -126,6 +127,14 @@ class LossSpike:
         """The loss past which the last judged loss raised a spike, or (`active`) would clear it."""
         edge = self._back if active else self._limit
         return 10.0**edge if self._log_scale else edge
+
+
+class Baselines(NamedTuple):
+    """What the rules compare with at some step (`Detectors.baselines`)."""
+
+    step: int
+    """The step it was taken at."""
+    state: tuple[Any, ...]
 
 
 class Limits(NamedTuple):
@@ -280,6 +289,27 @@ class Detectors:
         self._leave[_EXPLODING, units] = growth.leave
         self._seen[_EXPLODING, units] = valid
         self._explode_level[units] = growth.level
+
+    def baselines(self, step: int) -> Baselines:
+        """A copy of what the rules compare with at `step` (the norms' and the loss's recent history),
+        for `restore_baselines` after the run is rolled back to it."""
+        return Baselines(
+            step,
+            copy.deepcopy((self._layer_growth, self._run_growth, self._canary, self._canary_growth, self._loss_spike)),
+        )
+
+    def restore_baselines(self, saved: Baselines, step: int) -> None:
+        """The rules' history as `saved` had it: the run was rolled back to its step, so what came
+        after (a blow-up's norms) is no longer the run's recent past; it goes on at `step`, with that
+        history as recent as it was then. The flags stay as they are and clear as the restored
+        run's values come back within the restored history."""
+        growth, run, canary, canary_growth, spike = copy.deepcopy(saved.state)
+        for rule in (growth, run, canary_growth):
+            rule.shift(step - saved.step)
+        self._layer_growth, self._run_growth, self._loss_spike = growth, run, spike
+        self._canary, self._canary_growth = canary, canary_growth
+        self._is_canary[:] = False
+        self._is_canary[canary] = True
 
     def run_limits(self) -> Limits:
         """What makes the probe sample a step whole: a value that might raise an alarm. Halfway (log

@@ -274,6 +274,8 @@ class GuardAction:
     """One of `GUARD_ACTIONS`: skip, rollback, clip, lr_cut."""
     detail: str
     """What it did, in words: "rolled back to step 140 (non-finite gradients), lr 0.03 -> 0.0075"."""
+    to_step: int | None = None
+    """A rollback: the step whose state it restored (the detectors' baselines go back there too)."""
 
 
 @dataclass(frozen=True, slots=True)

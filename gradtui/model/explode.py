@@ -159,6 +159,11 @@ class Growth:
         critical = (judged & (above >= self._log_scale_ratio)) | (self.rise >= self.config.explode_critical_steps)
         level[critical | self.ceiling_hit] = CRITICAL
 
+    def shift(self, steps: int) -> None:
+        """Renumber the history `steps` later (the run was rolled back to where it was taken, and its
+        step count went on): its rows stay as recent as they were."""
+        self._hist_step[: self.rows] += steps
+
     def screen(self) -> np.ndarray:
         """Per unit, the norm at or past which its flag might be raised at its next sample: halfway
         (log scale) from its recent median to the growth threshold once the rule applies (the window

@@ -30,27 +30,10 @@ from gradtui.model.events import (
     StepStats,
     UpdateStats,
 )
+from gradtui.model.layer_stats import LAYER_STATS
 
-LAYER_STATS: tuple[str, ...] = (
-    "grad_norm",
-    "mean_abs",
-    "max_abs",
-    "update_ratio",
-    "weight_norm",
-    "zero_frac",
-    "nonfinite",
-)
-"""Per-layer statistics kept in the store (rows: steps, columns: layers)."""
-
-STAT_LABELS: dict[str, str] = {
-    "grad_norm": "‖g‖₂",
-    "mean_abs": "mean|g|",
-    "max_abs": "max|g|",
-    "update_ratio": "‖Δw‖/‖w‖",
-    "weight_norm": "‖w‖₂",
-    "zero_frac": "zero frac",
-    "nonfinite": "non-finite",
-}
+STAT_LABELS: dict[str, str] = {name: spec.label for name, spec in LAYER_STATS.items()}
+"""Each per-layer statistic's name on screen (`gradtui.model.layer_stats`)."""
 
 STEP_SERIES: tuple[str, ...] = ("loss", "global_norm")
 LAST_NORM_LOOKBACK = 64
@@ -287,7 +270,7 @@ class RunStore:
                 dest[row] = np.nan
             else:
                 dest[row] = values
-                got = has_grad if name in ("grad_norm", "mean_abs", "max_abs", "zero_frac") else slice(None)
+                got = has_grad if LAYER_STATS[name].per_gradient else slice(None)
                 self._latest[name][got] = values[got]
                 self._latest_step[name][got] = ev.step
         self._add_hist(ev)

@@ -24,6 +24,8 @@ log = logging.getLogger("gradtui")
 
 QUIET_STEPS = 50
 """Steps within which a repeat of a line is counted instead of said."""
+NAMED = 4
+"""Units named in one line at most (the rest are counted)."""
 ALARM_LEVELS = ("warning", "critical")
 """Alarm levels that are said (info-level flags are for the screen)."""
 NAMES = {
@@ -102,7 +104,8 @@ class Announcer:
             for a in fresh:
                 self._said[(a.layer, kind)] = step
             worst = max(fresh, key=lambda a: ALERT_LEVELS.index(a.level))
-            where = ", ".join(_where(a.layer) for a in fresh)
+            names = [_where(a.layer) for a in fresh]
+            where = ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
             more = f" on {len(fresh)} units ({where})" if len(fresh) > 1 else f" on {where}"
             self._log.warning(
                 "gradtui: step %d: %s (%s)%s: %s", step, NAMES.get(kind, kind), worst.level, more, worst.message
