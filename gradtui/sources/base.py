@@ -1,4 +1,5 @@
-"""The `Source` protocol: where a viewer gets events from and sends commands to.
+"""The `Source` protocol: where a viewer gets events from and sends commands to, and
+`ReplayControls`, what the `controls` of a source that replays a record offer.
 
 Every source the viewer can be given implements all of it, explicitly (no `getattr`
 with a default in the app): the child spawner (`gradtui.sources.child`), an attached
@@ -14,17 +15,58 @@ closes the source, which for a source that owns a process stops that process.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gradtui.model.commands import Command
 from gradtui.model.events import Event
 
-if TYPE_CHECKING:
-    from gradtui.sources.replay import ReplayControls
-
 
 class DetachError(RuntimeError):
     """`detach()` on a source that cannot leave a training process running without the viewer."""
+
+
+class ReplayControls(Protocol):
+    """What a viewer can do with a replay (`gradtui.sources.replay` says how to drive one)."""
+
+    @property
+    def playing(self) -> bool: ...
+
+    @property
+    def speed(self) -> float: ...
+
+    @property
+    def position(self) -> int:
+        """The step shown last, or the one a seek is about to show (-1 before the first)."""
+        ...
+
+    @property
+    def first_step(self) -> int: ...
+
+    @property
+    def last_step(self) -> int:
+        """The last step in the record so far (-1 when none yet)."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every seek: the viewer must start from an empty store."""
+        ...
+
+    @property
+    def following(self) -> bool:
+        """The record is still being written and followed."""
+        ...
+
+    @property
+    def status(self) -> str: ...
+
+    def toggle_play(self) -> bool: ...
+
+    def set_speed(self, speed: float) -> float: ...
+
+    def seek(self, step: int) -> int: ...
+
+    def step_by(self, steps: int) -> int: ...
 
 
 class Source(Protocol):

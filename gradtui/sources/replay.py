@@ -42,61 +42,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from gradtui.model.commands import Command
 from gradtui.model.events import Event, LogLine
-from gradtui.sources.base import no_detach
+from gradtui.sources.base import ReplayControls, no_detach
 from gradtui.wire import codec as wire
 from gradtui.wire.index import FOLLOW_RECENT, KIND_STEP, STEP_KINDS, RecordIndex
 
 __all__ = ["FOLLOW_RECENT", "MAX_SPEED", "MIN_SPEED", "ReplayControls", "ReplaySource"]
 
 MIN_SPEED, MAX_SPEED = 1 / 64, 4096.0
-
-
-class ReplayControls(Protocol):
-    """What a viewer can do with a replay (see the module docstring)."""
-
-    @property
-    def playing(self) -> bool: ...
-
-    @property
-    def speed(self) -> float: ...
-
-    @property
-    def position(self) -> int:
-        """The step shown last, or the one a seek is about to show (-1 before the first)."""
-        ...
-
-    @property
-    def first_step(self) -> int: ...
-
-    @property
-    def last_step(self) -> int:
-        """The last step in the record so far (-1 when none yet)."""
-        ...
-
-    @property
-    def generation(self) -> int:
-        """Bumped by every seek: the viewer must start from an empty store."""
-        ...
-
-    @property
-    def following(self) -> bool:
-        """The record is still being written and followed."""
-        ...
-
-    @property
-    def status(self) -> str: ...
-
-    def toggle_play(self) -> bool: ...
-
-    def set_speed(self, speed: float) -> float: ...
-
-    def seek(self, step: int) -> int: ...
-
-    def step_by(self, steps: int) -> int: ...
 
 
 class ReplaySource:

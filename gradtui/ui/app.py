@@ -5,22 +5,22 @@ The app polls its source on a timer (10 Hz by default), folds every event into a
 events costs one redraw. Keys turn into commands sent back through the same source;
 each stays pending until the probe acknowledges it.
 
-The key tables are in `gradtui.ui.bindings`; switching the tour's chapters is in
-`gradtui.ui.tour_switch` (`TourSwitching`, this app's base class).
+The key tables are in `gradtui.ui.bindings`. The app owns two components: the
+intervention keys' actions (`gradtui.ui.interventions`) and, in the demo, the switching
+of the tour's chapters (`gradtui.ui.tour_switch`).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import threading
 from collections.abc import Iterable
 from functools import partial
 from typing import ClassVar
 
 from rich.markdown import Markdown
 from textual import events
-from textual.app import ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
@@ -28,12 +28,12 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
-from gradtui.model.commands import PAUSE_LEASE, Command, Release, SetPaused
+from gradtui.model.commands import PAUSE_LEASE, SetPaused
 from gradtui.model.events import Alert, CommandResult, Event, GuardAction, LogLine, RunEnd
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.sources.base import Source
 from gradtui.ui.bindings import (
-    INTERVENTION_ACTIONS,
+    INTERVENE,
     INTERVENTION_BINDINGS,
     REPLAY_ACTIONS,
     REPLAY_BINDINGS,
@@ -42,21 +42,22 @@ from gradtui.ui.bindings import (
     VIEW_BINDINGS,
 )
 from gradtui.ui.bindings import KEY_ACTIONS as _KEY_ACTIONS
-from gradtui.ui.controls import Controls, clip_preview, describe
-from gradtui.ui.messages import InterventionAcknowledged, InterventionRefused, InterventionSent, RunEnded
+from gradtui.ui.controls import Controls
+from gradtui.ui.interventions import Interventions
+from gradtui.ui.layout import ScreenRows
+from gradtui.ui.messages import RunEnded
 from gradtui.ui.pacing import Pacer
-from gradtui.ui.palette import palette_bindings, palette_commands
-from gradtui.ui.renderables.chart import LR_MARKERS
+from gradtui.ui.palette import palette_bindings, palette_commands, textual_commands
 from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
-from gradtui.ui.screens.dialogs import ConfirmQuit, LRDialog, RunErrorScreen
+from gradtui.ui.screens.dialogs import ConfirmQuit, RunErrorScreen
 from gradtui.ui.screens.help import HelpScreen
-from gradtui.ui.screens.tour import NEXT_KEY, RESTART_KEY, ChapterScreen, end_invite
-from gradtui.ui.themes import HIGH_CONTRAST, THEMES
+from gradtui.ui.screens.tour import NEXT_KEY, RESTART_KEY, ChapterScreen
+from gradtui.ui.themes import REGISTERED, THEMES
 from gradtui.ui.tour import HeldSource, Tour
-from gradtui.ui.tour_switch import WIDE_AT, TourSwitching
+from gradtui.ui.tour_switch import CLOSE_WAIT_S, WIDE_AT, ChapterWidgets, TourSwitch
 from gradtui.ui.widgets.alert_log import AlertLog
-from gradtui.ui.widgets.charts import SeriesChartWidget
+from gradtui.ui.widgets.charts import run_charts
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
 from gradtui.ui.widgets.status import StatusHeader
 
@@ -65,11 +66,14 @@ log = logging.getLogger(__name__)
 GC_THRESHOLDS = (50_000, 20, 100)
 """Garbage-collector thresholds while the viewer runs (see GradTUIApp.on_mount)."""
 
+FOOTER_FIRST = frozenset({"help", "quit"})
+"""The binding ids the footer shows first."""
+
 OUTPUT_TAIL = 40
 """Lines of the training process's output shown with its error when it crashes."""
 
 
-class GradTUIApp(TourSwitching):
+class GradTUIApp(App[None]):
     """Live view of one training run's gradient health, with interventions from the keyboard.
 
     Args:
@@ -87,11 +91,13 @@ class GradTUIApp(TourSwitching):
     CSS_PATH = "gradtui.tcss"
     ENABLE_COMMAND_PALETTE = True
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE_AT, "-wide")]
+    # Help and quit lead the footer: cut at the right on a narrow screen, it still says how to leave.
     BINDINGS: ClassVar[list[BindingType]] = [
+        *(b for b in VIEW_BINDINGS if b.id in FOOTER_FIRST),
         *TOUR_BINDINGS,
         *INTERVENTION_BINDINGS,
         *REPLAY_BINDINGS,
-        *VIEW_BINDINGS,
+        *(b for b in VIEW_BINDINGS if b.id not in FOOTER_FIRST),
     ]
 
     stat: reactive[str] = reactive(HEATMAP_STATS[0])
@@ -113,18 +119,20 @@ class GradTUIApp(TourSwitching):
         super().__init__()
         self.tour = tour
         """The guided tour (`gradtui demo`), or None."""
-        self._held = False
+        held = False
         if tour is not None:
             narrative = tour.current.narrative
             if source is None:
                 # Started on mount, once the width says whether the story opens over the heatmap.
                 source = HeldSource(f"demo: {tour.current.name}")
-                self._held = True
+                held = True
         if source is None:
             raise ValueError("a source is needed (or a tour whose chapters start their own)")
         self.source = source
         self.store = store if store is not None else RunStore()
         self.controls = Controls(self.store)
+        self.interventions = Interventions(self, self)
+        """The intervention keys' actions (`intervene(...)`)."""
         self.refresh_hz = refresh_hz
         self.max_events_per_tick = max_events_per_tick
         self.title = title or f"gradtui: {source.name}"
@@ -143,13 +151,11 @@ class GradTUIApp(TourSwitching):
         # and the timer keeps these up to date under the detail screen and dialogs too.
         self.status_header = StatusHeader(self.store, self.controls, source.name, id="status")
         self.heatmap = LayerHeatmap(self.store, id="heatmap")
-        self.charts = (
-            SeriesChartWidget(self.store, "loss", "loss", id="loss", classes="panel"),
-            SeriesChartWidget(self.store, "global_norm", "global ‖g‖", id="norm", classes="panel"),
-            SeriesChartWidget(
-                self.store, "lr", "lr", id="lr", classes="panel", overlay="schedule_lr", markers=LR_MARKERS
-            ),
-        )
+        self.rows = ScreenRows(self.heatmap, tour=tour is not None)
+        """Shares the main screen's rows by what they show (`gradtui.ui.layout`)."""
+        self.quiet_results: set[str] = set()
+        """Ids of the viewer's own quiet commands that were acknowledged (the tour's pauses): off the charts."""
+        self.charts = run_charts(self.store, hidden=self.quiet_results)
         self.alert_log = AlertLog(id="alerts", classes="panel")
         self.output_log = AlertLog(id="output", classes="panel", placeholder="no output yet")
         self.replay = source.controls
@@ -162,7 +168,11 @@ class GradTUIApp(TourSwitching):
         self.narrative_panel = Vertical(self.narrative_head, self.narrative_scroll, self.narrative_keys, id="narrative")
         self.tour_banner = Static(id="tour-banner")
         """Narrow terminals: the chapter and its keys in two lines above the heatmap."""
-        self._retiring: list[threading.Thread] = []
+        self.tour_switch: TourSwitch | None = None
+        """Switches the tour's chapters (None without a tour)."""
+        if tour is not None:
+            widgets = ChapterWidgets(self.tour_banner, self.narrative_panel, self.narrative_head, self.narrative_keys)
+            self.tour_switch = TourSwitch(self, self, tour, widgets, held=held)
 
     # ------------------------------------------------------------ layout
 
@@ -182,24 +192,24 @@ class GradTUIApp(TourSwitching):
 
     def on_mount(self) -> None:
         self._mounted_ui = True
-        self.register_theme(HIGH_CONTRAST)
+        for theme in REGISTERED:
+            self.register_theme(theme)
         self.heatmap.color = not self.no_color
         self.heatmap.focus()
         self.alert_log.border_title = "alerts (o: output)"
         self.output_log.border_title = "output (o: alerts)"
         self.output_log.display = False
         self._update_heatmap_titles()
-        if self.tour is not None:
+        if self.tour_switch is not None:
             # CSS picks banner or side panel by width (see gradtui.tcss, Screen.-tour).
             self.screen.add_class("-tour")
-            if self._held:
-                self.start_chapter()
-            else:
-                self._show_chapter()
+            self.tour_switch.mounted()
         else:
             self.narrative_head.display = False
             self.narrative_keys.display = False
         self.watch_narrative(self.narrative)
+        self.watch(self.heatmap, "flagged_only", self._rows_filtered, init=False)
+        self.rows.fit(self.size)
         self.poll_source()
         self._timer = self.set_interval(1.0 / self.refresh_hz, partial(self.poll_source, paced=True))
         # Each frame allocates tens of thousands of short-lived segments and strips; with
@@ -209,6 +219,13 @@ class GradTUIApp(TourSwitching):
         self._gc_saved = gc.get_threshold()
         gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
         gc.freeze()
+
+    def _rows_filtered(self) -> None:
+        self._update_heatmap_titles()
+        self.rows.fit(self.size)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.rows.fit(event.size)
 
     def watch_narrative(self, text: str | None) -> None:
         if not self._mounted_ui:
@@ -254,7 +271,7 @@ class GradTUIApp(TourSwitching):
                 self._source_error = f"{type(exc).__name__}: {exc}"
                 log.exception("event source failed")
                 self.notify(f"The event source failed: {self._source_error}", severity="error", timeout=10)
-                self.alert_log.add_note(f"■ source failed: {self._source_error}", "bold red")
+                self.alert_log.add_note(f"■ source failed: {self._source_error}", "bold bad")
             return 0
         if self.replay is not None and self.replay.generation != self._replay_generation:
             # A seek: what follows starts from the run's beginning again.
@@ -275,6 +292,25 @@ class GradTUIApp(TourSwitching):
         self.output_log.clear()
         self.heatmap.scroll_to(y=0, animate=False)
 
+    def new_run(self) -> None:
+        """Forget the run on screen, for another (the tour's next chapter): its store, logs,
+        errors, notifications and what was said about it."""
+        self.reset_store()
+        self.heatmap.reset()
+        self._error_shown = False
+        self._source_error = None
+        self._bad_events = 0
+        self._shown = None
+        # "Chapter finished ... Press .", "Nothing sent: the run finished.": the old run's words.
+        self.clear_notifications()
+        self.interventions.forget()
+
+    def use_source(self, source: Source) -> None:
+        """Read events from `source` from now on (closing the last one is the caller's)."""
+        self.source = source
+        self.status_header.source_name = source.name
+        self.refresh_views(force=True)
+
     def ingest(self, events: list[Event]) -> None:
         """Apply events to the store, and log alerts, acknowledgements and the run's end."""
         alert_log = self.alert_log
@@ -286,7 +322,7 @@ class GradTUIApp(TourSwitching):
                 self._bad_events += 1
                 log.exception("could not apply %s", type(ev).__name__)
                 if self._bad_events == 1:
-                    alert_log.add_note(f"■ ignored a malformed {type(ev).__name__} event", "bold red")
+                    alert_log.add_note(f"■ ignored a malformed {type(ev).__name__} event", "bold bad")
                 continue
             if isinstance(ev, Alert):
                 # Logged with the charts (`refresh_views`): a paced tick may leave them to the next.
@@ -295,7 +331,10 @@ class GradTUIApp(TourSwitching):
                 output.append(ev)
             elif isinstance(ev, CommandResult):
                 self._flush_alerts()  # the log keeps the order of events
-                self._on_result(ev, alert_log)
+                if self.interventions.acknowledged(ev):
+                    self.status_header.last_result = ev
+                else:
+                    self.quiet_results.add(ev.command_id)
             elif isinstance(ev, GuardAction):
                 self._flush_alerts()
                 alert_log.add_guard(ev)
@@ -310,25 +349,12 @@ class GradTUIApp(TourSwitching):
             self.alert_log.add_alerts(self._alerts_due)
             self._alerts_due = []
 
-    def _on_result(self, result: CommandResult, alert_log: AlertLog) -> None:
-        pending = self.controls.acknowledge(result)
-        alert_log.add_result(result, pending)
-        self.status_header.last_result = result
-        if not result.ok:
-            what = pending.description if pending is not None else result.kind
-            self.notify(f"{what} refused by the run: {result.message}", severity="error", timeout=6)
-        self.post_message(InterventionAcknowledged(result))
-
     def _on_end(self, end: RunEnd, alert_log: AlertLog) -> None:
-        for p in self.controls.abandon():
-            alert_log.add_note(f"✗ {p.description} not applied: the run ended", "yellow")
+        self.interventions.abandoned()
         alert_log.add_end(end)
         self.post_message(RunEnded(end))
-        if self.tour is not None:
-            self._show_chapter()
-            if end.status != "error":
-                invite = end_invite(self.tour)
-                self.notify(f"This chapter's run is over. {invite}", title="Chapter finished", timeout=8)
+        if self.tour_switch is not None:
+            self.tour_switch.run_ended(end)
         if end.status == "error" and not self._error_shown:
             self._error_shown = True
             step = end.step if end.step >= 0 else (self.store.last_step if self.store.last_step >= 0 else None)
@@ -351,6 +377,7 @@ class GradTUIApp(TourSwitching):
             with self._pacer.timing("heatmap"):
                 self.heatmap.refresh_data()
                 self._update_heatmap_titles()
+                self.rows.fit(self.size)
         if self.replay is not None:
             self.status_header.replay_status = self.replay.status
         self.status_header.refresh_data(self.stat)
@@ -363,22 +390,23 @@ class GradTUIApp(TourSwitching):
         if isinstance(screen, LayerDetailScreen):
             screen.refresh_data()
 
-    # ------------------------------------------------------------ commands out
+    # ------------------------------------------------------------ keys
 
-    def send_command(self, cmd: Command) -> str | None:
-        """Send a command unless it is invalid now; returns why it was not sent, or None."""
-        reason = self.controls.check(cmd) or self.source.send(cmd)
-        alert_log = self.alert_log
-        if reason is not None:
-            alert_log.add_note(f"✗ {describe(cmd)} not sent: {reason}", "bold red")
-            self.notify(f"{describe(cmd)} not sent: {reason}", severity="error", timeout=6)
-            self.post_message(InterventionRefused(cmd, reason))
-            return reason
-        pending = self.controls.sent(cmd)
-        alert_log.add_sent(pending)
-        self.post_message(InterventionSent(cmd, pending.description))
-        self.refresh_views()
-        return None
+    def action_intervene(self, name: str, *args: float) -> None:
+        """An intervention key (`gradtui.ui.interventions`): `intervene('scale_lr', 2.0)`."""
+        self.interventions.run(name, *args)
+
+    def action_tour_move(self, delta: int) -> None:
+        if self.tour_switch is not None:
+            self.tour_switch.move(delta)
+
+    def action_tour_restart(self) -> None:
+        if self.tour_switch is not None:
+            self.tour_switch.restart()
+
+    def action_tour_story(self) -> None:
+        if self.tour_switch is not None:
+            self.tour_switch.story()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return self._allowed(action, self.screen)
@@ -386,10 +414,10 @@ class GradTUIApp(TourSwitching):
     def _allowed(self, action: str, screen: Screen[object]) -> bool:
         """Whether `action` works on `screen` in this mode (live, replay, tour)."""
         # Interventions only from the main and detail screens, never under a dialog.
-        if action in INTERVENTION_ACTIONS and isinstance(screen, ModalScreen):
+        if action == INTERVENE and isinstance(screen, ModalScreen):
             return False
         # A replay has no probe to command: its keys drive the playback instead.
-        if action in INTERVENTION_ACTIONS and self.replay is not None:
+        if action == INTERVENE and self.replay is not None:
             return False
         if action in REPLAY_ACTIONS and self.replay is None:
             return False
@@ -399,46 +427,6 @@ class GradTUIApp(TourSwitching):
             # A run's own screens give way to the next chapter; other dialogs ask first.
             return not isinstance(screen, ModalScreen) or isinstance(screen, (ChapterScreen, RunErrorScreen))
         return True
-
-    def action_toggle_clip(self) -> None:
-        cmd = self.controls.toggle_clip()
-        # The preview only where the clip went out: a refused one already says why.
-        if self.send_command(cmd) is None and cmd.mode != "off":
-            if preview := clip_preview(self.store, self.controls.thresholds, cmd.threshold or 1.0):
-                self.notify(preview, title="What each clip rule would have clipped", timeout=10)
-
-    def action_cycle_clip_mode(self) -> None:
-        cmd = self.controls.cycle_clip_mode()
-        if cmd is None:
-            self.notify(f"Clipping is off; c turns it on in {self.controls.last_clip_mode} mode.", timeout=4)
-            self.refresh_views(force=True)
-            return
-        self.send_command(cmd)
-
-    def action_scale_threshold(self, factor: float) -> None:
-        self.send_command(self.controls.scale_threshold(factor))
-
-    def action_scale_lr(self, factor: float) -> None:
-        self.send_command(self.controls.scale_lr(factor))
-
-    def action_set_lr(self) -> None:
-        lrs = self.controls.intended().lrs
-        reason = self.controls.check(self.controls.set_lr(1.0))
-        if reason is not None:
-            self.notify(f"Cannot set the learning rate: {reason}", severity="error", timeout=6)
-            return
-
-        def done(value: float | None) -> None:
-            if value is not None:
-                self.send_command(self.controls.set_lr(value))
-
-        self.push_screen(LRDialog(lrs[0] if lrs else None, len(lrs)), callback=done)
-
-    def action_toggle_pause(self) -> None:
-        self.send_command(self.controls.toggle_pause())
-
-    def action_release(self) -> None:
-        self.send_command(Release("all"))
 
     def action_toggle_output(self) -> None:
         show_output = not self.output_log.display
@@ -499,7 +487,7 @@ class GradTUIApp(TourSwitching):
         heatmap = [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]
         allowed = partial(self._allowed, screen=screen)
         yield from palette_commands(palette_bindings(heatmap), allowed, self.run_action, self._use_theme)
-        yield from super().get_system_commands(screen)
+        yield from textual_commands(super().get_system_commands(screen))
 
     async def action_on_heatmap(self, action: str) -> None:
         """A heatmap action from the palette (where the heatmap does not have the focus)."""
@@ -526,10 +514,14 @@ class GradTUIApp(TourSwitching):
             self._leave()  # asked twice (ctrl+q under the dialog): go
             return
         if self.source.owns_process and self.store.end is None:
-            self.push_screen(
-                ConfirmQuit("Quitting stops the training process.", can_detach=self.source.can_detach),
-                callback=self._on_quit_answer,
+            can_detach = self.source.can_detach
+            # Only where there is no other way out does quitting stop it.
+            message = (
+                "This viewer started the training process.\nQuit and stop it, or quit and leave it running?"
+                if can_detach
+                else "Quitting stops the training process this viewer started."
             )
+            self.push_screen(ConfirmQuit(message, can_detach=can_detach), callback=self._on_quit_answer)
             return
         if self.controls.holds_pause():
             message = f"You paused this run.\nLeft paused, it resumes {PAUSE_LEASE:g} s after you go."
@@ -543,7 +535,7 @@ class GradTUIApp(TourSwitching):
         elif answer == "detach":
             self._leave(detach=True)
         elif answer == "resume":
-            self.send_command(SetPaused(False))
+            self.interventions.send(SetPaused(False))
             self._leave()  # closing the source sends what is queued first
 
     def _leave(self, detach: bool = False) -> None:
@@ -566,6 +558,10 @@ class GradTUIApp(TourSwitching):
             self.source.close()
         except Exception:  # leaving must not fail because the child was already gone
             log.exception("closing the event source failed")
+
+    def wait_retired(self, timeout: float = CLOSE_WAIT_S) -> bool:
+        """Wait for the sources of the tour's earlier chapters to close; True when all did."""
+        return self.tour_switch is None or self.tour_switch.wait_retired(timeout)
 
     def on_unmount(self) -> None:
         self.close_source()

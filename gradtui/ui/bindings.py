@@ -55,20 +55,41 @@ TOUR_BINDINGS: list[Binding] = [
     ),
 ]
 
+INTERVENE = "intervene"
+"""The action of every intervention key: `intervene(NAME, ...)` runs `Interventions.NAME(...)`
+(`gradtui.ui.interventions`)."""
 INTERVENTION_BINDINGS: list[Binding] = [
-    Binding("c", "toggle_clip", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
+    Binding("c", "intervene('toggle_clip')", "clip", tooltip="Toggle gradient clipping on/off", id="toggle-clip"),
     Binding(
-        "m", "cycle_clip_mode", "mode", tooltip="Cycle the clip mode: norm / value / auto", id="clip-mode"
+        "m",
+        "intervene('cycle_clip_mode')",
+        "mode",
+        tooltip="Cycle the clip mode: norm / value / auto",
+        id="clip-mode",
     ),
-    Binding("]", "scale_threshold(2.0)", "thr×2", tooltip="Clip threshold ×2", group=_THRESHOLD, id="clip-up"),
-    Binding("[", "scale_threshold(0.5)", "thr÷2", tooltip="Clip threshold ÷2", group=_THRESHOLD, id="clip-down"),
-    Binding("+", "scale_lr(2.0)", "lr×2", tooltip="Learning rate ×2", group=_LR, id="lr-up"),
-    Binding("-", "scale_lr(0.5)", "lr÷2", tooltip="Learning rate ÷2", group=_LR, id="lr-down"),
-    Binding("l", "set_lr", "lr=", tooltip="Type an exact learning rate", id="lr-set"),
-    Binding("p", "toggle_pause", "pause", tooltip="Pause / resume training", id="pause"),
+    Binding(
+        "]",
+        "intervene('scale_threshold', 2.0)",
+        "thr×2",
+        tooltip="Clip threshold ×2",
+        group=_THRESHOLD,
+        id="clip-up",
+    ),
+    Binding(
+        "[",
+        "intervene('scale_threshold', 0.5)",
+        "thr÷2",
+        tooltip="Clip threshold ÷2",
+        group=_THRESHOLD,
+        id="clip-down",
+    ),
+    Binding("+", "intervene('scale_lr', 2.0)", "lr×2", tooltip="Learning rate ×2", group=_LR, id="lr-up"),
+    Binding("-", "intervene('scale_lr', 0.5)", "lr÷2", tooltip="Learning rate ÷2", group=_LR, id="lr-down"),
+    Binding("l", "intervene('set_lr')", "lr=", tooltip="Type an exact learning rate", id="lr-set"),
+    Binding("p", "intervene('toggle_pause')", "pause", tooltip="Pause / resume training", id="pause"),
     Binding(
         "L",
-        "release",
+        "intervene('release')",
         "release",
         tooltip="Release: LR and clipping back to the loop",
         show=False,
@@ -91,9 +112,6 @@ VIEW_BINDINGS: list[Binding] = [
     Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit-ctrl-c"),
     Binding("T", "cycle_theme", "theme", tooltip="Cycle the theme: dark, light, high contrast", show=False, id="theme"),
 ]
-INTERVENTION_ACTIONS = frozenset(
-    {"toggle_clip", "cycle_clip_mode", "scale_threshold", "scale_lr", "set_lr", "toggle_pause", "release"}
-)
 REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
 TOUR_ACTIONS = frozenset({"tour_move", "tour_story", "tour_restart"})
 

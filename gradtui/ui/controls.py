@@ -3,14 +3,17 @@
 Pure logic over the `RunStore` (no Textual), so it can be tested without an app. What a
 command will do is decided by `gradtui.model.commands.apply`, the rule the probe applies.
 A command is *pending* from the moment it is sent until the probe's `CommandResult`
-arrives; after that it is *applied* at the step the result names (or refused). The
-state a key acts on is the *intended* one: what the run will be once every pending
-command lands, so pressing `+` twice quickly doubles the learning rate twice.
+arrives; after that it is *applied* at the step the result names (or refused). Every
+viewer of a run gets every acknowledgement, and follows those of commands it did not
+send too (`heard`): a pause from another viewer shows here at once, and `p` here then
+resumes. The state a key acts on is the *intended* one: what the run will be once every
+pending command lands, so pressing `+` twice quickly doubles the learning rate twice.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -28,11 +31,13 @@ from gradtui.model.commands import (
     SetLR,
     SetPaused,
     apply,
+    clip_text,
     command_kind,
     validate,
 )
 from gradtui.model.events import CommandResult
 from gradtui.model.store import RunStore
+from gradtui.ui.scale import END_WORDS
 
 RunControls = ControlState
 """The settings a viewer can change (the state the command rule works on)."""
@@ -47,6 +52,9 @@ class Pending:
     target: RunControls
     """The settings once it is applied (absolute, so applying twice changes nothing)."""
     sent_at: float = field(default_factory=time.monotonic)
+    quiet: bool = False
+    """Sent by the viewer itself, not by a key (the tour holds a chapter while its story is
+    open): on the record, but kept out of the alert log."""
 
 
 @dataclass
@@ -72,7 +80,28 @@ def describe(cmd: Command) -> str:
         return "pause" if cmd.paused else "resume"
     if isinstance(cmd, Release):
         return "release to the loop" if cmd.what == "all" else f"release {cmd.what} to the loop"
-    return command_kind(cmd)
+    return COMMAND_WORDS.get(command_kind(cmd), command_kind(cmd))
+
+
+COMMAND_WORDS: dict[str, str] = {
+    "set_lr": "lr",
+    "set_clip": "clip",
+    "set_paused": "pause",
+    "release": "release",
+    "rollback": "rollback",
+}
+"""What the screen calls a command of each kind where it knows no more (the header; another
+viewer's command in the log): the wire names ("set_paused") stay off screen."""
+
+
+def result_words(result: CommandResult, pending: Pending | None = None) -> str:
+    """What an acknowledgement answers, in words: the command as this viewer described it ("lr ×2"),
+    else its kind's word ("lr"; "pause" or "resume" as the answer says)."""
+    if pending is not None:
+        return pending.description
+    if result.kind == "set_paused" and result.ok:
+        return "resume" if _said_paused(result.message) is False else "pause"
+    return COMMAND_WORDS.get(result.kind, "command")
 
 
 CLIP_CYCLE: dict[str, str] = {"norm": "value", "value": "auto", "auto": "norm"}
@@ -186,15 +215,19 @@ class Controls:
         """Pause when running, resume when paused (or pausing)."""
         return SetPaused(not self.intended().paused)
 
+    def closed(self) -> str | None:
+        """Why no command can reach the run now (it has not started or has ended), or None."""
+        if self.store.run is None and self.store.last is None:
+            return "no run yet (waiting for its first event)"
+        if self.store.end is not None:
+            return f"the run {END_WORDS.get(self.store.end.status, 'ended')}"
+        return None
+
     def check(self, cmd: Command) -> str | None:
         """Why `cmd` cannot be sent now, or None."""
-        if self.store.run is None and self.store.last is None:
-            return "no run yet: wait for the first event"
-        if self.store.end is not None:
-            return f"the run has ended ({self.store.end.status})"
-        return validate(cmd, len(self.reported().lrs))
+        return self.closed() or validate(cmd, len(self.reported().lrs))
 
-    def sent(self, cmd: Command) -> Pending:
+    def sent(self, cmd: Command, *, quiet: bool = False) -> Pending:
         """Record a command the source accepted; it stays pending until acknowledged."""
         before = self.intended()
         try:
@@ -206,21 +239,25 @@ class Controls:
             self.last_clip_mode = cmd.mode
             if cmd.threshold is not None:
                 self.thresholds[cmd.mode] = cmd.threshold
-        p = Pending(cmd, describe(cmd), target)
+        p = Pending(cmd, describe(cmd), target, quiet=quiet)
         self.pending[cmd.id] = p
         self.version += 1
         return p
 
     def acknowledge(self, result: CommandResult) -> Pending | None:
-        """Fold in the probe's answer; returns the pending command it answers (if ours)."""
+        """Fold in the probe's answer, to our command or anyone's; returns the pending command it
+        answers (None when another viewer, or the training process, sent it)."""
         p = self.pending.pop(result.command_id, None)
         if result.ok and result.kind == "set_paused":
             # Ours when we sent it; anyone else's (another viewer, the lease running out) ends our hold.
             self._holds_pause = p is not None and isinstance(p.command, SetPaused) and p.command.paused
-        if p is not None:
+        target = None
+        if result.ok:
+            target = p.target if p is not None else heard(self.actual(), result)
+        if target is not None:
+            self.applied.append(Applied(result, target))
+        if p is not None or target is not None:
             self.version += 1
-            if result.ok:
-                self.applied.append(Applied(result, p.target))
         return p
 
     def holds_pause(self) -> bool:
@@ -249,6 +286,68 @@ def _merge(state: RunControls, target: RunControls, kind: str) -> RunControls:
     if kind == "release":
         return replace(state, clip_mode=target.clip_mode, clip_threshold=target.clip_threshold)
     return state
+
+
+def heard(state: RunControls, result: CommandResult) -> RunControls | None:
+    """The settings after an acknowledged command this viewer did not send, from `state` and the
+    answer's words (`gradtui.model.commands.apply` writes them); None where they do not say
+    enough, until the next step report does (a learning rate set on some groups only).
+
+    Only the fields of the answer's kind count (see `_merge`)."""
+    said = result.message
+    if result.kind == "set_paused":
+        paused = _said_paused(said)
+        return None if paused is None else replace(state, paused=paused)
+    if result.kind == "set_clip":
+        return _said_clip(state, said.removeprefix("clipping "))
+    if result.kind == "set_lr":
+        return _said_lrs(state, said)
+    if result.kind == "release":
+        parts = said.removeprefix("released: ").split("; ")
+        lr, clip = any(p.startswith("lr ") for p in parts), any(p.startswith("clipping ") for p in parts)
+        what = "all" if lr and clip else "lr" if lr else "clip" if clip else None
+        return apply(state, Release(what))[0] if what is not None else None
+    return None
+
+
+def _said_paused(said: str) -> bool | None:
+    """Whether a `SetPaused` answer ("paused", "resumed: the viewer left") says paused."""
+    head = said.split(":")[0]
+    for paused in (True, False):
+        if head == apply(RunControls(), SetPaused(paused))[1]:
+            return paused
+    return None
+
+
+def _said_clip(state: RunControls, change: str) -> RunControls | None:
+    """The clipping an answer "norm 1 -> value 0.5" (`clip_change_text`) leaves in force."""
+    _, arrow, now = change.rpartition(" -> ")
+    mode, _, number = now.partition(" ")
+    try:
+        threshold = float(number) if number else state.clip_threshold
+    except ValueError:
+        return None
+    if not arrow or clip_text(mode, threshold) != now:
+        return None
+    return replace(state, clip_mode=mode, clip_threshold=threshold)
+
+
+_LR_CHANGE = re.compile(r"lr (.+) \(all groups\)")
+
+
+def _said_lrs(state: RunControls, said: str) -> RunControls | None:
+    """The learning rates an answer "lr 0.1 -> 0.05, 0.2 -> 0.1 (all groups)" (`lr_change_text`)
+    leaves in force: only where every group is named (the answer leaves unchanged ones out)."""
+    match = _LR_CHANGE.fullmatch(said)
+    if match is None or not state.lrs:
+        return None
+    try:
+        lrs = tuple(float(pair.split(" -> ")[1]) for pair in match.group(1).split(", "))
+    except (IndexError, ValueError):
+        return None
+    if len(lrs) != len(state.lrs):
+        return None
+    return replace(state, lrs=lrs, overrides=_implied_overrides(lrs, state.schedule))
 
 
 def _implied_overrides(lrs: tuple[float, ...], schedule: tuple[float, ...]) -> tuple[LROverride | None, ...]:

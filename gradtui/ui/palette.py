@@ -1,9 +1,10 @@
 """The command palette's entries (ctrl+p): every action that works on the screen it was
-opened from, each with its key, then a theme switch per theme."""
+opened from, each with its key, then a theme switch per theme, then what Textual adds that
+the app has no key for (maximize, screenshot)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -40,3 +41,14 @@ def palette_commands(
         )
     for theme, label in THEMES.items():
         yield SystemCommand(f"Theme: {label}", "colours (T cycles the themes)", partial(use_theme, theme))
+
+
+TEXTUAL_LEFT_OUT = frozenset({"Theme", "Quit", "Keys"})
+"""Textual's entries that the app's own replace: its theme picker lists themes the panes do not
+follow (`THEMES` are those they do), a Quit beside the app's (which asks first when that stops
+a run), and a keys panel beside `?`."""
+
+
+def textual_commands(commands: Iterable[SystemCommand]) -> Iterator[SystemCommand]:
+    """Textual's own palette entries, less `TEXTUAL_LEFT_OUT`."""
+    return (c for c in commands if c.title not in TEXTUAL_LEFT_OUT)

@@ -6,16 +6,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from gradtui.model.guard import GUARD_SYMBOLS
+from gradtui.ui.scale import END_WORDS, FLAG_GLYPHS, FLAG_WORDS, GUARD_GLYPHS, GUARD_WORDS, PLAIN_ROLES
 
-_VERDICT_STYLE = {
-    "healthy": "green",
-    "vanishing": "cyan",
-    "exploding": "bold red",
-    "nonfinite": "bold magenta",
-    "dead": "dim",
-}
+
+def verdict_text(verdict: str) -> Text:
+    """A layer's verdict as the viewer draws its flag ("▲ exploding" in the flag's role), or
+    "healthy"."""
+    if verdict in FLAG_GLYPHS:
+        return Text(f"{FLAG_GLYPHS[verdict]} {FLAG_WORDS[verdict]}", style=PLAIN_ROLES[verdict])
+    return Text(verdict, style=PLAIN_ROLES["ok"] if verdict == "healthy" else "")
 
 
 def _num(x: float | None) -> str:
@@ -76,16 +77,27 @@ def _step_table(title: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]
     return table
 
 
+def outcome(summary: dict[str, Any]) -> str:
+    """How the run went, in words: how its process ended, then its worst trouble ("finished;
+    went non-finite at step 37 (fc2)", "crashed; no alarms"). A process that finished did
+    not make a run that went NaN a good one: `status` "ok" says only the first."""
+    status = summary["status"]
+    ended = END_WORDS.get(status, "unfinished (no end on the record)" if status == "unfinished" else status)
+    nf = summary["first_nonfinite_step"]
+    if nf is not None:
+        where = f" ({', '.join(summary['first_nonfinite_layers'])})" if summary.get("first_nonfinite_layers") else ""
+        return f"{ended}; went non-finite at step {nf}{where}"
+    alarms = [a for a in summary["alerts"] if a.get("level", "warning") != "info"]
+    if not alarms:
+        return f"{ended}; no alarms"
+    kinds = ", ".join(dict.fromkeys(FLAG_WORDS.get(a["kind"], a["kind"]) for a in alarms))
+    return f"{ended}; {len(alarms)} alarm{'s' if len(alarms) > 1 else ''} from step {alarms[0]['step']} ({kinds})"
+
+
 def print_report(summary: dict[str, Any], path: str, console: Console | None = None) -> None:
     """Print a report summary (see `gradtui.model.report.summarize`)."""
     console = console or Console()
-    nf = summary["first_nonfinite_step"]
-    head = (
-        f"[b]{summary.get('run') or path}[/b]  steps {summary['steps']}  status {summary['status']}  "
-        f"first non-finite step {nf if nf is not None else '—'}"
-    )
-    if summary.get("first_nonfinite_layers"):
-        head += f" ({', '.join(summary['first_nonfinite_layers'])})"
+    head = f"[b]{summary.get('run') or path}[/b]  steps {summary['steps']}  {outcome(summary)}"
     if summary.get("truncated_bytes"):
         head += f"  [yellow]record cut mid-frame ({summary['truncated_bytes']} bytes ignored)[/yellow]"
     console.print(head)
@@ -97,8 +109,7 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
     layers.add_column("verdict")
     layers.add_column("last ‖g‖₂", justify="right")
     for row in summary["layers"]:
-        style = _VERDICT_STYLE.get(row["verdict"], "")
-        layers.add_row(row["name"] or "(root)", f"[{style}]{row['verdict']}[/]", _num(row["last_grad_norm"]))
+        layers.add_row(row["name"] or "(root)", verdict_text(row["verdict"]), _num(row["last_grad_norm"]))
     console.print(layers)
     if summary["alerts"]:
         alerts = Table(title="Alerts", title_justify="left")
@@ -109,7 +120,7 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
             alerts.add_row(
                 str(a["step"]),
                 a["layer"] or "(run)",
-                a["kind"],
+                FLAG_WORDS.get(a["kind"], a["kind"]),
                 level,
                 _num(a["value"]),
                 _num(a["threshold"]),
@@ -124,7 +135,7 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
             "guard",
             "Guard",
             ("action", "what it did"),
-            lambda g: (f"{GUARD_SYMBOLS.get(g['action'], '')} {g['action']}", g["detail"]),
+            lambda g: (f"{GUARD_GLYPHS.get(g['action'], '')} {GUARD_WORDS.get(g['action'], g['action'])}", g["detail"]),
         ),
         ("bad_batches", "Bad batches (mon.step(loss, batch=...))", ("why", "batch"), lambda b: (b["why"], b["batch"])),
     ]
@@ -133,7 +144,8 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
             console.print(_step_table(title, columns, [(e["step"], *cells(e)) for e in summary[key]]))
     for advice in summary.get("suggestions") or []:
         where = f" on {', '.join(advice['layers'][:6])}" if advice.get("layers") else ""
-        console.print(f"[bold]What to change: {advice['kind']}{where} (from step {advice['first_step']})[/bold]")
+        what = FLAG_WORDS.get(advice["kind"], advice["kind"])
+        console.print(f"[bold]What to change: {what}{where} (from step {advice['first_step']})[/bold]")
         console.print(f"  cause: {advice['cause']}", markup=False)
         console.print(f"  cure:  {advice['cure']}", markup=False)
     if summary.get("error"):

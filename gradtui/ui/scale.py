@@ -14,6 +14,7 @@ from rich.color import Color
 from rich.style import Style
 
 from gradtui.model.detectors import DetectorConfig
+from gradtui.model.guard import GUARD_SYMBOLS
 from gradtui.ui.numbers import fmt_reading as fmt_number  # noqa: F401 - re-exported for the renderables
 from gradtui.ui.numbers import fmt_sig
 
@@ -50,21 +51,64 @@ NO_SAMPLE_GLYPH = "╌"
 """A column of steps with no sample: a faint dashed line (time went on, nothing was measured)."""
 
 FLAG_GLYPHS: dict[str, str] = {
-    "nonfinite": "!",
+    "nonfinite": NONFINITE_GLYPH,
     "exploding": "▲",
     "vanishing": "▼",
     "dead": "○",
     "loss_spike": "^",
 }
-"""One glyph per flag kind, so that no meaning depends on colour alone."""
-
-FLAG_COLORS: dict[str, str] = {
-    "nonfinite": "bold bright_white on magenta",
-    "exploding": "bold red",
-    "vanishing": "bold dodger_blue1",
-    "dead": "bold grey62",
-    "loss_spike": "bold yellow",
+"""One glyph per flag kind, so that no meaning depends on colour alone (a non-finite flag and a
+non-finite heatmap cell or chart column are the same "×")."""
+FLAG_WORDS: dict[str, str] = {
+    "nonfinite": "non-finite",
+    "exploding": "exploding",
+    "vanishing": "vanishing",
+    "dead": "dead",
+    "loss_spike": "loss spike",
 }
+"""What the screen calls each flag kind (the kinds themselves are wire names, kept off screen)."""
+FLAG_MEANINGS: dict[str, str] = {
+    "nonfinite": "NaN or Inf in the gradient",
+    "exploding": "gradient norm far above its own recent level",
+    "vanishing": "gradient far below the largest layer's",
+    "dead": "gradient exactly zero (no gradient reaches it)",
+    "loss_spike": "the loss jumped (run-wide)",
+}
+"""What each flag says, in a line (the help screen)."""
+GUARD_GLYPHS: dict[str, str] = GUARD_SYMBOLS
+"""One glyph per guard action (`GuardAction.action`): the header's guard chip, the log, the report."""
+GUARD_WORDS: dict[str, str] = {
+    "rollback": "rollback",
+    "skip": "skip",
+    "clip": "clip",
+    "lr_cut": "lr cut",
+}
+"""What the screen calls each guard action."""
+GUARD_MEANINGS: dict[str, str] = {
+    "rollback": "the guard restored the last good weights (and cut the learning rate)",
+    "skip": "the guard left out a step whose loss or gradients were not finite",
+    "clip": "the guard clipped the gradient of a step",
+    "lr_cut": "the guard cut the learning rate (with a rollback)",
+}
+"""What each guard action did, in a line (the help screen)."""
+END_WORDS: dict[str, str] = {"ok": "finished", "error": "crashed", "interrupted": "was interrupted"}
+"""How a run ended (`RunEnd.status`), after "the run": "ok" says only that its process finished,
+not that the run went well, so it is never shown as such."""
+
+PLAIN_ROLES: dict[str, Style] = {
+    "muted": Style(dim=True),
+    "ok": Style(color="green"),
+    "warn": Style(color="yellow"),
+    "bad": Style(color="red", bold=True),
+    "note": Style(color="cyan"),
+    "nonfinite": Style(color="bright_white", bgcolor="magenta", bold=True),
+    "exploding": Style(color="red", bold=True),
+    "vanishing": Style(color="dodger_blue1", bold=True),
+    "dead": Style(color="grey62", bold=True),
+    "loss_spike": Style(color="yellow", bold=True),
+}
+"""The colour roles (`gradtui.ui.widgets.themed.ROLES`: words, and a role per flag kind) on a
+plain Rich console, with no theme: `gradtui report`, and text built for a widget drawn elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +182,8 @@ def palette_rgb(n: int = N_BINS) -> list[tuple[int, int, int]]:
 PALETTE: tuple[Style, ...] = tuple(Style(bgcolor=Color.from_rgb(*rgb)) for rgb in palette_rgb())
 """Background style of each colour bin."""
 
-NONFINITE_STYLE = Style(color="bright_white", bgcolor="magenta", bold=True)
+NONFINITE_STYLE = Style(color="#ffffff", bgcolor="#a3169a", bold=True)
+"""A magenta on no part of either scale, dark enough for its white "×" to read (AA) in any theme."""
 EMPTY_STYLE = Style()
 NO_SAMPLE_STYLE = Style(dim=True)
 
@@ -177,7 +222,7 @@ _HEALTH_RGB: tuple[tuple[int, int, int], ...] = (
 )
 _FLAG_CELL_STYLES: dict[int, Style] = {
     VANISHING_CELL: Style(color="#ffffff", bgcolor="#2e5cff", bold=True),
-    EXPLODING_CELL: Style(color="#ffffff", bgcolor="#f03c3c", bold=True),
+    EXPLODING_CELL: Style(color="#ffffff", bgcolor="#c62828", bold=True),  # white "▲" at AA contrast
     DEAD_CELL: Style(color="#c8c8c8", bgcolor="#181818", bold=True),
 }
 HEALTH_STYLES: dict[int, Style] = {

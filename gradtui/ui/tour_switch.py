@@ -1,41 +1,36 @@
 """The tour's half of the viewer (`gradtui demo`): switching chapters.
 
-`TourSwitching` is a base class of `GradTUIApp`; it keeps the chapter keys' actions,
-starts a chapter (at once, or when its story is closed), closes the previous chapter's
-source on a thread, and writes the chapter's heading and keys into the banner, the side
-panel and the story. While the story or the help covers a running chapter, its training
-waits (a `SetPaused`, on the record like any pause). The widgets and the store it works
-on are the app's.
+`GradTUIApp` owns one `TourSwitch` when it shows a tour. The switch starts a chapter (at
+once, or when its story is closed), closes the previous chapter's source on a thread,
+and writes the chapter's heading and keys into the banner, the side panel and the
+story. While the story or the help covers a running chapter, its training waits: a
+quiet `SetPaused`, on the record like any pause but kept out of the alert log.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-from textual import on
 from textual.app import App
 from textual.containers import Vertical
-from textual.events import Mount
-from textual.reactive import reactive
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import Static
 
-from gradtui.model.commands import Command, SetPaused
+from gradtui.model.commands import SetPaused
+from gradtui.model.events import RunEnd
 from gradtui.model.store import RunStore
 from gradtui.sources.base import Source
 from gradtui.ui.controls import Controls
+from gradtui.ui.interventions import Interventions
 from gradtui.ui.messages import ChapterStarted
 from gradtui.ui.screens.help import HelpScreen
-from gradtui.ui.screens.tour import ChapterScreen, heading, key_line
+from gradtui.ui.screens.tour import ChapterScreen, end_invite, heading, key_line
 from gradtui.ui.tour import HeldSource, Tour
-from gradtui.ui.widgets.alert_log import AlertLog
-from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
-from gradtui.ui.widgets.status import Chips, StatusHeader
+from gradtui.ui.widgets.status import Chips
 
-log = logging.getLogger("gradtui.ui.app")  # the app's logger, as before the split
+log = logging.getLogger(__name__)
 
 WIDE_AT = 120
 """Columns from which the side panels sit beside the heatmap (below it on narrower terminals)."""
@@ -45,66 +40,101 @@ PAUSING_SCREENS: tuple[type[Screen[Any]], ...] = (ChapterScreen, HelpScreen)
 """Screens that cover the run: in the tour, its training waits while one is open."""
 
 
-class TourSwitching(App[None]):
-    """Chapter switching for `GradTUIApp`, which provides the attributes declared here."""
+class ChapterViewer(Protocol):
+    """What the tour uses of the viewer (`GradTUIApp`): its run, and a clean screen for the next."""
 
-    tour: Tour | None
-    source: Source
-    store: RunStore
-    controls: Controls
-    narrative: reactive[str | None]
-    status_header: StatusHeader
-    heatmap: LayerHeatmap
-    alert_log: AlertLog
-    output_log: AlertLog
-    narrative_panel: Vertical
-    narrative_head: Static
-    narrative_keys: Static
-    tour_banner: Static
-    _held: bool
-    _error_shown: bool
-    _source_error: str | None
-    _bad_events: int
-    _shown: tuple[int, int, str] | None
-    _timer: Timer | None
-    _retiring: list[threading.Thread]
-    _modal_paused: bool = False
-    """The tour paused this chapter's training because a story or the help covers it."""
+    @property
+    def source(self) -> Source: ...
 
-    def poll_source(self) -> int:
-        raise NotImplementedError  # GradTUIApp's
+    @property
+    def store(self) -> RunStore: ...
 
-    def send_command(self, cmd: Command) -> str | None:
-        raise NotImplementedError  # GradTUIApp's
+    @property
+    def controls(self) -> Controls: ...
 
-    def reset_store(self) -> None:
-        raise NotImplementedError  # GradTUIApp's
+    @property
+    def interventions(self) -> Interventions: ...
 
-    def refresh_views(self, force: bool = False) -> None:
-        raise NotImplementedError  # GradTUIApp's
+    narrative: str | None
 
-    def action_tour_move(self, delta: int) -> None:
+    def new_run(self) -> None:
+        """Forget the run on screen: its store, logs, notifications and what was said about it."""
+        ...
+
+    def use_source(self, source: Source) -> None:
+        """Read events from `source` from now on (closing the last one is the caller's)."""
+        ...
+
+    def poll_source(self, paced: bool = False) -> int: ...
+
+
+class ChapterWidgets(NamedTuple):
+    """Where a chapter's heading and keys show: a banner above the heatmap (narrow
+    terminals), or the side panel's head and foot beside it."""
+
+    banner: Static
+    panel: Vertical
+    head: Static
+    keys: Static
+
+
+class TourSwitch:
+    """The chapters of the tour in the viewer.
+
+    Args:
+        app: The app whose screens, toasts and title the tour uses.
+        viewer: The same app, for its run.
+        tour: The tour.
+        widgets: Where the chapter's heading and keys show.
+        held: The current chapter waits for its story to be read (its source is a `HeldSource`).
+    """
+
+    def __init__(
+        self, app: App[Any], viewer: ChapterViewer, tour: Tour, widgets: ChapterWidgets, *, held: bool
+    ) -> None:
+        self.app = app
+        self.viewer = viewer
+        self.tour = tour
+        self.widgets = widgets
+        self.held = held
+        """The chapter's training starts when its story is closed."""
+        self._modal_paused = False
+        """This chapter's training waits because a story or the help covers it."""
+        self._mounted = False
+        self._retiring: list[threading.Thread] = []
+
+    def mounted(self) -> None:
+        """The app is on screen: start the chapter (or show the one running) and follow the screens."""
+        self._mounted = True
+        self.app.screen_change_signal.subscribe(self.app, self._screen_changed)
+        if self.held:
+            self.start_chapter()
+        else:
+            self.show_chapter()
+
+    # ------------------------------------------------------------ the chapter keys
+
+    def move(self, delta: int) -> None:
         """Go `delta` chapters along the tour: stop this chapter's training, start that one's."""
-        if self.tour is None:
-            return
         if not self.tour.move(delta):
             where = "last" if delta > 0 else "first"
-            self.notify(f"This is the {where} chapter of the tour.", timeout=3)
+            self.app.notify(f"This is the {where} chapter of the tour.", timeout=3)
             return
         self.start_chapter()
 
-    def action_tour_restart(self) -> None:
+    def restart(self) -> None:
         """Run this chapter again from its first step: a fresh training process, a clean screen."""
-        if self.tour is not None:
-            self.start_chapter(reread=False)
+        self.start_chapter(reread=False)
 
-    def action_tour_story(self) -> None:
-        if self.tour is None:
-            return
-        if isinstance(self.screen, ChapterScreen):
-            self.screen.dismiss(None)
+    def story(self) -> None:
+        """Open the chapter's story, or close it."""
+        screen = self.app.screen
+        if isinstance(screen, ChapterScreen):
+            screen.dismiss(None)
             return
         self._open_story()
+
+    # ------------------------------------------------------------ switching
 
     def start_chapter(self, *, reread: bool = True) -> None:
         """Switch to the tour's current chapter (or start it again).
@@ -115,122 +145,96 @@ class TourSwitching(App[None]):
         training starts when the story is closed, so that nothing happens unseen; beside
         it, at once. `reread=False` (a restart) skips the story below 120 columns.
         """
-        tour = self.tour
-        if tour is None:
-            return
+        app, tour = self.app, self.tour
         # The old run's screens (layer detail, crash dialog) have nothing to show any more;
         # an open story stays and shows the new chapter.
-        story_open = isinstance(self.screen, ChapterScreen)
-        keep = 2 if story_open and len(self.screen_stack) == 2 else 1
-        while len(self.screen_stack) > keep:
-            self.pop_screen()
-        self._retire(self.source)
-        self.reset_store()
-        self.heatmap.reset()
-        self.alert_log.clear()
-        self.output_log.clear()
-        self.status_header.last_result = None
-        self._error_shown = False
-        self._source_error = None
-        self._bad_events = 0
-        self._shown = None
+        story_open = isinstance(app.screen, ChapterScreen)
+        keep = 2 if story_open and len(app.screen_stack) == 2 else 1
+        while len(app.screen_stack) > keep:
+            app.pop_screen()
+        self._retire(self.viewer.source)
+        self.viewer.new_run()
         self._modal_paused = False  # the pause was the old run's
-        # "Chapter finished ... Press .", "... not sent: the run has ended": the old run's words.
-        self.clear_notifications()
-        self.narrative = tour.current.narrative
-        self._held = story_open or (reread and self._narrow())
-        if self._held:
-            self._set_source(HeldSource(f"demo: {tour.current.name}"))
-            if not isinstance(self.screen, ChapterScreen):
+        self.viewer.narrative = tour.current.narrative
+        self.held = story_open or (reread and app.size.width < WIDE_AT)
+        if self.held:
+            self.viewer.use_source(HeldSource(f"demo: {tour.current.name}"))
+            if not isinstance(app.screen, ChapterScreen):
                 self._open_story()
-            self._show_chapter()
+            self.show_chapter()
         else:
             self._release()
 
     def _release(self) -> None:
         """Start the current chapter's training (its story was read or is beside the heatmap)."""
-        tour = self.tour
-        if tour is None:
-            return
-        self._held = False
-        self._set_source(tour.start())
-        self._show_chapter()
-        self.poll_source()
-        self.post_message(ChapterStarted(tour.index, tour.current.name))
-
-    def _set_source(self, source: Source) -> None:
-        self.source = source
-        self.status_header.source_name = source.name
-        self.refresh_views(force=True)
+        self.held = False
+        self.viewer.use_source(self.tour.start())
+        self.show_chapter()
+        self.viewer.poll_source()
+        self.app.post_message(ChapterStarted(self.tour.index, self.tour.current.name))
 
     def _open_story(self) -> None:
-        if self.tour is not None:
-            self.push_screen(ChapterScreen(self.tour, self._ended(), held=self._held), callback=self._story_closed)
+        self.app.push_screen(ChapterScreen(self.tour, self._ended(), held=self.held), callback=self._story_closed)
 
     def _story_closed(self, _: None) -> None:
-        if self._held:
+        if self.held:
             self._release()
-
-    @on(Mount)
-    def _follow_screens(self) -> None:
-        if self.tour is not None:
-            self.screen_change_signal.subscribe(self, self._screen_changed)
 
     def _screen_changed(self, _: Screen[Any]) -> None:
         """Pause a running chapter while a story or the help covers it; resume it once uncovered."""
-        covered = isinstance(self.screen, PAUSING_SCREENS)
+        covered = isinstance(self.app.screen, PAUSING_SCREENS)
+        send = self.viewer.interventions.send
         if covered and not self._modal_paused:
-            self._modal_paused = self._can_hold() and self.send_command(SetPaused(True)) is None
+            self._modal_paused = self._can_hold() and send(SetPaused(True), quiet=True) is None
         elif not covered and self._modal_paused:
             self._modal_paused = False
             # Not when the run ended meanwhile, or someone else resumed it.
-            if self.store.end is None and self.controls.intended().paused:
-                self.send_command(SetPaused(False))
+            if self.viewer.store.end is None and self.viewer.controls.intended().paused:
+                send(SetPaused(False), quiet=True)
 
     def _can_hold(self) -> bool:
         """A chapter's run is going, and not paused already (a pause of the user's stays theirs)."""
-        live = not isinstance(self.source, HeldSource) and self.store.run is not None and self.store.end is None
-        return live and not self.controls.intended().paused
-
-    def _narrow(self) -> bool:
-        return self.size.width < WIDE_AT
+        store = self.viewer.store
+        live = not isinstance(self.viewer.source, HeldSource) and store.run is not None and store.end is None
+        return live and not self.viewer.controls.intended().paused
 
     def _ended(self) -> str | None:
-        return self.store.end.status if self.store.end is not None else None
+        end = self.viewer.store.end
+        return end.status if end is not None else None
 
-    def _show_chapter(self) -> None:
+    def run_ended(self, end: RunEnd) -> None:
+        """The chapter's run is over: its keys say so, and (unless it crashed) what comes next."""
+        self.show_chapter()
+        if end.status != "error":
+            invite = end_invite(self.tour)
+            self.app.notify(f"This chapter's run is over. {invite}", title="Chapter finished", timeout=8)
+
+    def show_chapter(self) -> None:
         """Write the chapter's heading and key line into the banner, the side panel and the story."""
-        tour = self.tour
-        if tour is None:
-            return
+        tour, widgets = self.tour, self.widgets
         chapter = tour.current
         ended = self._ended()
         head = heading(tour)
         keys = key_line(tour, ended=ended)
-        self.title = f"gradtui demo · {chapter.title}"
-        self.tour_banner.update(Chips([[head], *keys.lines], fold=True))
-        self.narrative_panel.border_title = f"tour · {chapter.group}" if len(tour) > 1 else "demo"
-        self.narrative_head.update(head)
-        self.narrative_keys.update(keys)
-        if isinstance(self.screen, ChapterScreen):
-            self.screen.show(tour, ended, held=self._held)
+        self.app.title = f"gradtui demo · {chapter.title}"
+        widgets.banner.update(Chips([[head], *keys.lines], fold=True))
+        widgets.panel.border_title = f"tour · {chapter.group}" if len(tour) > 1 else "demo"
+        widgets.head.update(head)
+        widgets.keys.update(keys)
+        screen = self.app.screen
+        if isinstance(screen, ChapterScreen):
+            screen.show(tour, ended, held=self.held)
+
+    # ------------------------------------------------------------ closing old chapters
 
     def _retire(self, source: Source) -> None:
         """Close a chapter's source on a thread; leaving the app waits for it."""
-        if self._timer is None:  # never mounted: nothing runs concurrently
-            self._close_quietly(source)
+        if not self._mounted:  # nothing runs concurrently yet
+            _close_quietly(source)
             return
-
-        thread = threading.Thread(target=self._close_quietly, args=(source,), name="gradtui-close-chapter")
+        thread = threading.Thread(target=_close_quietly, args=(source,), name="gradtui-close-chapter")
         thread.start()
         self._retiring.append(thread)
-
-    @staticmethod
-    def _close_quietly(source: Source) -> None:
-        try:
-            source.close()
-        except Exception:  # the old chapter's process may already be gone
-            log.exception("closing a chapter's source failed")
 
     def wait_retired(self, timeout: float = CLOSE_WAIT_S) -> bool:
         """Wait for the sources of earlier chapters to close; True when all did."""
@@ -238,3 +242,10 @@ class TourSwitching(App[None]):
             thread.join(timeout)
         self._retiring = [t for t in self._retiring if t.is_alive()]
         return not self._retiring
+
+
+def _close_quietly(source: Source) -> None:
+    try:
+        source.close()
+    except Exception:  # the old chapter's process may already be gone
+        log.exception("closing a chapter's source failed")

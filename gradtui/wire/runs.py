@@ -496,7 +496,11 @@ def _started(t: float) -> str:
 
 
 def format_table(runs: list[RunInfo], now: float | None = None) -> str:
-    """The `gradtui ls` table; STATUS reads "paused by WHO" while a viewer holds the run paused."""
+    """The `gradtui ls` table; STATUS reads "paused by WHO" while a viewer holds the run paused.
+
+    RUN is the run's name and PID its process; the run id (what `attach` also takes) is
+    the pid, and is shown only where it is not ("4242-1": a second monitor in that process).
+    """
     now = time.time() if now is None else now
     header = ("RUN", "PID", "SCRIPT", "STARTED", "STEP", "STEPS/S", "VIEWERS", "STATUS", "ADDRESS")
     rows = [header]
@@ -506,8 +510,8 @@ def format_table(runs: list[RunInfo], now: float | None = None) -> str:
             address = f"{address} + tcp {_cell(r.listen)}" if address else f"tcp {_cell(r.listen)}"
         rows.append(
             (
-                r.id,
-                str(r.pid),
+                _cell(r.run) or "-",
+                str(r.pid) if r.id == str(r.pid) else f"{r.pid} (id {r.id})",
                 _cell(r.script) or "-",
                 _started(r.started),
                 str(r.step) if r.step >= 0 else "-",

@@ -219,7 +219,7 @@ def test_the_report_table_shows_the_rest_and_warns(
     path.write_bytes(_flip(data, at + 12, 4))
     assert cli.main(["report", str(path)]) == 0
     captured = capsys.readouterr()
-    assert "steps 40" in captured.out and "status ok" in captured.out
+    assert "steps 40" in captured.out and "finished" in captured.out
     warning = [line for line in captured.err.splitlines() if line.startswith("gradtui: warning:")]
     assert len(warning) == 1 and "1 region(s)" in warning[0] and "the report covers the rest" in warning[0]
     assert f"after step {MIDDLE - 1}, before step {MIDDLE + 1}" in captured.err

@@ -63,7 +63,7 @@ def test_an_event_split_over_two_polls_stays_one_group() -> None:
         assert log.plain_lines == [
             "▸ step 7 ▲ exploding: 6 layers (0, 2, 4 …) and the global norm, up to ‖g‖ 8.9e+02",
             "… clip norm ≤ 1 pending",
-            "▸ step 7 ! nonfinite: layer 0, 12 NaN/Inf values",
+            "▸ step 7 × non-finite: layer 0, 12 NaN/Inf values",
         ]
         # A later step starts new groups, even of the same kind.
         log.add_alerts([Alert(8, "4", "exploding", True, 700.0, 120.0)])
@@ -84,7 +84,7 @@ def test_enter_and_a_click_open_the_group_under_them() -> None:
         await pilot.pause()
         groups = log.groups
         assert [g.expanded for g in groups] == [False, True, False]
-        assert log.plain_lines[1] == "▾ step 9 ^ loss_spike: loss 4.4e+03 (threshold 5.5e+02)"
+        assert log.plain_lines[1] == "▾ step 9 ^ loss spike: loss 4.4e+03 (threshold 5.5e+02)"
         assert log.plain_lines[2] == "    the loss: loss 4.4e+03 (threshold 5.5e+02)"
         # Enter on the cursor: up to the first group, open it; its layers are listed by name.
         log.focus()
@@ -128,7 +128,7 @@ def test_a_number_never_runs_into_a_layer_name() -> None:
     assert lines == [
         "step 7 ▲ exploding: layer 4, ‖g‖ 6.3e+02 (threshold 1.2e+02)",
         "step 9 ▼ vanishing: layer conv1, ratio 1.2e-05 (threshold 3.0e-04)",
-        "step 9 ! nonfinite: layer 10, 640 NaN/Inf values",
+        "step 9 × non-finite: layer 10, 640 NaN/Inf values",
         "step 11 ○ dead: layer conv1, ‖g‖ 0",
         "step 12 ✓ exploding cleared: layer 4, ‖g‖ 2.6e+01 (threshold 4.8e+01)",
     ]

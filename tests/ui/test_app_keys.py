@@ -42,6 +42,11 @@ def log_text(app: GradTUIApp) -> str:
     return "\n".join(app.query_one(AlertLog).plain_lines)
 
 
+def notes(app: GradTUIApp) -> list[str]:
+    """The toasts showing."""
+    return [str(n.message) for n in app._notifications]
+
+
 async def ack(app: GradTUIApp, pilot: Pilot[None]) -> None:
     """One poll: the scripted run applies the command at its next step and answers."""
     app.poll_source()
@@ -195,7 +200,9 @@ def test_interventions_are_refused_in_the_ui_when_they_cannot_apply() -> None:
         app.store.run = dataclasses.replace(app.store.run, lrs=())
         await pilot.press("+")
         assert src.sent == []
-        assert "no optimizer is watched" in log_text(app)
+        # One message: a toast (nothing reached the run, so nothing goes on its log).
+        assert notes(app) == ["lr ×2 not sent: no optimizer is watched, so there is no learning rate to set"]
+        assert "not sent" not in log_text(app)
 
     drive(app, body)
 
@@ -209,7 +216,12 @@ def test_commands_after_the_run_ended_are_refused() -> None:
         await pilot.press("escape")  # close the error screen
         await pilot.press("c")
         assert src.sent == []
-        assert "the run has ended" in log_text(app)
+        assert notes(app) == ["Nothing sent: the run crashed."]
+        # Every key after the end says the same, once: not a toast per key, and no "(error)" or "(ok)".
+        for key in ("+", "-", "p", "c"):
+            await pilot.press(key)
+        assert src.sent == [] and notes(app) == ["Nothing sent: the run crashed."]
+        assert "not sent" not in log_text(app)
 
     drive(app, body)
 
@@ -324,11 +336,11 @@ def test_enter_opens_the_layer_detail_with_every_statistic() -> None:
         await pilot.press("G", "enter")
         assert isinstance(app.screen, LayerDetailScreen)
         title = text_of(app.screen.query_one("#detail-title"))
-        assert app.store.layers[11].name in title and "nonfinite" in title
+        assert app.store.layers[11].name in title and "non-finite" in title
         for stat in ("grad_norm", "mean_abs", "max_abs", "update_ratio", "weight_norm", "zero_frac", "nonfinite"):
             assert text_of(app.screen.query_one(f"#values-{stat}")).strip()
         alerts = text_of(app.screen.query_one("#detail-alert-list"))
-        assert "nonfinite" in alerts
+        assert "non-finite" in alerts
         await pilot.press("k")
         assert app.store.layers[10].name in text_of(app.screen.query_one("#detail-title"))
         await pilot.press("escape")
@@ -371,6 +383,7 @@ def test_header_counts_what_the_guard_did() -> None:
         app.ingest([GuardAction(6, "rollback", "rolled back to step 0"), GuardAction(6, "lr_cut", "lr 0.1 -> 0.025")])
         app.refresh_views(force=True)
         await pilot.pause()
-        assert "guard ⟲1 ⤼2" in status(app), status(app)
+        # Wide, the chip says what its glyphs count (was "guard ⟲1 ⤼2", explained nowhere).
+        assert "guard ⟲1 rollback  ⤼2 skip" in status(app), status(app)
 
     drive(app, body)

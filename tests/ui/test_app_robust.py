@@ -152,7 +152,7 @@ def test_a_crashed_run_shows_its_traceback() -> None:
         await pilot.press("escape")
         assert not isinstance(app.screen, RunErrorScreen)
         assert "✖ crashed" in app.query_one(StatusHeader).plain
-        assert any("run ended: error" in line for line in app.query_one(AlertLog).plain_lines)
+        assert any("■ run crashed" in line for line in app.query_one(AlertLog).plain_lines)
 
     drive(app, body)
 

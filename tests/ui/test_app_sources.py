@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from textual.pilot import Pilot
+from textual.widgets import Button
 from ui_helpers import manual_app, synthetic_source, text_of
 
 from gradtui.model.events import LogLine, RunEnd
@@ -75,6 +76,11 @@ def test_a_process_that_dies_shows_its_last_output() -> None:
     drive(app, body)
 
 
+def _dialog_words(app: GradTUIApp) -> list[str]:
+    """The dialog's question, then its buttons."""
+    return [text_of(app.screen.query_one(".dialog-title")), *(str(b.label) for b in app.screen.query(Button))]
+
+
 def test_quit_can_leave_the_process_running() -> None:
     src = ChildLike()
     app = manual_app(src)
@@ -82,9 +88,34 @@ def test_quit_can_leave_the_process_running() -> None:
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmQuit)
+        # Before the fix: "Quitting stops the training process." above a "Leave it running" button.
+        words = _dialog_words(app)
+        assert words == [
+            "This viewer started the training process.\nQuit and stop it, or quit and leave it running?",
+            "Stop it and quit (y)",
+            "Quit, leave it running (d)",
+            "Stay (n)",
+        ]
         await pilot.press("d")
         await pilot.pause()
         assert src.detached and src.closed
+
+    drive(app, body)
+
+
+def test_quit_says_it_stops_a_process_it_cannot_leave_running() -> None:
+    src = ChildLike()
+    src.can_detach = False  # as the demo's worker, which lives and dies with its viewer
+    app = manual_app(src)
+
+    async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        words = _dialog_words(app)
+        assert words == ["Quitting stops the training process this viewer started.", "Stop it and quit (y)", "Stay (n)"]
+        await pilot.press("y")
+        await pilot.pause()
+        assert src.closed and not src.detached
 
     drive(app, body)
 

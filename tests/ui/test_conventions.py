@@ -162,7 +162,7 @@ def test_the_lr_chart_shows_the_override_and_the_loops_own_value() -> None:
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
         lr = app.query_one("#lr")
-        app.send_command(SetLR(factor=0.25))
+        app.interventions.send(SetLR(factor=0.25))
         for _ in range(4):
             app.poll_source()
             await pilot.pause()

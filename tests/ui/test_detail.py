@@ -112,7 +112,8 @@ def test_history_marks_exact_zeros_apart_from_small_values() -> None:
 def test_history_of_a_long_run_keeps_the_newest_at_the_right() -> None:
     values = np.concatenate([np.full(90, 1.0), np.full(10, 0.0)])
     text = plain(HistoryChart(values, log=True), 10)
-    assert text == "▄▄▄▄▄▄▄▄▄○\n"
+    # Columns of 12 steps aligned to step numbers: the first holds none of steps 0..99.
+    assert text == " ▄▄▄▄▄▄▄▄○\n"
 
 
 def test_histogram_draws_its_columns_and_axes() -> None:
@@ -255,39 +256,51 @@ def test_the_heatmap_keys_say_why_they_do_nothing_here() -> None:
     drive(dead_run(), body)
 
 
-def test_detail_statistics_draw_only_the_steps_that_have_them() -> None:
+def test_a_sparse_statistic_sits_at_its_own_steps_on_the_pages_axis() -> None:
+    """Was: mean|g|, measured every 10th step, drawn as four columns packed at the right, so its
+    step-0 value sat under step 36 of the ‖g‖ row above it; and no axis said which steps."""
     events = dead_run(40)
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
         await app.push_screen(LayerDetailScreen(app.store, 1))
         await pilot.pause()
-        spark = text_of(app.screen.query_one("#spark-mean_abs", Static), width=60).splitlines()
-        # Four detail steps of 40: four columns, at the right, not four bars lost among gaps.
-        assert spark[-1].strip() == "████" and spark[-1].endswith("████")
+
+        def line(name: str) -> str:
+            return text_of(app.screen.query_one(f"#spark-{name}", Static), width=60).splitlines()[-1]
+
+        norm, mean, axis = line("grad_norm"), line("mean_abs"), line("axis")
+        # 40 steps in 60 columns, one a step: steps 0..39 in columns 20..59.
+        assert [i for i, ch in enumerate(norm) if ch != " "] == list(range(20, 60))
+        assert [i for i, ch in enumerate(mean) if ch != " "] == [20, 30, 40, 50]
+        assert axis.index("0") == 20 and axis.rstrip().endswith("39") and len(axis.rstrip()) == 60
 
     drive(events, body)
 
 
 def test_detail_statistics_mark_nan_gradients_only_where_they_were_computed() -> None:
     """mean|g| is computed every 10th step: after the gradients go NaN it is × at those steps,
-    not at the nine steps between that never computed it."""
+    not at the nine steps between that never computed it. Was: blank once the weights went NaN
+    too (their norm told the detail steps apart)."""
     events: list[Event] = [run_start(2)]
     for s in range(40):
         nan = s >= 20
         ev = step_stats(s, [np.nan if nan else 0.5, 0.3], nonfinite=[5 if nan else 0, 0])
         if s % 10 == 0:
             ev = dataclasses.replace(
-                ev, mean_abs=np.array([np.nan if nan else 0.1, 0.1]), weight_norm=np.array([3.0, 3.0])
+                ev,
+                mean_abs=np.array([np.nan if nan else 0.1, 0.1]),
+                weight_norm=np.array([np.nan if s > 20 else 3.0, 3.0]),
+                zero_frac=np.array([0.0, 0.0]),
             )
         events.append(ev)
 
     async def body(app: GradTUIApp, pilot: Pilot[None]) -> None:
         await app.push_screen(LayerDetailScreen(app.store, 0))
         await pilot.pause()
-        spark = text_of(app.screen.query_one("#spark-mean_abs", Static), width=60).splitlines()
-        assert spark[-1].strip() == "██××"
-        norm = text_of(app.screen.query_one("#spark-grad_norm", Static), width=60).splitlines()
-        assert norm[-1].strip() == "█" * 20 + "×" * 20
+        spark = text_of(app.screen.query_one("#spark-mean_abs", Static), width=40).splitlines()
+        assert spark[-1] == "█         █         ×         ×         "
+        norm = text_of(app.screen.query_one("#spark-grad_norm", Static), width=40).splitlines()
+        assert norm[-1] == "█" * 20 + "×" * 20
 
     drive(events, body)
 

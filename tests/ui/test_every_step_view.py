@@ -54,8 +54,9 @@ def test_the_charts_and_the_header_follow_every_step_when_only_one_in_eight_is_s
 
 
 def test_a_chart_column_shows_its_worst_value_and_a_nan_among_its_steps_on_top() -> None:
-    """One column a step (eight columns, six steps: two blank before the first); in two columns of
-    three steps the NaN's column is marked and the other holds the largest of its values."""
+    """One column a step (eight columns, six steps: two blank before the first, and the axis's
+    first label under the first step drawn); in columns of two steps the NaN's column is marked
+    and the others hold the largest of their values. Bars rise from zero."""
     from gradtui.ui.renderables.chart import ChartStyles, SeriesChart
 
     values = np.array([1.0, 2.0, np.nan, 4.0, 8.0, 8.0])
@@ -64,12 +65,11 @@ def test_a_chart_column_shows_its_worst_value_and_a_nan_among_its_steps_on_top()
     assert ["".join(seg.text for seg in line) for line in lines] == [
         "loss 8  ",
         "    × ██",
-        "     ▂██",
-        "  ▁▃ ███",
-        "10────15",
+        "     ▄██",
+        "  ▃▆ ███",
+        "──10──15",
     ]
     assert [seg.style for seg in lines[1] if seg.text == "×"] == [ChartStyles().nonfinite]
-    wide = SeriesChart(np.arange(10, 16), values, title="loss", height=4, log=False, first_index=1)
-    # Samples 1..6 in columns of two, aligned to sample numbers: (1), (2, NaN), (4, 8), (8); the
-    # title keeps the latest value whole.
-    assert ["".join(seg.text for seg in line) for line in wide.lines(4, 4)][:3] == ["8   ", " ×██", "▁▂██"]
+    # Steps 10..15 in columns of two aligned to step numbers: (8, 9) empty, (10, 11), (12, NaN 13), (14, 15);
+    # the title keeps the latest value whole, the axis has room for the last step only.
+    assert ["".join(seg.text for seg in line) for line in chart.lines(4, 4)] == ["8   ", "  ×█", " ▄██", "──15"]

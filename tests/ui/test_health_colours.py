@@ -266,13 +266,13 @@ def test_no_color_flags_read_from_glyphs_and_text() -> None:
     hm = Heatmap(heatmap_view(sick, DEFAULT, layout.cells), layout=layout, color=False)
     lines = render_heatmap_text(hm, WIDTH).splitlines()
     legend, body = lines[0], lines[2:]
-    for word in ("vanishing", "low", "healthy", "high", "exploding", "nan/inf", "dead"):
+    for word in ("vanishing", "low", "healthy", "high", "exploding", "non-finite", "dead"):
         assert word in legend
     assert body[row["explodes"]].startswith("▲ explodes")
     assert body[row["explodes"]].endswith("▲" * 10)
     assert body[row["vanishes"]].startswith("▼ vanishes") and body[row["vanishes"]].endswith("▼" * 10)
     assert body[row["dies"]].startswith("○ dies") and body[row["dies"]].endswith("○" * 10)
-    assert body[row["nans"]].startswith("! nans") and body[row["nans"]].endswith("×" * 10)
+    assert body[row["nans"]].startswith("× nans") and body[row["nans"]].endswith("×" * 10)
     assert body[row["ok0"]].endswith("·" * 100)
     # The flag glyph is drawn reversed, not in a colour NO_COLOR would grey into the background.
     glyph = hm.label_segments(row["explodes"], layout)[0]
@@ -294,11 +294,11 @@ def test_the_legend_is_never_cut(stat: str) -> None:
         seen.add(legend)
         if stat == HEALTH:
             # Every form ends with a whole word (or the bare swatches of the narrowest).
-            assert re.search(r"(dead|nan/inf|explode|high|▼·▲)$", legend), (width, legend)
+            assert re.search(r"(dead|non-finite|explode|high|▼·▲)$", legend), (width, legend)
             if width >= 80:
                 assert "vanishing" in legend and "healthy" in legend and "exploding" in legend
         else:
-            assert legend.endswith(("1e+03", "nan/inf", "dead")), (width, legend)
+            assert legend.endswith(("1e+03", "non-finite", "dead")), (width, legend)
             if width >= 44:
                 assert "‖g‖₂" in legend and "1e-07" in legend and "1e+03" in legend
     assert len(seen) >= 4  # it really does take shorter forms

@@ -28,6 +28,7 @@ from gradtui.ui.scale import (
     N_BINS,
     NO_SAMPLE,
     NONFINITE,
+    NONFINITE_STYLE,
     PALETTE,
     STAT_SCALES,
     VANISHING_CELL,
@@ -88,8 +89,11 @@ def test_colours_cold_is_coldest_bin_hot_is_hottest_nan_is_magenta() -> None:
     cold, ok, hot = text.splitlines()
     assert _bg(0) in cold and _bg(N_BINS - 1) not in cold
     assert _bg(N_BINS - 1) in hot
-    # Non-finite: a magenta "×" that is on no part of the scale.
-    assert "×" in hot and "45m" in hot or "48;2;128;0;128" in hot
+    # Non-finite: a "×" on its own colour, on no part of the scale (its hue: test_health_colours).
+    nan_bg = NONFINITE_STYLE.bgcolor
+    assert nan_bg is not None and "×" in hot
+    assert "48;2;{};{};{}m".format(*nan_bg.get_truecolor()) in hot
+    assert all(_bg(code) != "48;2;{};{};{}m".format(*nan_bg.get_truecolor()) for code in range(N_BINS))
     # Runs of equal colour are merged: one background escape per run, not per cell.
     assert cold.count(_bg(0)) == 1
 
@@ -105,7 +109,7 @@ def test_flag_glyphs_and_names_do_not_depend_on_colour() -> None:
     cold, ok, hot = _rows(render_heatmap_text(Heatmap(view, layout=layout, color=False), WIDTH))
     assert cold.startswith("▼ cold")
     assert ok.startswith("  ok")
-    assert hot.startswith("! hot")
+    assert hot.startswith("× hot")
 
 
 def test_layer_without_gradient_is_blank_not_nonfinite() -> None:
@@ -190,7 +194,7 @@ def test_header_shows_scale_and_step_range() -> None:
     layout = HeatmapLayout(80, 6)
     text = render_heatmap_text(Heatmap(heatmap_view(store, "grad_norm", layout.cells), layout=layout), 80)
     legend, axis = text.splitlines()[:2]
-    assert "‖g‖₂" in legend and "1e-07" in legend and "1e+03" in legend and "nan/inf" in legend
+    assert "‖g‖₂" in legend and "1e-07" in legend and "1e+03" in legend and "non-finite" in legend
     assert axis.split()[:2] == ["layer", "value"]
     assert axis.rstrip().endswith("49") and " 0 " in axis
 
@@ -218,7 +222,7 @@ def test_health_view_without_colour_whole() -> None:
     layout = HeatmapLayout(57, name_width=6)
     view = heatmap_view(_health_store(), HEALTH, layout.cells)
     assert render_heatmap_text(Heatmap(view, layout=layout, color=False), 57) == (
-        " ▼ vanishing - low · healthy + high ▲ exploding × nan/inf\n"
+        " ▼ vanish - low · ok + high ▲ explode × non-finite       \n"
         "  layer     ‖g‖₂ 0                step                 39\n"
         "  ok     1.0e-01 ········································\n"
         "▼ cold   1.0e-09 ------------------------------▼▼▼▼▼▼▼▼▼▼\n"
@@ -321,8 +325,9 @@ def test_columns_cover_a_fixed_number_of_steps_when_the_stride_changes() -> None
     # Columns -7..-1 hold no step; 0..8 cover steps 0..17 (sampled 0..16); then a sample every fourth column.
     cells = " " * 7 + ok * 2 + hot + ok * 6 + ("╌╌╌" + ok) * 6
     assert render_heatmap_text(Heatmap(view, layout=layout, color=False), 57) == (
-        f" ‖g‖₂ 1e-07 ...░░▒▒▒▓▓██ 1e+03  × nan/inf  ╌ not sampled \n"
-        f"  layer    value 0             2 steps/col             64\n"
+        f" ‖g‖₂ 1e-07 ..░░▒▓▓█ 1e+03  ╌ not sampled                \n"
+        # The first label under the first column drawn (was: at the empty left edge).
+        f"  layer    value        0         2 steps/col          64\n"
         f"  fc0    1.0e-01 {cells}\n"
     )
 

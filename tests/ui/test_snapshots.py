@@ -1,4 +1,5 @@
-"""Whole screens fed recorded (scripted, seeded) events: healthy, vanishing, exploding, help.
+"""Whole screens fed recorded (scripted, seeded) events: healthy, vanishing, exploding, help,
+and the exploding run in each theme and under NO_COLOR.
 
 Regenerate with `pytest tests/ui/test_snapshots.py --snapshot-update` and look at the
 SVGs in tests/ui/__snapshots__ before committing them.
@@ -13,6 +14,7 @@ from ui_helpers import manual_app
 
 from gradtui.sources.synthetic import ScriptedSource, SyntheticRun
 from gradtui.ui.app import GradTUIApp
+from gradtui.ui.themes import THEMES
 
 
 def recorded(scenario: str, layers: int, steps: int, **kwargs: Any) -> GradTUIApp:
@@ -61,3 +63,14 @@ def test_screens(snap_compare: Any, scenario: str, size: tuple[int, int]) -> Non
 def test_exploding_no_color_120x40(snap_compare: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     assert snap_compare(recorded("exploding", 12, 300), terminal_size=(120, 40))
+
+
+@pytest.mark.parametrize("theme", list(THEMES))
+def test_exploding_in_each_theme_120x40(snap_compare: Any, theme: str) -> None:
+    app = recorded("exploding", 12, 300)
+
+    async def use_theme(pilot: Any) -> None:
+        app.theme = theme
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=use_theme)

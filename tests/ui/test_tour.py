@@ -363,12 +363,14 @@ def test_each_chapter_starts_clean_and_r_runs_it_again() -> None:
         starter.started[-1].feed([RunEnd(step=5, status="ok")])
         app.poll_source()
         await pilot.press("c")  # too late: the run has ended
+        await pilot.press("plus")  # said once for every key, and never as "(ok)"
         notes = _notes(app)
-        assert len(notes) == 2 and "Press . for the next chapter" in notes[0] and "not sent" in notes[1]
+        assert len(notes) == 2 and "Press . for the next chapter" in notes[0]
+        assert notes[1] == "Nothing sent: the run finished."
         assert "r run again" in text_of(app.narrative_keys, width=200)
         await pilot.press("full_stop")
         assert _notes(app) == [], "the next chapter starts under no word of the last one"
-        assert not any("not sent" in line for line in app.alert_log.plain_lines)
+        assert not any("sent" in line for line in app.alert_log.plain_lines)
         assert "r run again" not in text_of(app.narrative_keys, width=200)
         starter.started[-1].feed([RunEnd(step=6, status="ok")])
         app.poll_source()
@@ -448,9 +450,14 @@ def test_training_waits_while_the_story_or_the_help_covers_the_chapter() -> None
         # On the record as any pause: each acknowledged at the step it took effect.
         results = [(r.kind, r.ok) for r in app.store.results]
         assert results == [("set_paused", True)] * 4
-        # A pause of the user's stays theirs: the help neither pauses again nor resumes.
+        # But not in the alert log, where they pushed the real alerts away (four lines a key).
+        assert not [line for line in app.alert_log.plain_lines if "pause" in line or "resum" in line]
+        assert app.status_header.last_result is None
+        # The user's own pause is theirs to see.
         await pilot.press("p")
         await poll()
+        assert any("pause applied" in line for line in app.alert_log.plain_lines)
+        # A pause of the user's stays theirs: the help neither pauses again nor resumes.
         sent = len(source.sent)
         await pilot.press("question_mark")
         await pilot.pause()

@@ -16,9 +16,9 @@ SPARSE_STATS = frozenset({"mean_abs", "max_abs", "update_ratio", "weight_norm", 
 def bucket_size(count: int, cols: int) -> int:
     """Steps per column: the smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... that fits `count` in `cols`.
 
-    A coarse ladder changes rarely as a run grows (and buckets are aligned to absolute step
-    numbers in the heatmap, sample numbers in a chart), so columns shift by one whole column as steps arrive instead of
-    reshuffling every frame; steps of at most 1.5x keep at least two thirds of the width used.
+    A coarse ladder changes rarely as a run grows (and buckets are aligned to step numbers:
+    `gradtui.ui.renderables.axis`), so columns shift by one whole column as steps arrive instead
+    of reshuffling every frame; steps of at most 1.5x keep at least two thirds of the width used.
     """
     cols = max(1, cols)
     k = 1

@@ -1,8 +1,11 @@
-"""A small bar chart of a run-wide series (loss, global norm) with interventions marked.
+"""A small bar chart of a run-wide series (loss, global norm, learning rate) with interventions marked.
 
-Pure Rich: drawn with eighth blocks, one column per bucket of steps (the worst value of
-the bucket), a log scale when the values span decades, and a bottom axis where each
-intervention shows as a letter at the step where it took effect.
+Pure Rich: drawn with eighth blocks on the shared step axis (`gradtui.ui.renderables.axis`):
+each column holds the steps of its bucket and shows the worst value measured there, a
+column where nothing was measured stays empty, and the bottom line labels the steps under
+it and marks each intervention with a letter at the step where it took effect. A linear
+scale starts at zero (halving a value halves its bar); a log scale, for values spanning
+decades, says so. A series that never changes is one line: its value and since when.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
 
-from gradtui.ui.renderables.buckets import bucket_size
-from gradtui.ui.scale import fmt_number
+from gradtui.ui.renderables.axis import StepAxis
+from gradtui.ui.scale import NONFINITE_GLYPH, NONFINITE_STYLE, fmt_number
 
 BARS = " ▁▂▃▄▅▆▇█"
+ZERO_LINE = "┈"
+"""Where zero is, in the empty cells of a linear chart whose values cross it."""
 
 _PLAIN = Style()
 """An explicit empty style: Textual's NO_COLOR filter cannot take segments with none."""
@@ -56,7 +61,7 @@ class ChartStyles:
     title: Style = Style(bold=True)
     axis: Style = Style(dim=True)
     marker: Style = Style(color="bright_yellow", bold=True)
-    nonfinite: Style = Style(color="bright_white", bgcolor="magenta", bold=True)
+    nonfinite: Style = NONFINITE_STYLE
     overlay: Style = Style(color="bright_white", bold=True)
 
 
@@ -64,17 +69,21 @@ class SeriesChart:
     """Rich renderable: a titled bar chart `height` lines high.
 
     Args:
-        steps: Step of each value, oldest first.
-        values: The series (NaN/Inf allowed: drawn as a magenta "×" column).
+        steps: Step of each value, ascending.
+        values: The series (NaN/Inf allowed: drawn as a "×" on top of its column).
         title: Name shown on the first line with the latest value.
         height: Total lines, title and axis included (at least 3).
         log: Log scale; None picks it when all values are positive and span 2+ decades.
         markers: Interventions to mark on the axis.
-        first_index: Absolute sample number of values[0], to keep buckets steady as data arrive.
         styles: Colours.
-        overlay: A second series on the same scale, drawn as a line over the bars where it
-            differs from them (the learning rate the loop set, under a viewer's override).
+        overlay: A second series at the same steps and on the same scale, drawn as a line
+            over the bars where it differs from them (the learning rate the loop set, under
+            a viewer's override).
         overlay_label: Its name in the title ("loop 0.02").
+        span: The first and last step of the x axis (charts drawn one above the other share
+            it); the series' own by default.
+        hold: A setting (the learning rate): it holds from one measured step to the next, so
+            a column without a measurement shows the last value, not a gap.
     """
 
     def __init__(
@@ -86,50 +95,42 @@ class SeriesChart:
         height: int = 6,
         log: bool | None = None,
         markers: Sequence[ChartMarker] = (),
-        first_index: int = 0,
         styles: ChartStyles | None = None,
         overlay: np.ndarray | None = None,
         overlay_label: str = "",
+        span: tuple[int, int] | None = None,
+        hold: bool = False,
     ) -> None:
-        self.steps = np.asarray(steps)
+        self.steps = np.asarray(steps, np.int64)
         self.values = np.asarray(values, dtype=np.float64)
         self.title = title
         self.height = max(3, height)
         self.log = log
         self.markers = markers
-        self.first_index = first_index
         self.styles = styles or ChartStyles()
-        self.overlay = None if overlay is None else np.asarray(overlay, dtype=np.float64)
+        over = None if overlay is None else np.asarray(overlay, dtype=np.float64)
+        self.overlay = over if over is not None and over.size == self.values.size else None
         self.overlay_label = overlay_label
+        if span is None and self.steps.size:
+            span = (int(self.steps[0]), int(self.steps[-1]))
+        self.span = span
+        self.hold = hold
 
-    def _buckets(self, cols: int, values: np.ndarray | None = None) -> _Buckets:
-        """Per column: worst and best finite value and any non-finite, over buckets of samples."""
-        values = self.values if values is None else values
-        n = values.size
-        k = bucket_size(n, cols)
-        total = self.first_index + n
-        newest = (total - 1) // k
-        first_bucket = newest - cols + 1
-        s0 = max(first_bucket * k, self.first_index)
-        offset = s0 - first_bucket * k
-        take = total - s0
-        padded = np.full(cols * k, np.nan)
-        padded[offset : offset + take] = values[n - take :]
-        blocks = padded.reshape(cols, k)
-        finite = np.isfinite(blocks)
-        masked = np.where(finite, blocks, np.nan)
-        # One pass each over the samples (the every-step series hold up to `RUN_CAPACITY`).
-        worst = np.fmax.reduce(masked, axis=1)
-        best = np.fmin.reduce(masked, axis=1)
-        bad = ~finite.all(axis=1)
-        # A NaN or Inf inside the data is a non-finite value; the padding (NaN) is not: buckets
-        # before the data hold none, and the two at its ends are looked at alone.
-        first_data = offset // k
-        bad[:first_data] = False
-        for b in {first_data, cols - 1}:
-            a, z = max(offset, b * k), min(offset + take, (b + 1) * k)
-            bad[b] = z > a and not bool(np.isfinite(padded[a:z]).all())
-        return _Buckets(worst, best, bad, first_bucket, k)
+    def axis(self, width: int) -> StepAxis | None:
+        """The step axis at `width` columns (None before any step)."""
+        if self.span is None:
+            return None
+        return StepAxis.fit(self.span[0], self.span[1], width)
+
+    @property
+    def flat(self) -> bool:
+        """The series holds one value throughout (as shown), finite, unmarked: no news to draw."""
+        v = self.values
+        if v.size == 0 or self.markers or not bool(np.isfinite(v).all()):
+            return False
+        if self.overlay is not None and not np.array_equal(self.overlay, v):
+            return False
+        return fmt_number(float(v.min())) == fmt_number(float(v.max()))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = options.max_width
@@ -138,99 +139,89 @@ class SeriesChart:
             yield from line
             yield Segment.line()
 
+    def _head(self, width: int) -> str:
+        """The title with the latest value, shortened to keep the value whole: "global ‖g‖ 0.012",
+        "‖g‖ 0.012", "0.012"; with the overlay's latest where it differs."""
+        last = float(self.values[-1]) if self.values.size else None
+        now = "—" if last is None else ("nan" if math.isnan(last) else fmt_number(last))
+        words = self.title.split()
+        heads = [" ".join([*words[i:], now]) for i in range(len(words) + 1)]
+        head = next((h for h in heads if len(h) <= width), heads[-1])
+        over = self.overlay
+        if over is not None and over.size and last is not None and over[-1] != last and math.isfinite(over[-1]):
+            head += f" ({self.overlay_label} {fmt_number(float(over[-1]))})".replace("( ", "(")
+        return head
+
+    def summary(self, width: int = 1 << 16) -> list[Segment]:
+        """The one line of a flat series, the longest form that fits `width` cells: "lr 0.1  flat
+        since step 0", "lr 0.1  flat", "lr 0.1"."""
+        st = self.styles
+        head = self._head(width)
+        since = f" since step {int(self.steps[0])}" if self.steps.size else ""
+        for tail in (f"  flat{since}", "  flat", ""):
+            if len(head) + len(tail) <= width:
+                return [Segment(head, st.title), Segment(tail, st.axis)]
+        return [Segment(head, st.title)]
+
+    def summary_width(self) -> int:
+        """Cells of the summary's short form ("lr 0.1  flat"): what a chart that stands in a row needs."""
+        return len(self._head(1 << 16)) + len("  flat")
+
     def lines(self, width: int, height: int) -> list[list[Segment]]:
         """The chart as `height` lines of exactly `width` cells."""
         st = self.styles
         rows = max(1, height - 2)
-        out: list[list[Segment]] = []
-        cols = max(1, width)
-        buckets = self._buckets(cols) if self.values.size else None
-        over_all = self._buckets(cols, self.overlay) if self.overlay is not None and self.overlay.size else None
-        # The range of every finite value (the overlay's too), from the buckets' extremes.
-        ends = [b for b in (buckets, over_all) if b is not None]
-        lows = np.concatenate([b.best for b in ends]) if ends else np.zeros(0)
-        highs = np.concatenate([b.worst for b in ends]) if ends else np.zeros(0)
-        any_finite = bool(np.isfinite(highs).any())
-        v_min = float(np.nanmin(lows)) if any_finite else math.nan
-        v_max = float(np.nanmax(highs)) if any_finite else math.nan
+        blank = [Segment(" " * width, _PLAIN)]
+        if self.flat:
+            line = Segment.adjust_line_length(self.summary(width), width, style=_PLAIN)
+            return [line, *(list(blank) for _ in range(height - 1))]
+        axis = self.axis(max(1, width))
+        buckets = _columns(axis, self.steps, self.values, self.hold) if axis is not None else None
+        over_b = _columns(axis, self.steps, self.overlay, self.hold) if axis and self.overlay is not None else None
+        scale = _Scale.of([b for b in (buckets, over_b) if b is not None], self.log)
+        head = self._head(width)
         last = float(self.values[-1]) if self.values.size else None
-        now = "—" if last is None else ("nan" if math.isnan(last) else fmt_number(last))
-        # A narrow chart keeps the latest value whole: "global ‖g‖ 0.012", "‖g‖ 0.012", "0.012".
-        words = self.title.split()
-        heads = [" ".join([*words[i:], now]) for i in range(len(words) + 1)]
-        head = next((h for h in heads if len(h) <= width), heads[-1])
-        over = self.overlay if self.overlay is not None and self.overlay.size == self.values.size else None
-        if over is not None and over.size and last is not None and over[-1] != last and math.isfinite(over[-1]):
-            head += f" ({self.overlay_label} {fmt_number(float(over[-1]))})".replace("( ", "(")
-        use_log = self.log
-        if use_log is None:
-            use_log = bool(any_finite and v_min > 0 and v_max / v_min >= 100)
-        if any_finite:
-            lo_s, hi_s = fmt_number(v_min), fmt_number(v_max)
-            # A flat series says so (its bars are all the same height, whatever the value).
-            rng = f"  [{lo_s} … {hi_s}{' log' if use_log else ''}]" if lo_s != hi_s else f"  [flat at {lo_s}]"
-        else:
-            rng = ""
         bad_last = last is not None and not math.isfinite(last)
         title_segs = [Segment(head, st.nonfinite if bad_last else st.title)]
-        if len(head) + len(rng) <= width:
-            title_segs.append(Segment(rng, st.axis))
-        out.append(Segment.adjust_line_length(title_segs, width, style=_PLAIN))
-        if buckets is None or width < 2:
-            out.extend([Segment(" " * width, _PLAIN)] for _ in range(rows))
-            out.append([Segment(" " * width, _PLAIN)])
+        rng = scale.words()
+        if rng and len(head) + 2 + len(rng) <= width:
+            title_segs.append(Segment("  " + rng, st.axis))
+        out = [Segment.adjust_line_length(title_segs, width, style=_PLAIN)]
+        if buckets is None or axis is None or width < 2:
+            out.extend(list(blank) for _ in range(rows + 1))
             return out
 
-        worst, bad, first_bucket, k = buckets.worst, buckets.bad, buckets.first_bucket, buckets.k
-
-        def scaled(x: np.ndarray) -> np.ndarray:
-            if not use_log:
-                return x
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.log10(np.where(x > 0, x, np.nan))
-
-        vals = scaled(worst)
-        over_vals = None
-        if over is not None:
-            over_vals = scaled(over_all.worst if over_all is not None else self._buckets(width, over).worst)
-        fin = np.concatenate([vals, over_vals]) if over_vals is not None else vals
-        fin = fin[np.isfinite(fin)]
-        lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 1.0, hi + 1.0
-        levels = np.zeros(width, np.int64)
-        ok = np.isfinite(vals)
-        levels[ok] = np.maximum(1, np.round((vals[ok] - lo) / (hi - lo) * rows * 8)).astype(np.int64)
+        levels = scale.levels(buckets.worst, rows)
         # The overlay's row per column (-1: none, or it coincides with the bars).
         over_row = np.full(width, -1, np.int64)
-        if over_vals is not None:
-            oks = np.isfinite(over_vals) & (np.abs(over_vals - vals) > 1e-9 * max(1.0, hi - lo))
-            oks &= ~np.isnan(vals) | np.isfinite(over_vals)
-            lvl = np.maximum(1, np.round((over_vals - lo) / (hi - lo) * rows * 8))
-            over_row[oks] = (rows - 1 - (lvl[oks].astype(np.int64) - 1) // 8).clip(0, rows - 1)
+        if over_b is not None:
+            differs = np.isfinite(over_b.worst) & ~np.isclose(over_b.worst, buckets.worst, rtol=1e-9, atol=0)
+            lvl = scale.levels(over_b.worst, rows)
+            over_row[differs] = (rows - 1 - (lvl[differs] - 1) // 8).clip(0, rows - 1)
+        zero_row = scale.zero_row(rows)
 
         marks: dict[int, str] = {}
-        if self.markers and self.steps.size:
-            n = self.steps.size
-            for m in self.markers:
-                i = int(np.searchsorted(self.steps, m.step))
-                if i >= n:
-                    # Applied after the last sample we hold: mark the newest column.
-                    i = n - 1
-                if m.step < self.steps[0]:
-                    continue
-                col = (self.first_index + i) // k - first_bucket
-                if 0 <= col < width:
-                    marks[col] = m.glyph if col not in marks or marks[col] == m.glyph else "*"
+        for m in self.markers:
+            if m.step < axis.first:
+                continue
+            # Applied after the newest step shown: the newest column.
+            col = min(axis.column(m.step), width - 1)
+            if 0 <= col < width:
+                marks[col] = m.glyph if col not in marks or marks[col] == m.glyph else "*"
 
         # Each row as characters plus a style class per cell, then one segment per run.
         style_of = (_PLAIN, st.bar, st.marker, st.nonfinite, st.axis, st.overlay)
         glyphs = np.array(list(BARS))
         mark_cols = np.array(sorted(marks), dtype=np.intp)
+        bad = buckets.bad
         for r in range(rows):
             fill = np.clip(levels - (rows - 1 - r) * 8, 0, 8)
             chars = glyphs[fill]
             cls = np.where(fill > 0, 1, 0)
+            if r == zero_row:
+                empty = fill == 0
+                chars[empty] = ZERO_LINE
+                cls[empty] = 4
             if mark_cols.size:
                 free = fill[mark_cols] == 0
                 chars[mark_cols[free]] = "│"
@@ -240,26 +231,22 @@ class SeriesChart:
                 chars[on_line] = np.where(fill[on_line] == 8, "╪", "─")
                 cls[on_line] = 5
             if r == 0 and bad.any():
-                chars[bad] = "×"
+                chars[bad] = NONFINITE_GLYPH
                 cls[bad] = 3
             out.append(_runs_to_segments(chars, cls, style_of))
 
-        chars = np.full(width, "─")
+        chars = np.array(list(axis.line("─", avoid=marks)))
         cls = np.full(width, 4)
         for c, g in marks.items():
             chars[c] = g
             cls[c] = 2
-        a, b = str(int(self.steps[0])) if self.steps.size else "", str(int(self.steps[-1])) if self.steps.size else ""
-        if len(a) + len(b) + 2 < width and not any(c < len(a) + 1 or c >= width - len(b) - 1 for c in marks):
-            chars[: len(a)] = list(a)
-            chars[width - len(b) :] = list(b)
         out.append(_runs_to_segments(chars, cls, style_of))
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class _Buckets:
-    """A series in a chart's columns (see `SeriesChart._buckets`)."""
+    """A series in a chart's columns (see `_columns`)."""
 
     worst: np.ndarray
     """Per column: the largest finite value (NaN: none)."""
@@ -267,10 +254,99 @@ class _Buckets:
     """Per column: the smallest finite value (NaN: none)."""
     bad: np.ndarray
     """Per column: a NaN or Inf among its values."""
-    first_bucket: int
-    """Absolute bucket number (sample number // k) of the first column."""
-    k: int
-    """Samples per column."""
+
+
+def _columns(axis: StepAxis, steps: np.ndarray, values: np.ndarray, hold: bool) -> _Buckets:
+    """Each value in the column of its step: per column the worst and best finite value and
+    whether any was not finite; with `hold`, a column after the first with none keeps the last."""
+    cols = axis.cols
+    worst = np.full(cols, np.nan)
+    best = np.full(cols, np.nan)
+    bad = np.zeros(cols, bool)
+    col = axis.columns(steps)
+    inside = (col >= 0) & (col < cols)
+    if not bool(inside.all()):
+        col, values = col[inside], values[inside]
+    if col.size == 0:
+        return _Buckets(worst, best, bad)
+    if col.size > 1 and bool((col[1:] < col[:-1]).any()):
+        order = np.argsort(col, kind="stable")
+        col, values = col[order], values[order]
+    # One pass each over the samples (the every-step series hold up to `RUN_CAPACITY`).
+    starts = np.flatnonzero(np.concatenate(([True], col[1:] != col[:-1])))
+    at = col[starts]
+    finite = np.isfinite(values)
+    masked = np.where(finite, values, np.nan)
+    worst[at] = np.fmax.reduceat(masked, starts)
+    best[at] = np.fmin.reduceat(masked, starts)
+    bad[at] = np.logical_or.reduceat(~finite, starts)
+    if hold:
+        seen = np.full(cols, -1, np.intp)
+        seen[at] = at
+        np.maximum.accumulate(seen, out=seen)
+        carry = seen >= 0
+        worst[carry] = worst[seen[carry]]
+        best[carry] = best[seen[carry]]
+    return _Buckets(worst, best, bad)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scale:
+    """The y axis: linear from zero (or through it, for values below zero), or log10."""
+
+    log: bool
+    lo: float
+    """The bottom of the axis (log10 on a log scale)."""
+    hi: float
+    """The top of the axis."""
+    v_min: float
+    """The smallest finite value drawn (NaN: none)."""
+    v_max: float
+
+    @classmethod
+    def of(cls, buckets: list[_Buckets], log: bool | None) -> _Scale:
+        lows = np.concatenate([b.best for b in buckets]) if buckets else np.zeros(0)
+        highs = np.concatenate([b.worst for b in buckets]) if buckets else np.zeros(0)
+        if not bool(np.isfinite(highs).any()):
+            return cls(bool(log), 0.0, 1.0, math.nan, math.nan)
+        v_min, v_max = float(np.nanmin(lows)), float(np.nanmax(highs))
+        if log is None:
+            log = v_min > 0 and v_max / v_min >= 100
+        if log:
+            pos = lows[lows > 0]
+            lo = math.log10(float(pos.min())) if pos.size else 0.0
+            hi = math.log10(v_max) if v_max > 0 else lo + 1.0
+        else:
+            # Bars rise from zero: halving a value halves its bar (not: drops to the floor).
+            lo, hi = min(0.0, v_min), max(0.0, v_max)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 1.0, hi + 1.0
+        return cls(bool(log), lo, hi, v_min, v_max)
+
+    def words(self) -> str:
+        """The range drawn: "[0.2 … 0.9]", "[1e-3 … 4.2 log]"."""
+        if math.isnan(self.v_min):
+            return ""
+        lo, hi = fmt_number(self.v_min), fmt_number(self.v_max)
+        return f"[{lo} … {hi}{' log' if self.log else ''}]"
+
+    def levels(self, values: np.ndarray, rows: int) -> np.ndarray:
+        """Eighths of bar per column (0: nothing drawn); any finite value shows at least one."""
+        x = values
+        if self.log:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = np.log10(np.where(values > 0, values, np.nan))
+        out = np.zeros(values.size, np.int64)
+        ok = np.isfinite(x)
+        out[ok] = np.maximum(1, np.round((x[ok] - self.lo) / (self.hi - self.lo) * rows * 8)).astype(np.int64)
+        return out
+
+    def zero_row(self, rows: int) -> int:
+        """The row that zero lies in, where the values cross it (-1: none)."""
+        if self.log or not self.lo < 0 < self.hi:
+            return -1
+        eighths = int(round(-self.lo / (self.hi - self.lo) * rows * 8))
+        return int(np.clip(rows - 1 - eighths // 8, 0, rows - 1))
 
 
 def _runs_to_segments(chars: np.ndarray, cls: np.ndarray, styles: tuple[Style, ...]) -> list[Segment]:

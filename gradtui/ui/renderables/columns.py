@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradtui.model.store import RunStore
-from gradtui.ui.renderables.buckets import SPARSE_STATS, bucket_size, ffill, ring_block, row_flags
+from gradtui.ui.renderables.axis import StepAxis
+from gradtui.ui.renderables.buckets import SPARSE_STATS, ffill, ring_block, row_flags
 from gradtui.ui.renderables.health import CELL_FLAGS, HealthIndex, paint_mask, span_rows
 from gradtui.ui.scale import (
     EMPTY,
@@ -42,17 +43,11 @@ class HeatmapView:
     """Most urgent active flag kind per row, or None."""
     codes: np.ndarray
     """(rows, cols) int16: 0..N_BINS-1 colour bin (or a health code), EMPTY, NONFINITE or NO_SAMPLE."""
-    first_step: int | None = None
-    """The first step of the first column that holds data."""
-    last_step: int | None = None
-    """The newest step of the run seen (sampled or not): the right edge."""
-    steps_per_col: int = 1
-    """Steps each column covers, whatever the sampling stride."""
+    axis: StepAxis | None = None
+    """The steps of the columns, from the oldest held to the newest seen, sampled or not (None: no data)."""
     known: np.ndarray | None = None
     """Per row: the value was ever computed (else it shows as "—"; a NaN that was computed shows "nan")."""
     scale: LogScale = field(default_factory=lambda: STAT_SCALES["grad_norm"])
-    last_bucket: int | None = None
-    """Absolute bucket number (step // steps_per_col) of the last column."""
     basis: _Basis | None = field(default=None, compare=False, repr=False)
     """What the columns were computed from (a later frame reuses them when it matches)."""
     alerts_seen: int = 0
@@ -65,6 +60,26 @@ class HeatmapView:
     @property
     def cols(self) -> int:
         return int(self.codes.shape[1]) if self.codes.ndim == 2 else 0
+
+    @property
+    def first_step(self) -> int | None:
+        """The first step drawn (in the first column that holds data)."""
+        return None if self.axis is None else self.axis.first
+
+    @property
+    def last_step(self) -> int | None:
+        """The newest step of the run seen (sampled or not): the right edge."""
+        return None if self.axis is None else self.axis.last
+
+    @property
+    def steps_per_col(self) -> int:
+        """Steps each column covers, whatever the sampling stride."""
+        return 1 if self.axis is None else self.axis.k
+
+    @property
+    def last_bucket(self) -> int | None:
+        """Absolute bucket number (step // steps_per_col) of the last column."""
+        return None if self.axis is None else self.axis.first_bucket + self.axis.cols - 1
 
     @property
     def gaps(self) -> bool:
@@ -110,9 +125,9 @@ def heatmap_view(
     steps = store.steps()
     oldest_step = int(steps[0])
     newest_step = max(int(steps[-1]), store.last_step)
-    k = bucket_size(newest_step - oldest_step + 1, cols)
-    newest = newest_step // k
-    first_bucket = newest - cols + 1
+    axis = StepAxis.fit(oldest_step, newest_step, cols)
+    k, first_bucket = axis.k, axis.first_bucket
+    newest = first_bucket + cols - 1
     if stat == HEALTH:
         health = health if health is not None else HealthIndex()
         health.sync(store)
@@ -140,12 +155,9 @@ def heatmap_view(
         values,
         flags,
         np.ascontiguousarray(c),
-        first_step=max(first_bucket * k, oldest_step),
-        last_step=newest_step,
-        steps_per_col=k,
+        axis=axis,
         known=known,
         scale=scale,
-        last_bucket=newest,
         basis=basis,
         alerts_seen=len(store.alerts),
     )

@@ -18,11 +18,12 @@ from rich.style import Style
 
 from gradtui.model.events import GRAD_HIST_BUCKETS, GRAD_HIST_HI, GRAD_HIST_LO
 from gradtui.ui.numbers import fmt_count, fmt_percent, fmt_sig
+from gradtui.ui.renderables.axis import StepAxis
+from gradtui.ui.scale import FLAG_GLYPHS, NONFINITE_GLYPH, NONFINITE_STYLE
 
 BARS = " ▁▂▃▄▅▆▇█"
-ZERO_GLYPH = "○"
-"""An exact 0 in a log-scale history (the dead flag's glyph)."""
-NONFINITE_GLYPH = "×"
+ZERO_GLYPH = FLAG_GLYPHS["dead"]
+"""An exact 0 in a log-scale history."""
 _PLAIN = Style()
 """An explicit empty style: Textual's NO_COLOR filter cannot take segments with none."""
 
@@ -40,17 +41,8 @@ class DetailStyles:
 
     bar: Style = Style(color="cyan")
     zero: Style = Style(color="grey62", bold=True)
-    nonfinite: Style = Style(color="bright_white", bgcolor="magenta", bold=True)
+    nonfinite: Style = NONFINITE_STYLE
     axis: Style = Style(dim=True)
-
-
-def _columns(n: int, width: int) -> list[tuple[int, int]]:
-    """Split n samples (oldest first) into at most `width` runs, newest aligned right."""
-    if n == 0 or width <= 0:
-        return []
-    cols = min(n, width)
-    edges = np.linspace(0, n, cols + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 def _level(frac: float, rows: int) -> int:
@@ -67,17 +59,22 @@ def _bar_rows(levels: list[int], rows: int) -> list[list[str]]:
 
 
 class HistoryChart:
-    """A statistic's history as bars: `height` rows, one column per run of samples.
+    """A statistic's history as bars: `height` rows on the page's step axis.
 
-    Each column draws the largest finite value of its run (log10 scale for `log`, linear
-    from 0 otherwise); a run whose known values are all exactly 0 draws `ZERO_GLYPH` on a
-    log scale, one holding ±Inf draws `NONFINITE_GLYPH`, one with no value stays blank.
+    Each value sits in the column of its own step (a statistic measured every 50 steps at
+    those steps; a column with no value stays blank). A column draws the largest finite
+    value in it (log10 scale for `log`, linear from 0 otherwise); one whose known values
+    are all exactly 0 draws `ZERO_GLYPH` on a log scale, one holding ±Inf or a value gone
+    bad draws `NONFINITE_GLYPH`.
 
     Args:
         values: The history, oldest first (NaN: not computed at that step).
+        steps: The step of each value (0, 1, 2, ... by default).
+        span: The first and last step of the axis (the page's rows share one); the
+            values' own by default.
         log: Log10 scale (norms and ratios); linear for counts and fractions.
         height: Rows.
-        bad: Steps with NaN/Inf gradients (their NaN is a value gone bad, not a gap).
+        bad: Steps whose NaN is a value gone bad (NaN/Inf gradients), not a gap.
         styles: Colours.
     """
 
@@ -85,12 +82,18 @@ class HistoryChart:
         self,
         values: np.ndarray,
         *,
+        steps: np.ndarray | None = None,
+        span: tuple[int, int] | None = None,
         log: bool,
         height: int = 1,
         bad: np.ndarray | None = None,
         styles: DetailStyles | None = None,
     ) -> None:
         self.values = np.asarray(values, np.float64)
+        self.steps = np.arange(self.values.size) if steps is None else np.asarray(steps, np.int64)
+        if span is None:
+            span = (int(self.steps[0]), int(self.steps[-1])) if self.steps.size else (0, 0)
+        self.span = span
         self.bad = None if bad is None else np.asarray(bad, bool)
         self.log = log
         self.height = max(1, height)
@@ -108,33 +111,37 @@ class HistoryChart:
             lo, hi = 0.0, float(max(pos.max(), 0.0))
         else:
             lo = hi = 0.0
-        out: list[tuple[str, float | None]] = []
-        for a, b in _columns(v.size, width):
+        out: list[tuple[str, float | None]] = [("none", None)] * width
+        if width <= 0 or v.size == 0:
+            return out
+        axis = StepAxis.fit(self.span[0], self.span[1], width)
+        col = axis.columns(self.steps)  # ascending: the steps of a column are one slice
+        starts = np.flatnonzero(np.concatenate(([True], col[1:] != col[:-1])))
+        ends = np.append(starts[1:], col.size)
+        for a, b, c in zip(starts.tolist(), ends.tolist(), col[starts].tolist(), strict=True):
+            if not 0 <= c < width:
+                continue
             run = v[a:b]
             if np.isinf(run).any() or (self.bad is not None and bool(self.bad[a:b].any())):
-                out.append(("bad", None))
+                out[c] = ("bad", None)
                 continue
             run = run[~np.isnan(run)]
             if run.size == 0:
-                out.append(("none", None))
                 continue
             top = float(run.max())
             if self.log and top <= 0:
-                out.append(("zero", None))
+                out[c] = ("zero", None)
                 continue
-            if self.log:
-                x = math.log10(top)
-            else:
-                x = top
+            x = math.log10(top) if self.log else top
             if hi > lo:
-                out.append(("bar", (x - lo) / (hi - lo)))
+                out[c] = ("bar", (x - lo) / (hi - lo))
             else:
                 # A flat log history sits mid-height; a linear one of zeros lies on its floor.
-                out.append(("bar", 0.5 if self.log or hi > 0 else 0.0))
+                out[c] = ("bar", 0.5 if self.log or hi > 0 else 0.0)
         return out
 
     def lines(self, width: int) -> list[list[Segment]]:
-        """The chart as `height` lines of exactly `width` cells, newest at the right."""
+        """The chart as `height` lines of exactly `width` cells."""
         cells = self.cells(width)
         rows = self.height
         levels = [_level(p if p is not None else 0.0, rows) if kind == "bar" else 0 for kind, p in cells]
@@ -145,7 +152,7 @@ class HistoryChart:
         st = self.styles
         out = []
         for r, row in enumerate(glyphs):
-            segs: list[Segment] = [Segment(" " * (width - len(cells)), _PLAIN)] if len(cells) < width else []
+            segs: list[Segment] = []
             bottom = r == rows - 1
             for (kind, _), g in zip(cells, row, strict=True):
                 if kind == "zero":
@@ -163,6 +170,20 @@ class HistoryChart:
         for line in self.lines(options.max_width):
             yield from line
             yield Segment.line()
+
+
+class StepLabels:
+    """The page's step axis under its histories: the first and last step drawn, at their columns."""
+
+    def __init__(self, span: tuple[int, int], *, style: Style | None = None) -> None:
+        self.span = span
+        self.style = style or DetailStyles().axis
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        axis = StepAxis.fit(self.span[0], self.span[1], options.max_width)
+        mid = f"{axis.k} steps/col" if axis.k > 1 else "step"
+        yield Segment(axis.line(mid=mid), self.style)
+        yield Segment.line()
 
 
 class HistogramChart:

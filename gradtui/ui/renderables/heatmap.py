@@ -28,8 +28,8 @@ from gradtui.ui.scale import (
     EMPTY_GLYPH,
     EMPTY_STYLE,
     EXPLODING_CELL,
-    FLAG_COLORS,
     FLAG_GLYPHS,
+    FLAG_WORDS,
     HEALTH,
     HEALTH_CODES,
     HEALTH_GLYPHS,
@@ -46,6 +46,7 @@ from gradtui.ui.scale import (
     NONFINITE_GLYPH,
     NONFINITE_STYLE,
     PALETTE,
+    PLAIN_ROLES,
     VANISHING_CELL,
     fmt_value,
     shade_glyph,
@@ -85,7 +86,7 @@ class HeatmapStyles:
     value: Style = field(default_factory=lambda: Style(dim=False))
     cursor: Style = field(default_factory=lambda: Style(reverse=True))
     axis: Style = field(default_factory=lambda: Style(dim=True))
-    flags: dict[str, Style] = field(default_factory=lambda: {k: Style.parse(v) for k, v in FLAG_COLORS.items()})
+    flags: dict[str, Style] = field(default_factory=lambda: {k: PLAIN_ROLES[k] for k in FLAG_GLYPHS})
 
 
 @dataclass(frozen=True)
@@ -263,14 +264,14 @@ class Heatmap:
             # Unsampled columns on screen: say what they are while the width allows.
             axis = self.styles.axis
             gap = [Segment("  ", axis), self._cell(NO_SAMPLE, 1), Segment(" " + NO_SAMPLE_WORDS, axis)]
-            forms = [[*segs, *gap] for segs in forms[:3]] + forms
+            forms = [[*segs, *gap] for segs in forms[:-1]] + forms
         for segs in forms:
             if sum(seg.cell_length for seg in segs) <= layout.width:
                 return _fit(segs, layout.width)
         return _fit(forms[-1], layout.width)
 
     def _health_legends(self) -> list[list[Segment]]:
-        """From "▼ vanishing ▒▒ low ▒ healthy ▒▒ high ▲ exploding × nan/inf ○ dead" down to bare swatches."""
+        """From "▼ vanishing ▒▒ low ▒ healthy ▒▒ high ▲ exploding × non-finite ○ dead" down to bare swatches."""
         axis = self.styles.axis
         # Four swatches per side in colour show the ramp; without colour one glyph says it all.
         step = 1 if self.color else HEALTH_SIDE
@@ -287,12 +288,16 @@ class Heatmap:
                 out.append(Segment((" " + word if word else "") + (sep if i < len(items) - 1 else ""), axis))
             return out
 
-        full = ([van], "vanishing"), (low, "low"), ([mid], "healthy"), (high, "high"), ([exp], "exploding")
+        w = FLAG_WORDS
+        full = ([van], w["vanishing"]), (low, "low"), ([mid], "healthy"), (high, "high"), ([exp], w["exploding"])
+        bad = ([nan], w["nonfinite"])
+        short = ([van], "vanish"), (low[:1], "low"), ([mid], "ok"), (high[-1:], "high"), ([exp], "explode")
         return [
-            words(*full, ([nan], "nan/inf"), ([dead], "dead"), sep="   "),
-            words(*full, ([nan], "nan/inf"), ([dead], "dead"), sep="  "),
-            words(*full, ([nan], "nan/inf"), sep=" "),
-            words(([van], "vanish"), (low[:1], "low"), ([mid], "ok"), (high[-1:], "high"), ([exp], "explode"), sep=" "),
+            words(*full, bad, ([dead], w["dead"]), sep="   "),
+            words(*full, bad, ([dead], w["dead"]), sep="  "),
+            words(*full, bad, sep=" "),
+            words(*short, bad, sep=" "),
+            words(*short, sep=" "),
             words(([van, *low[:1]], "low"), ([mid], "ok"), ([*high[-1:], exp], "high"), sep=" "),
             words(([van, mid, exp], ""), sep=""),
         ]
@@ -314,33 +319,27 @@ class Heatmap:
                 segs.extend([nan, Segment(tail + key, axis)])
             return segs
 
-        key = "   ▼ vanishing  ▲ exploding  ! non-finite  ○ dead"
+        bad = " " + FLAG_WORDS["nonfinite"]
+        key = "".join(f"  {FLAG_GLYPHS[k]} {FLAG_WORDS[k]}" for k in ("vanishing", "exploding", "dead"))
         return [
-            scale(f"{name} (log₁₀)  ", 1, " nan/inf", key),
-            scale(f"{name} (log₁₀)  ", 1, " nan/inf"),
-            scale(f"{name} ", 2, " nan/inf"),
+            scale(f"{name} (log₁₀)  ", 1, bad, " " + key),
+            scale(f"{name} (log₁₀)  ", 1, bad),
+            scale(f"{name} ", 2, bad),
             scale(f"{name} ", 3, ""),
             scale("", 4, ""),
         ]
 
     def axis_segments(self, layout: HeatmapLayout) -> list[Segment]:
-        """Column heads: "layer", "value", and the steps of the first and last columns."""
+        """Column heads: "layer", "value", and the first step drawn and the newest, under their columns."""
         v = self.view
         head = STAT_LABELS["grad_norm"] if v.stat == HEALTH else "value"
         left = f"  {'layer':<{layout.name_width}} {head:>{VALUE_WIDTH}} "
         cells = layout.cells
         axis = ""
-        if v.first_step is not None and v.last_step is not None and cells >= 4:
-            a, b = f"{v.first_step}", f"{v.last_step}"
+        if v.axis is not None and cells >= 4:
+            # The cells are right-aligned: the axis is the view's columns, under them.
             mid = f"{v.steps_per_col} steps/col" if v.steps_per_col > 1 else "step"
-            used = min(cells, v.cols)
-            span = max(len(a) + len(b) + 2, used)
-            if len(a) + len(b) + len(mid) + 4 <= span:
-                gap = span - len(a) - len(b) - len(mid)
-                body = a + " " * (gap // 2) + mid + " " * (gap - gap // 2) + b
-            else:
-                body = a + " " * max(1, span - len(a) - len(b)) + b
-            axis = body.rjust(cells)[-cells:]
+            axis = v.axis.line(mid=mid).rjust(cells)[-cells:]
         return _fit([Segment(left[: layout.width], self.styles.axis), Segment(axis, self.styles.axis)], layout.width)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 from textual import events
@@ -20,22 +19,18 @@ from gradtui.model.advice import store_facts, suggestions
 from gradtui.model.store import LAYER_STATS, STAT_LABELS, RunStore
 from gradtui.ui.numbers import fmt_stat
 from gradtui.ui.renderables.detail_charts import (
-    NONFINITE_GLYPH,
     ZERO_GLYPH,
     DetailStyles,
     HistogramChart,
     HistoryChart,
+    StepLabels,
 )
-from gradtui.ui.scale import FLAG_COLORS, FLAG_GLYPHS
+from gradtui.ui.scale import FLAG_GLYPHS, FLAG_WORDS, NONFINITE_GLYPH, NONFINITE_STYLE
 from gradtui.ui.widgets.alert_log import alert_text
+from gradtui.ui.widgets.themed import ROLE_CLASSES, Look, role_css
 
 _LINEAR = frozenset({"nonfinite", "zero_frac"})
 """Statistics drawn on a linear scale (counts and fractions); the rest in log10."""
-_GO_BAD = frozenset({"grad_norm", "mean_abs", "max_abs"})
-"""Statistics that turn NaN when the layer's gradients hold NaN/Inf (drawn ×, not as gaps)."""
-_EVERY_STEP = frozenset({"grad_norm", "nonfinite"})
-"""Statistics of every sampled step; the others come on detail steps only, and their
-history is drawn from the steps that have them (a gap between two is no news)."""
 
 _LAYER = Binding.Group("layer", compact=True)
 
@@ -65,13 +60,12 @@ class LayerDetailScreen(Screen[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-detail-narrow"), (110, "-detail-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-detail-short"), (36, "-detail-tall")]
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"detail--bar", "detail--zero", "detail--bad", "detail--axis"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"detail--bar", "detail--zero", "detail--axis", *ROLE_CLASSES}
 
-    DEFAULT_CSS = """
+    DEFAULT_CSS = role_css("LayerDetailScreen") + """
     LayerDetailScreen { layout: vertical; }
     LayerDetailScreen > .detail--bar { color: $accent; }
     LayerDetailScreen > .detail--zero { color: $text-muted; text-style: bold; }
-    LayerDetailScreen > .detail--bad { color: $text; background: magenta; text-style: bold; }
     LayerDetailScreen > .detail--axis { color: $text-muted; }
     LayerDetailScreen #detail-title { height: auto; padding: 0 1; background: $panel; }
     LayerDetailScreen #detail-body { height: auto; }
@@ -95,6 +89,7 @@ class LayerDetailScreen(Screen[None]):
 
     def __init__(self, store: RunStore, layer: int) -> None:
         super().__init__()
+        self.look = Look(self)
         self.store = store
         self.layer_index = layer
         self._version = -1
@@ -109,6 +104,11 @@ class LayerDetailScreen(Screen[None]):
                         yield Static(STAT_LABELS.get(stat, stat), classes="stat-label")
                         yield Static("", id=f"values-{stat}", classes="stat-values")
                         yield Static("", id=f"spark-{stat}", classes="stat-history")
+                # The steps under every history above (they share one axis).
+                with Horizontal(classes="stat-row"):
+                    yield Static("", classes="stat-label")
+                    yield Static("", classes="stat-values")
+                    yield Static("", id="spark-axis", classes="stat-history")
             yield Static(id="detail-hist")
         with VerticalScroll(id="detail-alerts"):
             yield Static(id="detail-alert-list")
@@ -127,14 +127,17 @@ class LayerDetailScreen(Screen[None]):
             return self.size.width >= FOOTER_KEYS_AT
         return True
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self.look.forget()
+
     def _styles(self) -> DetailStyles:
-        get = self.get_component_rich_style
-        bad = get("detail--bad", partial=True)
+        part = self.look.part
         return DetailStyles(
-            bar=get("detail--bar", partial=True),
-            zero=get("detail--zero", partial=True),
-            nonfinite=bad if bad.bgcolor is not None else Style(reverse=True, bold=True),
-            axis=get("detail--axis", partial=True),
+            bar=part("detail--bar"),
+            zero=part("detail--zero"),
+            nonfinite=NONFINITE_STYLE,
+            axis=part("detail--axis"),
         )
 
     def _rows(self) -> tuple[int, int]:
@@ -154,21 +157,37 @@ class LayerDetailScreen(Screen[None]):
         styles = self._styles()
         spark_rows, hist_rows = self._rows()
         self.query_one("#detail-title", Static).update(self._title(styles))
-        bad = st.layer_history(self.layer_index, "nonfinite") > 0 if st.count else np.zeros(0, bool)
-        # The weight norm is finite on every detail step, whatever the gradients hold.
-        detail_step = ~np.isnan(st.layer_history(self.layer_index, "weight_norm")) if st.count else bad
-        for stat in LAYER_STATS:
-            hist = st.layer_history(self.layer_index, stat) if st.count else np.zeros(0)
+        steps = st.steps() if st.count else np.zeros(0, np.int64)
+        span = (int(steps[0]), max(int(steps[-1]), st.last_step)) if steps.size else (0, 0)
+        layer = self.layer_index
+        # NaN where the layer's gradients held NaN/Inf is a value gone bad (×); elsewhere, not measured.
+        went_bad = st.layer_history(layer, "nonfinite") > 0 if st.count else np.zeros(0, bool)
+        measured = self._detail_steps(steps.size)
+        for stat, spec in LAYER_STATS.items():
+            hist = st.layer_history(layer, stat) if st.count else np.zeros(0)
             self.query_one(f"#values-{stat}", Static).update(self._values(stat, hist))
-            went_bad = bad if stat in _GO_BAD else None
-            if stat not in _EVERY_STEP:
-                keep = detail_step | ~np.isnan(hist)
-                hist = hist[keep]
-                went_bad = went_bad[keep] & detail_step[keep] if went_bad is not None else None
-            chart = HistoryChart(hist, log=stat not in _LINEAR, height=spark_rows, bad=went_bad, styles=styles)
+            at = measured if spec.when != "sampled" else True
+            bad = went_bad & at & np.isnan(hist)
+            chart = HistoryChart(
+                hist, steps=steps, span=span, log=stat not in _LINEAR, height=spark_rows, bad=bad, styles=styles
+            )
             self.query_one(f"#spark-{stat}", Static).update(chart)
+        self.query_one("#spark-axis", Static).update(StepLabels(span, style=styles.axis))
         self._histogram(styles, hist_rows)
         self._alerts()
+
+    def _detail_steps(self, n: int) -> np.ndarray:
+        """Which of the `n` sampled steps held measured the statistics of detail steps: this
+        layer has one of them, or another layer its zero fraction (this layer's may all be NaN)."""
+        st = self.store
+        out = np.zeros(n, bool)
+        if n == 0:
+            return out
+        for stat, spec in LAYER_STATS.items():
+            if spec.when != "sampled":
+                out |= ~np.isnan(st.layer_history(self.layer_index, stat))
+        out |= ~np.isnan(st.window("zero_frac")).all(axis=1)
+        return out
 
     def _title(self, styles: DetailStyles) -> Text:
         st = self.store
@@ -177,24 +196,31 @@ class LayerDetailScreen(Screen[None]):
         title = Text()
         title.append(f"{info.name or '(root)'}", style="bold")
         where = f"layer {self.layer_index + 1} of {st.n_layers}"
-        title.append(f"  {info.kind} · {info.numel:,} params · {where}", style="dim")
+        title.append(f"  {info.kind} · {info.numel:,} params · {where}", style="muted")
         latest = st.latest("grad_norm")
         now = float(latest[self.layer_index]) if latest.size else float("nan")
         if flags:
             title.append("  flags:")
             for kind in flags:
-                title.append(f" {FLAG_GLYPHS.get(kind, '?')} {kind}", style=FLAG_COLORS.get(kind, "bold red"))
+                # The gap unstyled: under NO_COLOR each flag is a reversed chip of its own.
+                title.append(" ").append(f"{FLAG_GLYPHS.get(kind, '?')} {FLAG_WORDS.get(kind, kind)}", style=kind)
         elif now == 0:
             # The dead flag waits for several samples; a zero gradient is news at once.
             title.append(f"  {FLAG_GLYPHS['dead']} ‖g‖ is exactly 0: no gradient reaches this layer", style="bold")
         else:
-            title.append("  no flags", style="green")
-        title.append(f"\nhistory of the last {st.count} sampled steps, log₁₀ scale", style="dim")
-        title.append(f" · {ZERO_GLYPH}", style=styles.zero)
-        title.append(" exactly 0 · ", style="dim")
+            title.append("  no flags", style="ok")
+        scale = "log₁₀ scale (counts and fractions linear)"
+        title.append(f"\nsteps {self._span_words()} as sampled, {scale}", style="muted")
+        title.append(" · ", style="muted").append(ZERO_GLYPH, style=styles.zero)
+        title.append(" exactly 0 · ", style="muted")
         title.append(NONFINITE_GLYPH, style=styles.nonfinite)
-        title.append(" NaN/Inf · j/k: next/previous layer · Esc: back", style="dim")
-        return title
+        title.append(f" {FLAG_WORDS['nonfinite']} · j/k: next/previous layer · Esc: back", style="muted")
+        return self.look.ink(title)
+
+    def _span_words(self) -> str:
+        """The steps the histories span: "0–412"."""
+        st = self.store
+        return f"{int(st.steps()[0])}–{max(st.last_step, 0)}" if st.count else "—"
 
     def _values(self, stat: str, hist: np.ndarray) -> Text:
         st = self.store
@@ -225,13 +251,13 @@ class LayerDetailScreen(Screen[None]):
         if not alerts:
             table.add_row(Text("none so far", style="dim"))
         for a in reversed(alerts):
-            table.add_row(alert_text(a, layer=False))
+            table.add_row(alert_text(a, layer=False, roles=self.look.roles))
         kinds = {kind for (layer, kind) in st.active_flags if layer == name}
         for tip in suggestions(store_facts(st)) if kinds else []:
             if tip["kind"] in kinds and name in tip["layers"]:
-                table.add_row(Text(f"What to change ({tip['kind']})", style="bold"))
+                table.add_row(Text(f"What to change ({FLAG_WORDS.get(tip['kind'], tip['kind'])})", style="bold"))
                 table.add_row(Text(f"cause: {tip['cause']}"))
-                table.add_row(Text(f"cure: {tip['cure']}", style="green"))
+                table.add_row(self.look.ink(Text(f"cure: {tip['cure']}", style="ok")))
         self.query_one("#detail-alert-list", Static).update(table)
 
     def action_back(self, _shown: int = 1) -> None:

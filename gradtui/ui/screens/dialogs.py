@@ -74,7 +74,7 @@ class ConfirmQuit(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer('stop')", "Quit", id="confirm-yes"),
-        Binding("d", "answer('detach')", "Leave it running", id="confirm-detach"),
+        Binding("d", "answer('detach')", "Quit, leave it running", id="confirm-detach"),
         Binding("r", "answer('resume')", "Resume and quit", id="confirm-resume"),
         Binding("n,escape", "answer(None)", "Stay", id="confirm-no"),
     ]
@@ -96,7 +96,7 @@ class ConfirmQuit(ModalScreen[str | None]):
                 else:
                     yield Button("Stop it and quit (y)", variant="error", id="stop")
                 if self.can_detach:
-                    yield Button("Leave it running (d)", variant="warning", id="detach")
+                    yield Button("Quit, leave it running (d)", variant="warning", id="detach")
                 yield Button("Stay (n)", variant="primary", id="stay")
 
     def on_mount(self) -> None:

@@ -14,15 +14,25 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from gradtui.ui.scale import FLAG_GLYPHS, NONFINITE_GLYPH, PALETTE
+from gradtui.ui.renderables.chart import MARKER_GLYPHS
+from gradtui.ui.scale import (
+    FLAG_GLYPHS,
+    FLAG_MEANINGS,
+    FLAG_WORDS,
+    GUARD_GLYPHS,
+    GUARD_MEANINGS,
+    GUARD_WORDS,
+    PALETTE,
+)
 
-_FLAG_MEANING = {
-    "nonfinite": "NaN or Inf in the layer's gradient",
-    "exploding": "gradient norm far above normal",
-    "vanishing": "gradient norm far below normal",
-    "dead": "gradient exactly zero (dead units)",
-    "loss_spike": "loss jumped (run-wide)",
+_MARKER_WORDS: dict[str, str] = {
+    "set_lr": "learning rate set",
+    "set_clip": "clipping changed",
+    "set_paused": "paused or resumed",
+    "rollback": "guard rolled back",
+    "skip": "guard skipped a step",
 }
+"""What each letter on a chart's axis marks (the letters: `MARKER_GLYPHS`)."""
 
 
 def key_label(binding: Binding) -> str:
@@ -54,8 +64,13 @@ def help_renderable(sections: Iterable[tuple[str, Iterable[Binding]]]) -> Group:
     legend.add_column("glyph", style="bold", min_width=12)
     legend.add_column("meaning")
     for kind, glyph in FLAG_GLYPHS.items():
-        legend.add_row(glyph, f"{kind}: {_FLAG_MEANING.get(kind, '')}")
-    legend.add_row(NONFINITE_GLYPH, "heatmap cell with a NaN/Inf gradient (magenta)")
+        legend.add_row(glyph, f"{FLAG_WORDS[kind]}: {FLAG_MEANINGS[kind]}")
+    legend.add_row("", "(a × in a heatmap cell or on a chart: a NaN or Inf at those steps)")
+    for action in ("rollback", "skip"):
+        glyph, word = GUARD_GLYPHS[action], GUARD_WORDS[action]
+        legend.add_row(glyph, f"{word}: {GUARD_MEANINGS[action]} (header: guard {glyph}2 {word} = twice so far)")
+    marks = "  ".join(f"{MARKER_GLYPHS[kind]} {words}" for kind, words in _MARKER_WORDS.items())
+    legend.add_row("chart axis", f"the steps under the columns, and letters where something changed: {marks}")
     parts.append(legend)
     scale = Text("\nHealth view (the default): grey is healthy at any scale; blue-grey to blue is low (the "
                  "layer's per-parameter RMS on its way down to the vanishing ratio of the largest layer's), "
@@ -72,7 +87,8 @@ def help_renderable(sections: Iterable[tuple[str, Iterable[Binding]]]) -> Group:
     scale.append("Each column is a bucket of steps and shows the largest value in it; with NO_COLOR, ")
     scale.append("cells use . ░ ▒ ▓ █ from cold to hot.\n")
     scale.append("Interventions are pending until the training process acknowledges them, then show ")
-    scale.append("on the charts as L (lr), C (clip), P (pause) at the step they took effect.")
+    scale.append("on the charts' axes at the step they took effect. A linear chart rises from zero; ")
+    scale.append("a log one says log. A series that never changed is one line: its value and since when.")
     parts.append(scale)
     return Group(*parts)
 

@@ -11,7 +11,7 @@ layer name.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,25 +26,15 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from gradtui.model.events import Alert, CommandResult, GuardAction, LogLine, RunEnd
-from gradtui.model.guard import GUARD_SYMBOLS
-from gradtui.ui.controls import Pending
+from gradtui.ui.controls import Pending, result_words
 from gradtui.ui.numbers import fmt_count, fmt_sig
-from gradtui.ui.scale import FLAG_GLYPHS
-
-_PLAIN = Style()
+from gradtui.ui.scale import END_WORDS, FLAG_GLYPHS, FLAG_WORDS, GUARD_GLYPHS
+from gradtui.ui.widgets.themed import PLAIN_ROLES, ROLE_CLASSES, ROLES, Look, ink, role_css
 
 MAX_GROUPS_PER_BATCH = 40
 """Beyond this many alert groups in one refresh, the older ones are summarised in one line."""
 NAMES_SHOWN = 3
 """Layer names a group's line spells out before "…" (the expanded group lists them all)."""
-
-KIND_STYLES: dict[str, str] = {
-    "nonfinite": "bold magenta",
-    "exploding": "bold red",
-    "vanishing": "bold blue",
-    "dead": "bold",
-    "loss_spike": "bold yellow",
-}
 
 _RUN_UNIT: dict[str, str] = {"exploding": "the global norm", "nonfinite": "the global norm", "loss_spike": "the loss"}
 """What a run-wide alert (no layer) of each kind is about."""
@@ -133,22 +123,26 @@ def members_phrase(g: AlertGroup) -> str:
 
 
 def _kind_label(kind: str, active: bool, level: str) -> tuple[str, str]:
-    """The words and style of a kind: "▲ exploding" (a warning, the plain flag), "▲ exploding
-    (critical)", "▲ exploding (info)" dim: an info-level alert is no flag."""
+    """The words and role of a kind: "▲ exploding" (a warning, the plain flag), "▲ exploding
+    (critical)" underlined, "▲ exploding (info)" muted: an info-level alert is no flag."""
     if not active:
-        return f"✓ {kind} cleared", "dim green" if level == "info" else "green"
-    label = f"{FLAG_GLYPHS.get(kind, '?')} {kind}" + ("" if level == "warning" else f" ({level})")
+        return f"✓ {FLAG_WORDS.get(kind, kind)} cleared", "muted" if level == "info" else "ok"
+    label = f"{FLAG_GLYPHS.get(kind, '?')} {FLAG_WORDS.get(kind, kind)}" + ("" if level == "warning" else f" ({level})")
     if level == "info":
-        return label, "dim"
-    style = KIND_STYLES.get(kind, "bold")
-    return label, f"{style} underline" if level == "critical" else style
+        return label, "muted"
+    role = kind if kind in ROLES else "bold"
+    return label, f"{role} underline" if level == "critical" else role
 
 
-def group_lines(g: AlertGroup) -> list[Text]:
-    """A group's line, and when expanded one line per alert in it."""
+def group_lines(g: AlertGroup, roles: Mapping[str, Style] = PLAIN_ROLES) -> list[Text]:
+    """A group's line, and when expanded one line per alert in it, in the colours of `roles`."""
+    return [ink(t, roles) for t in _group_texts(g)]
+
+
+def _group_texts(g: AlertGroup) -> list[Text]:
     head = Text()
-    head.append("▾ " if g.expanded else "▸ ", style="dim")
-    head.append(f"step {g.step} ", style="dim")
+    head.append("▾ " if g.expanded else "▸ ", style="muted")
+    head.append(f"step {g.step} ", style="muted")
     label, style = _kind_label(g.kind, g.active, g.level)
     head.append(label, style=style)
     head.append(": ")
@@ -179,13 +173,13 @@ def _append_value(t: Text, a: Alert) -> None:
     t.append(value_phrase(a))
     th = threshold_phrase(a)
     if th:
-        t.append(f" ({th})", style="dim")
+        t.append(f" ({th})", style="muted")
 
 
-def alert_text(a: Alert, *, layer: bool = True) -> Text:
+def alert_text(a: Alert, *, layer: bool = True, roles: Mapping[str, Style] = PLAIN_ROLES) -> Text:
     """One alert on its own: "step 7 ▲ exploding: layer 4, ‖g‖ 6.3e+02 (threshold 1.2e+02)";
     without `layer` (a page about that layer already) the "layer 4, " is left out."""
-    t = Text(f"step {a.step} ", style="dim")
+    t = Text().append(f"step {a.step} ", style="muted")
     label, style = _kind_label(a.kind, a.active, a.level)
     t.append(label, style=style)
     t.append(": ")
@@ -193,7 +187,7 @@ def alert_text(a: Alert, *, layer: bool = True) -> Text:
         t.append(_who(a), style="bold" if a.active else "")
         t.append(", ")
     _append_value(t, a)
-    return t
+    return ink(t, roles)
 
 
 # ---------------------------------------------------------------- widget
@@ -215,9 +209,11 @@ class AlertLog(ScrollView):
         Binding("end", "cursor_to(-1)", "last", show=False, id="alerts-last"),
     ]
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"alert-log--cursor"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"alert-log--cursor", *ROLE_CLASSES}
 
-    DEFAULT_CSS = """
+    DEFAULT_CSS = (
+        role_css("AlertLog")
+        + """
     AlertLog {
         height: 1fr;
         background: transparent;
@@ -227,6 +223,7 @@ class AlertLog(ScrollView):
     }
     AlertLog > .alert-log--cursor { text-style: reverse; }
     """
+    )
 
     def __init__(
         self,
@@ -237,6 +234,7 @@ class AlertLog(ScrollView):
         placeholder: str = "no alerts yet",
     ) -> None:
         super().__init__(id=id, classes=classes)
+        self.look = Look(self)
         self.placeholder = placeholder
         self.max_entries = max_entries
         self.entries: list[Entry] = []
@@ -249,10 +247,14 @@ class AlertLog(ScrollView):
         self._heights: list[int] = []
         """Lines of each entry in `_lines`, while they are wrapped at `_wrap_width`."""
         self._wrap_width = 0
+        self._following = True
+        """The view is at the end (new lines scroll it on), as it is until the user scrolls up."""
         self._cursor_cache: tuple[object, tuple[int, int]] | None = None
         self._open: dict[tuple[int, str, bool, str], AlertGroup] = {}
         """Groups of the newest step, which later alerts of that step join."""
         self._skips: tuple[int, int, int] | None = None
+        self._restyled = False
+        """The theme changed since the lines were wrapped."""
         """The guard's run of skipped steps on the last line: (first step, last step, entry index)."""
 
     @property
@@ -281,14 +283,19 @@ class AlertLog(ScrollView):
 
     @staticmethod
     def _texts(entry: Entry) -> list[Text]:
-        return group_lines(entry) if isinstance(entry, AlertGroup) else [entry]
+        return _group_texts(entry) if isinstance(entry, AlertGroup) else [entry]
 
     def write(self, *texts: Text) -> None:
         """Append plain entries; follows the end unless the user scrolled up."""
         self._append(list(texts))
 
     def _at_end(self) -> bool:
-        return self.scroll_y >= self.max_scroll_y - 1
+        return self._following
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        # Kept as the user left it: a resize that shrinks the log moves its end, not the user.
+        self._following = new_value >= self.max_scroll_y - 1
 
     def _append(self, new: list[Entry]) -> None:
         if not new:
@@ -341,12 +348,8 @@ class AlertLog(ScrollView):
         if width <= 0 or not self.is_attached:
             return []
         console = self.app.console
-        lines = text.wrap(console, width, overflow="fold")
-        out = []
-        for line in lines:
-            segs = [Segment(seg.text, seg.style or _PLAIN) for seg in line.render(console)]
-            out.append(Strip(segs).adjust_cell_length(width, _PLAIN))
-        return out
+        lines = self.look.ink(text).wrap(console, width, overflow="fold")
+        return [self.look.line(line.render(console), width) for line in lines]
 
     def _wrap_entry(self, entry: Entry, width: int) -> list[Strip]:
         return [strip for text in self._texts(entry) for strip in self._wrap(text, width)]
@@ -386,18 +389,29 @@ class AlertLog(ScrollView):
         return sum(self._heights[:index]), self._heights[index] if index < len(self._heights) else 0
 
     def render_line(self, y: int) -> Strip:
+        if self._restyled:
+            self._restyled = False
+            if self._wrap_width:
+                self._rewrap()
         i = int(self.scroll_y) + y
         width = self.scrollable_content_region.width
         if 0 <= i < len(self._lines):
-            strip = self._lines[i].crop_extend(0, width, _PLAIN)
+            strip = self._lines[i].crop_extend(0, width, self.look.base)
             if self.has_focus and self.cursor is not None and self.cursor < len(self._heights):
                 start, height = self._cursor_lines()
                 if start <= i < start + height:
-                    strip = strip.apply_style(self.get_component_rich_style("alert-log--cursor", partial=True))
+                    strip = strip.apply_style(self.look.part("alert-log--cursor"))
             return strip
         if i == 0 and not self._lines:
-            return Strip([Segment(self.placeholder[:width].ljust(width), Style(dim=True))], width)
-        return Strip([Segment(" " * width, _PLAIN)], width)
+            return self.look.line([Segment(self.placeholder, self.look.roles["muted"])], width)
+        return self.look.blank(width)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self.look.forget()
+        # The lines keep the colours they were wrapped in; wrapped again when next drawn,
+        # as the component styles are only updated after this call.
+        self._restyled = True
 
     def _cursor_lines(self) -> tuple[int, int]:
         """First line and line count of the cursor's highlight: an entry, or a group's own
@@ -409,7 +423,7 @@ class AlertLog(ScrollView):
         if self._cursor_cache is None or self._cursor_cache[0] != key:
             start, height = self._span(self.cursor)
             if isinstance(entry, AlertGroup):
-                height = min(height, len(self._wrap(group_lines(entry)[0], self._wrap_width)))
+                height = min(height, len(self._wrap(_group_texts(entry)[0], self._wrap_width)))
             self._cursor_cache = (key, (start, height))
         return self._cursor_cache[1]
 
@@ -514,7 +528,7 @@ class AlertLog(ScrollView):
             for g in older:
                 self._open.pop(g.key, None)
             new.append(
-                Text(f"… {extra} earlier alert events ({raised} alerts raised, {cleared} cleared)", style="dim")
+                Text(f"… {extra} earlier alert events ({raised} alerts raised, {cleared} cleared)", style="muted")
             )
         new.extend(fresh[max(0, extra) :])
         self.count += len(alerts)
@@ -526,22 +540,22 @@ class AlertLog(ScrollView):
             self.refresh()
 
     def add_sent(self, pending: Pending) -> None:
-        self.write(Text(f"… {pending.description} pending", style="yellow"))
+        self.write(Text(f"… {pending.description} pending", style="warn"))
 
     def add_result(self, result: CommandResult, pending: Pending | None) -> None:
-        what = pending.description if pending is not None else result.kind
-        t = Text(f"step {result.step} ", style="dim")
+        what = result_words(result, pending)
+        t = Text().append(f"step {result.step} ", style="muted")
         if result.ok:
-            t.append(f"✓ {what} applied", style="bold green")
+            t.append(f"✓ {what} applied", style="bold ok")
             if result.message:
-                t.append(f": {result.message}", style="green")
+                t.append(f": {result.message}", style="ok")
         else:
-            t.append(f"✗ {what} refused: {result.message}", style="bold red")
+            t.append(f"✗ {what} refused: {result.message}", style="bold bad")
         self.write(t)
 
     def add_guard(self, action: GuardAction) -> None:
         """What the guard did. A run of skipped steps is one line that grows ("steps 41-60 ⤼ ...")."""
-        symbol = GUARD_SYMBOLS.get(action.action, "•")
+        symbol = GUARD_GLYPHS.get(action.action, "•")
         if action.action == "lr_cut":
             return  # its rollback's line says the new learning rate
         if action.action == "skip" and self._skips is not None:
@@ -551,25 +565,27 @@ class AlertLog(ScrollView):
                 count = action.step - first + 1
                 self.entries[index] = Text(
                     f"steps {first}-{action.step} {symbol} {count} non-finite steps skipped (updates not applied)",
-                    style="bold magenta",
+                    style="bold note",
                 )
                 self._replace(index)
                 self.refresh()
                 return
-        t = Text(f"step {action.step} {symbol} ", style="dim")
-        t.append(action.detail, style="bold magenta" if action.action != "rollback" else "bold cyan")
+        t = Text().append(f"step {action.step} {symbol} ", style="muted")
+        t.append(action.detail, style="bold note")
         self.write(t)
         self._skips = (action.step, action.step, len(self.entries) - 1) if action.action == "skip" else None
 
     def add_end(self, end: RunEnd) -> None:
-        style = {"ok": "bold green", "error": "bold red"}.get(end.status, "bold yellow")
+        style = {"ok": "bold ok", "error": "bold bad"}.get(end.status, "bold warn")
         first = end.error.strip().splitlines()[-1] if end.error.strip() else ""
-        self.write(Text(f"step {end.step} ■ run ended: {end.status}" + (f": {first}" if first else ""), style=style))
+        ended = END_WORDS.get(end.status, end.status)
+        self.write(Text(f"step {end.step} ■ run {ended}" + (f": {first}" if first else ""), style=style))
 
     def add_output(self, lines: Sequence[LogLine]) -> None:
-        """Log lines printed by the training process (stderr in red, the viewer's own notes bold)."""
-        styles = {"stderr": "red", "gradtui": "bold"}
+        """Log lines printed by the training process (stderr in the warning colour, the viewer's own notes bold)."""
+        styles = {"stderr": "warn", "gradtui": "bold"}
         self.write(*(Text(line.text, style=styles.get(line.stream, "")) for line in lines[-self.max_entries :]))
 
-    def add_note(self, text: str, style: str = "dim") -> None:
+    def add_note(self, text: str, style: str = "muted") -> None:
+        """A line of the viewer's own; `style` is Rich words and a role ("bold bad", see `themed.ROLES`)."""
         self.write(Text(text, style=style))

@@ -14,7 +14,6 @@ from typing import ClassVar
 
 import numpy as np
 from rich.segment import Segment
-from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size
@@ -37,12 +36,10 @@ from gradtui.ui.renderables.heatmap import (
 )
 from gradtui.ui.scale import HEATMAP_STATS, fmt_value
 from gradtui.ui.widgets.regions import line_runs
+from gradtui.ui.widgets.themed import ROLE_CLASSES, Look, role_css
 
 VALUE_REFRESH_S = 0.5
 """Least time between two redraws of the value column alone."""
-
-_PLAIN = Style()
-"""Every segment gets a style: Textual's NO_COLOR filter fails on segments without one."""
 
 
 class LayerHeatmap(ScrollView, can_focus=True):
@@ -56,14 +53,12 @@ class LayerHeatmap(ScrollView, can_focus=True):
         "layer-heatmap--value",
         "layer-heatmap--cursor",
         "layer-heatmap--axis",
-        "layer-heatmap--vanishing",
-        "layer-heatmap--exploding",
-        "layer-heatmap--nonfinite",
-        "layer-heatmap--dead",
-        "layer-heatmap--loss_spike",
+        *ROLE_CLASSES,  # a flag's glyph and value: the flag's role
     }
 
-    DEFAULT_CSS = """
+    DEFAULT_CSS = (
+        role_css("LayerHeatmap")
+        + """
     LayerHeatmap {
         overflow-x: hidden;
         overflow-y: auto;
@@ -74,12 +69,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
     LayerHeatmap > .layer-heatmap--axis { color: $text-muted; }
     LayerHeatmap > .layer-heatmap--value { color: $text; }
     LayerHeatmap > .layer-heatmap--label { color: $text; }
-    LayerHeatmap > .layer-heatmap--vanishing { color: $primary; text-style: bold; }
-    LayerHeatmap > .layer-heatmap--exploding { color: $error; text-style: bold; }
-    LayerHeatmap > .layer-heatmap--nonfinite { color: $text; background: magenta; text-style: bold; }
-    LayerHeatmap > .layer-heatmap--dead { color: $text-muted; text-style: bold; }
-    LayerHeatmap > .layer-heatmap--loss_spike { color: $warning; text-style: bold; }
     """
+    )
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j,down", "cursor_down", "Down", show=False, id="heatmap-down"),
@@ -112,6 +103,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
 
     def __init__(self, store: RunStore, *, name: str | None = None, id: str | None = None) -> None:  # noqa: A002
         super().__init__(name=name, id=id)
+        self.look = Look(self)
         self.store = store
         self._rows = np.zeros(0, np.intp)
         self._data_version = -1
@@ -242,6 +234,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
+        self.look.forget()
         self._strips.clear()
         self._view_key = None
         self._legend = None
@@ -250,17 +243,16 @@ class LayerHeatmap(ScrollView, can_focus=True):
     # ------------------------------------------------------------ drawing
 
     def _styles(self) -> HeatmapStyles:
-        # Partial component styles are not cached by Textual, and cost ~2 ms a frame.
+        # Looked up once per style change: a lookup per row costs ~2 ms a frame.
         if self._styles_cache_hm is not None:
             return self._styles_cache_hm
-        get = self.get_component_rich_style
-        flags = {kind: get(f"layer-heatmap--{kind}", partial=True) for kind in FLAG_PRIORITY}
+        part = self.look.part
         self._styles_cache_hm = HeatmapStyles(
-            label=get("layer-heatmap--label", partial=True),
-            value=get("layer-heatmap--value", partial=True),
-            cursor=get("layer-heatmap--cursor", partial=True),
-            axis=get("layer-heatmap--axis", partial=True),
-            flags=flags,
+            label=part("layer-heatmap--label"),
+            value=part("layer-heatmap--value"),
+            cursor=part("layer-heatmap--cursor"),
+            axis=part("layer-heatmap--axis"),
+            flags={kind: self.look.roles[kind] for kind in FLAG_PRIORITY},
         )
         return self._styles_cache_hm
 
@@ -311,9 +303,8 @@ class LayerHeatmap(ScrollView, can_focus=True):
             self._renderable = Heatmap(view, layout=layout, color=self.color, styles=self._styles())
             legend_key = (self.stat, layout, self.color, view.gaps)
             if self._legend is None or self._legend[0] != legend_key:
-                legend = Strip(self._renderable.legend_segments(layout), layout.width)
-                self._legend = (legend_key, legend.extend_cell_length(width, _PLAIN))
-            axis = Strip(self._renderable.axis_segments(layout), layout.width).extend_cell_length(width, _PLAIN)
+                self._legend = (legend_key, self.look.line(self._renderable.legend_segments(layout), width))
+            axis = self.look.line(self._renderable.axis_segments(layout), width)
             self._header = [self._legend[1], axis]
         return self._renderable, self._layout, a
 
@@ -358,7 +349,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
         if paint is None:
             width = self.scrollable_content_region.width
             if width <= 0:
-                return Strip.blank(0, _PLAIN)
+                return self.look.blank(0)
             renderable, layout, first = self._ensure_view(width)
             top, cursor = int(self.scroll_y), self.cursor
         else:
@@ -369,18 +360,17 @@ class LayerHeatmap(ScrollView, can_focus=True):
         if pos >= self._rows.size:
             if pos == 0:
                 msg = "  no flagged layers (f: show all)" if self.flagged_only else "  waiting for the first step…"
-                return Strip([Segment(msg[:width].ljust(width), Style(dim=True))], width)
-            return Strip.blank(width, _PLAIN)
+                return self.look.line([Segment(msg, self._styles().axis)], width)
+            return self.look.blank(width)
         strip = self._strips.get(pos)
         if strip is None:
             local = pos - first
             if 0 <= local < renderable.view.rows:
                 segs = renderable.row_segments(local, layout, cursor=pos == cursor)
-                segs.append(Segment(" ", _PLAIN))
             else:
                 # Scrolled between the view update and this line: rebuilt on the next frame.
-                segs = [Segment(" " * width, _PLAIN)]
-            strip = Strip(segs, width)
+                segs = []
+            strip = self.look.line(segs, width)
             self._strips[pos] = strip
         return strip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
@@ -16,8 +17,9 @@ from textual.widget import Widget
 from gradtui.model.events import FLAG_PRIORITY, CommandResult
 from gradtui.model.rate import shown_rate
 from gradtui.model.store import STAT_LABELS, RunStore
-from gradtui.ui.controls import Controls, fmt_lr
-from gradtui.ui.scale import FLAG_GLYPHS, fmt_duration, fmt_number
+from gradtui.ui.controls import Controls, fmt_lr, result_words
+from gradtui.ui.scale import FLAG_GLYPHS, FLAG_WORDS, GUARD_GLYPHS, GUARD_WORDS, fmt_duration, fmt_number
+from gradtui.ui.widgets.themed import ROLE_CLASSES, Look, ink, role_css
 
 
 class Chips:
@@ -59,7 +61,7 @@ class Chips:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         for line in self.pack(options.max_width):
-            yield from line.render(console)
+            yield from ink(line).render(console)
             yield Segment.line()
 
 
@@ -82,7 +84,8 @@ def _fold(text: Text, width: int) -> list[Text]:
 
 
 def _chip(label: str, value: str, style: str = "") -> Text:
-    t = Text(label + " ", style="dim") if label else Text()
+    # The label a span, not the text's style: that would mute the value too.
+    t = Text().append(label + " ", style="muted") if label else Text()
     t.append(value, style=style or "bold")
     return t
 
@@ -93,7 +96,11 @@ left out first, so it never wraps and nothing jumps from one step to the next.""
 
 
 class StatusHeader(Widget):
-    """Two lines of run state (one on a narrow screen), recomputed only when the data change."""
+    """Two lines of run state (one on a narrow screen), recomputed only when the data change.
+
+    Neither line ever wraps: each keeps its fields by rank while they fit (`_by_rank`), a
+    field in its short form where only that fits ("guard ⟲2 ⤼0" for "guard ⟲2 rollback
+    ⤼0 skip"), and leaves the least important out."""
 
     DEFAULT_CSS = """
     StatusHeader {
@@ -101,10 +108,13 @@ class StatusHeader(Widget):
         padding: 0 1;
         background: $panel;
     }
-    """
+    """ + role_css("StatusHeader")
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = set(ROLE_CLASSES)
 
     def __init__(self, store: RunStore, controls: Controls, source_name: str, *, id: str | None = None) -> None:  # noqa: A002
         super().__init__(id=id)
+        self.look = Look(self)
         self.store = store
         self.controls = controls
         self.source_name = source_name
@@ -122,7 +132,11 @@ class StatusHeader(Widget):
         width = self.content_region.width or 80
         lines = self._lines()
         compact = width + 2 < COMPACT_BELOW  # the padding: the screen's width
-        self._chips = Chips([_compact(lines, width)] if compact else [[i.text for i in line] for line in lines])
+        if compact:
+            one = [_Item(i.short, i.rank, i.width) if i.short is not None else i for i in lines[0] + lines[1]]
+            self._chips = Chips([_by_rank(one, width, pad=True)])
+        else:
+            self._chips = Chips([_by_rank(line, width) for line in lines])
         packed = self._chips.pack(width)
         if packed == self._packed and self._strips is not None:
             return
@@ -140,19 +154,22 @@ class StatusHeader(Widget):
         # renderable costs about 1 ms a frame here).
         width = self.content_region.width
         if self._strips is None or (self._strips and self._strips[0].cell_length != width):
-            console, base = self.app.console, self.rich_style
+            console = self.app.console
             self._packed = self._chips.pack(width)
-            # The widget's own colours under the text (a line-API widget draws its background).
-            self._strips = [
-                Strip(list(t.render(console)), t.cell_len).adjust_cell_length(width).apply_style(base)
-                for t in self._packed
-            ]
+            self._strips = [self.look.line(self.look.ink(t).render(console), width) for t in self._packed]
         if 0 <= y < len(self._strips):
             return self._strips[y]
-        return Strip.blank(width, self.rich_style)
+        return self.look.blank(width)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self.look.forget()
+        self._strips = None
 
     def on_resize(self) -> None:
-        self.refresh_data(self.stat)
+        # After the layout that resized it: a layout asked for during one is lost, which left
+        # a two-line header one line high (its flags unseen) when data came before the first.
+        self.call_after_refresh(self.refresh_data, self.stat)
 
     @property
     def plain(self) -> str:
@@ -162,20 +179,20 @@ class StatusHeader(Widget):
     def _state(self) -> Text:
         st = self.store
         if self.replay_status is not None:  # scrubbing a record: where the replay is matters most
-            return Text(f"⏵ replay {self.replay_status}", style="bold cyan")
+            return Text(f"⏵ replay {self.replay_status}", style="bold note")
         if st.end is not None:
             if st.end.status == "error":
-                return Text("✖ crashed", style="bold red")
+                return Text("✖ crashed", style="bold bad")
             if st.end.status == "interrupted":
-                return Text("■ interrupted", style="bold yellow")
-            return Text("✓ finished", style="bold green")
+                return Text("■ interrupted", style="bold warn")
+            return Text("✓ finished", style="bold ok")
         if st.run is None:
-            return Text("… waiting", style="dim")
+            return Text("… waiting", style="muted")
         paused = self.controls.actual().paused
         pend = self.controls.pending_of("set_paused")
         if pend:
-            return Text("… pausing" if pend[-1].target.paused else "… resuming", style="bold yellow")
-        return Text("⏸ paused", style="bold yellow reverse") if paused else Text("▶ running", style="bold green")
+            return Text("… pausing" if pend[-1].target.paused else "… resuming", style="bold warn")
+        return Text("⏸ paused", style="bold warn reverse") if paused else Text("▶ running", style="bold ok")
 
     def _lines(self) -> list[list[_Item]]:
         st = self.store
@@ -185,7 +202,7 @@ class StatusHeader(Widget):
         name = run.run if run is not None else "—"
         line1: list[_Item] = [_ranked(self._state(), 0, 10), _ranked(_chip("", name, "bold"), 7)]
         if self.source_name != name:
-            line1.append(_ranked(Text(self.source_name, style="dim"), 6))
+            line1.append(_ranked(Text(self.source_name, style="muted"), 6))
         # The newest step seen, sampled or not: loss and global norm arrive at every step.
         step = f"{st.last_step}" if st.last_step >= 0 else "—"
         line1.append(_ranked(_chip("step", step), 1, 11))
@@ -198,14 +215,14 @@ class StatusHeader(Widget):
         if last is not None and run is not None and run.started > 0:
             line1.append(_ranked(_chip("elapsed", fmt_duration(last.time - run.started)), 8))
         loss = st.last_loss if st.run_count else None
-        loss_style = "bold red" if loss is not None and not math.isfinite(loss) else "bold"
+        loss_style = "bold bad" if loss is not None and not math.isfinite(loss) else "bold"
         line1.append(_ranked(_chip("loss", _fmt_nan(loss), loss_style), 2, 15))
         g = st.last_global_norm if st.run_count else None
         line1.append(
-            _ranked(_chip("‖g‖", _fmt_nan(g), "bold red" if g is not None and not math.isfinite(g) else "bold"), 5, 14)
+            _ranked(_chip("‖g‖", _fmt_nan(g), "bold bad" if g is not None and not math.isfinite(g) else "bold"), 5, 14)
         )
         drops = st.dropped_total
-        line1.append(_ranked(_chip("dropped", str(drops), "bold yellow" if drops else "dim"), 4 if drops else 10))
+        line1.append(_ranked(_chip("dropped", str(drops), "bold warn" if drops else "muted"), 4 if drops else 10))
 
         line2: list[_Item] = []
         lrs = actual.lrs
@@ -219,53 +236,58 @@ class StatusHeader(Widget):
         pend_lr = ctl.pending_of("set_lr")
         if pend_lr:
             target = pend_lr[-1].target.lrs
-            lr.append(f" → {fmt_lr(target[0]) if target else '?'} pending", style="bold yellow")
+            lr.append(f" → {fmt_lr(target[0]) if target else '?'} pending", style="bold warn")
         line2.append(_ranked(lr, 3))
 
         if actual.clip_mode == "off":
             clip = _chip("clip", "off", "bold")
             if last is not None or run is not None:
-                clip.append(f" (≤{actual.clip_threshold:g})", style="dim")
+                clip.append(f" (≤{actual.clip_threshold:g})", style="muted")
         else:
-            clip = _chip("clip", _clip_label(actual.clip_mode, actual.clip_threshold), "bold cyan")
+            clip = _chip("clip", _clip_label(actual.clip_mode, actual.clip_threshold), "bold note")
             if last is not None and last.clipped:
-                clip.append(f" clipping ×{last.clip_factor:.2g}", style="bold yellow")
+                clip.append(f" clipping ×{last.clip_factor:.2g}", style="bold warn")
         pend_clip = ctl.pending_of("set_clip")
         if pend_clip:
             t = pend_clip[-1].target
             desc = "off" if t.clip_mode == "off" else _clip_label(t.clip_mode, t.clip_threshold)
-            clip.append(f" → {desc} pending", style="bold yellow")
+            clip.append(f" → {desc} pending", style="bold warn")
         line2.append(_ranked(clip, 4))
         if run is not None and run.guard:
-            backs, skips = st.guard_counts.get("rollback", 0), st.guard_counts.get("skip", 0)
-            acted = f"⟲{backs} ⤼{skips}" if backs or skips else "on"
-            line2.append(_ranked(_chip("guard", acted, "bold magenta" if backs or skips else "bold"), 7))
+            acts = {a: st.guard_counts.get(a, 0) for a in ("rollback", "skip")}
+            if any(acts.values()):
+                said = [f"{GUARD_GLYPHS[a]}{n}" for a, n in acts.items()]
+                # As the flags chip says its counts: "guard ⟲2 rollback  ⤼0 skip".
+                words = "  ".join(f"{count} {GUARD_WORDS[a]}" for a, count in zip(acts, said, strict=True))
+                full = _chip("guard", words, "bold note")
+                line2.append(_ranked(full, 7, short=_chip("guard", " ".join(said), "bold note")))
+            else:
+                line2.append(_ranked(_chip("guard", "on", "bold"), 7))
 
         counts: dict[str, int] = {}
         for _layer, kind in st.active_flags:
             counts[kind] = counts.get(kind, 0) + 1
         if counts:
-            flags = Text("flags ", style="dim")
+            flags = Text().append("flags ", style="muted")
             short = Text()
             for kind in FLAG_PRIORITY:
                 if counts.get(kind):
-                    flags.append(f"{FLAG_GLYPHS[kind]}{counts[kind]} {kind}  ", style=_FLAG_STYLE[kind])
-                    short.append(f"{FLAG_GLYPHS[kind]}{counts[kind]} ", style=_FLAG_STYLE[kind])
+                    # The gaps unstyled: under NO_COLOR each flag is a reversed chip of its own.
+                    flags.append(f"{FLAG_GLYPHS[kind]}{counts[kind]} {FLAG_WORDS[kind]}", style=kind).append("  ")
+                    short.append(f"{FLAG_GLYPHS[kind]}{counts[kind]}", style=kind).append(" ")
             flags.rstrip()
             short.rstrip()
             line2.append(_ranked(flags, 1, short=short))
         else:
-            line2.append(_ranked(_chip("flags", "none", "green"), 5))
+            line2.append(_ranked(_chip("flags", "none", "ok"), 5))
         line2.append(_ranked(_chip("stat", STAT_LABELS.get(self.stat, self.stat)), 9))
         if self.last_result is not None:
             r = self.last_result
-            what = r.kind.removeprefix("set_")
-            if r.kind == "set_paused" and r.ok:  # say which: a resume is not "paused applied"
-                what = "resume" if r.message.startswith("resumed") else "pause"
+            what = result_words(r)
             if r.ok:
-                line2.append(_ranked(Text(f"✓ {what} applied @ step {r.step}", style="green"), 8))
+                line2.append(_ranked(Text(f"✓ {what} applied @ step {r.step}", style="ok"), 8))
             else:
-                line2.append(_ranked(Text(f"✗ {what} refused", style="bold red"), 6))
+                line2.append(_ranked(Text(f"✗ {what} refused", style="bold bad"), 6))
         return [line1, line2]
 
 
@@ -285,34 +307,32 @@ def _ranked(text: Text, rank: int, width: int = 0, short: Text | None = None) ->
     return _Item(text, rank, width, short)
 
 
-def _compact(lines: list[list[_Item]], width: int) -> list[Text]:
-    """The header's fields as one line of `width` cells: by rank while they fit, in their order."""
-    items = [_Item(i.short, i.rank, i.width) if i.short is not None else i for line in lines for i in line]
-    chosen: set[int] = set()
+def _by_rank(items: list[_Item], width: int, *, pad: bool = False) -> list[Text]:
+    """A line of fields that fits `width` cells: taken by rank (0 first) while they fit, each
+    whole or in its short form, and drawn in their order. `pad`: each field padded to its
+    width (a one-line header whose fields keep their places as values change)."""
+    chosen: dict[int, Text] = {}
     used = 0
     for i in sorted(range(len(items)), key=lambda i: (items[i].rank, i)):
-        need = max(items[i].text.cell_len, items[i].width) + (2 if chosen else 0)
-        if used + need <= width:
-            chosen.add(i)
-            used += need
+        gap = 2 if chosen else 0
+        for text in (items[i].text, items[i].short):
+            if text is None:
+                continue
+            need = max(text.cell_len, items[i].width if pad else 0) + gap
+            if used + need <= width:
+                chosen[i] = text
+                used += need
+                break
     out = []
+    last = max(chosen, default=-1)
     for i in sorted(chosen):
-        text = items[i].text
-        pad = items[i].width - text.cell_len
-        if pad > 0 and i != max(chosen):
+        text = chosen[i]
+        fill = items[i].width - text.cell_len
+        if pad and fill > 0 and i != last:
             text = text.copy()
-            text.append(" " * pad)
+            text.append(" " * fill)
         out.append(text)
     return out
-
-
-_FLAG_STYLE = {
-    "nonfinite": "bold magenta",
-    "exploding": "bold red",
-    "vanishing": "bold blue",
-    "dead": "bold",
-    "loss_spike": "bold yellow",
-}
 
 
 def _fmt_nan(value: float | None) -> str:
