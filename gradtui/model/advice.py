@@ -17,6 +17,7 @@ import numpy as np
 
 from gradtui.model.commands import AUTO_CLIP_Z
 from gradtui.model.events import FLAG_PRIORITY, Alert, RunStart
+from gradtui.model.guard import ZClipStats, zclip_step
 from gradtui.model.store import RunStore
 
 SATURATING = ("Sigmoid", "Tanh", "Softsign", "Hardtanh", "LogSigmoid")
@@ -65,21 +66,13 @@ def clip_preview(norms: np.ndarray, threshold: float) -> int:
     return int((finite > threshold).sum()) + int((~np.isfinite(norms)).sum())
 
 
-def zclip_preview(norms: np.ndarray, z: float = AUTO_CLIP_Z, warmup: int = 25, alpha: float = 0.97) -> int:
-    """Steps adaptive clipping (ZClip, `gradtui.probe.clip`) would have clipped."""
-    mean = var = 0.0
-    count = 0
-    for i, g in enumerate(float(x) for x in norms):
-        if not math.isfinite(g):
-            count += 1
-            continue
-        if i < warmup:
-            clipped, a = g, i / (i + 1)
-        else:
-            clipped, a = min(g, mean + z * math.sqrt(max(var, 0.0))), alpha
-            count += clipped < g
-        delta = clipped - mean
-        mean, var = mean + (1 - a) * delta, a * (var + (1 - a) * delta * delta)
+def zclip_preview(norms: np.ndarray, z: float = AUTO_CLIP_Z) -> int:
+    """Steps adaptive clipping (ZClip's rule, `zclip_step`) would have clipped (a norm that is
+    not finite counts: clipping it is all it can do)."""
+    stats, count = ZClipStats(), 0
+    for g in (float(x) for x in norms):
+        coef, stats = zclip_step(stats, g, z)
+        count += not math.isfinite(g) or coef < 1.0
     return count
 
 

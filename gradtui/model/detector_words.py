@@ -138,6 +138,11 @@ def dead_message(change: Change, config: DetectorConfig) -> str:
     return f"gradient exactly zero for {config.dead_steps} steps"
 
 
+def rolled_back_message(to_step: int) -> str:
+    """A flag that the guard's rollback cleared: the run is back where it was before it rose."""
+    return f"cleared: the guard rolled the run back to step {to_step}, before it rose"
+
+
 _BY_KIND: dict[str, Callable[[Change, DetectorConfig], str]] = {
     "nonfinite": nonfinite_message,
     "exploding": exploding_message,
@@ -155,6 +160,7 @@ __all__ = [
     "loss_spike_message",
     "message",
     "nonfinite_message",
+    "rolled_back_message",
     "severity_words",
     "spike_words",
     "vanishing_message",

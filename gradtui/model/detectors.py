@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gradtui.model.detector_config import DetectorConfig
-from gradtui.model.detector_words import Change, FirstNonfinite, Severity, message
+from gradtui.model.detector_words import Change, FirstNonfinite, Severity, message, rolled_back_message
 from gradtui.model.events import ALERT_LEVELS, FLAG_PRIORITY, VERDICTS, Alert, StepStats
 from gradtui.model.explode import CRITICAL as _CRITICAL
 from gradtui.model.explode import INFO as _INFO
@@ -291,25 +291,47 @@ class Detectors:
         self._explode_level[units] = growth.level
 
     def baselines(self, step: int) -> Baselines:
-        """A copy of what the rules compare with at `step` (the norms' and the loss's recent history),
-        for `restore_baselines` after the run is rolled back to it."""
-        return Baselines(
-            step,
-            copy.deepcopy((self._layer_growth, self._run_growth, self._canary, self._canary_growth, self._loss_spike)),
-        )
+        """A copy of the detectors' state at `step` (the norms' and the loss's recent history, and
+        the flags), for `restore_baselines` after the run is rolled back to it."""
+        flags = (self._active, self._level, self._on_since, self._off_since)
+        rules = (self._layer_growth, self._run_growth, self._canary, self._canary_growth, self._loss_spike)
+        return Baselines(step, copy.deepcopy((rules, flags)))
 
-    def restore_baselines(self, saved: Baselines, step: int) -> None:
-        """The rules' history as `saved` had it: the run was rolled back to its step, so what came
-        after (a blow-up's norms) is no longer the run's recent past; it goes on at `step`, with that
-        history as recent as it was then. The flags stay as they are and clear as the restored
-        run's values come back within the restored history."""
-        growth, run, canary, canary_growth, spike = copy.deepcopy(saved.state)
+    def restore_baselines(self, saved: Baselines, step: int) -> list[Alert]:
+        """The detectors as `saved` had them: the run was rolled back to its step, so what came after
+        (a blow-up's norms, its flags) is no longer the run's past. It goes on at `step`, that history
+        as recent as it was then. Returns an alert clearing each flag raised since (a relapse raises
+        it again, and only then does the guard act again)."""
+        rules, flags = copy.deepcopy(saved.state)
+        growth, run, canary, canary_growth, spike = rules
+        shift = step - saved.step
         for rule in (growth, run, canary_growth):
-            rule.shift(step - saved.step)
+            rule.shift(shift)
         self._layer_growth, self._run_growth, self._loss_spike = growth, run, spike
         self._canary, self._canary_growth = canary, canary_growth
         self._is_canary[:] = False
         self._is_canary[canary] = True
+        was_active, _, on_since, off_since = flags
+        keep = self._active & was_active  # up then and still up; one cleared since stays cleared
+        cleared = self._active & ~keep
+        alerts = [
+            Alert(
+                step=step,
+                layer=self._names[u],
+                kind=_KINDS[k],
+                active=False,
+                value=math.nan,
+                threshold=math.nan,
+                message=rolled_back_message(saved.step),
+                level=ALERT_LEVELS[self._level[k, u]],
+            )
+            for k, u in zip(*np.nonzero(cleared), strict=True)
+        ]
+        self._active = keep
+        self._level[cleared] = _INFO
+        self._on_since = np.where(on_since >= 0, on_since + shift, -1)
+        self._off_since = np.where(off_since >= 0, off_since + shift, -1)
+        return alerts
 
     def run_limits(self) -> Limits:
         """What makes the probe sample a step whole: a value that might raise an alarm. Halfway (log

@@ -9,9 +9,10 @@ from collections.abc import Callable
 import torch
 
 from gradtui.model.commands import SetClip, validate
+from gradtui.model.guard import ZCLIP_ALPHA, ZCLIP_EPS, ZCLIP_MIN_CV, ZCLIP_WARMUP
 from gradtui.probe.layers import by_device
 
-_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
+_EPS = ZCLIP_EPS
 
 
 def check_clip(clip: tuple[str, float] | None) -> tuple[str, float]:
@@ -33,41 +34,41 @@ class ZClip:
     the run as its norms drift (a percentile of the whole history, as AutoClip, keeps
     clipping to the early large norms long after they have shrunk, and needs the history).
 
-    Everything stays on the device: the moving mean and variance are tensors, updated with the
-    norm after clipping (a spike does not inflate its own threshold), and a non-finite norm
-    leaves them as they were. The first `WARMUP` norms only build the statistics.
+    The rule is `gradtui.model.guard.zclip_step`, here on the device: the moving mean,
+    variance and count are tensors, updated with the norm after clipping (a spike does not
+    inflate its own threshold); a norm that is not finite, or 0, leaves them as they were (25
+    zero-gradient steps would otherwise leave a threshold of 0 for good). The standard
+    deviation's floor (`ZCLIP_MIN_CV` of the mean) keeps a run of equal norms from pinning the
+    threshold to the mean, which clipped norms feeding the average could then never raise.
     """
 
-    WARMUP = 25
-    ALPHA = 0.97
-    """EMA weight of the past: about the last 33 steps count."""
-
     def __init__(self) -> None:
-        self.seen = 0
+        self._seen: torch.Tensor | None = None
         self._mean: torch.Tensor | None = None
         self._var: torch.Tensor | None = None
+
+    @property
+    def seen(self) -> int:
+        """Norms in the statistics so far (a host read: for tests, never on the step)."""
+        return int(self._seen) if self._seen is not None else 0
 
     def coefficient(self, total: torch.Tensor, z: float) -> torch.Tensor:
         """The factor to scale the gradients by this step (<= 1), given their global norm."""
         total = total.reshape(())
-        if self._mean is None or self._var is None:
-            self._mean, self._var = torch.zeros_like(total), torch.zeros_like(total)
-        mean, var = self._mean, self._var
-        if self.seen < self.WARMUP:
-            coef = torch.ones_like(total)
-            alpha = self.seen / (self.seen + 1)  # a plain running mean while warming up
-        else:
-            threshold = mean + z * var.clamp(min=0).sqrt()
-            coef = torch.clamp(threshold / (total + _EPS), max=1.0)
-            alpha = self.ALPHA
+        if self._mean is None or self._var is None or self._seen is None:
+            zero = torch.zeros_like(total)
+            self._mean, self._var, self._seen = zero, zero, zero
+        mean, var, seen = self._mean, self._var, self._seen
+        warm = seen < ZCLIP_WARMUP
+        sd = torch.maximum(var.clamp(min=0).sqrt(), ZCLIP_MIN_CV * mean)
+        coef = torch.where(warm, torch.ones_like(total), torch.clamp((mean + z * sd) / (total + _EPS), max=1.0))
+        alpha = torch.where(warm, seen / (seen + 1), torch.full_like(total, ZCLIP_ALPHA))  # a plain mean while warming
         clipped = total * coef
-        ok = torch.isfinite(clipped)
+        ok = torch.isfinite(clipped) & (clipped > 0)
         delta = clipped - mean
-        new_mean = mean + (1 - alpha) * delta
-        new_var = alpha * (var + (1 - alpha) * delta * delta)
-        self._mean = torch.where(ok, new_mean, mean)
-        self._var = torch.where(ok, new_var, var)
-        self.seen += 1
+        self._mean = torch.where(ok, mean + (1 - alpha) * delta, mean)
+        self._var = torch.where(ok, alpha * (var + (1 - alpha) * delta * delta), var)
+        self._seen = seen + ok.to(seen.dtype)
         return coef
 
 

@@ -14,12 +14,20 @@ wins) and written to the optimizers once; at most `MAX_PER_STEP` are taken per s
 flood can only delay commands, never slow a step by more than a bounded amount. A pause
 made by a viewer lasts while that viewer is connected and `PAUSE_LEASE` seconds after it
 leaves; then training resumes, and the acknowledgement on the record says why.
+
+The control follows the optimizers' param groups as they change: a group added mid-run
+(`add_param_group`, as progressive unfreezing does) joins at the next step boundary with the
+loop's learning rate and no override (commands from then on act on it too), and a group
+dict replaced in place (`load_state_dict`) keeps the override of the one it replaces. The
+record keeps the groups the run started with (`recorded`): a viewer and a record reader
+know those from `RunStart`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable, Sequence
@@ -75,6 +83,9 @@ class Control:
     ) -> None:
         self.optimizers = list(optimizers)
         self._groups: list[dict[str, Any]] = [g for opt in self.optimizers for g in opt.param_groups]
+        self._counts = [len(opt.param_groups) for opt in self.optimizers]
+        self._recorded = len(self._groups)
+        """The param groups the run started with: the ones its events carry."""
         owners = tuple(i for i, opt in enumerate(self.optimizers) for _ in opt.param_groups)
         self.state = ControlState(
             lrs=self._read(),
@@ -100,6 +111,7 @@ class Control:
         self._emit = emit
         self.rollback: Callable[[ControlState, Rollback, int], tuple[ControlState, CommandResult]] | None = None
         """The guard's answer to a `Rollback` (None without a guard: the rule refuses it)."""
+        self._hook_failed = False
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in self.optimizers]
 
     def group_names(self) -> tuple[str, ...]:
@@ -112,6 +124,7 @@ class Control:
 
     def begin_step(self) -> None:
         """Take the learning rates the loop set since the last step and re-apply the overrides."""
+        self._follow_groups()
         loop: list[float] = []
         schedule = self.state.schedule
         for gi, group in enumerate(self._groups):
@@ -230,10 +243,61 @@ class Control:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._follow_groups()
         self._put_back(range(len(self._groups)))
         self.state = replace(self.state, lrs=self.state.schedule, schedule_lrs=(), overrides=())
 
     # ------------------------------------------------------------ the groups
+
+    def recorded(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(learning rates in force, the loop's) of the groups the run started with, for its events."""
+        n, state = self._recorded, self.state
+        pad = (math.nan,) * max(0, n - len(state.lrs))
+        return state.lrs[:n] + pad, state.schedule[:n] + pad
+
+    def _follow_groups(self) -> None:
+        """Take in the param groups as they are now (a few identity checks when nothing changed)."""
+        if self._counts == [len(opt.param_groups) for opt in self.optimizers] and all(
+            a is b for a, b in zip(self._groups, (g for opt in self.optimizers for g in opt.param_groups), strict=True)
+        ):
+            return
+        state, old = self.state, self._groups
+        where = {id(g): i for i, g in enumerate(old)}
+        groups: list[dict[str, Any]] = []
+        taken: list[int | None] = []  # for each group now, the index it had (None: a new group)
+        first = 0
+        for opt, count in zip(self.optimizers, self._counts, strict=True):
+            now = opt.param_groups
+            for pos, g in enumerate(now):
+                i = where.get(id(g))
+                if i is None and len(now) == count:
+                    i = first + pos  # replaced in place (load_state_dict): it takes the old one's part
+                groups.append(g)
+                taken.append(i)
+            first += count
+        added = sum(i is None for i in taken)
+        lrs = [state.lrs[i] if i is not None else float(g["lr"]) for g, i in zip(groups, taken, strict=True)]
+        schedule = [state.schedule[i] if i is not None else lrs[k] for k, i in enumerate(taken)]
+        kept = [i if i is not None and groups[k] is old[i] else None for k, i in enumerate(taken)]
+        self._written = [self._written[i] if i is not None else None for i in kept]
+        overrides = tuple(state.override(i) if i is not None else None for i in taken)
+        self._groups = groups
+        self._counts = [len(opt.param_groups) for opt in self.optimizers]
+        owners = tuple(oi for oi, opt in enumerate(self.optimizers) for _ in opt.param_groups)
+        self.state = replace(
+            state,
+            lrs=tuple(lrs),
+            schedule_lrs=tuple(schedule) if state.schedule_lrs else (),
+            overrides=overrides if any(o is not None for o in overrides) else (),
+            owners=owners if len(self.optimizers) > 1 else (),
+        )
+        if added:
+            text = (
+                f"gradtui: {added} param group(s) added to the optimizer ({len(old)} -> {len(groups)}): "
+                "they follow the loop's learning rate, and commands from now on act on them too"
+            )
+            log.info("%s", text)
+            self._emit(LogLine(text, stream="gradtui"))
 
     def _read(self) -> tuple[float, ...]:
         return tuple(float(g["lr"]) for g in self._groups)
@@ -255,8 +319,14 @@ class Control:
             self._written[gi] = None
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        first = sum(len(opt.param_groups) for opt in self.optimizers[: self._index_of(optimizer)])
-        self._put_back(range(first, first + len(optimizer.param_groups)))
+        try:
+            self._follow_groups()  # a group added after the step boundary, before this step
+            first = sum(len(opt.param_groups) for opt in self.optimizers[: self._index_of(optimizer)])
+            self._put_back(range(first, first + len(optimizer.param_groups)))
+        except Exception:  # inside the loop's optimizer.step(): never raise there
+            if not self._hook_failed:
+                self._hook_failed = True
+                log.exception("gradtui: could not put the loop's learning rate back after a step (training goes on)")
 
     def _index_of(self, optimizer: Any) -> int:
         for i, opt in enumerate(self.optimizers):

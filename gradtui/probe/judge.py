@@ -95,9 +95,9 @@ class Judge:
             finally:
                 self._sampler.published(time.thread_time() - began)
         else:
+            self._outputs.emit(item)  # type: ignore[arg-type]
             if isinstance(item, GuardAction) and item.action == "rollback" and item.to_step is not None:
                 self._rolled_back(item.to_step, item.step)
-            self._outputs.emit(item)  # type: ignore[arg-type]
 
     def _checkpoint(self, step: int) -> None:
         """Keep the detectors' baselines every `CHECKPOINT_STEPS` steps (for a rollback)."""
@@ -112,8 +112,8 @@ class Judge:
         while kept and kept[-1][0] > to_step:
             kept.pop()
         if kept and self.detectors is not None:
-            self.detectors.restore_baselines(kept[-1][1], at)
-            self.limits = self.detectors.run_limits()
+            self._alerts(at, self.detectors.restore_baselines(kept[-1][1], at), None)
+            self._screens()
 
     def _sampled(self, item: Sampled) -> None:
         stats, update = publish(item.values, item.meta, self._n, self._lanes, item.stepped_factor)
@@ -128,7 +128,7 @@ class Judge:
         if self.detectors is not None:
             self._checkpoint(stats.step)
             self._alerts(stats.step, self.detectors.update(stats), stats)
-            self.limits = self.detectors.run_limits()
+            self._screens()
 
     def _runs(self, event: RunSteps) -> None:
         self._outputs.emit(event)
@@ -140,7 +140,13 @@ class Judge:
             if norm is not None:
                 self._sampler.check(step, norm)
             self._alerts(step, detectors.update_run(step, loss, norm, canary), None)
-        self.limits = detectors.run_limits()
+        self._screens()
+
+    def _screens(self) -> None:
+        """The detectors' screens for the training thread, where something reads them (a budget
+        that samples unusual steps whole; a fixed stride samples what it samples)."""
+        if self.detectors is not None and self._sampler.adaptive:
+            self.limits = self.detectors.run_limits()
 
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:
         for alert in alerts:

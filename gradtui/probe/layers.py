@@ -35,14 +35,16 @@ def find_layers(model: nn.Module) -> list[Layer]:
     """Modules that own parameters directly, in `named_modules()` order.
 
     A parameter shared by several modules (tied weights) belongs to the first of them,
-    so that it is counted once, as `model.parameters()` does.
+    so that it is counted once, as `model.parameters()` does. Parameters on the `meta`
+    device (weights offloaded elsewhere, as accelerate leaves them) hold no values and are
+    left out; a module with only those is not a layer.
     """
     seen: set[int] = set()
     layers: list[Layer] = []
     for name, module in model.named_modules():
         own = []
         for p in module._parameters.values():
-            if p is not None and id(p) not in seen:
+            if p is not None and not p.is_meta and id(p) not in seen:
                 seen.add(id(p))
                 own.append(p)
         if own:

@@ -236,7 +236,7 @@ class Monitor:
         )
 
     def _undo_start(self) -> None:
-        for hooks in (self._updates, self._stepped):
+        for hooks in (self._updates, self._stepped, self.guard):
             if hooks is not None:
                 hooks.remove()
         self._runwide.close()
@@ -457,11 +457,12 @@ class Monitor:
     def _meta(self, step: int, index: GradIndex, detail: bool, update_step: int | None) -> StepMeta:
         rate = self._rate.update(step, time.perf_counter())
         state = self.control.state
+        lrs, schedule_lrs = self.control.recorded()
         return StepMeta(
             step=step,
             time=time.time(),
-            lrs=state.lrs,
-            schedule_lrs=state.schedule,
+            lrs=lrs,
+            schedule_lrs=schedule_lrs,
             has_grad=index.has_grad,
             numel_with_grad=index.numel,
             detail=detail,
@@ -506,7 +507,7 @@ class Monitor:
             d2, w2 = upd.to("cpu", torch.float64).numpy().reshape(2, -1)
             self._emit(UpdateStats(step=step, update_ratio=update_ratio(d2, w2)))
         self.closed = True
-        for hooks in (self._updates, self._stepped):
+        for hooks in (self._updates, self._stepped, self.guard):
             if hooks is not None:
                 hooks.remove()
         self._runwide.close()

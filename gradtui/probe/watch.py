@@ -71,10 +71,11 @@ def watch(
             fill them with `mon.lane(i, tensor)` during the forward pass.
         scheduler: accepted for compatibility; not needed: a learning-rate override is
             re-applied at every step on top of whatever the loop or its scheduler sets.
-        guard: True (the defaults) or a `gradtui.Guard(...)`: skip non-finite steps and roll
-            a blow-up back to the last healthy snapshot with a lower learning rate. Off by
-            default. Costs one gradient-norm pass and one host read per step, and a host copy
-            of the model and optimizer state every `snapshot_every` steps (README "Guard").
+        guard: True (the defaults) or a `gradtui.Guard(...)`: skip a bad step (not finite, or
+            a loss far above the recent ones), and roll trouble a skip does not cure back to
+            the last healthy snapshot with a lower learning rate. Off by default. Costs one
+            gradient-norm pass and one host read per step, and a host copy of the model and
+            optimizer state every `snapshot_every` steps (README "Guard").
 
     Returns:
         The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.

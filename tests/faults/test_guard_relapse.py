@@ -51,12 +51,18 @@ def _up(alerts: list[Alert], kind: str, step: int) -> bool:
     return bool(changes) and changes[-1].active
 
 
-def test_a_relapse_after_a_rollback_keeps_the_alarm_up_against_the_healthy_baseline() -> None:
+def test_a_relapse_after_a_rollback_raises_the_alarm_against_the_healthy_baseline() -> None:
     alerts = _relapse_alarms(roll_back=True)
-    # Up through the relapse's first 15 steps (a longer one becomes the run's new level: the
-    # baseline is the recent past, and the guard has acted on the alarm by then).
-    relapse = range(BLOWUP.stop + 1, BLOWUP.stop + 16)
-    assert all(_up(alerts, "exploding", s) for s in relapse), alerts
+    # The rollback clears what the blow-up raised (the run is back before it) ...
+    cleared = [a for a in alerts if not a.active and a.step == BLOWUP.stop]
+    assert {(a.kind, a.layer) for a in cleared} >= {("exploding", None)}, alerts
+    assert all("rolled the run back to step" in a.message for a in cleared)
+    # ... and the relapse raises it again at once, judged against the healthy run; it stays up
+    # through the relapse's first 15 steps (a longer one becomes the run's new level: the baseline
+    # is the recent past, and the guard has acted on the alarm by then).
+    raised = [a for a in alerts if a.active and a.kind == "exploding" and a.step > BLOWUP.stop]
+    assert raised and raised[0].step == BLOWUP.stop + 1, alerts
+    assert all(_up(alerts, "exploding", s) for s in range(BLOWUP.stop + 1, BLOWUP.stop + 16)), alerts
 
 
 def test_without_the_rollback_the_relapse_reads_as_the_blow_ups_aftermath() -> None:
@@ -64,4 +70,5 @@ def test_without_the_rollback_the_relapse_reads_as_the_blow_ups_aftermath() -> N
     level is a calm-down and the flag clears; this is what the detectors said after a rollback
     before they rolled back with the model."""
     alerts = _relapse_alarms(roll_back=False)
+    assert not [a for a in alerts if a.active and a.kind == "exploding" and a.step > BLOWUP.stop], alerts
     assert not _up(alerts, "exploding", BLOWUP.stop + 15), alerts

@@ -95,10 +95,12 @@ def main() -> None:
 
 def guarded(model: nn.Module, rank: int, out: Path) -> None:
     """Adam + StepLR under the guard: rank 0 asks for a rollback at step 1 (as its detectors
-    would), rank 1's gradients turn NaN at step 3; both ranks must act at the same steps."""
+    would), rank 1's gradients turn NaN at step 3 (patience 1: one non-finite step rolls back);
+    both ranks must act at the same steps."""
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
-    mon = gradtui.watch(model, opt, queue=True, every=1, guard=gradtui.Guard(snapshot_every=2, lr_factor=0.5))
+    guard = gradtui.Guard(snapshot_every=2, lr_factor=0.5, patience=1)
+    mon = gradtui.watch(model, opt, queue=True, every=1, guard=guard)
     xs, ys = data()
     per = xs.shape[1] // 2
     start: dict[str, torch.Tensor] = {}
