@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from gradtui.model.layer_stats import LAYER_STATS
+
 SIG_DIGITS = 2
 """Significant digits of a real-valued statistic."""
 
@@ -57,11 +59,9 @@ def fmt_percent(value: float | None) -> str:
 
 def fmt_stat(stat: str, value: float | None) -> str:
     """A per-layer statistic of the store in its own format (see `gradtui.model.store.LAYER_STATS`)."""
-    if stat == "nonfinite":
-        return fmt_count(value)
-    if stat == "zero_frac":
-        return fmt_percent(value)
-    return fmt_sig(value)
+    spec = LAYER_STATS.get(stat)
+    form = spec.form if spec is not None else "sig"
+    return fmt_count(value) if form == "count" else fmt_percent(value) if form == "percent" else fmt_sig(value)
 
 
 def fmt_reading(value: float | None) -> str:

@@ -15,6 +15,7 @@ from rich.style import Style
 
 from gradtui.model.detectors import DetectorConfig
 from gradtui.model.guard import GUARD_SYMBOLS
+from gradtui.model.layer_stats import LAYER_STATS
 from gradtui.ui.numbers import fmt_reading as fmt_number  # noqa: F401 - re-exported for the renderables
 from gradtui.ui.numbers import fmt_sig
 
@@ -143,14 +144,9 @@ class LogScale:
 
 
 STAT_SCALES: dict[str, LogScale] = {
-    "grad_norm": LogScale(-7.0, 3.0),
-    "mean_abs": LogScale(-9.0, 1.0),
-    "max_abs": LogScale(-8.0, 2.0),
-    "update_ratio": LogScale(-7.0, 1.0),
-    "weight_norm": LogScale(-3.0, 3.0),
-    "zero_frac": LogScale(-4.0, 0.0),
+    name: LogScale(*spec.log_range) for name, spec in LAYER_STATS.items() if spec.log_range is not None
 }
-"""Fixed absolute scales: a vanishing or exploding layer looks the same in every run."""
+"""Fixed absolute scales (`gradtui.model.layer_stats`): a vanishing or exploding layer looks the same in every run."""
 
 HEALTH = "health"
 """The heatmap's default view: each cell says whether the layer was healthy at that step."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from gradtui.model.events import FLAG_PRIORITY, primary_flag
+from gradtui.model.layer_stats import LAYER_STATS
 from gradtui.model.store import RunStore
 
 # Detail statistics arrive every `detail_every` sampled steps: a sampled column without one shows
 # the last known value instead of a gap (a column with no sample at all stays "not sampled").
 # grad_norm is never filled: NaN there means "no gradient".
-SPARSE_STATS = frozenset({"mean_abs", "max_abs", "update_ratio", "weight_norm", "zero_frac"})
+SPARSE_STATS = frozenset(name for name, spec in LAYER_STATS.items() if spec.when != "sampled")
 
 
 def bucket_size(count: int, cols: int) -> int:

@@ -29,7 +29,7 @@ from gradtui.ui.scale import FLAG_GLYPHS, FLAG_WORDS, NONFINITE_GLYPH, NONFINITE
 from gradtui.ui.widgets.alert_log import alert_text
 from gradtui.ui.widgets.themed import ROLE_CLASSES, Look, role_css
 
-_LINEAR = frozenset({"nonfinite", "zero_frac"})
+_LINEAR = frozenset(name for name, spec in LAYER_STATS.items() if spec.form != "sig")
 """Statistics drawn on a linear scale (counts and fractions); the rest in log10."""
 
 _LAYER = Binding.Group("layer", compact=True)
