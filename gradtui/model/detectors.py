@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -40,6 +41,11 @@ _WEIGHT_RULE_GAP = -1.0
 _LOSS_MIN_HISTORY = 5
 """Finite losses needed before the loss can hold back the exploding growth rule."""
 _AMP_SKIPS_TOLERATED = 30
+KEEP_STEPS = 16
+"""Steps between two kept copies of the detectors' state (see `Detectors.rolled_back`)."""
+KEPT = 8
+"""Copies kept: 128 steps back (the guard's snapshots are 25 healthy steps apart; a copy is about
+40 KB at 100 layers)."""
 """Consecutive GradScaler-skipped samples ignored; beyond that their non-finite gradients count."""
 _KIND_LEVEL = np.array([_CRITICAL, _INFO, _WARNING, _WARNING, _WARNING], np.int8)
 """Level of a raised flag by kind (rows of `_KINDS`); exploding and loss spikes are judged per sample instead."""
@@ -215,6 +221,8 @@ class Detectors:
         """Each layer's ||g|| / ||w|| (vanishing by weight; NaN before the first detail step)."""
         self._amp_skips = 0
         """GradScaler-skipped samples in a row."""
+        self._kept: deque[Baselines] = deque(maxlen=KEPT)
+        """Copies of the state every `KEEP_STEPS` steps, newest last (what a rollback restores)."""
         self.first_nonfinite: FirstNonfinite | None = None
         """(step, layer) of the first non-finite gradient seen, or None."""
         self.samples = 0
@@ -235,6 +243,7 @@ class Detectors:
         if gn.shape != (n,):
             raise ValueError(f"StepStats has per-layer arrays of shape {gn.shape}, the detectors watch {n} layers")
         self.samples += 1
+        self._keep(stats.step)
         self._begin()
         # NaN and zero norms are expected here; every comparison below masks them.
         with np.errstate(all="ignore"):
@@ -254,6 +263,7 @@ class Detectors:
         global gradient norm (None where not measured) and `canary`, (layers, their gradient norms)
         where it measured some. A canary layer's exploding rule is fed at every step from then on
         (sampled ones included). Returns the alerts raised or cleared at `step`, as `update`."""
+        self._keep(step)
         self._begin()
         with np.errstate(all="ignore"):
             if global_norm is None:
@@ -289,6 +299,21 @@ class Detectors:
         self._leave[_EXPLODING, units] = growth.leave
         self._seen[_EXPLODING, units] = valid
         self._explode_level[units] = growth.level
+
+    def rolled_back(self, to_step: int, step: int) -> list[Alert]:
+        """The run was rolled back to `to_step` at `step` (the guard): the detectors go back to the
+        newest copy of their state kept at or before it (every `KEEP_STEPS` steps). Returns the
+        alerts that clear the flags raised since (none when no copy reaches back that far)."""
+        kept = self._kept
+        while kept and kept[-1].step > to_step:
+            kept.pop()
+        return self.restore_baselines(kept[-1], step) if kept else []
+
+    def _keep(self, step: int) -> None:
+        """A copy of the state before `step`, every `KEEP_STEPS` steps (for `rolled_back`)."""
+        kept = self._kept
+        if not kept or step - kept[-1].step >= KEEP_STEPS:
+            kept.append(self.baselines(step))
 
     def baselines(self, step: int) -> Baselines:
         """A copy of the detectors' state at `step` (the norms' and the loss's recent history, and

@@ -193,6 +193,8 @@ class Summary:
             self.end = event
         elif isinstance(event, GuardAction):
             self.guard.append({"step": event.step, "action": event.action, "detail": event.detail})
+            if self.detectors is not None and event.action == "rollback" and event.to_step is not None:
+                self._raised(self.detectors.rolled_back(event.to_step, event.step))  # as the probe's did
         elif isinstance(event, BadBatch):
             self.bad_batches.append({"step": event.step, "why": event.why, "batch": event.batch})
         self.interventions.add(event)

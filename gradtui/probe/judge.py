@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from gradtui.model.detector_config import DetectorConfig
-from gradtui.model.detectors import Baselines, Detectors, Limits
+from gradtui.model.detectors import Detectors, Limits
 from gradtui.model.events import BLOWUP_KINDS, Alert, GuardAction, RunSteps, StepStats, run_rows
 from gradtui.probe.budget import Sampler
 from gradtui.probe.guard import Keeper, Ledger
@@ -27,12 +26,6 @@ from gradtui.probe.sinks import Outputs
 from gradtui.probe.stats import GradStats, publish
 from gradtui.probe.stepped import Placement
 from gradtui.wire import env
-
-CHECKPOINT_STEPS = 16
-"""Steps between two kept copies of the detectors' baselines."""
-CHECKPOINTS = 8
-"""Copies kept: 128 steps back (the guard's snapshots are 25 healthy steps apart; a copy is ~40 KB
-at 100 layers)."""
 
 
 def make_detectors(detectors: Any, layers: Sequence[Layer]) -> Detectors | None:
@@ -77,8 +70,6 @@ class Judge:
         self._guard = guard
         self.limits = Limits(math.inf, math.inf, np.full(stats.n, math.inf))
         """What has an unsampled step sampled whole (`Detectors.run_limits`)."""
-        self._checkpoints: deque[tuple[int, Baselines]] = deque(maxlen=CHECKPOINTS)
-        """(step, the detectors' baselines before it): what a rollback restores."""
 
     def handle(self, item: object) -> None:
         """A sampled step, the run-wide values of unsampled steps, or an event made elsewhere."""
@@ -96,24 +87,13 @@ class Judge:
                 self._sampler.published(time.thread_time() - began)
         else:
             self._outputs.emit(item)  # type: ignore[arg-type]
-            if isinstance(item, GuardAction) and item.action == "rollback" and item.to_step is not None:
-                self._rolled_back(item.to_step, item.step)
-
-    def _checkpoint(self, step: int) -> None:
-        """Keep the detectors' baselines every `CHECKPOINT_STEPS` steps (for a rollback)."""
-        kept = self._checkpoints
-        if self.detectors is not None and (not kept or step - kept[-1][0] >= CHECKPOINT_STEPS):
-            kept.append((step, self.detectors.baselines(step)))
-
-    def _rolled_back(self, to_step: int, at: int) -> None:
-        """The guard restored the run to `to_step` at step `at`: so do the detectors' baselines (the
-        newest kept at or before it), or a relapse would be judged against the blow-up's own norms."""
-        kept = self._checkpoints
-        while kept and kept[-1][0] > to_step:
-            kept.pop()
-        if kept and self.detectors is not None:
-            self._alerts(at, self.detectors.restore_baselines(kept[-1][1], at), None)
-            self._screens()
+            rollback = isinstance(item, GuardAction) and item.action == "rollback" and item.to_step is not None
+            if rollback and self.detectors is not None:
+                assert isinstance(item, GuardAction) and item.to_step is not None
+                # The detectors go back with the model, or a relapse would be judged against the
+                # blow-up's own norms.
+                self._alerts(item.step, self.detectors.rolled_back(item.to_step, item.step), None)
+                self._screens()
 
     def _sampled(self, item: Sampled) -> None:
         stats, update = publish(item.values, item.meta, self._n, self._lanes, item.stepped_factor)
@@ -126,7 +106,6 @@ class Judge:
         if not self._host_loss:
             sampler.check(stats.step, stats.loss)  # not read at each step there: that would be a sync
         if self.detectors is not None:
-            self._checkpoint(stats.step)
             self._alerts(stats.step, self.detectors.update(stats), stats)
             self._screens()
 
@@ -136,7 +115,6 @@ class Judge:
         if detectors is None:
             return
         for step, loss, norm, canary in run_rows(event):
-            self._checkpoint(step)
             if norm is not None:
                 self._sampler.check(step, norm)
             self._alerts(step, detectors.update_run(step, loss, norm, canary), None)

@@ -11,10 +11,7 @@ training thread waits, as it did when it wrote the record itself.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -26,9 +23,6 @@ from gradtui.probe.stats import StepMeta
 
 log = logging.getLogger("gradtui")
 
-PUBLISH_NICE = 10
-"""How much nicer than the training thread the publishing thread runs (Linux, where a thread has a
-nice value of its own)."""
 MAX_BACKLOG = 256
 """Items queued before `put` waits for the thread (a sampled step is one item; its alerts are made on the thread)."""
 
@@ -40,18 +34,6 @@ class Sampled:
     values: np.ndarray
     meta: StepMeta
     stepped_factor: float
-
-
-def _yield_cores() -> None:
-    """Lower the calling thread's priority by `PUBLISH_NICE`: the training loop's own threads
-    (torch's, which want every core) go first, and this thread works in their gaps (the Python
-    between kernels, the optimizer's loop over parameters). On a 2-core CPU it was the probe's
-    largest cost: 0.5 ms of CPU a sampled step, taken from a core a kernel was waiting for."""
-    if not sys.platform.startswith("linux"):
-        return  # elsewhere PRIO_PROCESS names the whole process, not this thread
-    with contextlib.suppress(OSError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + PUBLISH_NICE))
 
 
 class Publisher:
@@ -115,7 +97,6 @@ class Publisher:
         return len(self._items) + self._busy
 
     def _run(self) -> None:
-        _yield_cores()
         try:
             while True:
                 with self._cond:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import gradtui
-from gradtui.model.events import Alert, GuardAction, RunSteps
+from gradtui.model.events import Alert, Event, GuardAction, RunSteps
+from gradtui.model.report import summarize
 
 PRE = 200  # healthy steps
 BLOWUP = range(PRE, PRE + 12)  # the norm compounding 3x a step, the loss with it
@@ -22,6 +23,10 @@ def _steps(first: int, norms: np.ndarray, losses: np.ndarray) -> RunSteps:
 
 
 def _relapse_alarms(roll_back: bool) -> list[Alert]:
+    return [e for e in _relapse_events(roll_back) if isinstance(e, Alert)]
+
+
+def _relapse_events(roll_back: bool) -> list[Event]:
     """The run-wide tier's history through the publishing thread's judge: healthy, a blow-up, the
     guard's rollback to a healthy step (its event), then a relapse at 40x the healthy norm."""
     torch.manual_seed(0)
@@ -42,7 +47,7 @@ def _relapse_alarms(roll_back: bool) -> list[Alert]:
     )
     mon.close()
     assert mon.events is not None
-    return [e for e in mon.events.drain() if isinstance(e, Alert)]
+    return mon.events.drain()
 
 
 def _up(alerts: list[Alert], kind: str, step: int) -> bool:
@@ -72,3 +77,13 @@ def test_without_the_rollback_the_relapse_reads_as_the_blow_ups_aftermath() -> N
     alerts = _relapse_alarms(roll_back=False)
     assert not [a for a in alerts if a.active and a.kind == "exploding" and a.step > BLOWUP.stop], alerts
     assert not _up(alerts, "exploding", BLOWUP.stop + 15), alerts
+
+
+def test_the_report_recomputes_the_rollback_as_the_probe_judged_it() -> None:
+    """`gradtui report` re-runs the detectors over the record: the rollback on the record takes them
+    back as it took the probe's, so the report raises the relapse's alarm at the same step."""
+    events = _relapse_events(roll_back=True)
+    live = [(a.step, a.kind, a.layer) for a in events if isinstance(a, Alert) and a.active]
+    recomputed = [(a["step"], a["kind"], a["layer"]) for a in summarize(events, recompute=True)["alerts"]]
+    assert (BLOWUP.stop + 1, "exploding", None) in live
+    assert recomputed == live

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 import pytest
@@ -14,7 +12,7 @@ import gradtui
 from gradtui.model.detectors import Detectors
 from gradtui.model.events import Alert, Event, RunEnd, RunStart, StepStats
 from gradtui.probe import publisher as publisher_mod
-from gradtui.probe.publisher import PUBLISH_NICE, Publisher
+from gradtui.probe.publisher import Publisher
 
 
 class BlockingSink:
@@ -102,21 +100,3 @@ def test_a_backlog_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pub.flush(10) and seen == list(range(10))
     pub.close(10)
 
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
-def test_the_publishing_thread_yields_the_cores_to_the_training_threads() -> None:
-    seen: list[tuple[int, int]] = []
-
-    def handle(item: object) -> None:
-        tid = threading.get_native_id()
-        seen.append((os.getpriority(os.PRIO_PROCESS, tid), tid))
-
-    publisher = Publisher(handle)
-    publisher.put(1)
-    publisher.flush()
-    publisher.close()
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    [(nice, tid)] = seen
-    assert tid != threading.get_native_id()
-    assert nice == min(19, mine + PUBLISH_NICE)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's is untouched
