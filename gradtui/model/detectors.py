@@ -136,7 +136,7 @@ class LossSpike:
 
 
 class Baselines(NamedTuple):
-    """What the rules compare with at some step (`Detectors.baselines`)."""
+    """The detectors' state at some step (what `Detectors.rolled_back` restores)."""
 
     step: int
     """The step it was taken at."""
@@ -307,22 +307,22 @@ class Detectors:
         kept = self._kept
         while kept and kept[-1].step > to_step:
             kept.pop()
-        return self.restore_baselines(kept[-1], step) if kept else []
+        return self._restore(kept[-1], step) if kept else []
 
     def _keep(self, step: int) -> None:
         """A copy of the state before `step`, every `KEEP_STEPS` steps (for `rolled_back`)."""
         kept = self._kept
         if not kept or step - kept[-1].step >= KEEP_STEPS:
-            kept.append(self.baselines(step))
+            kept.append(self._baselines(step))
 
-    def baselines(self, step: int) -> Baselines:
+    def _baselines(self, step: int) -> Baselines:
         """A copy of the detectors' state at `step` (the norms' and the loss's recent history, and
-        the flags), for `restore_baselines` after the run is rolled back to it."""
+        the flags), for `_restore` after the run is rolled back to it."""
         flags = (self._active, self._level, self._on_since, self._off_since)
         rules = (self._layer_growth, self._run_growth, self._canary, self._canary_growth, self._loss_spike)
         return Baselines(step, copy.deepcopy((rules, flags)))
 
-    def restore_baselines(self, saved: Baselines, step: int) -> list[Alert]:
+    def _restore(self, saved: Baselines, step: int) -> list[Alert]:
         """The detectors as `saved` had them: the run was rolled back to its step, so what came after
         (a blow-up's norms, its flags) is no longer the run's past. It goes on at `step`, that history
         as recent as it was then. Returns an alert clearing each flag raised since (a relapse raises

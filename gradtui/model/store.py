@@ -87,8 +87,6 @@ class RunStore:
     """Steps held in the every-step ring (at most run_capacity)."""
     run_total: int = 0
     """Steps folded into the every-step ring since the start (including those that left it)."""
-    norm_total: int = 0
-    """Of those, the steps whose global norm was measured (not canaries only: `RunSteps.global_norm`)."""
     stride: int = 1
     """Steps between the last two sampled steps (the effective sampling when a budget sets it)."""
     version: int = 0
@@ -203,7 +201,6 @@ class RunStore:
         self._run_head = 0
         self.run_count = 0
         self.run_total = 0
-        self.norm_total = 0
         self.last_step = -1
 
     def _ensure_started(self, n_layers: int) -> None:
@@ -291,7 +288,6 @@ class RunStore:
         self._run_head = (row + 1) % cap
         self.run_count = min(self.run_count + 1, cap)
         self.run_total += 1
-        self.norm_total += 1
         self._run_steps[row] = step
         self._run_series["loss"][row] = loss
         self._run_series["global_norm"][row] = global_norm
@@ -337,7 +333,6 @@ class RunStore:
         self._run_head = (head + take) % cap
         self.run_count = min(self.run_count + take, cap)
         self.run_total += n
-        self.norm_total += n if measured else 0
         self.last_step = int(steps[-1])
 
     def _add_hist(self, ev: StepStats) -> None:
@@ -441,12 +436,6 @@ class RunStore:
             steps: np.ndarray = self.run_steps(last)[self._measured(last)]
             return steps
         return self.run_steps(last) if name in STEP_SERIES else self.steps(last)
-
-    def series_first_index(self, name: str) -> int:
-        """How many values of `series(name)` left the ring before its oldest one (an absolute position)."""
-        if name == "global_norm":
-            return self.norm_total - int(self._measured(None).sum())
-        return self.run_total - self.run_count if name in STEP_SERIES else self.total_steps - self.count
 
     def _measured(self, last: int | None) -> np.ndarray:
         """Which of the newest `last` steps of the every-step ring had their global norm measured

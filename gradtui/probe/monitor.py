@@ -377,10 +377,9 @@ class Monitor:
             screened = self._runwide.canary_step(step, value)
         if screened is None or screened:
             index, grads = stats.current()
+            unusual = bool(screened)
             if not sampled and screened is None:
                 total, unusual = self._runwide.full_step(step, loss, value, index, grads, scale)
-            else:
-                unusual = bool(screened)
             if unusual:
                 sampled, detail = True, self._sampler.promote(step)
         if sampled:
