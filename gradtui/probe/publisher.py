@@ -7,12 +7,18 @@ and the next forward and backward (torch and NumPy release the GIL in their kern
 Events keep the order they were made in: every event of the monitor goes through here
 once the run has started. A backlog (a slow disk) is bounded: past `MAX_BACKLOG` items the
 training thread waits, as it did when it wrote the record itself.
+
+Gated (`gated`, set once the monitor has a signal at the start of each backward pass, see
+`gradtui.probe.backward`), the thread holds what is queued until `release` and handles it
+while backward runs without the GIL, not during the optimizer step and the next forward, whose
+Python calls would wait on it. Without a release within `GATE_WAIT_S` it goes on anyway.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +31,8 @@ log = logging.getLogger("gradtui")
 
 MAX_BACKLOG = 256
 """Items queued before `put` waits for the thread (a sampled step is one item; its alerts are made on the thread)."""
+GATE_WAIT_S = 0.1
+"""Longest a queued item waits for a gated thread's release (a backward pass that sends no signal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,12 @@ class Publisher:
         self._halting = False
         self._halted = threading.Event()
         self._failures = 0
+        self.gated = False
+        """Hold queued items until `release` (or `GATE_WAIT_S`): set by the monitor."""
+        self._open = False
+        """Released: handle what is queued until the queue is empty."""
+        self._since = 0.0
+        """When the oldest queued item came (monotonic seconds)."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.ident = self._thread.ident
@@ -63,13 +77,27 @@ class Publisher:
         """Queue `item` (waits only while MAX_BACKLOG items are queued)."""
         with self._cond:
             while len(self._items) >= MAX_BACKLOG and self._thread.is_alive() and not self._halting:
+                self._open = True
                 self._cond.wait(0.05)
+            if not self._items:
+                self._since = time.monotonic()
             self._items.append(item)
-            self._cond.notify_all()
+            if not self.gated or self._open:
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        """Handle what is queued now (a gated thread: from the hook at the start of backward)."""
+        if self._items:  # read without the lock: an item queued just after is handled at the next release
+            with self._cond:
+                self._open = True
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every item queued so far is handled; False on timeout."""
         with self._cond:
+            if self._items:
+                self._open = True
+                self._cond.notify_all()
             return self._cond.wait_for(lambda: not (self._items or self._busy) or not self._thread.is_alive(), timeout)
 
     def close(self, timeout: float | None = None) -> None:
@@ -96,16 +124,27 @@ class Publisher:
         """Items queued and not handled yet."""
         return len(self._items) + self._busy
 
+    def _due(self) -> bool:
+        """Whether the thread goes on now (with the lock held): an item to handle, or the end."""
+        if self._closing or self._halting:
+            return True
+        if not self._items:
+            return False
+        return not self.gated or self._open or time.monotonic() - self._since >= GATE_WAIT_S
+
     def _run(self) -> None:
         try:
             while True:
                 with self._cond:
-                    while not self._items and not (self._closing or self._halting):
-                        self._cond.wait(0.1)
+                    while not self._due():
+                        wait = GATE_WAIT_S - (time.monotonic() - self._since) if self._items else 0.1
+                        self._cond.wait(max(wait, 0.001))
                     if not self._items:
                         return
                     item = self._items.popleft()
                     self._busy = True
+                    if not self._items:
+                        self._open = False  # the next items wait for the next release
                 try:
                     self._handle(item)
                 except Exception:

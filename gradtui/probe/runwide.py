@@ -21,10 +21,9 @@ loss only (`RunSteps.global_norm` None): a norm over some layers is not the glob
 
 from __future__ import annotations
 
-import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch import nn
 from gradtui.model.detectors import Limits
 from gradtui.model.events import RunSteps
 from gradtui.probe.amp import AmpScale
+from gradtui.probe.backward import FillOrder
 from gradtui.probe.budget import Sampler
 from gradtui.probe.publisher import Sampled
 from gradtui.probe.stats import GradIndex, GradStats, Pending, host_loss, loss_tensor, to_host
@@ -108,51 +108,34 @@ def measure(
 class Canaries:
     """The layers an unsampled step measures where a pass over every gradient costs too much:
     the layer of the gradient that the first backward pass fills last, and of the one it fills
-    first (post-accumulate-grad hooks watch that one pass, then go).
+    first.
 
     Args:
-        params: The watched parameters, in `GradStats.params` order.
-        param_layer: The layer of each of them.
+        order: The first backward pass's fill order of the watched parameters.
+        param_layer: The layer of each watched parameter.
     """
 
-    def __init__(self, params: Sequence[nn.Parameter], param_layer: np.ndarray) -> None:
-        self._params = params
+    def __init__(self, order: FillOrder, param_layer: np.ndarray) -> None:
+        self._order = order
         self._param_layer = param_layer
-        self._arrived: list[int] = []
-        self._hooks: list[Any] = [
-            p.register_post_accumulate_grad_hook(functools.partial(self._arrive, i))
-            for i, p in enumerate(params)
-            if p.requires_grad
-        ]
         self.layers = np.zeros(0, np.int64)
         """The canary layers (indices into the watched layers)."""
         self._tensors: list[nn.Parameter] = []
         self._slot: list[int] = []
         """For each of `_tensors`, its layer's position in `layers`."""
 
-    def _arrive(self, i: int, _param: nn.Parameter) -> None:
-        self._arrived.append(i)
-
     def ready(self) -> bool:
-        """Whether the canaries are known: after a backward pass (which ends the hooks' watch)."""
-        if self._hooks and self._arrived:
-            for hook in self._hooks:
-                hook.remove()
-            self._hooks = []
-            ends = (self._param_layer[self._arrived[-1]], self._param_layer[self._arrived[0]])
+        """Whether the canaries are known: after a backward pass."""
+        if not self._tensors and self._order.learned():
+            arrived = self._order.order
+            ends = (self._param_layer[arrived[-1]], self._param_layer[arrived[0]])
             self.layers = np.array(sorted({int(x) for x in ends}), np.int64)
-            for i, p in enumerate(self._params):
+            for i, p in enumerate(self._order.params):
                 where = np.flatnonzero(self.layers == self._param_layer[i])
                 if where.size and p.requires_grad:
                     self._tensors.append(p)
                     self._slot.append(int(where[0]))
         return bool(self._tensors)
-
-    def close(self) -> None:
-        """Remove the hooks if no backward pass came."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
 
     def measure(self) -> np.ndarray | None:
         """Each canary layer's squared gradient norm (float64); None when one has no gradient now
@@ -305,6 +288,7 @@ class RunWide:
         send: Hands an item to the publishing thread.
         limits: The detectors' screens now (`Detectors.run_limits`, replaced whole).
         primary: This process reports (rank 0).
+        order: The first backward pass's fill order (where the canaries come from).
     """
 
     def __init__(
@@ -314,6 +298,7 @@ class RunWide:
         send: Callable[[object], None],
         limits: Callable[[], Limits],
         primary: bool,
+        order: FillOrder,
     ) -> None:
         self._stats = stats
         self._sampler = sampler
@@ -324,7 +309,7 @@ class RunWide:
         self._screen = sampler.adaptive and stats.dist is None
         """Values may have their step sampled whole (with the budget only: a fixed stride stays exact,
         and under torch.distributed every rank must sample the same steps)."""
-        self.canaries = Canaries(stats.params, stats.param_layer) if self._screen and stats.fast_cpu else None
+        self.canaries = Canaries(order, stats.param_layer) if self._screen and stats.fast_cpu else None
 
     def canary_step(self, step: int, value: float | None) -> bool | None:
         """A step measured by its canaries where the budget asks for it: whether it looks unusual
@@ -379,7 +364,3 @@ class RunWide:
         if not math.isfinite(norm) or norm >= limits.global_norm or math.isinf(loss) or loss >= limits.loss:
             return True
         return layer_sq is not None and bool((layer_sq >= limits.layers * limits.layers).any())
-
-    def close(self) -> None:
-        if self.canaries is not None:
-            self.canaries.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from torch import nn
 
 import gradtui
 from gradtui.demo.scenarios import ScenarioRun, get
-from gradtui.model.events import Alert, GuardAction, RunStart, RunSteps, StepStats, run_rows
+from gradtui.model.events import Alert, Event, GuardAction, RunStart, RunSteps, StepStats, run_rows
 
 BLOWUP_KINDS = ("exploding", "nonfinite", "loss_spike")
 ALARM_LEVELS = ("warning", "critical")
@@ -324,10 +325,12 @@ def train(
     seed: int = 0,
     watched: bool = True,
     stop_after_nonfinite: int | None = None,
+    slow_sink: float = 0.0,
 ) -> Run:
     """Train `loop` under `gradtui.watch` (at the defaults when `every` is None; no probe at all
     when not `watched`) and collect its events. `stop_after_nonfinite`: end the run that many
-    steps after its first non-finite step."""
+    steps after its first non-finite step. `slow_sink`: seconds an extra sink takes over each
+    event (a publishing thread held up: a loaded machine, a slow disk)."""
     run = loop.build(seed)
     out = Run(loop, every)
     options = dict(loop.watch_options)
@@ -336,6 +339,8 @@ def train(
     mon = (
         gradtui.watch(run.model, run.optimizer, queue=100_000, serve=False, guard=guard, **options) if watched else None
     )
+    if mon is not None and slow_sink:
+        mon.add_sink(_SlowSink(slow_sink))
     checked = _Checked(mon, run.model, out)
     try:
         for i in range(loop.steps):
@@ -366,6 +371,17 @@ def train(
     if every is None:
         assert out.start.budget > 0, "GRADTUI_BUDGET is still set: the probe did not run at its defaults"
     return out
+
+
+class _SlowSink:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def emit(self, event: Event, frame: bytes | None = None) -> None:
+        time.sleep(self.seconds)
+
+    def close(self) -> None:
+        pass
 
 
 def same(a: list[float], b: list[float]) -> bool:
@@ -563,6 +579,18 @@ def test_the_guard_heals_a_blowup_at_the_defaults_as_at_every_step(loop: Loop, s
     assert late is not None and late <= acted + GUARD_LAG, (
         f"the guard first acts at step {acted} at every=1, at step {late} at the defaults\n{why}"
     )
+
+
+def test_the_guard_acts_at_the_same_step_however_slow_the_publishing_thread() -> None:
+    """The alarms the guard acts on are judged on the publishing thread; at each step the guard
+    waits for the judgement of the steps before, so a thread held up (here 10 ms an event, many
+    times the step) does not move the step it acts at."""
+    quick = train(MOMENTUM, 1, guard=True)
+    slow = train(MOMENTUM, 1, guard=True, slow_sink=0.01)
+    acted = quick.first_action()
+    assert acted is not None, describe(quick)
+    assert slow.first_action() == acted, describe(quick, slow)
+    assert [(g.step, g.action) for g in slow.guard] == [(g.step, g.action) for g in quick.guard]
 
 
 # ---------------------------------------------------------------- 6. a healthy run is left alone

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import pytest
 import torch
@@ -100,3 +102,93 @@ def test_a_backlog_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pub.flush(10) and seen == list(range(10))
     pub.close(10)
 
+
+
+class _SlowBackward(torch.autograd.Function):
+    """Identity whose backward takes 50 ms without the GIL: a backward pass long enough to watch."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return grad
+
+
+class _Slow(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SlowBackward.apply(x)
+
+
+class PhaseSink:
+    """Notes the training loop's phase when each sampled step's statistics come out."""
+
+    def __init__(self, phase: list[tuple[str, int]]) -> None:
+        self.phase = phase
+        self.seen: list[tuple[int, tuple[str, int]]] = []
+
+    def emit(self, event: Event, frame: bytes | None = None) -> None:
+        if isinstance(event, StepStats):
+            self.seen.append((event.step, self.phase[0]))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("every_step_sampling")  # a sampled step at every step to place
+def test_the_publishing_thread_works_while_the_next_backward_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not during the optimizer step or the next forward, whose Python calls would wait for it."""
+    # Only the signal at backward's start moves the thread (raising=False: the test runs on older probes too).
+    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0, raising=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), _Slow(), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    phase = [("start", -1)]
+    mon = gradtui.watch(model, opt, queue=True, serve=False)
+    sink = PhaseSink(phase)
+    mon.add_sink(sink)
+    steps = 12
+    for i in range(steps):
+        phase[0] = ("forward", i)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        phase[0] = ("backward", i)
+        loss.backward()
+        phase[0] = ("step", i)
+        mon.step(loss)
+        opt.step()
+    # One hook stays on the model: on the gradient backward fills first (the last Linear's).
+    hooks = {n: len(p._post_accumulate_grad_hooks or {}) for n, p in model.named_parameters()}
+    phase[0] = ("close", steps)
+    mon.close()
+    assert [s for s, _ in sink.seen] == list(range(steps))
+    order = {"forward": 0, "backward": 1, "step": 2, "close": 3}
+    placed = sink.seen[:-1]  # the last comes out at close
+    early = [(s, p) for s, p in placed if (p[1], order[p[0]]) < (s + 1, order["backward"])]
+    assert not early, f"sampled steps handled before the next backward began: {early}"
+    during = sum(p == ("backward", s + 1) for s, p in placed)
+    assert during >= 0.8 * len(placed), sink.seen
+    assert sum(hooks.values()) == 1 and hooks["3.weight"] + hooks["3.bias"] == 1, hooks
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters()), "close leaves a hook"
+
+
+def test_without_the_signal_the_publishing_thread_goes_on_by_its_timer() -> None:
+    """A backward pass that no longer fills the signalling gradient (its parameter frozen) still
+    has its steps published, without a flush."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradtui.watch(model, opt, queue=True, serve=False, every=1)
+    sink = PhaseSink([("any", 0)])
+    mon.add_sink(sink)
+    _train(mon, model, opt, 2)
+    for p in model[2].parameters():
+        p.requires_grad_(False)
+    _train(mon, model, opt, 6)
+    deadline = time.monotonic() + 30  # a liveness bound: GATE_WAIT_S is 0.1 s
+    while len(sink.seen) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [s for s, _ in sink.seen] == list(range(8))
+    mon.close()
