@@ -98,6 +98,21 @@ class Rollback:
     id: str = field(default_factory=new_command_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Arm a deep capture for `steps` steps (`gradtui.probe.capture`): activation and optimizer-state
+    statistics at every step, and the first module to produce a NaN or Inf."""
+
+    steps: int = 32
+    """Steps to capture, from the step it is applied at (1 .. `MAX_CAPTURE_STEPS`)."""
+    id: str = field(default_factory=new_command_id)
+
+
+MAX_CAPTURE_STEPS = 1024
+"""The longest capture a command may ask for: a capture samples every step in full."""
+NO_CAPTURE = "this run's probe takes no captures (a gradtui before deep capture)"
+
+
 NO_GUARD = "this run keeps no snapshot to roll back to: watch it with gradtui.watch(..., guard=True)"
 
 
@@ -109,7 +124,7 @@ class UnknownCommand:
     id: str = ""
 
 
-Command = SetLR | SetClip | SetPaused | Release | Rollback | UnknownCommand
+Command = SetLR | SetClip | SetPaused | Release | Rollback | Capture | UnknownCommand
 
 COMMAND_TYPES: dict[str, type] = {
     "set_lr": SetLR,
@@ -117,6 +132,7 @@ COMMAND_TYPES: dict[str, type] = {
     "set_paused": SetPaused,
     "release": Release,
     "rollback": Rollback,
+    "capture": Capture,
 }
 
 
@@ -239,6 +255,11 @@ def validate(cmd: Command, n_groups: int | ControlState) -> str | None:
         return None
     if isinstance(cmd, Rollback):
         return None if isinstance(cmd.reason, str) else f"rollback reason must be text, got {cmd.reason!r}"
+    if isinstance(cmd, Capture):
+        steps = cmd.steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_CAPTURE_STEPS:
+            return f"capture steps must be a whole number from 1 to {MAX_CAPTURE_STEPS}, got {steps!r}"
+        return None
     return f"not a command: {type(cmd).__name__}"
 
 
@@ -348,6 +369,8 @@ def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
         return new, "released: " + "; ".join(parts)
     if isinstance(cmd, Rollback):
         raise CommandRefused(NO_GUARD)  # the state holds no snapshot: a guard answers it (probe.guard)
+    if isinstance(cmd, Capture):
+        raise CommandRefused(NO_CAPTURE)  # the state holds no instruments: the probe answers it (probe.capture)
     assert isinstance(cmd, SetPaused)  # validate() refuses everything else
     return replace(state, paused=cmd.paused), "paused" if cmd.paused else "resumed"
 

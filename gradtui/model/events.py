@@ -232,6 +232,79 @@ class UpdateStats:
     """Per-layer ||w_after - w_before|| / ||w_before|| (float64); NaN where undefined."""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CaptureStats:
+    """A deep-capture step's extra per-layer statistics (`gradtui.probe.capture`): each watched
+    layer's forward output, and the optimizer's state after the step. NaN where not measured (a
+    layer that did not run this step; an optimizer that keeps no such state)."""
+
+    step: int
+    act_rms: np.ndarray
+    """float64 per layer: root mean square of the layer's forward output this step."""
+    act_max: np.ndarray
+    """float64 per layer: max |a| of its forward output (over the finite values)."""
+    act_nonfinite: np.ndarray
+    """int64 per layer: NaN/Inf values in its forward output."""
+    act_kurtosis: np.ndarray
+    """float64 per layer: E[(a - mean)^4] / var^2 of its forward output (3 for a Gaussian)."""
+    opt_m1: np.ndarray
+    """float64 per layer: L2 norm of the optimizer's first moment (Adam's exp_avg, SGD's momentum buffer)."""
+    opt_m2: np.ndarray
+    """float64 per layer: L2 norm of its second moment (Adam's exp_avg_sq, RMSprop's square_avg,
+    Adagrad's sum)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A deep capture (`gradtui.probe.capture`): armed at `start` for `steps` steps, and sent again
+    with `ended` once it is over (`step` is then its last step)."""
+
+    step: int
+    start: int
+    steps: int
+    reason: str
+    """Why it was armed, in words ("exploding gradients (critical) on layer 'h.3'", "asked from the
+    viewer", "mon.capture()", "non-finite loss")."""
+    ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NonFiniteOrigin:
+    """The first module, in execution order, that produced a NaN or Inf at `step`: where a run broke."""
+
+    step: int
+    module: str
+    """Its qualified name in the model ("transformer.h.3.attn"); "" for the loss itself."""
+    layer: int | None
+    """Its index in `RunStart.layers` when it is a watched layer, else None."""
+    direction: str
+    """"forward" (its output) or "backward" (the gradient it passed back)."""
+    kind: str
+    """"nan" or "inf"."""
+    input_max: float
+    """max |x| over its inputs (the incoming gradient, backward), over their finite values; NaN unknown."""
+    op: str = ""
+    """The operator that produced it, where named (e.g. "aten::exp"); "" unknown."""
+    rank: int | None = None
+    """Under torch.distributed: the rank it was found on."""
+    how: str = "capture"
+    """"capture" (checks armed before the step) or "rerun" (the step's forward re-run from its inputs
+    before the optimizer moved)."""
+
+    def words(self) -> str:
+        """'first non-finite: h.3.attn forward output, step 152, Inf; its input max 3.4e+38'."""
+        where = self.module or "the loss"
+        what = "forward output" if self.direction == "forward" else "gradient passed back"
+        text = f"first non-finite: {where} {what}, step {self.step}, {'NaN' if self.kind == 'nan' else 'Inf'}"
+        if self.input_max == self.input_max:
+            text += f"; its input max {self.input_max:.2g}"
+        if self.op:
+            text += f" (in {self.op})"
+        if self.rank is not None:
+            text += f" on rank {self.rank}"
+        return text
+
+
 @dataclass(frozen=True, slots=True)
 class CommandResult:
     """Acknowledgement of a command: applied at `step`, or refused with a reason."""
@@ -322,6 +395,9 @@ Event = (
     | StepStats
     | RunSteps
     | UpdateStats
+    | CaptureStats
+    | Capture
+    | NonFiniteOrigin
     | CommandResult
     | Alert
     | GuardAction
@@ -336,6 +412,9 @@ EVENT_TYPES: dict[str, type] = {
     "step": StepStats,
     "run_steps": RunSteps,
     "update": UpdateStats,
+    "capture_stats": CaptureStats,
+    "capture": Capture,
+    "origin": NonFiniteOrigin,
     "command_result": CommandResult,
     "alert": Alert,
     "guard": GuardAction,
@@ -354,6 +433,8 @@ __all__ = [
     "Alert",
     "AlertKind",
     "BadBatch",
+    "Capture",
+    "CaptureStats",
     "ClipMode",
     "CommandResult",
     "Dropped",
@@ -367,6 +448,7 @@ __all__ = [
     "Event",
     "LayerInfo",
     "LogLine",
+    "NonFiniteOrigin",
     "RunEnd",
     "RunStart",
     "RunSteps",

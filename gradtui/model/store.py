@@ -18,19 +18,22 @@ from gradtui.model.events import (
     GRAD_HIST_BUCKETS,
     Alert,
     BadBatch,
+    Capture,
+    CaptureStats,
     CommandResult,
     Dropped,
     Event,
     GuardAction,
     LayerInfo,
     LogLine,
+    NonFiniteOrigin,
     RunEnd,
     RunStart,
     RunSteps,
     StepStats,
     UpdateStats,
 )
-from gradtui.model.layer_stats import LAYER_STATS
+from gradtui.model.layer_stats import CAPTURE_STATS, LAYER_STATS
 
 STAT_LABELS: dict[str, str] = {name: spec.label for name, spec in LAYER_STATS.items()}
 """Each per-layer statistic's name on screen (`gradtui.model.layer_stats`)."""
@@ -101,6 +104,10 @@ class RunStore:
     guard_counts: dict[str, int] = field(default_factory=dict)
     """How many of each guard action (for the header, which must not count a long list a frame)."""
     bad_batches: list[BadBatch] = field(default_factory=list)
+    captures: list[Capture] = field(default_factory=list)
+    """Deep captures, as armed and (a second entry, `ended`) as they ended."""
+    origins: list[NonFiniteOrigin] = field(default_factory=list)
+    """Where the run first produced a NaN or Inf, each time a capture or a re-run found it."""
     first_weight_norm: np.ndarray | None = None
     """Per-layer weight norms at the first detail step (the init, for the advice)."""
     alerts: list[Alert] = field(default_factory=list)
@@ -134,6 +141,14 @@ class RunStore:
             self._add_run_steps(event)
         elif isinstance(event, UpdateStats):
             self._add_update(event)
+        elif isinstance(event, CaptureStats):
+            self._add_capture(event)
+        elif isinstance(event, Capture):
+            self.captures.append(event)
+            if not event.ended:
+                self.markers.append(Marker(event.start, "capture", event.reason))
+        elif isinstance(event, NonFiniteOrigin):
+            self.origins.append(event)
         elif isinstance(event, RunStart):
             self._start(event)
         elif isinstance(event, Alert):
@@ -349,14 +364,35 @@ class RunStore:
             return
         if self.n_lanes:
             ev = UpdateStats(ev.step, np.concatenate([ev.update_ratio, np.full(self.n_lanes, np.nan)]))
+        row = self._row_of(ev.step)
+        if row is not None:
+            self._stats["update_ratio"][row] = ev.update_ratio
+        self._latest["update_ratio"][:] = ev.update_ratio
+        self._latest_step["update_ratio"][:] = ev.step
+
+    def _row_of(self, step: int) -> int | None:
+        """The sampled ring's row of `step` among the newest few (None: not there)."""
         cap = self._steps.shape[0]
         for back in range(1, min(self.count, 8) + 1):
             row = (self._head - back) % cap
-            if self._steps[row] == ev.step:
-                self._stats["update_ratio"][row] = ev.update_ratio
-                break
-        self._latest["update_ratio"][:] = ev.update_ratio
-        self._latest_step["update_ratio"][:] = ev.step
+            if self._steps[row] == step:
+                return int(row)
+        return None
+
+    def _add_capture(self, ev: CaptureStats) -> None:
+        """A capture step's per-layer arrays, into the row of its `StepStats` (every capture step is sampled)."""
+        n = len(self.layers) - self.n_lanes
+        arrays = {name: np.asarray(getattr(ev, name), np.float64) for name in CAPTURE_STATS}
+        if self.count == 0 or any(a.shape != (n,) for a in arrays.values()):
+            return  # a damaged or foreign record's event is left out, not fatal
+        pad = np.full(self.n_lanes, np.nan)
+        row = self._row_of(ev.step)
+        for name, values in arrays.items():
+            full = np.concatenate([values, pad]) if self.n_lanes else values
+            if row is not None:
+                self._stats[name][row] = full
+            self._latest[name][:] = full
+            self._latest_step[name][:] = ev.step
 
     # ------------------------------------------------------------ read
 
