@@ -277,6 +277,11 @@ class Monitor:
         return self._scheduler
 
     @property
+    def placement(self) -> Placement:
+        """The warnings about where `mon.step` sits (a framework callback words their advice)."""
+        return self._placement
+
+    @property
     def sinks(self) -> list[Sink]:
         """Where this monitor's events go."""
         return self._outputs.sinks
