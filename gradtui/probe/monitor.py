@@ -556,6 +556,9 @@ class Monitor:
         quiet = publisher is None or publisher.halt(TERMINATE_FLUSH_S) or not publisher.busy
         if quiet and self._record is not None and self._record in self._outputs.sinks:  # not dropped (a full disk)
             with contextlib.suppress(OSError, ValueError):
+                rows = self._handover.salvage()  # the last steps' loss and norm, still gathered in a batch
+                if rows is not None:
+                    self._record.writer.write_frame(codec.encode(rows))
                 self._record.writer.write_frame(end)
                 self._record.close()
         if self.server is not None:
