@@ -322,10 +322,12 @@ class Monitor:
 
         Args:
             loss: the step's loss (a scalar tensor or a number), shown and checked.
-            scaler: a `torch.amp.GradScaler` when training with one: the gradients are
-                unscaled first (`scaler.unscale_(optimizer)`, as for clipping), so the
-                statistics describe the true gradients; skipped steps and the loss scale
-                are recorded.
+            scaler: a `torch.amp.GradScaler` when training with one. gradtui never calls
+                the scaler (no `unscale_`): the statistics are computed from the scaled
+                gradients divided by its scale, so they describe the true gradients, and
+                clipping acts on the scaled gradients with the threshold times the scale;
+                the loss scale and the steps the scaler skips are recorded. Gradtui notices
+                (and warns once) when the loop has already called `unscale_`.
             batch: identifiers of this step's batch (an int, a str, or a list/tensor of sample
                 indices): kept on the record when the step spikes, is skipped or rolled back.
         """
