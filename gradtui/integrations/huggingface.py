@@ -32,6 +32,11 @@ log = logging.getLogger("gradtui")
 
 _STACK_DEPTH = 32
 """How far up the call stack `on_train_begin` looks for the Trainer calling it."""
+CLIP_FIX = (
+    "With the Hugging Face Trainer, use GradTUICallback(take_over_clipping=True) (the default): gradtui then "
+    "measures first and clips by norm with the Trainer's max_grad_norm"
+)
+"""The advice of the monitor's "clipped already" warning under this callback."""
 
 
 class GradTUICallback(TrainerCallback):
@@ -63,7 +68,13 @@ class GradTUICallback(TrainerCallback):
     so the statistics are taken before clipping and the threshold can be changed live. For this
     the callback sets `args.max_grad_norm = 0` from `on_step_begin` to `on_pre_optimizer_step`
     of each step only, so checkpoints save the user's value; it is put back at train end, and
-    at the next train begin when a `train()` ended in an exception.
+    at the next train begin when a `train()` ended in an exception. With
+    `take_over_clipping=False` the Trainer keeps its clipping, and `mon.step` runs just before
+    it: the Trainer's accelerator's `clip_grad_norm_` (which it clips with, and no callback
+    event precedes) is wrapped for the run, so the statistics are still those before clipping
+    and the Trainer's clipping shows as the stepped norm. Where the Trainer clips some other
+    way (or was not found), `mon.step` runs at `on_pre_optimizer_step`, after its clipping,
+    and a warning says so.
 
     Mixed precision (fp16): transformers 5 unscales the gradients (for its gradient norm) before
     `on_pre_optimizer_step`, so they are measured in true units and the loss scale is not shown;
@@ -98,6 +109,14 @@ class GradTUICallback(TrainerCallback):
         self._baseline: torch.Tensor | None = None
         self._losses: list[torch.Tensor] = []
         self._hook: Any = None
+        self._accelerator: Any = None
+        """The accelerator whose `clip_grad_norm_` is wrapped for this run (take_over_clipping=False)."""
+        self._armed = False
+        """This step's `mon.step` may run just before the Trainer's clipping."""
+        self._stepped = False
+        """This step's `mon.step` ran before the Trainer's clipping."""
+        self._trainer_clips: float | None = None
+        """The Trainer's own `max_grad_norm` when it clips (take_over_clipping=False), else None."""
 
     def attach(self, trainer: Trainer) -> GradTUICallback:
         """Read the loss from `trainer` (adding this callback to it when it is not there yet)."""
@@ -124,7 +143,11 @@ class GradTUICallback(TrainerCallback):
         self._clip_norm = float(clip_norm) if take else None
         if take:
             log.info("gradtui: clipping by norm %s moved from the Trainer to gradtui", clip_norm)
+        self.monitor.placement.clip_fix = CLIP_FIX
+        self._trainer_clips = float(clip_norm) if not take and clip_norm is not None and clip_norm > 0 else None
         self._find_loss(model)
+        if self._trainer_clips is not None:
+            self._measure_before_clipping()
         self._mark()
 
     def on_step_begin(
@@ -134,12 +157,22 @@ class GradTUICallback(TrainerCallback):
             return
         if self._clip_norm is not None:
             self._change("max_grad_norm", 0.0)
+        self._armed = self._accelerator is not None
         self._mark()
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self._restore()  # the Trainer's clipping is behind us
+        self._armed = False
+        if self._stepped:
+            self._stepped = False  # measured before the Trainer clipped
+            return
+        if self._trainer_clips is not None:
+            self._warn_after_clipping()
+        self._step()
+
+    def _step(self) -> None:
         if self.monitor is None or self.monitor.closed:
             return
         self.monitor.step(self._step_loss(), scaler=_scaler_if_scaled(self._trainer, self.monitor.optimizer))
@@ -221,6 +254,43 @@ class GradTUICallback(TrainerCallback):
         if isinstance(loss, torch.Tensor) and loss.numel() == 1 and module.training:
             self._losses.append(loss.detach())
 
+    # ------------------------------------------------------------ the Trainer's own clipping
+
+    def _measure_before_clipping(self) -> None:
+        """Run `mon.step` right before the Trainer clips (take_over_clipping=False): its clipping
+        goes through `accelerator.clip_grad_norm_` after the last micro-batch's backward."""
+        accelerator = getattr(self._trainer, "accelerator", None)
+        original = getattr(accelerator, "clip_grad_norm_", None)
+        if accelerator is None or not callable(original):
+            return
+
+        def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+            if self._armed:
+                self._armed = False
+                self._stepped = True
+                self._step()
+            return original(*args, **kwargs)
+
+        accelerator.clip_grad_norm_ = clip_grad_norm_
+        self._accelerator = accelerator
+
+    def _unwrap_clipping(self) -> None:
+        accelerator, self._accelerator = self._accelerator, None
+        if accelerator is not None and "clip_grad_norm_" in vars(accelerator):
+            del accelerator.clip_grad_norm_  # the accelerator's own method again
+        self._armed = self._stepped = False
+
+    def _warn_after_clipping(self) -> None:
+        """Once a run: this step is measured after the Trainer's clipping (it did not clip through
+        the accelerator, or the Trainer was not found)."""
+        self._trainer_clips, norm = None, self._trainer_clips
+        log.warning(
+            "gradtui: the Trainer clips (max_grad_norm=%s) before gradtui can measure the gradients, so its "
+            "statistics are those after the Trainer's clipping, not what backward produced. %s",
+            norm,
+            CLIP_FIX,
+        )
+
     # ------------------------------------------------------------ the Trainer's arguments
 
     def _change(self, name: str, value: Any) -> None:
@@ -239,6 +309,8 @@ class GradTUICallback(TrainerCallback):
     def _end_run(self, status: str, error: str) -> None:
         """Put the Trainer's arguments back and close this run's monitor (if still open)."""
         self._restore()
+        self._unwrap_clipping()
+        self._trainer_clips = None
         if self._hook is not None:
             self._hook.remove()
             self._hook = None

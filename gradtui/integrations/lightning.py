@@ -24,6 +24,13 @@ from gradtui.integrations._runs import run_kwargs
 from gradtui.probe.monitor import Monitor
 from gradtui.probe.watch import watch
 
+CLIP_FIX = (
+    "With Lightning, clip with GradTUICallback(clip=(\"norm\", ...)), which clips after measuring, not in "
+    "training_step (self.clip_gradients before optimizer.step() in manual optimization); in automatic "
+    "optimization Trainer(gradient_clip_val=...) also clips after gradtui measures"
+)
+"""The advice of the monitor's "clipped already" warning under this callback."""
+
 
 class GradTUICallback(Callback):
     """Watch a LightningModule's gradients; keyword arguments go to `gradtui.watch`.
@@ -40,7 +47,9 @@ class GradTUICallback(Callback):
 
     Clipping: Lightning clips (`gradient_clip_val`) after `on_before_optimizer_step`, so the
     statistics are those backward produced, and `StepStats.stepped_norm` shows Lightning's
-    clipping. Nothing of the trainer is changed.
+    clipping. Nothing of the trainer is changed. Gradients clipped before that (manual
+    optimization's `self.clip_gradients` ahead of `optimizer.step()`) reach gradtui clipped;
+    `clip=` given here clips after measuring instead.
 
     Each `fit` is a run of its own: `self.monitor` is the latest one, and from the second on
     the record file and run name are numbered (`run.gtr`, `run-2.gtr`, ...).
@@ -58,6 +67,7 @@ class GradTUICallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_run("error", "the previous fit did not end (an exception?)")
         self.monitor = watch(pl_module, list(trainer.optimizers), **run_kwargs(self.watch_kwargs, self.runs + 1))
+        self.monitor.placement.clip_fix = CLIP_FIX
         self.runs += 1
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:

@@ -359,8 +359,10 @@ class BadBatch:
     step: int
     why: str
     """"loss_spike", "skip" or "rollback"."""
-    batch: str
-    """The identifiers as text ("17", "3,17,42"; see `gradtui.model.guard.batch_text`)."""
+    batch: int | str
+    """The identifiers: an int or a str as given (an int within 64 bits, a str within 1000
+    characters), anything else as text ("3,17,42", "0,1,…(+4094) [64x64 int64]"; see
+    `gradtui.model.guard.batch_text`)."""
 
 
 @dataclass(frozen=True, slots=True)

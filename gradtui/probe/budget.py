@@ -23,6 +23,7 @@ machine and still samples a 6 ms step about 10 times a second.
 
 from __future__ import annotations
 
+import decimal
 import math
 import statistics
 import time
@@ -51,12 +52,20 @@ def parse_budget(value: object, what: str = "budget") -> float:
         text = value.strip().lower()
         if text in ("off", "none", "0"):
             return 0.0
+        digits = text.removesuffix("%")
         try:
-            number = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-        except ValueError:
+            number = float(digits) / (100.0 if text.endswith("%") else 1.0)
+            exact = decimal.Decimal(digits)
+        except (ValueError, decimal.InvalidOperation):
             raise ValueError(
                 f"{what} must be a fraction such as 0.01, a percentage such as 1%, or off; got {value!r}"
             ) from None
+        if number == 0.0 and exact != 0:
+            # 0 means every step, the opposite of a tiny budget: never let a value round into it.
+            raise ValueError(
+                f"{what} {value!r} is too small to be a share of the step time (it reads as 0, which turns the "
+                "budget off and samples every step); give a budget such as 0.001, or off for every step"
+            )
         return parse_budget(number, what)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{what} must be a number in [0, 1) (0 for none), got {value!r}")

@@ -6,8 +6,10 @@ At the step, the ledger copies a bounded head of them and never keeps a referenc
 id tensor would stay alive for `LEDGER_STEPS` steps, a loop that reuses one index buffer would
 have it name another step's ids by the time a spike is judged (a step or two late, on the
 publishing thread), and a 2-D tensor made text whole took a second and megabytes. A tensor's
-first ids are copied on its own device (no sync) and read only when noted; anything else
-becomes bounded text at once (`gradtui.model.guard.batch_text`). Nothing passed can raise.
+first ids are copied on its own device (no sync) and read only when noted; an int stays an int
+(on the record and in `gradtui.load` too), a str a str (within `MAX_TEXT` characters), and
+anything else becomes bounded text at once (`gradtui.model.guard.batch_text`). Nothing
+passed can raise.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gradtui.model.guard import MAX_IDS, IdsHead, array_head, batch_text, ids_te
 
 LEDGER_STEPS = 64
 """Steps whose batch identifiers are kept for the ledger (a spike is judged a step or two late)."""
+_WIRE_INTS = (-(2**63), 2**64 - 1)
+"""The integers the record carries as integers (msgpack's); an id outside them goes as text."""
 
 
 class TensorHead(NamedTuple):
@@ -51,10 +55,15 @@ def tensor_head(ids: torch.Tensor) -> TensorHead | str:
     return TensorHead(t[:rows].reshape(-1)[:MAX_IDS].clone(), t.numel(), shape, dtype)
 
 
-def capture(ids: object) -> TensorHead | str:
-    """`batch=` in a bounded form, taken at its step: a copy of a tensor's first ids, else text.
-    Holds no reference to what the loop passed (a reused index buffer, a large tensor)."""
+def capture(ids: object) -> TensorHead | int | str:
+    """`batch=` in a bounded form, taken at its step: an int (a NumPy integer too) or a str as
+    given, a copy of a tensor's first ids, else text. Holds no reference to what the loop passed
+    (a reused index buffer, a large tensor)."""
     try:
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+            value = int(ids)
+            if _WIRE_INTS[0] <= value <= _WIRE_INTS[1]:
+                return value
         if isinstance(ids, torch.Tensor):
             return tensor_head(ids)
         if isinstance(ids, np.ndarray):
@@ -68,7 +77,7 @@ class Ledger:
     """The batch identifiers of the last steps (`mon.step(loss, batch=...)`), for `BadBatch` events."""
 
     def __init__(self, emit: Callable[[Event], None]) -> None:
-        self._ids: deque[tuple[int, TensorHead | str]] = deque(maxlen=LEDGER_STEPS)
+        self._ids: deque[tuple[int, TensorHead | int | str]] = deque(maxlen=LEDGER_STEPS)
         self._emit = emit
 
     def keep(self, step: int, ids: object) -> None:
@@ -79,12 +88,12 @@ class Ledger:
         """Put the batch of `step` (if it had identifiers) on the record as a bad one."""
         for at, kept in list(self._ids):
             if at == step:
-                self._emit(BadBatch(step, why, _text(kept)))
+                self._emit(BadBatch(step, why, _said(kept)))
                 return
 
 
-def _text(kept: TensorHead | str) -> str:
-    if isinstance(kept, str):
+def _said(kept: TensorHead | int | str) -> int | str:
+    if isinstance(kept, (int, str)):
         return kept
     try:
         return ids_text(IdsHead(kept.head.tolist(), kept.total, kept.shape, kept.dtype))

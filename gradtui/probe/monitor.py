@@ -285,6 +285,11 @@ class Monitor:
         return self._scheduler
 
     @property
+    def placement(self) -> Placement:
+        """The warnings about where `mon.step` sits (a framework callback words their advice)."""
+        return self._placement
+
+    @property
     def sinks(self) -> list[Sink]:
         """Where this monitor's events go."""
         return self._outputs.sinks
@@ -325,10 +330,12 @@ class Monitor:
 
         Args:
             loss: the step's loss (a scalar tensor or a number), shown and checked.
-            scaler: a `torch.amp.GradScaler` when training with one: the gradients are
-                unscaled first (`scaler.unscale_(optimizer)`, as for clipping), so the
-                statistics describe the true gradients; skipped steps and the loss scale
-                are recorded.
+            scaler: a `torch.amp.GradScaler` when training with one. gradtui never calls
+                the scaler (no `unscale_`): the statistics are computed from the scaled
+                gradients divided by its scale, so they describe the true gradients, and
+                clipping acts on the scaled gradients with the threshold times the scale;
+                the loss scale and the steps the scaler skips are recorded. Gradtui notices
+                (and warns once) when the loop has already called `unscale_`.
             batch: identifiers of this step's batch (an int, a str, or a list/tensor of sample
                 indices): kept on the record when the step spikes, is skipped or rolled back.
         """
@@ -582,6 +589,9 @@ class Monitor:
         quiet = publisher is None or publisher.halt(TERMINATE_FLUSH_S) or not publisher.busy
         if quiet and self._record is not None and self._record in self._outputs.sinks:  # not dropped (a full disk)
             with contextlib.suppress(OSError, ValueError):
+                rows = self._handover.salvage()  # the last steps' loss and norm, still gathered in a batch
+                if rows is not None:
+                    self._record.writer.write_frame(codec.encode(rows))
                 self._record.writer.write_frame(end)
                 self._record.close()
         if self.server is not None:

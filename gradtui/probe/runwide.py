@@ -189,20 +189,22 @@ class RunBatch:
         self._canary_norm.append(layer_sq)
 
     def take(self) -> RunSteps | None:
-        """The batch as an event (None when empty), and a fresh batch."""
-        if not self._steps:
-            return None
+        """The batch as an event (None when empty), and a fresh batch. Only whole rows: a signal
+        handler may take it while the step it interrupted is half added (`Handover.salvage`)."""
         canaries = self._canaries
-        event = RunSteps(
-            step=self._steps[-1],
-            steps=np.array(self._steps, np.int64),
-            loss=np.array(self._loss, np.float64),
-            global_norm=np.array(self._norm, np.float64) if canaries is None else None,
-            canary_layers=canaries,
-            canary_norm=np.sqrt(np.stack(self._canary_norm)) if canaries is not None else None,
-        )
+        n = min(len(self._steps), len(self._loss), len(self._norm if canaries is None else self._canary_norm))
+        steps, loss, norm, canary_norm = self._steps[:n], self._loss[:n], self._norm[:n], self._canary_norm[:n]
         self._steps, self._loss, self._norm, self._canary_norm = [], [], [], []
-        return event
+        if not n:
+            return None
+        return RunSteps(
+            step=steps[-1],
+            steps=np.array(steps, np.int64),
+            loss=np.array(loss, np.float64),
+            global_norm=np.array(norm, np.float64) if canaries is None else None,
+            canary_layers=canaries,
+            canary_norm=np.sqrt(np.stack(canary_norm)) if canaries is not None else None,
+        )
 
 
 class Handover:
@@ -270,6 +272,14 @@ class Handover:
                 continue
             self.flush()
             self._send(Sampled(pending.values(), pending.meta, pending.stepped_factor()))
+
+    def salvage(self) -> RunSteps | None:
+        """From a fatal signal's handler: the gathered run-wide values not handed over yet, as one
+        event, for the record's end (None when there are none). Takes no lock; never raises."""
+        try:
+            return self._runs.take()
+        except Exception:
+            return None
 
     def flush(self) -> None:
         """Hand the gathered run-wide values over (before any later step's events)."""

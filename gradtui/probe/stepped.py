@@ -29,6 +29,11 @@ log = logging.getLogger("gradtui")
 SAMPLE_TENSORS = 3
 """Gradients re-measured after the step (the smallest ones: the check costs a few µs)."""
 _SAME_NORM_STEPS = 3
+CLIP_FIX = (
+    "Call mon.step right after backward, before clip_grad_norm_, so it measures what backward produced (the "
+    "loop's clipping is then measured as the stepped norm)"
+)
+"""What the "clipped already" warning tells a training loop to do (`Placement.clip_fix`)."""
 
 
 class SteppedNorm:
@@ -111,6 +116,8 @@ class Placement:
 
     def __init__(self, warn: Callable[[str], None]) -> None:
         self._warn = warn
+        self.clip_fix = CLIP_FIX
+        """The "clipped already" warning's advice: a framework callback words it with its own option."""
         self._said: set[str] = set()
         self._last = math.nan
         self._same = 0
@@ -134,9 +141,7 @@ class Placement:
             self._once(
                 "clipped",
                 f"gradtui: mon.step has seen the same global gradient norm ({norm:.6g}) for {_SAME_NORM_STEPS} "
-                "steps: the gradients look clipped already. Call mon.step right after backward, before "
-                "clip_grad_norm_, so it measures what backward produced (the loop's clipping is then measured "
-                "as the stepped norm)",
+                f"steps: the gradients look clipped already. {self.clip_fix}",
             )
 
     def _once(self, key: str, text: str) -> None:

@@ -137,7 +137,12 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
             ("action", "what it did"),
             lambda g: (f"{GUARD_GLYPHS.get(g['action'], '')} {GUARD_WORDS.get(g['action'], g['action'])}", g["detail"]),
         ),
-        ("bad_batches", "Bad batches (mon.step(loss, batch=...))", ("why", "batch"), lambda b: (b["why"], b["batch"])),
+        (
+            "bad_batches",
+            "Bad batches (mon.step(loss, batch=...))",
+            ("why", "batch"),
+            lambda b: (b["why"], str(b["batch"])),  # an int id stays an int in the summary
+        ),
     ]
     for key, title, columns, cells in steps:
         if summary.get(key):

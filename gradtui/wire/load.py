@@ -86,6 +86,9 @@ class RunData:
     """As in `gradtui report --json`: `{"step", "layer", "kind", "level", "value", "threshold"}`."""
     interventions: list[dict[str, Any]] = field(default_factory=list)
     """As in `gradtui report --json`: `{"step", "kind", "message"}` and the value in force after."""
+    bad_batches: list[dict[str, Any]] = field(default_factory=list)
+    """As in `gradtui report --json`: `{"step", "why", "batch"}`, the `mon.step(loss, batch=...)` ids
+    of each step that spiked, was skipped or rolled back (an int or a str as given, else text)."""
     truncated_bytes: int = 0
     """Bytes after the record's last whole frame (a file cut mid-write)."""
     damage: list[dict[str, Any]] = field(default_factory=list)
@@ -274,6 +277,7 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
         loss_scale=column("loss_scale"),
         alerts=summary.alert_entries(),
         interventions=[dict(entry) for entry in summary.interventions.entries],
+        bad_batches=[dict(entry) for entry in summary.bad_batches],
         truncated_bytes=state.truncated_bytes,
         damage=damage,
         skipped=skipped,

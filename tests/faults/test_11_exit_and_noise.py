@@ -76,3 +76,40 @@ def test_a_flood_of_refused_connections_writes_a_few_lines_not_one_each(
     assert 1 <= len(lines) <= 3, lines
     assert "malformed hello" in lines[0]
     assert "refused 199 more connections" in lines[-1]
+
+
+KILLED_AFTER = r"""
+import os, signal, sys
+import torch
+from torch import nn
+import gradtui
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(256, 10), torch.randn(256, 1)
+mon = gradtui.watch(model, opt, record=sys.argv[1], serve=False)
+for _ in range(300):
+    loss = nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    mon.step(loss)
+    opt.step()
+print(repr(float(loss.detach())), flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_sigterm_keeps_the_last_steps_loss_on_the_record(tmp_path: Path) -> None:
+    """At the default settings unsampled steps' loss and norm travel in batches of up to 32 steps:
+    a SIGTERM after the loop's last step still puts the steps gathered so far on the record."""
+    import gradtui
+
+    path = tmp_path / "run.gtr"
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    run = gradtui.load(path)
+    assert run.status == "interrupted"
+    assert run.run_steps.tolist() == list(range(300))
+    assert run.loss[-1] == float(done.stdout.strip())

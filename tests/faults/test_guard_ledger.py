@@ -6,6 +6,7 @@ record."""
 from __future__ import annotations
 
 import gc
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,39 @@ def test_every_kind_of_id_is_bounded_and_keeps_its_first_ids_in_order(ids: Any) 
         assert text.startswith("0,1,2,3,") and text.endswith(f",…(+{ids.size - MAX_IDS}) [4x4096 int64]")
     elif isinstance(ids, torch.Tensor):
         assert text == "0,3,1,4,2,5 [3x2 float32]"  # C order of the transposed view, as tolist() reads it
+
+
+@pytest.mark.parametrize(
+    ("ids", "back"),
+    [
+        (17, 17),
+        (np.int64(2**40), 2**40),
+        (-(2**63), -(2**63)),
+        ("shard-3.jsonl:17", "shard-3.jsonl:17"),
+        ("17", "17"),
+        (2**70, str(2**70)),  # past what the record carries as an integer: as text
+        ([3, 17, 42], "3,17,42"),
+        (torch.tensor([3, 17]), "3,17"),
+        (True, "1"),
+    ],
+    ids=["int", "numpy-int", "int64-min", "str", "digits-str", "huge-int", "list", "tensor", "bool"],
+)
+def test_batch_ids_come_back_as_they_went_in(
+    ids: Any, back: int | str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An int comes back an int and a str a str, through the record, `gradtui.load` and `report --json`;
+    other types as text."""
+    from gradtui.cli import main
+
+    path = tmp_path / "run.gtr"
+    live = bad_batches(ids, record=path)
+    assert [b.batch for b in live] == [back]
+    loaded = gradtui.load(path).bad_batches
+    assert loaded == [{"step": 2, "why": "skip", "batch": back}]
+    assert type(loaded[0]["batch"]) is type(back)
+    capsys.readouterr()
+    assert main(["report", str(path), "--json", "--recorded"]) == 0
+    reported = json.loads(capsys.readouterr().out)["bad_batches"]
+    assert reported == loaded and type(reported[0]["batch"]) is type(back)
+    assert main(["report", str(path)]) == 0  # the table too
+    assert f"{back}" in capsys.readouterr().out

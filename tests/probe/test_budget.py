@@ -145,6 +145,52 @@ def test_watch_refuses_both_every_and_budget_and_names_a_bad_environment_value(
         gradtui.watch(model)
 
 
+def _train(mon: gradtui.Monitor, model: nn.Module, steps: int) -> None:
+    opt = mon.optimizer
+    assert opt is not None
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        mon.step(loss)
+        opt.step()
+    mon.close()
+
+
+@pytest.mark.parametrize("value", ["lots", "1e-400", "150%"])
+def test_the_environment_budget_is_read_only_where_it_applies(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """GRADTUI_BUDGET chooses the stride only without every= and budget=: a bad value there is refused,
+    naming the variable, and stops no run that gave its own stride or budget."""
+    monkeypatch.setenv("GRADTUI_BUDGET", value)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="GRADTUI_BUDGET"):
+        gradtui.watch(model, opt)
+    fixed = gradtui.watch(model, opt, every=4, queue=True)
+    _train(fixed, model, 9)
+    assert fixed.events is not None
+    assert [e.step for e in fixed.events.drain() if isinstance(e, StepStats)] == [0, 4, 8]
+    own = gradtui.watch(model, opt, budget=0.5, queue=True)
+    assert own.events is not None
+    start = next(e for e in own.events.drain() if isinstance(e, RunStart))
+    assert start.budget == 0.5
+    own.close()
+
+
+@pytest.mark.parametrize("value", ["1e-400", "1e-400%", "1e-323%"])
+def test_a_budget_too_small_to_represent_is_refused_not_turned_off(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 means every step, the opposite of a tiny budget: a value that rounds to 0 is an error."""
+    with pytest.raises(ValueError, match="too small"):
+        parse_budget(value)
+    with pytest.raises(ValueError, match="too small"):
+        gradtui.watch(nn.Linear(3, 2), budget=value)
+    monkeypatch.setenv("GRADTUI_BUDGET", value)
+    with pytest.raises(ValueError, match="GRADTUI_BUDGET .*too small"):
+        gradtui.watch(nn.Linear(3, 2))
+    assert parse_budget("0.0") == parse_budget("0%") == 0.0  # a zero that says so is still off
+
+
 def test_a_tiny_model_is_sampled_less_often_and_each_sample_is_exact() -> None:
     """A 2-layer net steps in well under a millisecond: sampling it every step would cost far more
     than 1%, so the stride rises; every sampled step still equals plain torch's norms, and a

@@ -8,6 +8,7 @@ a LambdaLR warm-up, manual optimization with two optimizers. Tiny models, built 
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 import gradtui
-from gradtui.model.events import RunEnd, RunStart, StepStats, UpdateStats
+from gradtui.model.events import LogLine, RunEnd, RunStart, StepStats, UpdateStats
 from gradtui.probe.monitor import Monitor
 from gradtui.wire.record import read_record
 
@@ -172,6 +173,60 @@ def test_hf_train_twice_and_after_a_crash(hf: Any, tmp_path: Path) -> None:
         assert len([e for e in events if isinstance(e, StepStats)]) == 4
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and "step" in h]  # the last train's
     assert [e.loss for e in third if isinstance(e, StepStats)] == _logged(hf, logged)
+
+
+def test_hf_without_take_over_the_statistics_are_before_the_trainers_clipping(hf: Any, tmp_path: Path) -> None:
+    """take_over_clipping=False: the Trainer clips, and the record's norm before clipping is the one the
+    Trainer logs (its pre-clip `grad_norm`), not the clipped one; its clipping shows as the stepped norm."""
+    from gradtui.integrations.huggingface import GradTUICallback
+
+    cb = GradTUICallback(take_over_clipping=False, queue=True, record=tmp_path / "run.gtr")
+    args = _hf_args(hf, tmp_path, max_steps=24, logging_steps=1, max_grad_norm=0.3, gradient_accumulation_steps=2)
+    before = args.to_dict()
+    trainer = hf.Trainer(model=_gpt2(hf), args=args, train_dataset=_Tokens(), callbacks=[cb])
+    trainer.train()
+
+    assert args.to_dict() == before and "clip_grad_norm_" not in vars(trainer.accelerator)  # all put back
+    logs = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
+    logged_norm = np.array([h["grad_norm"] for h in logs])
+    assert len(logs) == 24 and (logged_norm > 0.45).sum() > 12  # the Trainer's clipping acted
+    run = gradtui.load(tmp_path / "run.gtr")
+    assert run.run_steps.tolist() == list(range(24))
+    assert run.loss == _logged(hf, [h["loss"] for h in logs])
+    measured = run.norm_measured
+    assert measured[run.sampled].all() and run.sampled.sum() >= 3
+    assert run.global_norm[measured] == pytest.approx(logged_norm[measured], rel=1e-5)
+    # what the optimizer stepped with: the Trainer's clipping of that norm; gradtui itself did not clip
+    assert run.stepped_norm == pytest.approx(np.minimum(logged_norm[run.steps], 0.3), rel=1e-4)
+    events, steps = _steps(cb.monitor)
+    assert all(s.clip_mode == "off" for s in steps)
+    assert not [e for e in events if isinstance(e, LogLine) and "clipped" in e.text]
+
+
+def test_hf_trainer_clipping_its_own_way_is_said_with_the_callbacks_option(
+    hf: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Trainer that clips without its accelerator: gradtui measures after the clipping, and the
+    warnings say so with the fix a callback user has (take_over_clipping=True), not a loop's."""
+    from gradtui.integrations.huggingface import GradTUICallback
+
+    class OwnClipping(hf.Trainer):  # type: ignore[misc]
+        def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+            return torch.nn.utils.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+
+    cb = GradTUICallback(take_over_clipping=False, queue=True, detectors=False)
+    args = _hf_args(hf, tmp_path, max_steps=12, logging_steps=1, max_grad_norm=0.05)
+    trainer = OwnClipping(model=_gpt2(hf), args=args, train_dataset=_Tokens(64), callbacks=[cb])
+    with caplog.at_level(logging.WARNING, logger="gradtui"):
+        trainer.train()
+
+    assert all(h["grad_norm"] > 0.05 for h in trainer.state.log_history if "grad_norm" in h)  # clipped each step
+    said = [r.getMessage() for r in caplog.records if "before gradtui can measure" in r.getMessage()]
+    assert len(said) == 1 and "GradTUICallback(take_over_clipping=True)" in said[0]
+    events, _ = _steps(cb.monitor)
+    clipped = [e.text for e in events if isinstance(e, LogLine) and "look clipped already" in e.text]
+    assert len(clipped) == 1
+    assert "GradTUICallback(take_over_clipping=True)" in clipped[0] and "before clip_grad_norm_" not in clipped[0]
 
 
 # ---------------------------------------------------------------- Lightning
@@ -401,3 +456,35 @@ def test_lightning_fit_twice_and_after_an_exception(pl: Any, tmp_path: Path) -> 
         ends.append(events[-1])
     assert [e.status for e in ends] == ["ok", "error", "ok"] and "boom" in ends[1].error
     assert all(math.isfinite(s.loss) for s in read_record(tmp_path / "run-3.gtr").events if isinstance(s, StepStats))
+
+
+def test_lightning_clipping_before_the_callback_is_said_with_the_callbacks_option(pl: Any) -> None:
+    """Manual optimization that clips before optimizer.step(): gradtui sees clipped gradients, and the
+    warning names what a Lightning user can do (GradTUICallback(clip=...)), not a plain loop's fix."""
+    from gradtui.integrations.lightning import GradTUICallback
+
+    class Clipped(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], idx: int) -> None:
+            opt = self.optimizers()
+            x, y = batch
+            self.manual_backward(nn.functional.mse_loss(self.net(x), y))
+            self.clip_gradients(opt, gradient_clip_val=1e-3, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    cb = GradTUICallback(queue=True, detectors=False)
+    _pl_trainer(pl, [cb], max_steps=8).fit(Clipped(), _regression(64))
+    events, steps = _steps(cb.monitor)
+    assert all(s.global_norm == pytest.approx(1e-3, rel=1e-4) for s in steps)  # clipped before it saw them
+    clipped = [e.text for e in events if isinstance(e, LogLine) and "look clipped already" in e.text]
+    assert len(clipped) == 1
+    assert "GradTUICallback(clip=" in clipped[0] and "before clip_grad_norm_" not in clipped[0]

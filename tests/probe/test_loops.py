@@ -214,3 +214,29 @@ def test_two_optimizers_one_stream_and_commands_that_name_one() -> None:
     # Both optimizers' updates are measured: every layer moved.
     updates = [e for e in events if type(e).__name__ == "UpdateStats"]
     assert updates and all((u.update_ratio > 0).all() for u in updates)  # type: ignore[attr-defined]
+
+
+def test_mon_step_with_a_scaler_leaves_the_scaler_alone_as_its_docstring_says() -> None:
+    """`Monitor.step(scaler=...)` never calls `scaler.unscale_` (the docstring once said it did): the
+    loop's own unscale_ still works after it, and the norm is the unscaled one."""
+    from torch.amp.grad_scaler import OptState
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    mon = gradtui.watch(model, opt, queue=True, every=1, detectors=False)
+    loss = nn.functional.mse_loss(model(torch.randn(16, 4)), torch.randn(16, 1))
+    scaler.scale(loss).backward()
+    mon.step(loss, scaler=scaler)
+    assert OptState.READY is scaler._per_optimizer_states[id(opt)]["stage"]  # not unscaled by gradtui
+    scaler.unscale_(opt)  # raises if unscale_ had been called already this step
+    true_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    scaler.step(opt)
+    scaler.update()
+    mon.close()
+    assert mon.events is not None
+    (stats,) = [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    assert stats.global_norm == pytest.approx(true_norm, rel=1e-5)
+    doc = gradtui.Monitor.step.__doc__ or ""
+    assert "never calls" in doc and "(`scaler.unscale_(optimizer)`" not in doc

@@ -362,3 +362,46 @@ def test_steps_that_measured_canaries_load_with_their_loss_and_no_global_norm(tm
     with pytest.warns(RuntimeWarning, match="do not fit the run"):
         run = load(_write(tmp_path / "bad.gtr", [*events[:-1], bad, events[-1]]))
     assert [e["reason"] for e in run.skipped] == ["has canary layers out of order or not of the run's layers"]
+
+
+@pytest.mark.parametrize("every", [None, 7], ids=["default", "every=7"])
+def test_the_record_ends_with_the_runs_last_step(tmp_path: Path, every: int | None) -> None:
+    """At the default settings (and at any stride) the record holds the final step's loss and global
+    norm, whether or not that step was sampled: load(), report and the replay's store end where the
+    loop ended, with the loop's own last values."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from gradtui.model.store import RunStore
+    from gradtui.wire.record import iter_record
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(256, 10), torch.randn(256, 1)
+    path = tmp_path / "run.gtr"
+    mon = gradtui.watch(model, opt, record=path, every=every)
+    losses, norms = [], []
+    for _ in range(300):
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+        mon.step(loss)
+        opt.step()
+        losses.append(float(loss.detach()))
+    mon.close()
+
+    run = load(path)
+    assert run.loss[-1] == losses[-1]
+    assert run.run_steps.tolist() == list(range(300))
+    assert run.sampled.sum() < 300  # the stride rose (default) or was fixed: most steps were not sampled
+    assert run.loss == pytest.approx(losses, rel=1e-12)
+    measured = run.norm_measured
+    assert run.global_norm[measured] == pytest.approx(np.array(norms)[measured], rel=1e-5)
+    summary = summarize(iter_record(path))
+    assert summary["steps"] == 300 and summary["loss"]["last"] == losses[-1]
+    store = RunStore()
+    for event in iter_record(path):
+        store.apply(event)
+    assert store.last_loss == losses[-1]
