@@ -121,6 +121,9 @@ class RunStart:
     budget: float = 0.0
     """The probe's overhead budget, a share of the step time: `every` is then only where sampling
     starts, and the stride follows what the probe costs (0: a fixed `every`, as in older records)."""
+    modules: tuple[str, ...] = ()
+    """The class name of every kind of module in the model, each once, in `model.modules()` order
+    (empty in older records): what the advice reads of the architecture (`gradtui.model.architecture`)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
