@@ -142,7 +142,7 @@ def _exploding(facts: RunFacts, alerts: list[Alert], first: int) -> dict[str, An
     start = _blowup_start(facts)
     begin = start if start is not None else first
     bad = ~np.isfinite(norms)
-    # What a clip would have done is judged up to the first NaN: after it every step is lost anyway.
+    # What a clip would have done is judged up to the first non-finite norm: after it every step is lost anyway.
     upto = int(steps[bad][0]) if bad.any() else None
     before = norms[steps < upto] if upto is not None else norms
     earlier = norms[steps < begin]
@@ -163,7 +163,7 @@ def _exploding(facts: RunFacts, alerts: list[Alert], first: int) -> dict[str, An
             "of_steps": int(before.size),
             "healthy_clipped": int((healthy > threshold).sum()),
         }
-        span = f" before the first NaN (step {upto})" if upto is not None else ""
+        span = f" before the first non-finite norm (step {upto})" if upto is not None else ""
         how = f"lower the norm clip from {in_force:g} to" if lower else "clip the gradient norm at"
         cures.append(
             f"{how} {threshold:g} (watch(clip=('norm', {threshold:g})), or c in the viewer): "
