@@ -51,6 +51,8 @@ class Change(NamedTuple):
     """vanishing: by the gradient-to-weight rule, not by depth."""
     ceiling_hit: bool = False
     """exploding: the norm is past `explode_ceiling`."""
+    overflow: bool = False
+    """exploding: the norm overflowed a float32 sum over finite values (its value is `OVERFLOW_NORM`, a bound)."""
     severity: Severity | None = None
     """exploding: why the flag has its level; None where the level needs no reason (the ceiling)."""
     loss_scale: float = math.nan
@@ -74,6 +76,11 @@ def exploding_message(change: Change, config: DetectorConfig) -> str:
         return f"{_norm(change)} {v:.3g} back within {config.explode_clear_ratio:g}x of its recent median"
     if change.escalated:
         return f"{_norm(change)} {v:.3g} past {t:.3g}" + severity_words(change, config)
+    if change.overflow:
+        return (
+            f"{_norm(change)} overflowed float32: ‖g‖ ≥ {v:.2g} (its sum of squares passed float32's max, "
+            "3.4e38), every gradient value finite"
+        )
     if change.ceiling_hit:
         return f"{_norm(change)} {v:.3g} above the ceiling {config.explode_ceiling:g}"
     return f"{_norm(change)} {v:.3g} jumped past {t:.3g}, over {config.explode_ratio:g}x its recent level" + (

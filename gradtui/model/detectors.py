@@ -23,7 +23,7 @@ import numpy as np
 
 from gradtui.model.detector_config import DetectorConfig
 from gradtui.model.detector_words import Change, FirstNonfinite, Severity, message, rolled_back_message
-from gradtui.model.events import ALERT_LEVELS, FLAG_PRIORITY, VERDICTS, Alert, StepStats
+from gradtui.model.events import ALERT_LEVELS, FLAG_PRIORITY, OVERFLOW_NORM, VERDICTS, Alert, StepStats
 from gradtui.model.explode import CRITICAL as _CRITICAL
 from gradtui.model.explode import INFO as _INFO
 from gradtui.model.explode import MIN_SPREAD as _MIN_SPREAD
@@ -215,6 +215,10 @@ class Detectors:
         self._nonfinite_counts = np.zeros(n, np.int64)
         """Each layer's count of non-finite gradient values."""
         self._global_norm = math.nan
+        self._overflow = False
+        """This sampled step's global norm overflowed over finite values (it stands at OVERFLOW_NORM)."""
+        self._overflowed = np.zeros(n, bool)
+        """... and the layers whose norm did."""
         self._log_rms_gap = np.zeros(n)
         """log10 of each layer's gradient RMS over the largest layer's (vanishing by depth)."""
         self._grad_to_weight = np.zeros(n)
@@ -251,7 +255,12 @@ class Detectors:
             # step says nothing about the gradients. A long run of them does.
             self._amp_skips = self._amp_skips + 1 if stats.amp_skipped else 0
             judge = not 0 < self._amp_skips <= _AMP_SKIPS_TOLERATED
-            loss_z = self._run(stats.step, float(stats.loss), float(stats.global_norm), judge, sampled=True)
+            total = float(stats.global_norm)
+            # +inf only: a sum of squares of finite values can pass float32's max, never be NaN.
+            self._overflow = total == math.inf and not np.any(stats.nonfinite)
+            if self._overflow:
+                total = OVERFLOW_NORM  # an overflow of the norm over finite values: at least this
+            loss_z = self._run(stats.step, float(stats.loss), total, judge, sampled=True)
             if judge:
                 self._gradients(stats, gn, loss_z)
         return self._transitions(stats.step)
@@ -368,6 +377,8 @@ class Detectors:
 
     def _begin(self) -> None:
         self.steps += 1
+        self._overflow = False
+        self._overflowed.fill(False)
         self._enter.fill(False)
         self._leave.fill(False)
         self._seen.fill(False)
@@ -409,11 +420,17 @@ class Detectors:
         ok = has & finite
         if stats.weight_norm is not None:
             self._weight_norm[:] = stats.weight_norm
-        self._grad_norm = gn
 
-        # Non-finite: NaN/Inf values, or a norm that overflowed although every value was finite.
+        # Non-finite: NaN/Inf values, counted. A norm that overflowed although every value was finite
+        # (a float32 sum, older records) is a norm of at least OVERFLOW_NORM: the exploding rule's.
         counts = self._nonfinite_counts = np.asarray(stats.nonfinite)
-        bad = has & ((counts > 0) | ~finite)
+        bad = has & ((counts > 0) | np.isnan(gn))
+        over = self._overflowed = has & np.isposinf(gn) & (counts == 0)
+        if over.any():
+            gn = np.where(over, OVERFLOW_NORM, gn)
+            finite = np.isfinite(gn)
+            ok = has & finite
+        self._grad_norm = gn
         enter[_NONFINITE, :n] = bad
         leave[_NONFINITE, :n] = ok & (counts == 0)
         seen[_NONFINITE, :n] = has
@@ -534,7 +551,8 @@ class Detectors:
                     times=10.0 ** float(growth.last_x[j] - growth.scale[j]),  # the norm now, or the last one seen
                     rise=int(growth.rise[j]),
                 )
-            return change._replace(ceiling_hit=ceiling_hit, severity=severity)
+            overflow = self._overflow if u == self._n else bool(self._overflowed[u])
+            return change._replace(ceiling_hit=ceiling_hit, severity=severity, overflow=overflow)
         if k == _VANISHING:
             return change._replace(by_weight=bool(self._by_weight[u]))
         if k == _SPIKE:

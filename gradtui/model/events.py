@@ -26,6 +26,11 @@ ALERT_LEVELS: tuple[str, ...] = ("info", "warning", "critical")
 run's own history); warning: a flag; critical: a blow-up under way (compounding or far above
 the run's scale) or non-finite values: what a guard may act on."""
 
+OVERFLOW_NORM = float(np.sqrt(np.finfo(np.float32).max))
+"""About 1.8e19: an L2 norm summed in float32 that came out infinite over finite values had a sum of
+squares past float32's max (3.4e38), so the norm itself was at least this. Records made before the
+probe summed in float64 hold such norms (`StepStats.global_norm` inf with no value counted non-finite)."""
+
 FLAG_PRIORITY: tuple[str, ...] = ("nonfinite", "exploding", "vanishing", "dead", "loss_spike")
 """Alert kinds, most urgent first: a layer carrying several flags shows (and is judged by) the first."""
 BLOWUP_KINDS = frozenset({"exploding", "nonfinite", "loss_spike"})
@@ -121,6 +126,9 @@ class RunStart:
     budget: float = 0.0
     """The probe's overhead budget, a share of the step time: `every` is then only where sampling
     starts, and the stride follows what the probe costs (0: a fixed `every`, as in older records)."""
+    modules: tuple[str, ...] = ()
+    """The class name of every kind of module in the model, each once, in `model.modules()` order
+    (empty in older records): what the advice reads of the architecture (`gradtui.model.architecture`)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -451,6 +459,7 @@ __all__ = [
     "LayerInfo",
     "LogLine",
     "NonFiniteOrigin",
+    "OVERFLOW_NORM",
     "RunEnd",
     "RunStart",
     "RunSteps",

@@ -259,6 +259,7 @@ class Summary:
             global_norm=np.frombuffer(self.global_norms, dtype=np.float64) if len(self.global_norms) else np.zeros(0),
             weight_norm=self.first_weights,
             bad_batches=self.bad_batches,
+            clip=(self.last.clip_mode, self.last.clip_threshold) if self.last is not None else None,
         )
         return suggestions(facts)
 

@@ -286,7 +286,9 @@ class RunStore:
                 self._latest[name][got] = values[got]
                 self._latest_step[name][got] = ev.step
         self._add_hist(ev)
-        if self.first_nonfinite_step is None and (ev.nonfinite.any() or not np.isfinite(ev.global_norm)):
+        # Non-finite values: counted, or a NaN norm (which finite values never sum to). A norm that
+        # overflowed to +inf over finite values is no NaN (`OVERFLOW_NORM`).
+        if self.first_nonfinite_step is None and (ev.nonfinite.any() or np.isnan(ev.global_norm)):
             self.first_nonfinite_step = ev.step
             bad = np.flatnonzero(ev.nonfinite > 0)
             self.first_nonfinite_layers = tuple(self.layers[i].name for i in bad)

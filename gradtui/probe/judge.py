@@ -97,7 +97,7 @@ class Judge:
 
     def _sampled(self, item: Sampled) -> None:
         stats, update = publish(item.values, item.meta, self._n, self._lanes, item.stepped_factor)
-        self._placement.global_norm(stats.global_norm)
+        self._placement.global_norm(stats.global_norm, stats.grad_norm)
         if update is not None:
             self._outputs.emit(update)
         self._outputs.emit(stats)

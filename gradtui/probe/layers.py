@@ -111,6 +111,20 @@ def activations(model: nn.Module) -> tuple[str, ...]:
     return tuple(seen)
 
 
+MAX_MODULE_KINDS = 256
+"""Module classes `RunStart.modules` names at most (a record carries the architecture, not a catalogue)."""
+
+
+def module_kinds(model: nn.Module) -> tuple[str, ...]:
+    """The class name of every kind of module in `model`, each once, in order of first use."""
+    seen: dict[str, None] = {}
+    for m in model.modules():
+        seen.setdefault(type(m).__name__, None)
+        if len(seen) >= MAX_MODULE_KINDS:
+            break
+    return tuple(seen)
+
+
 class Fans(NamedTuple):
     fan_in: int
     fan_out: int

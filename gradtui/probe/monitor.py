@@ -43,7 +43,7 @@ from gradtui.probe.dist import DistContext
 from gradtui.probe.guard import Keeper, Ledger
 from gradtui.probe.judge import Judge, make_detectors
 from gradtui.probe.lanes import Lanes, lane_names
-from gradtui.probe.layers import activations, fans, find_layers, layer_infos, optimizer_list
+from gradtui.probe.layers import activations, fans, find_layers, layer_infos, module_kinds, optimizer_list
 from gradtui.probe.options import (
     DEFAULT_INSTRUMENTS,
     DEFAULT_OUTPUT,
@@ -233,6 +233,7 @@ class Monitor:
                 budget=self._sampler.budget,
                 guard=self.guard is not None,
                 activations=activations(self.model),
+                modules=module_kinds(self.model),
                 fan_in=tuple(fans(layer).fan_in for layer in self._layers),
                 fan_out=tuple(fans(layer).fan_out for layer in self._layers),
                 device=str(self._stats.device),

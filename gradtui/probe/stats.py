@@ -177,7 +177,18 @@ def cpu_sq_norms(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     if small:
         norms = torch.stack(torch._foreach_norm([tensors[i] for i in small])).to(torch.float64).numpy()
         out[small] = norms * norms  # squared in float64: a float32 square would round once more
-    return out
+    return exact_overflow(tensors, out)
+
+
+def exact_overflow(tensors: Sequence[torch.Tensor], sq: np.ndarray) -> np.ndarray:
+    """`sq` (host squared norms of `tensors`) with each +inf recomputed in float64: a float32 sum of
+    squares overflows past 3.4e38 although every value is finite (values of 1e19), and a norm that
+    is not finite must mean values that are not (`StepStats.nonfinite` counts them). Free while
+    every norm is finite; CPU only (elsewhere the norms accumulate in float64, `GradStats.norms`)."""
+    over = np.flatnonzero(np.isposinf(sq))
+    for i in over.tolist():
+        sq[i] = float(torch.linalg.vector_norm(tensors[i], dtype=torch.float64)) ** 2
+    return sq
 
 
 class GradStats:
@@ -275,12 +286,19 @@ class GradStats:
         by_dev: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
             by_dev.setdefault(t.device, []).append(i)
+        # Off the CPU an L2 norm accumulates in the accumulation dtype (float64 but on MPS): a float32
+        # sum of squares overflows for finite values of 1e19, and a non-finite norm must mean
+        # non-finite values. The pass is memory-bound, so the wider sum costs no extra read.
+        wide = self.acc if ord == 2.0 and self.device.type != "cpu" else None
         if len(by_dev) == 1:
-            return torch.stack(torch._foreach_norm(list(tensors), ord)).to(self.acc)
-        out = torch.empty(len(tensors), dtype=self.acc, device=self.device)
-        for dev_idx in by_dev.values():
-            vals = torch.stack(torch._foreach_norm([tensors[i] for i in dev_idx], ord)).to(self.device)
-            out[to_device(np.array(dev_idx, np.int64), self.device)] = vals.to(self.acc)
+            out = torch.stack(torch._foreach_norm(list(tensors), ord, dtype=wide)).to(self.acc)
+        else:
+            out = torch.empty(len(tensors), dtype=self.acc, device=self.device)
+            for dev_idx in by_dev.values():
+                vals = torch.stack(torch._foreach_norm([tensors[i] for i in dev_idx], ord, dtype=wide))
+                out[to_device(np.array(dev_idx, np.int64), self.device)] = vals.to(self.device).to(self.acc)
+        if ord == 2.0 and self.device.type == "cpu":
+            out = torch.from_numpy(np.sqrt(exact_overflow(tensors, out.numpy() ** 2)))
         return out
 
     def sq_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:

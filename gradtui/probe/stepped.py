@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from gradtui.probe.stats import GradStats, cpu_sq_norms
@@ -34,6 +35,11 @@ CLIP_FIX = (
     "loop's clipping is then measured as the stepped norm)"
 )
 """What the "clipped already" warning tells a training loop to do (`Placement.clip_fix`)."""
+SAME_NORM = 1e-6
+"""Relative change under which two samples' global norms are the same (a clip's threshold, rounded)."""
+LAYERS_MOVED = 1e-3
+"""... and the change of some layer's norm, relative to the global norm, that says the gradients
+moved under it (a thousand times what the total moved: no drift of a converging run does that)."""
 
 
 class SteppedNorm:
@@ -120,6 +126,7 @@ class Placement:
         """The "clipped already" warning's advice: a framework callback words it with its own option."""
         self._said: set[str] = set()
         self._last = math.nan
+        self._last_layers: np.ndarray | None = None
         self._same = 0
 
     def unscaled(self) -> None:
@@ -130,18 +137,30 @@ class Placement:
             "never touches the scaler itself",
         )
 
-    def global_norm(self, norm: float) -> None:
-        """Fold in one sampled step's global norm before clipping."""
-        if norm > 0 and math.isfinite(norm) and abs(norm - self._last) <= 1e-6 * norm:
-            self._same += 1
-        else:
-            self._same = 0
+    def global_norm(self, norm: float, layer_norms: np.ndarray) -> None:
+        """Fold in one sampled step's global norm before clipping and its per-layer norms.
+
+        A loop's clip_grad_norm_ before mon.step leaves every step's norm at its threshold while the
+        gradients themselves change: one factor scales them all, so the layers' shares of the norm
+        move with each batch. A run that has converged, or steps too little to change its gradients
+        (LBFGS near its minimum, SGD at a small rate on a fixed batch), keeps its norm steady too,
+        but with its layers' norms as steady: only a steady total over moving layers is clipping.
+        """
+        layers = np.asarray(layer_norms, np.float64)
+        steady = norm > 0 and math.isfinite(norm) and abs(norm - self._last) <= SAME_NORM * norm
+        moved = False
+        if steady and self._last_layers is not None and self._last_layers.shape == layers.shape:
+            with np.errstate(invalid="ignore"):
+                change = np.abs(layers - self._last_layers)
+            moved = bool(np.nanmax(change, initial=0.0) >= LAYERS_MOVED * norm)
+        self._same = self._same + 1 if steady and moved else 0
         self._last = norm
+        self._last_layers = layers
         if self._same + 1 >= _SAME_NORM_STEPS:
             self._once(
                 "clipped",
                 f"gradtui: mon.step has seen the same global gradient norm ({norm:.6g}) for {_SAME_NORM_STEPS} "
-                f"steps: the gradients look clipped already. {self.clip_fix}",
+                f"steps while its layers' norms changed: the gradients look clipped already. {self.clip_fix}",
             )
 
     def _once(self, key: str, text: str) -> None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradtui.ui.scale import END_WORDS, FLAG_GLYPHS, FLAG_WORDS, GUARD_GLYPHS, GUARD_WORDS, PLAIN_ROLES
+from gradtui.ui.scale import (
+    END_WORDS,
+    FLAG_GLYPHS,
+    FLAG_WORDS,
+    GUARD_GLYPHS,
+    GUARD_WORDS,
+    PLAIN_ROLES,
+    short_names,
+)
 
 
 def verdict_text(verdict: str) -> Text:
@@ -44,6 +53,19 @@ def in_force(entry: dict[str, Any]) -> str:
     if "paused" in entry:
         parts.append("—" if entry["paused"] is None else "paused" if entry["paused"] else "running")
     return "; ".join(parts)
+
+
+MIN_NAME_CELLS = 12
+"""The layer column never gets fewer cells than this, however narrow the terminal."""
+
+
+def fit_layer_names(names: list[str], width: int, others: list[list[str]]) -> list[str]:
+    """A table's layer names fitted (`short_names`) to the cells its other columns leave of
+    `width`: each of `others` is a column's header and cells. A box table spends 3 cells a
+    column (a rule and a space either side) and one for its right edge."""
+    used = sum(max(cell_len(cell) for cell in column) for column in others)
+    room = width - used - 3 * (len(others) + 1) - 1
+    return short_names(names, max(MIN_NAME_CELLS, room))
 
 
 def _run_table(summary: dict[str, Any]) -> Table | None:
@@ -105,27 +127,35 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
     if run is not None:
         console.print(run)
     layers = Table(title="Layers", title_justify="left")
-    layers.add_column("layer")
+    layers.add_column("layer", no_wrap=True)
     layers.add_column("verdict")
     layers.add_column("last ‖g‖₂", justify="right")
-    for row in summary["layers"]:
-        layers.add_row(row["name"] or "(root)", verdict_text(row["verdict"]), _num(row["last_grad_norm"]))
+    verdicts = [verdict_text(row["verdict"]) for row in summary["layers"]]
+    norms = [_num(row["last_grad_norm"]) for row in summary["layers"]]
+    names = fit_layer_names(
+        [row["name"] or "(root)" for row in summary["layers"]],
+        console.width,
+        [["verdict", *(v.plain for v in verdicts)], ["last ‖g‖₂", *norms]],
+    )
+    for name, verdict, norm in zip(names, verdicts, norms, strict=True):
+        layers.add_row(name, verdict, norm)
     console.print(layers)
     if summary["alerts"]:
         alerts = Table(title="Alerts", title_justify="left")
         for col in ("step", "layer", "kind", "level", "value", "threshold"):
-            alerts.add_column(col, justify="right" if col in ("step", "value", "threshold") else "left")
-        for a in summary["alerts"]:
-            level = a.get("level", "warning")
-            alerts.add_row(
-                str(a["step"]),
-                a["layer"] or "(run)",
-                FLAG_WORDS.get(a["kind"], a["kind"]),
-                level,
-                _num(a["value"]),
-                _num(a["threshold"]),
-                style="dim" if level == "info" else None,
+            alerts.add_column(
+                col, justify="right" if col in ("step", "value", "threshold") else "left", no_wrap=col == "layer"
             )
+        rows = [
+            [str(a["step"]), FLAG_WORDS.get(a["kind"], a["kind"]), a.get("level", "warning"), _num(a["value"]),
+             _num(a["threshold"])]
+            for a in summary["alerts"]
+        ]
+        headers = ("step", "kind", "level", "value", "threshold")
+        others = [[head, *(row[i] for row in rows)] for i, head in enumerate(headers)]
+        names = fit_layer_names([a["layer"] or "(run)" for a in summary["alerts"]], console.width, others)
+        for name, (step, kind, level, value, threshold) in zip(names, rows, strict=True):
+            alerts.add_row(step, name, kind, level, value, threshold, style="dim" if level == "info" else None)
         console.print(alerts)
     else:
         console.print("No alerts.")

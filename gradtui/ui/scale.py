@@ -7,6 +7,7 @@ them can be drawn (and tested) on a plain Rich console.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -328,9 +329,32 @@ def fmt_duration(seconds: float) -> str:
 
 
 def truncate_left(name: str, width: int) -> str:
-    """Fit a dotted layer name in `width` cells, keeping its distinguishing tail."""
+    """Fit a dotted layer name in `width` cells, keeping its distinguishing tail (one name; a
+    column of them goes through `short_names`, which keeps them apart)."""
     if len(name) <= width:
         return name
     if width <= 1:
         return name[-width:] if width > 0 else ""
     return "…" + name[-(width - 1) :]
+
+
+def short_names(names: Sequence[str], width: int) -> list[str]:
+    """Layer names fitted in `width` cells, each keeping its end (`…h.1.attn.c_proj`), and still
+    told apart: names that share their last `width - 1` characters keep as much of their start
+    as tells them apart (`a.…attn.c_proj`, `b.…attn.c_proj`). The one rule for a column of layer
+    names, in the viewer's heatmap and in `gradtui report`."""
+    out = [truncate_left(name, width) for name in names]
+    groups: dict[str, list[int]] = {}
+    for i, short in enumerate(out):
+        groups.setdefault(short, []).append(i)
+    for rows in groups.values():
+        if len({names[i] for i in rows}) < 2 or width < 3:
+            continue
+        for head in range(1, width - 1):
+            tail = width - 1 - head
+            tried = [names[i][:head] + "…" + (names[i][-tail:] if tail else "") for i in rows]
+            if len(set(tried)) == len({names[i] for i in rows}):
+                for i, text in zip(rows, tried, strict=True):
+                    out[i] = text
+                break
+    return out

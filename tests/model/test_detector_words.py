@@ -14,7 +14,7 @@ from test_detectors import feed, stats
 
 from gradtui.model.detector_words import Change, Severity, message
 from gradtui.model.detectors import DetectorConfig, Detectors
-from gradtui.model.events import Alert
+from gradtui.model.events import OVERFLOW_NORM, Alert
 
 
 class Said(NamedTuple):
@@ -260,14 +260,16 @@ EXPECTED: dict[str, list[Said]] = {
              "gradient norm nan; first in the run: layer 'fc1' at step 3"),
         Said(3, "fc2", "nonfinite", True, "critical", 12.0, 0.0,
              "12 non-finite gradient values; first in the run: layer 'fc1' at step 3"),
-        Said(3, "fc3", "nonfinite", True, "critical", math.inf, 0.0,
-             "inf non-finite gradient values; first in the run: layer 'fc1' at step 3"),
+        # An overflowed norm over no non-finite value (issue 29): once "inf non-finite gradient values".
+        Said(3, "fc3", "exploding", True, "critical", OVERFLOW_NORM, 1e6,
+             "gradient norm overflowed float32: ‖g‖ ≥ 1.8e+19 (its sum of squares passed float32's max, 3.4e38), "
+             "every gradient value finite"),
         Said(5, "fc1", "nonfinite", False, "critical", 1.0, 0.0,
              "gradient finite again"),
         Said(5, "fc2", "nonfinite", False, "critical", 1.0, 0.0,
              "gradient finite again"),
-        Said(5, "fc3", "nonfinite", False, "critical", 1.0, 0.0,
-             "gradient finite again"),
+        Said(5, "fc3", "exploding", False, "critical", 1.0, 3.0,
+             "gradient norm 1 back within 3x of its recent median"),
         Said(6, None, "nonfinite", True, "critical", math.inf, 0.0,
              "global gradient norm inf at a step whose layers were not sampled"),
         Said(9, None, "nonfinite", False, "critical", 1.7, 0.0,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradtui.model.detectors import VERDICTS, DetectorConfig, Detectors
-from gradtui.model.events import ALERT_KINDS, Alert, StepStats
+from gradtui.model.events import ALERT_KINDS, OVERFLOW_NORM, Alert, StepStats
 
 NAMES = ("fc1", "fc2", "fc3", "head")
 
@@ -282,10 +282,18 @@ def test_nonfinite_names_first_layer_and_step() -> None:
     assert det.first_nonfinite == (7, "fc2")
 
 
-def test_norm_overflow_without_nonfinite_values_is_nonfinite() -> None:
+def test_norm_overflow_without_nonfinite_values_is_an_overflow_not_nonfinite() -> None:
+    """Issue 29: an infinite norm over no non-finite value was flagged non-finite; it is a norm of at
+    least sqrt(float32 max), flagged exploding at that bound. A NaN norm still means NaN values."""
     det = Detectors(["a", "b"])
     alerts = det.update(stats(0, [math.inf, 1.0], global_norm=math.inf))
-    assert [(a.layer, a.kind) for a in raised(alerts, "nonfinite")] == [("a", "nonfinite")]
+    assert raised(alerts, "nonfinite") == []
+    assert sorted(((a.layer or ""), a.value) for a in raised(alerts, "exploding")) == [
+        ("", OVERFLOW_NORM),
+        ("a", OVERFLOW_NORM),
+    ]
+    nan = Detectors(["a", "b"]).update(stats(0, [math.nan, 1.0], global_norm=math.nan))
+    assert [(a.layer, a.kind) for a in raised(nan, "nonfinite")] == [("a", "nonfinite")]
 
 
 def test_amp_skipped_steps_are_ignored_unless_they_persist() -> None:

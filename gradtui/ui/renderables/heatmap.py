@@ -11,6 +11,7 @@ terminal app and the string-rendering tests draw exactly the same thing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,7 +51,7 @@ from gradtui.ui.scale import (
     VANISHING_CELL,
     fmt_value,
     shade_glyph,
-    truncate_left,
+    short_names,
 )
 
 VALUE_WIDTH = 7
@@ -76,6 +77,12 @@ __all__ = [  # the view's model and columns live in `columns`; drawing them, her
     "heatmap_view",
     "render_heatmap_text",
 ]
+
+
+@functools.lru_cache(maxsize=8)
+def _fitted(names: tuple[str, ...], width: int) -> tuple[str, ...]:
+    """The rows' names as drawn (`short_names`), once per view and width, not once per line."""
+    return tuple(short_names(names, width))
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ class Heatmap:
         glyph_style = EMPTY_STYLE
         if flag:
             glyph_style = self.styles.flags.get(flag, EMPTY_STYLE) if self.color else MONO_FLAG_STYLE
-        name = truncate_left(v.names[row], layout.name_width).ljust(layout.name_width)
+        name = _fitted(v.names, layout.name_width)[row].ljust(layout.name_width)
         name_style = self.styles.label + self.styles.cursor if cursor else self.styles.label
         value = float(v.values[row]) if row < len(v.values) else float("nan")
         known = bool(v.known[row]) if v.known is not None else not np.isnan(value)
