@@ -5,7 +5,9 @@ thread encodes each event once (unless the probe hands it the frame it already e
 its record), keeps it in a bounded history and hands the frame to every viewer's own
 bounded queue, which a writer thread per viewer drains. A stalled
 viewer loses its oldest frames (and is told how many with a `Dropped` event); a dead
-one is removed; training never waits on either.
+one is removed; training never waits on either. When every slot is taken, a new viewer takes
+the slot of the oldest viewer that has read nothing for `IDLE_AFTER` s (a line in the log says
+so): a client holding slots with viewers that never read cannot lock the others out.
 
 A viewer that attaches first gets the history (the run's `RunStart`, the last steps,
 recent alerts, acknowledgements and log lines), then the live stream: the snapshot is
@@ -25,11 +27,14 @@ Torch-free: only the standard library, NumPy (through the wire format) and msgpa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
 import signal
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -57,6 +62,9 @@ CLIENT_FRAMES = 20_000
 CLIENT_BYTES = 16 << 20
 """Per-viewer backlog; beyond it the viewer's oldest frames are dropped."""
 MAX_VIEWERS = 16
+IDLE_AFTER = 1.0
+"""Seconds a viewer may leave what it was sent unread before a newcomer may take its slot (when
+all are taken); a viewer draws at 10 Hz and reads what it is sent within milliseconds."""
 SEND_INTERVAL = 0.05
 """Seconds between two sends to one viewer (what piles up meanwhile goes in one write)."""
 ADOPT_HELLO_TIMEOUT = 5.0
@@ -82,6 +90,28 @@ class _Client:
     writer: threading.Thread | None = None
     gone: threading.Event = field(default_factory=threading.Event)
     budget: CommandBudget = field(default_factory=CommandBudget)
+    unread_since: float | None = None
+    """Since when what it was sent has been waiting for it to read (None: it read everything)."""
+
+    def sending(self) -> None:
+        if self.unread_since is None:
+            self.unread_since = time.monotonic()
+
+    def sent(self) -> None:
+        """After a send: where the kernel cannot say what is unread, a finished send counts as read."""
+        if not _unread(self.sock):
+            self.unread_since = None
+
+    def check_read(self) -> None:
+        """Between sends: has it read everything sent so far?"""
+        if _unread(self.sock) == 0:
+            self.unread_since = None
+
+    def idle_for(self, now: float) -> float:
+        """Seconds it has left what it was sent unread (0: it reads)."""
+        self.check_read()
+        since = self.unread_since
+        return 0.0 if since is None else now - since
 
 
 _IDS_LOCK = threading.Lock()
@@ -360,14 +390,32 @@ class ProbeServer:
 
     def _register(self, conn: socket.socket, name: str) -> _Client:
         client = _Client(conn, name, _frame_queue())
+        idle: _Client | None = None
+        idle_for = 0.0
         with self._lock:
             if self._closing.is_set():
                 raise Refused("the run is shutting down")
             if len(self._clients) >= MAX_VIEWERS:
-                raise Refused(f"already {MAX_VIEWERS} viewers")
+                now = time.monotonic()
+                # Oldest first: the list is in the order they attached.
+                for candidate in self._clients:
+                    idle_for = candidate.idle_for(now)
+                    if idle_for >= IDLE_AFTER:
+                        idle = candidate
+                        break
+                else:
+                    raise Refused(f"already {MAX_VIEWERS} viewers, each of them reading")
+                self._clients.remove(candidate)
             client.snapshot = self._history.snapshot()
             self._clients.append(client)
         self._meta_dirty = True
+        if idle is not None:
+            self._let_go(
+                idle,
+                f"dropped: it has read nothing for {idle_for:.1f} s and {name} needs its slot "
+                f"(at most {MAX_VIEWERS} viewers)",
+                logging.WARNING,
+            )
         log.info("gradtui: %s attached", name)
         return client
 
@@ -439,16 +487,22 @@ class ProbeServer:
     def _write_loop(self, client: _Client) -> None:
         hello = wire.hello_frame(role="probe", run=self.run, id=self.id, pid=self._pid)
         try:
+            client.sending()
             _send_all(client.sock, [hello, *client.snapshot])
+            client.sent()
             client.snapshot = []
             while True:
+                client.check_read()
                 got = client.queue.take(timeout=0.5, max_bytes=1 << 20)
                 if got is None:
                     break
                 frames, dropped = got
                 if dropped:
                     frames.insert(0, wire.encode(Dropped(count=dropped, total=client.queue.dropped_total)))
-                _send_all(client.sock, frames)
+                if frames:
+                    client.sending()
+                    _send_all(client.sock, frames)
+                    client.sent()
                 # Viewers draw at 10 Hz: sending at most every SEND_INTERVAL wakes this thread
                 # (and takes the GIL from training) a few times a second, not at every step.
                 client.gone.wait(SEND_INTERVAL)
@@ -464,6 +518,10 @@ class ProbeServer:
             if client not in self._clients:
                 return
             self._clients.remove(client)
+        self._let_go(client, reason, level)
+
+    def _let_go(self, client: _Client, reason: str, level: int) -> None:
+        """Disconnect a viewer already taken off the list, with a line in the log."""
         self._meta_dirty = True
         client.gone.set()
         client.queue.close()
@@ -544,6 +602,21 @@ class ProbeServer:
         for client in clients:
             if client.writer is not None:
                 client.writer.join(max(0.0, deadline - time.monotonic()))
+
+
+def _unread(sock: socket.socket) -> int | None:
+    """Bytes sent on `sock` that its peer has not read yet (Linux: SIOCOUTQ), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        buf = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return None
+    left: int = struct.unpack("i", buf)[0]
+    return left
+
+
+_SIOCOUTQ = 0x5411  # <linux/sockios.h>, = TIOCOUTQ
 
 
 def _send_all(sock: socket.socket, frames: list[bytes], chunk: int = 1 << 20) -> None:

@@ -7,6 +7,7 @@ and counts, with generous deadlines.
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -16,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import tiny_run
+from fault_helpers import RawViewer, tiny_run, wait_for
 
 from gradtui.model.events import RunStart
-from gradtui.probe import gate
+from gradtui.probe import gate, server
 from gradtui.probe.history import History
 from gradtui.sources.attach import SocketSource
 
@@ -149,3 +150,41 @@ def test_a_connection_flood_from_one_process_neither_locks_viewers_out_nor_drive
         from gradtui.probe.peers import PEER_HELLO_BURST, PEER_HELLO_RATE
 
         assert snapshots[0] <= 5 + PEER_HELLO_BURST + PEER_HELLO_RATE * elapsed
+
+
+def test_with_every_slot_held_by_viewers_that_never_read_a_new_viewer_takes_the_oldest_ones_slot(
+    training: _Training, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = training.mon.server
+    assert srv is not None and srv.socket_path is not None
+    with caplog.at_level(logging.INFO, logger="gradtui"):
+        idle = [RawViewer(srv.socket_path, read=False) for _ in range(server.MAX_VIEWERS)]
+        wait_for(lambda: srv.viewers == server.MAX_VIEWERS, 20, "every slot taken")
+        attached = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" attached")]
+        oldest = attached[0].removeprefix("gradtui: ").removesuffix(" attached")
+        assert srv.present(oldest)
+        time.sleep(server.IDLE_AFTER + 0.5)  # what they were sent stays unread
+        viewer = RawViewer(srv.socket_path)
+        wait_for(lambda: any(isinstance(e, RunStart) for e in viewer.events), 20, "the new viewer's stream")
+        assert srv.viewers == server.MAX_VIEWERS and not srv.present(oldest)
+        dropped = [r for r in caplog.records if "read nothing" in r.getMessage()]
+        assert len(dropped) == 1 and dropped[0].levelno == logging.WARNING
+        assert dropped[0].getMessage().startswith(f"gradtui: {oldest}: dropped: it has read nothing for")
+    viewer.close()
+    for conn in idle:
+        conn.close()
+
+
+def test_with_every_slot_held_by_viewers_that_read_a_new_viewer_is_refused(training: _Training) -> None:
+    srv = training.mon.server
+    assert srv is not None and srv.socket_path is not None
+    readers = [RawViewer(srv.socket_path) for _ in range(server.MAX_VIEWERS)]
+    wait_for(lambda: srv.viewers == server.MAX_VIEWERS, 20, "every slot taken")
+    time.sleep(server.IDLE_AFTER + 0.5)
+    late = RawViewer(srv.socket_path)
+    wait_for(late.closed.is_set, 20, "the late viewer to be refused")
+    assert not late.events and srv.viewers == server.MAX_VIEWERS
+    assert not any(r.closed.is_set() for r in readers), "no reading viewer loses its slot"
+    late.close()
+    for conn in readers:
+        conn.close()
