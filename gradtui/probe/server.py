@@ -27,25 +27,23 @@ Torch-free: only the standard library, NumPy (through the wire format) and msgpa
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
 import signal
 import socket
-import struct
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gradtui.model.commands import command_kind
 from gradtui.model.events import CommandResult, Dropped, Event, RunEnd, RunSteps, StepStats
-from gradtui.probe.gate import MAX_COMMAND_BYTES, CommandBudget, Gate, Refused, hard_close, read_hello
+from gradtui.probe.gate import MAX_COMMAND_BYTES, Gate, Refused, hard_close, read_hello
 from gradtui.probe.history import History
+from gradtui.probe.viewer import Viewer, send_all
 from gradtui.wire import codec as wire
 from gradtui.wire import runs
 from gradtui.wire.queue import CommandQueue, DropQueue
@@ -73,45 +71,8 @@ FLUSH_TIMEOUT = 2.0
 META_INTERVAL = 1.0
 INBOX_SIZE = 50_000
 
-_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
 def _frame_queue() -> DropQueue[bytes]:
     return DropQueue(CLIENT_FRAMES, max_bytes=CLIENT_BYTES, size=len)
-
-
-@dataclass(eq=False)
-class _Client:
-    sock: socket.socket
-    peer: str
-    """The viewer's name ("viewer #3 (alice@gpu1 pid 42)"): in the log, `gradtui ls` and on its pause."""
-    queue: DropQueue[bytes]
-    snapshot: list[bytes] = field(default_factory=list)
-    writer: threading.Thread | None = None
-    gone: threading.Event = field(default_factory=threading.Event)
-    budget: CommandBudget = field(default_factory=CommandBudget)
-    unread_since: float | None = None
-    """Since when what it was sent has been waiting for it to read (None: it read everything)."""
-
-    def sending(self) -> None:
-        if self.unread_since is None:
-            self.unread_since = time.monotonic()
-
-    def sent(self) -> None:
-        """After a send: where the kernel cannot say what is unread, a finished send counts as read."""
-        if not _unread(self.sock):
-            self.unread_since = None
-
-    def check_read(self) -> None:
-        """Between sends: has it read everything sent so far?"""
-        if _unread(self.sock) == 0:
-            self.unread_since = None
-
-    def idle_for(self, now: float) -> float:
-        """Seconds it has left what it was sent unread (0: it reads)."""
-        self.check_read()
-        since = self.unread_since
-        return 0.0 if since is None else now - since
 
 
 _IDS_LOCK = threading.Lock()
@@ -159,7 +120,7 @@ class ProbeServer:
         self.run = run
         self.started = time.time() if started is None else started
         self._lock = threading.Lock()
-        self._clients: list[_Client] = []
+        self._clients: list[Viewer] = []
         self._history = History(HISTORY_STEPS, HISTORY_BYTES, HISTORY_OTHER)
         self._inbox: DropQueue[tuple[Event, bytes | None]] = DropQueue(INBOX_SIZE)
         self._closing = threading.Event()
@@ -388,9 +349,9 @@ class ProbeServer:
 
     # ------------------------------------------------------------ viewers
 
-    def _register(self, conn: socket.socket, name: str) -> _Client:
-        client = _Client(conn, name, _frame_queue())
-        idle: _Client | None = None
+    def _register(self, conn: socket.socket, name: str) -> Viewer:
+        client = Viewer(conn, name, _frame_queue())
+        idle: Viewer | None = None
         idle_for = 0.0
         with self._lock:
             if self._closing.is_set():
@@ -431,7 +392,7 @@ class ProbeServer:
                 self._clients.remove(client)
             raise
 
-    def _serve(self, client: _Client, dec: wire.FrameDecoder, early: list[dict[str, Any]]) -> None:
+    def _serve(self, client: Viewer, dec: wire.FrameDecoder, early: list[dict[str, Any]]) -> None:
         conn = client.sock
         conn.settimeout(None)
         client.writer = threading.Thread(
@@ -466,7 +427,7 @@ class ProbeServer:
             client.writer.join(FLUSH_TIMEOUT + 1.0)
         conn.close()
 
-    def _on_command(self, client: _Client, payload: dict[str, Any]) -> None:
+    def _on_command(self, client: Viewer, payload: dict[str, Any]) -> None:
         cmd = wire.decode_command(payload)  # WireError: a malformed command closes the connection
         refusal: str | None = None
         size = len(wire.encode(cmd))
@@ -484,11 +445,11 @@ class ProbeServer:
         if refused:
             log.warning("gradtui: %s: refused %d commands over the rate limit", client.peer, refused)
 
-    def _write_loop(self, client: _Client) -> None:
+    def _write_loop(self, client: Viewer) -> None:
         hello = wire.hello_frame(role="probe", run=self.run, id=self.id, pid=self._pid)
         try:
             client.sending()
-            _send_all(client.sock, [hello, *client.snapshot])
+            send_all(client.sock, [hello, *client.snapshot])
             client.sent()
             client.snapshot = []
             while True:
@@ -501,7 +462,7 @@ class ProbeServer:
                     frames.insert(0, wire.encode(Dropped(count=dropped, total=client.queue.dropped_total)))
                 if frames:
                     client.sending()
-                    _send_all(client.sock, frames)
+                    send_all(client.sock, frames)
                     client.sent()
                 # Viewers draw at 10 Hz: sending at most every SEND_INTERVAL wakes this thread
                 # (and takes the GIL from training) a few times a second, not at every step.
@@ -513,14 +474,14 @@ class ProbeServer:
         with contextlib.suppress(OSError):
             client.sock.shutdown(socket.SHUT_WR)
 
-    def _drop(self, client: _Client, reason: str, level: int) -> None:
+    def _drop(self, client: Viewer, reason: str, level: int) -> None:
         with self._lock:
             if client not in self._clients:
                 return
             self._clients.remove(client)
         self._let_go(client, reason, level)
 
-    def _let_go(self, client: _Client, reason: str, level: int) -> None:
+    def _let_go(self, client: Viewer, reason: str, level: int) -> None:
         """Disconnect a viewer already taken off the list, with a line in the log."""
         self._meta_dirty = True
         client.gone.set()
@@ -602,31 +563,3 @@ class ProbeServer:
         for client in clients:
             if client.writer is not None:
                 client.writer.join(max(0.0, deadline - time.monotonic()))
-
-
-def _unread(sock: socket.socket) -> int | None:
-    """Bytes sent on `sock` that its peer has not read yet (Linux: SIOCOUTQ), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        buf = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
-    except (OSError, ValueError):
-        return None
-    left: int = struct.unpack("i", buf)[0]
-    return left
-
-
-_SIOCOUTQ = 0x5411  # <linux/sockios.h>, = TIOCOUTQ
-
-
-def _send_all(sock: socket.socket, frames: list[bytes], chunk: int = 1 << 20) -> None:
-    buf: list[bytes] = []
-    size = 0
-    for frame in frames:
-        buf.append(frame)
-        size += len(frame)
-        if size >= chunk:
-            sock.sendall(b"".join(buf), _MSG_NOSIGNAL)
-            buf, size = [], 0
-    if buf:
-        sock.sendall(b"".join(buf), _MSG_NOSIGNAL)
