@@ -10,10 +10,11 @@ refuses that one connection.
 The gate's own work is bounded, whatever a local client does (issue 29): it accepts at most
 `ACCEPT_RATE` connections a second (beyond it, connections wait in the kernel's backlog and
 a client connecting in a loop waits with them, costing us nothing); each process on the Unix
-socket has its own allowance of hellos and of connections waiting (`peers`): a connection
-over it is closed as soon as it is accepted, or refused at its hello, before its admission; a
-viewer that hung up while it waited for its admission is let go before it costs a history
-snapshot. The TCP listener had this from its token: a stranger is refused at its hello.
+socket has its own allowance of connections waiting (a newcomer over it pushes out that
+process's oldest) and of hellos (one over it is refused at its hello, before its admission;
+see `peers`); a viewer that hung up while it waited for its admission is let go before it
+costs a snapshot of the history. The TCP listener had the last two from its token: a stranger
+is refused at its hello.
 
 Refused connections are logged as a summary, not a line each: a flood of them must not
 fill the training script's stderr. Commands from an admitted viewer pass a token bucket
@@ -66,10 +67,13 @@ ADMIT_RATE = 5.0
 wait their turn (up to `ADMIT_WAIT` s), so a peer reconnecting in a loop costs little."""
 ADMIT_BURST = 10
 ADMIT_WAIT = 10.0
-ACCEPT_RATE = 200.0
+ACCEPT_RATE = 100.0
 """Connections accepted per second, all listeners together, sustained: bounds the accept thread's
 CPU (and so the GIL it takes from training) under any flood; a viewer connects once."""
 ACCEPT_BURST = 32
+ACCEPT_RESUME = 10
+"""Out of accepts, the gate stops watching the listeners until this many are available again:
+a flood costs a few rounds a second, not one per connection."""
 SUMMARY_EVERY = 10.0
 """Seconds between summary lines about refused connections and commands."""
 _MAX_WHO = 80
@@ -267,7 +271,7 @@ class Gate:
     def _round(self) -> None:
         timeout = 0.05 if self._admitting else 0.25
         if not self._listening:
-            wait = self.accepts.wait()
+            wait = self.accepts.wait(ACCEPT_RESUME)
             if wait <= 0.0:
                 self._listen(True)
             timeout = min(timeout, wait)

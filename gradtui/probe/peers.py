@@ -76,10 +76,10 @@ class Allowance:
         """Give back one taken for nothing."""
         self._tokens = min(self.burst, self._tokens + 1.0)
 
-    def wait(self) -> float:
-        """Seconds until one is available (0: now)."""
+    def wait(self, n: float = 1.0) -> float:
+        """Seconds until `n` are available (0: now)."""
         self._refill()
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+        return 0.0 if self._tokens >= n else (n - self._tokens) / self.rate
 
 
 @dataclass(eq=False)
