@@ -29,6 +29,15 @@ Scenarios:
   closes it (at most 0.2 s) and closes.
 - hello+garbage: the same, but each first says a valid viewer hello and waits for the probe's
   answer (at most 0.5 s), so the garbage arrives from an attached viewer.
+- silent flood: one process connects in a loop as fast as the socket lets it and says nothing
+  (it holds its last 64 connections open, closing the oldest), while an attacher (below) tries.
+- hello flood: one process connects, says a valid viewer hello and hangs up, in a loop as fast
+  as the socket lets it, while an attacher tries.
+- 20 idle: twenty viewers say hello and never read a byte (more than the probe's slots), then an
+  attacher tries.
+  The attacher is a legitimate viewer (`gradtui attach`'s own `SocketSource`, timeout 2 s): over
+  the timed steps it attaches, waits for the run's `RunStart`, leaves, and tries again every
+  ATTACH_PERIOD s; notes say how many attaches succeeded within ATTACH_DEADLINE s (issue 29).
 
 Prints per scenario the median step time and its ratio to "none" of the same run; the cpu
 ratio (this process's CPU time per timed step, all threads, against "none": steadier than
@@ -36,7 +45,7 @@ wall time when other processes share the machine); how fast the record grew duri
 timed steps; and notes (viewers attached, commands acknowledged, CPU used by the trainer and
 the viewers, the slowest step when it is over 3x the median, gradtui's log records: warnings
 and above are counted, not printed, and summarised after the table).
-Target (issue 12): every ratio <= 1.10.
+Target (issues 12 and 29): every ratio <= 1.10, and every legitimate attach succeeds.
 """
 
 from __future__ import annotations
@@ -51,9 +60,11 @@ import selectors
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -64,17 +75,36 @@ from typing import TYPE_CHECKING, Any
 import gradtui
 from gradtui.model.commands import SetClip, SetLR
 from gradtui.model.events import Dropped
+from gradtui.probe.server import MAX_VIEWERS
 from gradtui.wire import codec, env
 
 if TYPE_CHECKING:
     from gradtui.probe.monitor import Monitor
 
-SCENARIOS = ["none", "viewer", "never-reading", "stopped", "20 viewers", "flood", "garbage", "hello+garbage"]
+SCENARIOS = [
+    "none",
+    "viewer",
+    "never-reading",
+    "stopped",
+    "20 viewers",
+    "flood",
+    "garbage",
+    "hello+garbage",
+    "silent flood",
+    "hello flood",
+    "20 idle",
+]
+ATTACKS = {"silent flood": "silent-flood", "hello flood": "hello-flood", "20 idle": None}
+"""Scenarios with an attacher: a legitimate viewer trying to attach while another client misbehaves."""
 FLOOD_BATCH = 100
 FLOOD_BUFFER = 256 << 10
 GARBAGE_PERIOD = 0.020
 GARBAGE_BYTES = 4096
 READY_TIMEOUT = 15.0
+HOLD = 64
+"""Connections the silent flood keeps open (closing its oldest beyond)."""
+ATTACH_PERIOD = 0.25
+ATTACH_DEADLINE = 2.0
 TARGET = 1.10
 
 
@@ -350,6 +380,95 @@ def role_garbage(path: str, ctl: _Stdin, after_hello: bool) -> None:
             sock.close()
 
 
+def _connect_waiting(path: str, wait: float) -> socket.socket:
+    """Connect as a plain blocking client does: wait (at most `wait` s) for room in the backlog."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(wait), int(wait % 1 * 1e6)))
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def role_connect_flood(path: str, ctl: _Stdin, hello: bool) -> None:
+    """Connect in a loop as fast as the socket lets us; say nothing (holding HOLD connections
+    open) or say hello and hang up."""
+    counts = _Counts("connections", "connect_failed")
+    held: list[socket.socket] = []
+    frame = codec.hello_frame(role="viewer", who="flood")
+    _say("ready")
+    checked = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - checked >= 0.05:
+            checked = now
+            if counts.handle(ctl.poll()):
+                for sock in held:
+                    sock.close()
+                return
+        try:
+            sock = _connect_waiting(path, 0.05)
+        except OSError:
+            counts.add("connect_failed")
+            continue
+        counts.add("connections")
+        if hello:
+            with contextlib.suppress(OSError):
+                sock.sendall(frame)
+            sock.close()
+            continue
+        held.append(sock)
+        if len(held) > HOLD:
+            held.pop(0).close()
+
+
+def role_attacher(path: str, ctl: _Stdin) -> None:
+    """From "mark" to "stop": attach as `gradtui attach` does, wait for the run's RunStart, leave;
+    again every ATTACH_PERIOD s. Counts the attaches that got their RunStart within ATTACH_DEADLINE s."""
+    from gradtui.model.events import RunStart
+    from gradtui.sources.attach import AttachError, SocketSource
+
+    counts = _Counts("tries", "attached", "late", "failed")
+    counts.flags["slowest"] = 0.0
+    _say("ready")
+    trying = False
+    while True:
+        orders = ctl.poll()
+        trying = trying or "mark" in orders
+        if counts.handle(orders):
+            return
+        if not trying:
+            time.sleep(0.02)
+            continue
+        counts.add("tries")
+        t0 = time.monotonic()
+        try:
+            source = SocketSource(path, timeout=ATTACH_DEADLINE)
+        except AttachError as exc:
+            counts.add("failed")
+            counts.flags["why"] = str(exc)[:100]
+            time.sleep(ATTACH_PERIOD)
+            continue
+        got = False
+        while not got and time.monotonic() - t0 < ATTACH_DEADLINE + 1.0:
+            got = any(isinstance(e, RunStart) for e in source.poll())
+            if not got:
+                time.sleep(0.005)
+        took = time.monotonic() - t0
+        source.close()
+        counts.flags["slowest"] = max(counts.flags["slowest"], took)
+        if got and took <= ATTACH_DEADLINE:
+            counts.add("attached")
+        elif got:
+            counts.add("late")
+        else:
+            counts.add("failed")
+            counts.flags["why"] = "no RunStart"
+        time.sleep(ATTACH_PERIOD)
+
+
 def child_main(role: str, path: str, rate: float) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent ends us
@@ -363,6 +482,10 @@ def child_main(role: str, path: str, rate: float) -> None:
             role_flood(path, ctl, rate)
         elif role in ("garbage", "hello-garbage"):
             role_garbage(path, ctl, after_hello=role == "hello-garbage")
+        elif role in ("silent-flood", "hello-flood"):
+            role_connect_flood(path, ctl, hello=role == "hello-flood")
+        elif role == "attacher":
+            role_attacher(path, ctl)
         else:
             raise SystemExit(f"unknown role {role!r}")
     except ConnectionError:
@@ -519,10 +642,26 @@ class Tally:
     seconds: float = 0.0
     cpu: float = 0.0
     """CPU seconds of this (the training) process, every thread, during the timed steps."""
+    gate_cpu: float = 0.0
+    """CPU seconds of the probe's accept thread during the timed steps."""
     attached: list[int] = field(default_factory=list)
     wanted: int = 0
     reports: list[dict[str, Any]] = field(default_factory=list)
     odd: list[str] = field(default_factory=list)
+
+
+def gate_cpu() -> float:
+    """CPU seconds the probe's accept thread has used (Linux: /proc; elsewhere 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for thread in threading.enumerate():
+        if thread.name == "gradtui-serve-accept" and thread.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{thread.native_id}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                return 0.0
+            return (int(fields[11]) + int(fields[12])) / tick
+    return 0.0
 
 
 def start_children(scenario: str, socket_path: Path, rate: float) -> list[Child]:
@@ -535,6 +674,9 @@ def start_children(scenario: str, socket_path: Path, rate: float) -> list[Child]
         "flood": ["flood"],
         "garbage": ["garbage"],
         "hello+garbage": ["hello-garbage"],
+        "silent flood": ["silent-flood"],
+        "hello flood": ["hello-flood"],
+        "20 idle": ["silent"] * 20,
     }[scenario]
     return [Child.start(role, socket_path, rate) for role in roles]
 
@@ -548,13 +690,17 @@ def run_scenario(
     try:
         if not pump_until(children, lambda c: c.state != "starting", READY_TIMEOUT):
             tally.odd.append(f"{sum(c.state == 'starting' for c in children)} children never said ready")
-        ready = sum(c.state == "ready" for c in children)
-        if not scenario.endswith("garbage") and children:
+        ready = min(sum(c.state == "ready" for c in children), MAX_VIEWERS)
+        if not scenario.endswith(("garbage", "flood")) and children:
             deadline = time.monotonic() + 5.0
             while mon.server.viewers < ready and time.monotonic() < deadline:
                 time.sleep(0.01)
             tally.attached.append(mon.server.viewers)
             tally.wanted = len(children)
+        if scenario in ATTACKS:
+            children.append(Child.start("attacher", mon.server.socket_path, 0.0))
+            if not pump_until(children[-1:], lambda c: c.state != "starting", READY_TIMEOUT):
+                tally.odd.append("the attacher never said ready")
         if scenario == "stopped":
             for child in children:
                 os.kill(child.proc.pid, signal.SIGSTOP)
@@ -563,10 +709,12 @@ def run_scenario(
         for child in children:
             child.order("mark")
         size0 = os.path.getsize(mon.record_path)
+        gate0 = gate_cpu()
         t0, cpu0 = time.perf_counter(), time.process_time()
         tally.times += [step() for _ in range(args.steps)]
         tally.seconds += time.perf_counter() - t0
         tally.cpu += time.process_time() - cpu0
+        tally.gate_cpu += gate_cpu() - gate0
         tally.record_bytes += os.path.getsize(mon.record_path) - size0
         for child in children:
             if scenario == "stopped":
@@ -616,6 +764,16 @@ def notes(scenario: str, tally: Tally, med: float, log: LogCounter) -> str:
             out.append(f"{_sum(reports, 'answered', life=True):,} answered")
         if fails := _sum(reports, "refused_connect", life=True):
             out.append(f"{fails:,} connects refused")
+    if scenario in ATTACKS:
+        tries, ok = _sum(reports, "tries"), _sum(reports, "attached")
+        slowest = max((float(r.get("slowest", 0.0)) for r in reports), default=0.0)
+        out.append(f"attaches {ok}/{tries} within {ATTACH_DEADLINE:g} s (slowest {slowest:.2f} s)")
+        if why := next((r["why"] for r in reports if r.get("why")), ""):
+            out.append(f"failure: '{why}'")
+        if conns := _sum(reports, "connections", life=True):
+            out.append(f"{conns:,} flood conns")
+    if tally.seconds:
+        out.append(f"accept thread {tally.gate_cpu / tally.seconds:.2f} cores")
     if dropped := _sum(reports, "dropped", life=True):
         out.append(f"viewers told {dropped:,} dropped")
     if bad := _sum(reports, "bad", life=True):
@@ -723,6 +881,15 @@ def parent_main(args: argparse.Namespace) -> None:
         )
     met = all(v <= TARGET for v in ratios.values())
     print(f"target: every ratio <= {TARGET:.2f}: {'met' if met else 'NOT met'}")
+    attacks = [s for s in tallies if s in ATTACKS]
+    if attacks:
+        missed = {s: _sum(tallies[s].reports, "tries") - _sum(tallies[s].reports, "attached") for s in attacks}
+        tried = all(_sum(tallies[s].reports, "tries") for s in attacks)
+        ok = tried and not any(missed.values())
+        print(
+            f"target: every legitimate attach within {ATTACH_DEADLINE:g} s: {'met' if ok else 'NOT met'}"
+            + ("" if ok else f" (missed: {missed})")
+        )
 
 
 def main() -> None:
@@ -735,7 +902,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument(
-        "--role", choices=["viewer", "silent", "flood", "garbage", "hello-garbage"], help=argparse.SUPPRESS
+        "--role",
+        choices=["viewer", "silent", "flood", "garbage", "hello-garbage", "silent-flood", "hello-flood", "attacher"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--only", nargs="+", default=SCENARIOS, choices=SCENARIOS, help="scenarios (none always runs)")
     parser.add_argument("--flood-rate", type=float, default=10_000.0, help="commands/s in the flood; 0: unpaced")

@@ -2,9 +2,19 @@
 
 Every connection waits in one selector, on the accept thread, until it has said hello:
 a connection that has not authenticated holds no thread, at most `MAX_PENDING` wait at
-once (the oldest is dropped for a newcomer) and each has `HELLO_TIMEOUT` seconds. Only a
-viewer whose hello passes gets threads of its own. Nothing a peer does can stop the accept
-loop: a failure (a thread limit, a file-descriptor limit) refuses that one connection.
+once (for a newcomer, the oldest of the process holding the most is dropped) and each has
+`HELLO_TIMEOUT` seconds. Only a viewer whose hello passes gets threads of its own. Nothing a
+peer does can stop the accept loop: a failure (a thread limit, a file-descriptor limit)
+refuses that one connection.
+
+The gate's own work is bounded, whatever a local client does (issue 29): it accepts at most
+`ACCEPT_RATE` connections a second (beyond it, connections wait in the kernel's backlog and
+a client connecting in a loop waits with them, costing us nothing); each process on the Unix
+socket has its own allowance of connections waiting (a newcomer over it pushes out that
+process's oldest) and of hellos (one over it is refused at its hello, before its admission;
+see `peers`); a viewer that hung up while it waited for its admission is let go before it
+costs a snapshot of the history. The TCP listener had the last two from its token: a stranger
+is refused at its hello.
 
 Refused connections are logged as a summary, not a line each: a flood of them must not
 fill the training script's stderr. Commands from an admitted viewer pass a token bucket
@@ -28,10 +38,11 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradtui.probe.peers import PEER_HELLO_RATE, PEER_PENDING, Allowance, Peer, Peers
 from gradtui.wire import codec as wire
 
 log = logging.getLogger("gradtui")
@@ -56,6 +67,13 @@ ADMIT_RATE = 5.0
 wait their turn (up to `ADMIT_WAIT` s), so a peer reconnecting in a loop costs little."""
 ADMIT_BURST = 10
 ADMIT_WAIT = 10.0
+ACCEPT_RATE = 100.0
+"""Connections accepted per second, all listeners together, sustained: bounds the accept thread's
+CPU (and so the GIL it takes from training) under any flood; a viewer connects once."""
+ACCEPT_BURST = 32
+ACCEPT_RESUME = 10
+"""Out of accepts, the gate stops watching the listeners until this many are available again:
+a flood costs a few rounds a second, not one per connection."""
 SUMMARY_EVERY = 10.0
 """Seconds between summary lines about refused connections and commands."""
 _MAX_WHO = 80
@@ -139,28 +157,19 @@ class CommandBudget:
 
     def __init__(self, rate: float = COMMAND_RATE, burst: int = COMMAND_BURST) -> None:
         self.rate = rate
-        self.burst = float(burst)
-        self._tokens = float(burst)
-        self._at = time.monotonic()
+        self._allowance = Allowance(rate, burst)
         self.refused = 0
         """Commands refused since the last summary."""
         self._window_refused = 0
-        self._window_start = self._at
-        self._summarised = self._at
+        self._window_start = self._summarised = time.monotonic()
 
-    def take(self, *, refuse: bool = True) -> bool:
-        """Spend one command; False when over the allowance (the command is refused, and
-        counted as such unless `refuse` is False: it waits instead)."""
+    def take(self) -> bool:
+        """Spend one command; False when over the allowance (the command is refused, and counted)."""
         now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
         if now - self._window_start >= 1.0:
             self._window_start, self._window_refused = now, 0
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._allowance.take():
             return True
-        if not refuse:
-            return False
         self.refused += 1
         self._window_refused += 1
         return False
@@ -186,6 +195,8 @@ class _Waiting:
     addr: str
     is_tcp: bool
     deadline: float
+    peer: Peer | None = None
+    """The process that connected (None: unnamed, or the training process itself)."""
     dec: wire.FrameDecoder = field(default_factory=lambda: wire.FrameDecoder(max_frame=MAX_COMMAND_FRAME))
 
 
@@ -215,19 +226,23 @@ class Gate:
         self.admit = admit
         self.closing = closing
         self.refusals = Refusals()
-        self.admissions = CommandBudget(ADMIT_RATE, ADMIT_BURST)
+        self.admissions = Allowance(ADMIT_RATE, ADMIT_BURST)
+        self.accepts = Allowance(ACCEPT_RATE, ACCEPT_BURST)
+        self.peers = Peers()
         self.seq = 0
         self._waiting: dict[socket.socket, _Waiting] = {}
         self._admitting: collections.deque[tuple[_Waiting, str, list[dict[str, Any]]]] = collections.deque()
         self._sel = selectors.DefaultSelector()
+        self._listening = False
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
 
     def run(self) -> None:
-        for sock, is_tcp in self.listeners:
-            self._sel.register(sock, selectors.EVENT_READ, is_tcp)
+        for sock, _ in self.listeners:
+            sock.setblocking(False)  # accepted in batches, until the backlog is empty
+        self._listen(True)
         try:
             while not self.closing.is_set():
                 try:
@@ -241,8 +256,26 @@ class Gate:
             self.refusals.flush(force=True)
             self._sel.close()
 
+    def _listen(self, on: bool) -> None:
+        """Watch the listeners (or stop: out of accepts, new connections wait in the backlog)."""
+        if on == self._listening:
+            return
+        self._listening = on
+        for sock, is_tcp in self.listeners:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                if on:
+                    self._sel.register(sock, selectors.EVENT_READ, is_tcp)
+                else:
+                    self._sel.unregister(sock)
+
     def _round(self) -> None:
-        for key, _ in self._sel.select(timeout=0.05 if self._admitting else 0.25):
+        timeout = 0.05 if self._admitting else 0.25
+        if not self._listening:
+            wait = self.accepts.wait(ACCEPT_RESUME)
+            if wait <= 0.0:
+                self._listen(True)
+            timeout = min(timeout, wait)
+        for key, _ in self._sel.select(timeout=timeout):
             if isinstance(key.data, bool):
                 self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
             else:
@@ -256,21 +289,39 @@ class Gate:
         self.refusals.flush()
 
     def _accept(self, listener: socket.socket, is_tcp: bool) -> None:
-        try:
-            conn, raw = listener.accept()
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            # Out of file descriptors: the connection stays queued; back off instead of spinning.
-            self.refusals.refused("a connection", f"cannot accept: {exc.strerror or exc}")
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                time.sleep(0.1)
-            return
+        for _ in range(ACCEPT_BURST):
+            if not self.accepts.take():
+                self._listen(False)
+                return
+            try:
+                conn, raw = listener.accept()
+            except BlockingIOError:
+                self.accepts.refund()
+                return
+            except OSError as exc:
+                # Out of file descriptors: the connection stays queued; back off instead of spinning.
+                self.refusals.refused("a connection", f"cannot accept: {exc.strerror or exc}")
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.1)
+                return
+            self._arrived(conn, raw, is_tcp)
+
+    def _arrived(self, conn: socket.socket, raw: Any, is_tcp: bool) -> None:
         addr = f"{raw[0]}:{raw[1]}" if is_tcp and isinstance(raw, tuple) else "unix"
-        waiting = _Waiting(conn, addr, is_tcp, time.monotonic() + HELLO_TIMEOUT)
+        peer = self.peers.of(conn, is_tcp)
+        if peer is not None:
+            # A process connecting in a loop pushes out its own connections, never another's.
+            mine = [w for w in self._waiting.values() if w.peer is peer]
+            if len(mine) + sum(w.peer is peer for w, _, _ in self._admitting) >= PEER_PENDING:
+                if not mine:
+                    self.refusals.refused(f"a connection (unix, pid {peer.pid})", _PEER_FULL)
+                    hard_close(conn)
+                    return
+                self._refuse(mine[0], _PEER_FULL)
+        waiting = _Waiting(conn, addr, is_tcp, time.monotonic() + HELLO_TIMEOUT, peer)
         if len(self._waiting) >= MAX_PENDING:
-            oldest = min(self._waiting.values(), key=lambda w: w.deadline)
-            self._refuse(oldest, f"more than {MAX_PENDING} connections waiting to say hello")
+            crowded = _crowded(self._waiting.values())
+            self._refuse(crowded, f"more than {MAX_PENDING} connections waiting to say hello")
         try:
             conn.setblocking(False)
             self._sel.register(conn, selectors.EVENT_READ, waiting)
@@ -281,6 +332,8 @@ class Gate:
         self._waiting[conn] = waiting
 
     def _read(self, waiting: _Waiting) -> None:
+        if waiting.conn not in self._waiting:
+            return  # dropped for a newcomer earlier in this round
         try:
             data = waiting.conn.recv(4096)
         except (BlockingIOError, InterruptedError):
@@ -303,19 +356,29 @@ class Gate:
         self._forget(waiting)
         try:
             check_hello(hello, self.token if waiting.is_tcp else None)
+            if waiting.peer is not None and not waiting.peer.hellos.take():
+                raise Refused(f"more than {PEER_HELLO_RATE:g} viewer hellos a second from pid {waiting.peer.pid}")
         except Refused as exc:
             self.refusals.refused(f"a viewer ({waiting.addr})", str(exc), quiet=exc.quiet)
             hard_close(waiting.conn)
             return
         name = viewer_name(self.next_seq(), hello, waiting.addr)
         if len(self._admitting) >= MAX_PENDING:
-            self._refuse(self._admitting.popleft()[0], f"more than {MAX_PENDING} viewers waiting to be admitted")
+            crowded = _crowded(w for w, _, _ in self._admitting)
+            self._admitting = collections.deque(entry for entry in self._admitting if entry[0] is not crowded)
+            self._refuse(crowded, f"more than {MAX_PENDING} viewers waiting to be admitted")
         self._admitting.append((waiting, name, early))
         self._admit_ready()
 
     def _admit_ready(self) -> None:
-        while self._admitting and self.admissions.take(refuse=False):
-            self._admit(*self._admitting.popleft())
+        while self._admitting:
+            if _hung_up(self._admitting[0][0].conn):
+                # Before it costs a snapshot of the history: a client saying hello and hanging up in a loop.
+                self._refuse(self._admitting.popleft()[0], "hung up before it was admitted", quiet=True)
+            elif self.admissions.take():
+                self._admit(*self._admitting.popleft())
+            else:
+                return
 
     def _admit(self, waiting: _Waiting, name: str, early: list[dict[str, Any]]) -> None:
         try:
@@ -337,6 +400,28 @@ class Gate:
         self._forget(waiting)
         self.refusals.refused(f"a connection ({waiting.addr})", reason, quiet=quiet)
         hard_close(waiting.conn)
+
+
+_PEER_FULL = f"more than {PEER_PENDING} connections of one process waiting"
+
+
+def _crowded(entries: Iterable[_Waiting]) -> _Waiting:
+    """The one to drop for a newcomer: the oldest of the process holding the most (so one client's
+    flood pushes out its own connections, not a viewer's)."""
+    entries = list(entries)
+    held = Counter(w.peer for w in entries)
+    most = max(held, key=held.__getitem__)
+    return next(w for w in entries if w.peer is most)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the peer closed its end (a non-blocking peek: its unread commands stay)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def read_hello(conn: socket.socket, token: str | None, timeout: float = HELLO_TIMEOUT) -> tuple[

@@ -5,7 +5,9 @@ thread encodes each event once (unless the probe hands it the frame it already e
 its record), keeps it in a bounded history and hands the frame to every viewer's own
 bounded queue, which a writer thread per viewer drains. A stalled
 viewer loses its oldest frames (and is told how many with a `Dropped` event); a dead
-one is removed; training never waits on either.
+one is removed; training never waits on either. When every slot is taken, a new viewer takes
+the slot of the oldest viewer that has read nothing for `IDLE_AFTER` s (a line in the log says
+so): a client holding slots with viewers that never read cannot lock the others out.
 
 A viewer that attaches first gets the history (the run's `RunStart`, the last steps,
 recent alerts, acknowledgements and log lines), then the live stream: the snapshot is
@@ -33,14 +35,15 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gradtui.model.commands import command_kind
 from gradtui.model.events import CommandResult, Dropped, Event, RunEnd, RunSteps, StepStats
-from gradtui.probe.gate import MAX_COMMAND_BYTES, CommandBudget, Gate, Refused, hard_close, read_hello
+from gradtui.probe.gate import MAX_COMMAND_BYTES, Gate, Refused, hard_close, read_hello
 from gradtui.probe.history import History
+from gradtui.probe.viewer import Viewer, send_all
 from gradtui.wire import codec as wire
 from gradtui.wire import runs
 from gradtui.wire.queue import CommandQueue, DropQueue
@@ -57,6 +60,9 @@ CLIENT_FRAMES = 20_000
 CLIENT_BYTES = 16 << 20
 """Per-viewer backlog; beyond it the viewer's oldest frames are dropped."""
 MAX_VIEWERS = 16
+IDLE_AFTER = 1.0
+"""Seconds a viewer may leave what it was sent unread before a newcomer may take its slot (when
+all are taken); a viewer draws at 10 Hz and reads what it is sent within milliseconds."""
 SEND_INTERVAL = 0.05
 """Seconds between two sends to one viewer (what piles up meanwhile goes in one write)."""
 ADOPT_HELLO_TIMEOUT = 5.0
@@ -65,23 +71,8 @@ FLUSH_TIMEOUT = 2.0
 META_INTERVAL = 1.0
 INBOX_SIZE = 50_000
 
-_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
 def _frame_queue() -> DropQueue[bytes]:
     return DropQueue(CLIENT_FRAMES, max_bytes=CLIENT_BYTES, size=len)
-
-
-@dataclass(eq=False)
-class _Client:
-    sock: socket.socket
-    peer: str
-    """The viewer's name ("viewer #3 (alice@gpu1 pid 42)"): in the log, `gradtui ls` and on its pause."""
-    queue: DropQueue[bytes]
-    snapshot: list[bytes] = field(default_factory=list)
-    writer: threading.Thread | None = None
-    gone: threading.Event = field(default_factory=threading.Event)
-    budget: CommandBudget = field(default_factory=CommandBudget)
 
 
 _IDS_LOCK = threading.Lock()
@@ -129,7 +120,7 @@ class ProbeServer:
         self.run = run
         self.started = time.time() if started is None else started
         self._lock = threading.Lock()
-        self._clients: list[_Client] = []
+        self._clients: list[Viewer] = []
         self._history = History(HISTORY_STEPS, HISTORY_BYTES, HISTORY_OTHER)
         self._inbox: DropQueue[tuple[Event, bytes | None]] = DropQueue(INBOX_SIZE)
         self._closing = threading.Event()
@@ -358,16 +349,34 @@ class ProbeServer:
 
     # ------------------------------------------------------------ viewers
 
-    def _register(self, conn: socket.socket, name: str) -> _Client:
-        client = _Client(conn, name, _frame_queue())
+    def _register(self, conn: socket.socket, name: str) -> Viewer:
+        client = Viewer(conn, name, _frame_queue())
+        idle: Viewer | None = None
+        idle_for = 0.0
         with self._lock:
             if self._closing.is_set():
                 raise Refused("the run is shutting down")
             if len(self._clients) >= MAX_VIEWERS:
-                raise Refused(f"already {MAX_VIEWERS} viewers")
+                now = time.monotonic()
+                # Oldest first: the list is in the order they attached.
+                for candidate in self._clients:
+                    idle_for = candidate.idle_for(now)
+                    if idle_for >= IDLE_AFTER:
+                        idle = candidate
+                        break
+                else:
+                    raise Refused(f"already {MAX_VIEWERS} viewers, each of them reading")
+                self._clients.remove(candidate)
             client.snapshot = self._history.snapshot()
             self._clients.append(client)
         self._meta_dirty = True
+        if idle is not None:
+            self._let_go(
+                idle,
+                f"dropped: it has read nothing for {idle_for:.1f} s and {name} needs its slot "
+                f"(at most {MAX_VIEWERS} viewers)",
+                logging.WARNING,
+            )
         log.info("gradtui: %s attached", name)
         return client
 
@@ -383,7 +392,7 @@ class ProbeServer:
                 self._clients.remove(client)
             raise
 
-    def _serve(self, client: _Client, dec: wire.FrameDecoder, early: list[dict[str, Any]]) -> None:
+    def _serve(self, client: Viewer, dec: wire.FrameDecoder, early: list[dict[str, Any]]) -> None:
         conn = client.sock
         conn.settimeout(None)
         client.writer = threading.Thread(
@@ -418,7 +427,7 @@ class ProbeServer:
             client.writer.join(FLUSH_TIMEOUT + 1.0)
         conn.close()
 
-    def _on_command(self, client: _Client, payload: dict[str, Any]) -> None:
+    def _on_command(self, client: Viewer, payload: dict[str, Any]) -> None:
         cmd = wire.decode_command(payload)  # WireError: a malformed command closes the connection
         refusal: str | None = None
         size = len(wire.encode(cmd))
@@ -436,19 +445,25 @@ class ProbeServer:
         if refused:
             log.warning("gradtui: %s: refused %d commands over the rate limit", client.peer, refused)
 
-    def _write_loop(self, client: _Client) -> None:
+    def _write_loop(self, client: Viewer) -> None:
         hello = wire.hello_frame(role="probe", run=self.run, id=self.id, pid=self._pid)
         try:
-            _send_all(client.sock, [hello, *client.snapshot])
+            client.sending()
+            send_all(client.sock, [hello, *client.snapshot])
+            client.sent()
             client.snapshot = []
             while True:
+                client.check_read()
                 got = client.queue.take(timeout=0.5, max_bytes=1 << 20)
                 if got is None:
                     break
                 frames, dropped = got
                 if dropped:
                     frames.insert(0, wire.encode(Dropped(count=dropped, total=client.queue.dropped_total)))
-                _send_all(client.sock, frames)
+                if frames:
+                    client.sending()
+                    send_all(client.sock, frames)
+                    client.sent()
                 # Viewers draw at 10 Hz: sending at most every SEND_INTERVAL wakes this thread
                 # (and takes the GIL from training) a few times a second, not at every step.
                 client.gone.wait(SEND_INTERVAL)
@@ -459,11 +474,15 @@ class ProbeServer:
         with contextlib.suppress(OSError):
             client.sock.shutdown(socket.SHUT_WR)
 
-    def _drop(self, client: _Client, reason: str, level: int) -> None:
+    def _drop(self, client: Viewer, reason: str, level: int) -> None:
         with self._lock:
             if client not in self._clients:
                 return
             self._clients.remove(client)
+        self._let_go(client, reason, level)
+
+    def _let_go(self, client: Viewer, reason: str, level: int) -> None:
+        """Disconnect a viewer already taken off the list, with a line in the log."""
         self._meta_dirty = True
         client.gone.set()
         client.queue.close()
@@ -544,16 +563,3 @@ class ProbeServer:
         for client in clients:
             if client.writer is not None:
                 client.writer.join(max(0.0, deadline - time.monotonic()))
-
-
-def _send_all(sock: socket.socket, frames: list[bytes], chunk: int = 1 << 20) -> None:
-    buf: list[bytes] = []
-    size = 0
-    for frame in frames:
-        buf.append(frame)
-        size += len(frame)
-        if size >= chunk:
-            sock.sendall(b"".join(buf), _MSG_NOSIGNAL)
-            buf, size = [], 0
-    if buf:
-        sock.sendall(b"".join(buf), _MSG_NOSIGNAL)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
+import sys
 import time
 from typing import Any
 
@@ -56,13 +58,15 @@ class SocketSource(StreamSource):
             if isinstance(address, tuple):
                 sock = socket.create_connection(address, timeout=timeout)
             else:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(timeout)
-                sock.connect(os.fspath(address))
+                sock = connect_unix(os.fspath(address), timeout)
         except FileNotFoundError:
             raise AttachError(f"no run is serving at {where} (it has ended?)") from None
         except ConnectionRefusedError:
             raise AttachError(f"nothing answers at {where} (the run has ended?)") from None
+        except BlockingIOError:
+            raise AttachError(
+                f"the run at {where} took no new connection within {timeout:g} s (another client flooding it?)"
+            ) from None
         except OSError as exc:
             raise AttachError(f"cannot connect to {where}: {exc.strerror or exc}") from None
         try:
@@ -91,6 +95,38 @@ class SocketSource(StreamSource):
         if self._tail is not None:
             self._tail.stop()
         super().close()
+
+
+def connect_unix(path: str, timeout: float) -> socket.socket:
+    """Connect to a Unix socket, waiting at most `timeout` s for room in its backlog.
+
+    A run whose backlog is full is busy, not gone: a client connecting in a loop keeps it full,
+    and a socket with a timeout fails at once there (EAGAIN). Where the kernel can wait for room
+    (`SO_SNDTIMEO` on a blocking socket, Linux) we wait in its queue, woken with the flooder each
+    time the run accepts; elsewhere we try again every 10 ms. Raises BlockingIOError on time out.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if sys.platform.startswith("linux"):
+            sec = max(timeout, 0.001)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(sec), int(sec % 1 * 1e6)))
+            sock.connect(path)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+            sock.settimeout(timeout)
+            return sock
+        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sock.connect(path)
+                return sock
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _handshake(
