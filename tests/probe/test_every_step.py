@@ -553,8 +553,10 @@ GUARDED = [
     (_scenario("high-lr", steps=60), 0),
 ]
 GUARD_LAG = 3
-"""Steps the guard's first act may come after the one at every=1: alarms reach it from the probe's
-publishing thread, a step or two after their step on a busy machine (README "Guard")."""
+"""Steps the guard's first act may come after the one at every=1. Not the publishing thread's lag:
+the guard waits for its judgement at each step (test_the_guard_acts_at_the_same_step_however_slow_the_
+publishing_thread). At the defaults an unsampled step is judged on its run-wide values and sampled whole
+only once they look unusual, so the alarm the guard acts on may come a step or two later."""
 
 
 @pytest.mark.parametrize(("loop", "seed"), GUARDED, ids=[f"{loop}-seed{seed}" for loop, seed in GUARDED])
