@@ -35,7 +35,7 @@ from gradtui.model.guard import guard_config
 from gradtui.model.rate import StepRate
 from gradtui.probe import amp, exits
 from gradtui.probe.announce import Announcer
-from gradtui.probe.backward import BackwardStart, FillOrder
+from gradtui.probe.backward import FillOrder
 from gradtui.probe.budget import Sampler, default_budget
 from gradtui.probe.clip import ZClip, check_clip, clip_grads
 from gradtui.probe.control import Control
@@ -121,10 +121,6 @@ class Monitor:
         """Only the primary process (rank 0) runs detectors, records and serves."""
         self._stats = GradStats(self._layers, self.dist, instruments.defer)
         self._order = FillOrder(self._stats.params)
-        self._backward: BackwardStart | None = None
-        """Once the first backward pass is known: the publishing thread's signal (see `probe.backward`)."""
-        self._guard_waits_from = 0
-        """The step from which the guard waits for the judgement of the steps before (see `_judged`)."""
         self._runwide = RunWide(
             self._stats, self._sampler, self._send, lambda: self._judge.limits, self.primary, self._order
         )
@@ -248,7 +244,7 @@ class Monitor:
         for hooks in (self._updates, self._stepped, self.guard):
             if hooks is not None:
                 hooks.remove()
-        self._unhook_backward()
+        self._order.close()
         self.control.close()
         if self._record is not None and self._record in self._outputs.sinks:
             self._record.writer.discard()
@@ -347,9 +343,9 @@ class Monitor:
             return
         step = self.step_count
         self.step_count += 1
-        if self._backward is None and self._publisher is not None and self._order.learned():
-            self._backward = BackwardStart(self._order, self._publisher.release)
-            self._publisher.gated = self._backward.active
+        publisher = self._publisher
+        if publisher is not None and not publisher.following and self._order.learned():
+            publisher.follow(self._order)  # it works while backward runs
         self._ledger.keep(step, batch)
         sampler = self._sampler
         value = None  # the loss on the host (a number, a CPU tensor): read where a decision needs it
@@ -375,8 +371,8 @@ class Monitor:
         detail: bool,
     ) -> None:
         stats = self._stats
-        if self.guard is not None:
-            self._judged(step)
+        if self.guard is not None and self._publisher is not None:
+            self._publisher.settle(step)  # the guard acts on the alarms of the steps before
         self._handover.resolve(block=not stats.defer)  # a step no optimizer step followed
         self.control.begin_step()
         self.control.apply_pending(step)
@@ -438,24 +434,6 @@ class Monitor:
             self.control.wait_while_paused(step, lambda: self.closed)
             self._rate.pause(time.perf_counter() - since)  # paused time is not training time
             self._sampler.untimed()
-
-    def _judged(self, step: int) -> None:
-        """Wait (briefly) for the publishing thread to judge what earlier steps handed over, so the
-        guard acts on their alarms at this step whatever the load on the machine. Usually it is
-        done already: it works while backward runs. A thread held up longer (a stalled disk) is not
-        waited for again for a while: the monitor never stalls the run."""
-        publisher = self._publisher
-        if publisher is None or step < self._guard_waits_from or publisher.backlog > GUARD_WAIT_ITEMS:
-            return
-        if not publisher.flush(GUARD_WAIT_S):
-            self._guard_waits_from = step + GUARD_WAIT_PAUSE
-
-    def _unhook_backward(self) -> None:
-        self._order.close()
-        if self._backward is not None:
-            self._backward.remove()
-        if self._publisher is not None:
-            self._publisher.gated = False
 
     def _send(self, item: object) -> None:
         """Hand an item to the publishing thread (or judge it here where there is none)."""
@@ -548,7 +526,7 @@ class Monitor:
         for hooks in (self._updates, self._stepped, self.guard):
             if hooks is not None:
                 hooks.remove()
-        self._unhook_backward()
+        self._order.close()
         self.control.close()
         self._emit(RunEnd(step=self.step_count, status=status, error=error))
         if self._publisher is not None:
@@ -614,14 +592,6 @@ class Monitor:
 
 TERMINATE_FLUSH_S = 2.0
 """On SIGTERM/SIGHUP: how long the events still queued may take to go out before the run's end is written."""
-
-
-GUARD_WAIT_S = 0.2
-"""Longest the guard waits at a step for the publishing thread's judgement of the steps before."""
-GUARD_WAIT_ITEMS = 8
-"""... and only while it has at most this many items to handle (a longer backlog is a stalled sink)."""
-GUARD_WAIT_PAUSE = 50
-"""Steps the guard does not wait after a wait ran out."""
 
 
 def _default_run_name() -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradtui.probe.backward import BackwardStart, FillOrder
 from gradtui.probe.stats import StepMeta
 
 log = logging.getLogger("gradtui")
@@ -33,6 +34,12 @@ MAX_BACKLOG = 256
 """Items queued before `put` waits for the thread (a sampled step is one item; its alerts are made on the thread)."""
 GATE_WAIT_S = 0.1
 """Longest a queued item waits for a gated thread's release (a backward pass that sends no signal)."""
+SETTLE_S = 0.2
+"""Longest `settle` waits (the guard, at each step, for the judgement of the steps before)."""
+SETTLE_ITEMS = 8
+"""... and only while at most this many items are queued (a longer backlog is a stalled sink)."""
+SETTLE_PAUSE = 50
+"""Steps `settle` does not wait after a wait ran out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,8 @@ class Publisher:
         """Released: handle what is queued until the queue is empty."""
         self._since = 0.0
         """When the oldest queued item came (monotonic seconds)."""
+        self._backward: BackwardStart | None = None
+        self._settles_from = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.ident = self._thread.ident
@@ -84,6 +93,26 @@ class Publisher:
             self._items.append(item)
             if not self.gated or self._open:
                 self._cond.notify_all()
+
+    def follow(self, order: FillOrder) -> None:
+        """Work while backward runs: gated, released as each backward pass begins (`probe.backward`)."""
+        if self._backward is None:
+            self._backward = BackwardStart(order, self.release)
+            self.gated = self._backward.active
+
+    @property
+    def following(self) -> bool:
+        return self._backward is not None
+
+    def settle(self, step: int) -> None:
+        """At `step`, wait (briefly) until what earlier steps queued is handled: the guard then acts on
+        their alarms at this step, however loaded the machine. Usually it is done already (it works
+        while backward runs); a thread held up longer (a stalled disk) is not waited for again for a
+        while: the monitor never stalls the run."""
+        if step < self._settles_from or self.backlog > SETTLE_ITEMS:
+            return
+        if not self.flush(SETTLE_S):
+            self._settles_from = step + SETTLE_PAUSE
 
     def release(self) -> None:
         """Handle what is queued now (a gated thread: from the hook at the start of backward)."""
@@ -102,6 +131,8 @@ class Publisher:
 
     def close(self, timeout: float | None = None) -> None:
         """Handle what is queued, then stop the thread."""
+        if self._backward is not None:
+            self._backward.remove()
         with self._cond:
             self._closing = True
             self._cond.notify_all()
