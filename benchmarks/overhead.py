@@ -306,6 +306,16 @@ def snapshot_cost(model: nn.Module, opt: torch.optim.Optimizer, device: str) -> 
     return statistics.median(times) * 1e3, size / 2**20
 
 
+def columns(methods: Sequence[str]) -> list[str]:
+    """The printed table's columns when `methods` (plain left out) are measured."""
+    out = ["model", "opt", "plain ms", *methods]
+    if "gradtui" in methods:
+        out += ["mon.step ms", "stride"]
+    if "gradtui guard" in methods:
+        out += ["guard mon.step ms", "snap ms", "snap MB"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -326,12 +336,7 @@ def main() -> None:
         f"{args.rounds} rounds x {args.steps} steps per method; gradtui: watch(model, opt, record=...) defaults"
     )
     results: list[dict[str, Any]] = []
-    header = ["model", "opt", "plain ms", *args.methods]
-    if "gradtui" in args.methods:
-        header += ["mon.step ms", "stride"]
-    if "gradtui guard" in args.methods:
-        header += ["guard mon.step ms", "snap ms", "snap MB"]
-    rows = [header]
+    rows = [columns(args.methods)]
     with tempfile.TemporaryDirectory() as tmpdir:
         for name in args.models:
             for opt_name in args.optimizers:

@@ -68,8 +68,9 @@ class Guard:
         clip_z: the z-score of adaptive clipping.
         every_step: on CUDA, check the gradients at every step, not only at the steps the
             probe samples (a host read at each: a sync). Elsewhere they are checked at every
-            step anyway, through the global norm the probe computes at every step; the loss
-            is checked at every step either way.
+            step anyway, through the global norm the probe computes at every step, or on CPU
+            its canary layers where the budget measures those instead (True keeps the pass
+            over every gradient there); the loss is checked at every step either way.
     """
 
     skip: bool = True

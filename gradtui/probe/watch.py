@@ -73,9 +73,10 @@ def watch(
             re-applied at every step on top of whatever the loop or its scheduler sets.
         guard: True (the defaults) or a `gradtui.Guard(...)`: skip a bad step (not finite, or
             a loss far above the recent ones), and roll trouble a skip does not cure back to
-            the last healthy snapshot with a lower learning rate. Off by default. Costs one
-            gradient-norm pass and one host read per step, and a host copy of the model and
-            optimizer state every `snapshot_every` steps (README "Guard").
+            the last healthy snapshot with a lower learning rate. Off by default. Costs a
+            finiteness check of the gradients at sampled steps (every step with
+            `Guard(every_step=True)`), the loss read at every step, and a host copy of the model
+            and optimizer state every `snapshot_every` steps (README "Guard").
 
     Returns:
         The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
