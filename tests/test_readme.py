@@ -70,6 +70,7 @@ class Pin:
 PINS = [
     # Two tiers, canaries, sampling (probe/runwide.py, probe/budget.py, model/explode.py)
     Pin("runwide batch", r"a batch of up to (\d+) steps or ([\d.]+) s", (runwide.BATCH_STEPS, runwide.BATCH_SECONDS)),
+    Pin("guard settle", r"judgement of the steps before \(at most ([\d.]+) s", (publisher.SETTLE_S,)),
     Pin("hold steps", r"back to every step (?:at once, )?for (\d+) steps", (budget.HOLD_STEPS,)),
     Pin("max stride", r"every 1, 2, 4, \.\.\. up to (\d+) steps", (budget.MAX_STRIDE,)),
     Pin("budget default", r"`watch\(budget=([\d.]+)\)` by default", (budget.OVERHEAD_BUDGET,)),
