@@ -148,9 +148,10 @@ def test_training_keeps_its_pace_with_viewers_attached_stalled_killed_and_reatta
     base = stats["none"][1]
     for name, (n, ms) in stats.items():
         span = phases[name][1] - phases[name][0] - 0.5
-        # Generous bounds: a blocked probe would show as no steps at all, not as a 2x slowdown.
-        assert ms < 2.0 * base, f"{name}: {report}"
-        assert n >= 0.4 * span / (base / 1000), f"{name}: {report}"
+        # Liveness, not speed (a shared machine moves step times 2x): a probe that waits for a viewer
+        # shows as no steps at all, or steps as long as the stall.
+        assert ms < 5.0 * base, f"{name}: {report}"
+        assert n >= 0.1 * span / (base / 1000), f"{name}: {report}"
 
     a_lines = read_lines(a_out)
     a_steps = [x["step"] for x in a_lines if x["t"] == "step"]
