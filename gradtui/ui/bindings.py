@@ -92,8 +92,7 @@ INTERVENTION_BINDINGS: list[Binding] = [
         "d",
         "intervene('capture')",
         "capture",
-        tooltip=f"Deep capture: activation and optimizer-state statistics for {Capture().steps} steps, and the "
-        "first module to produce a NaN or Inf",
+        tooltip=f"Deep capture, {Capture().steps} steps: activations, moments, first NaN/Inf",
         show=False,
         id="capture",
     ),
