@@ -16,7 +16,6 @@ import numpy as np
 from rich.text import Text
 
 from gradtui.model.events import Capture, NonFiniteOrigin
-from gradtui.model.layer_stats import CAPTURE_STATS
 from gradtui.model.store import RunStore
 from gradtui.ui.scale import HEATMAP_STATS, NONFINITE_GLYPH
 
@@ -34,21 +33,17 @@ class CaptureSpan(NamedTuple):
     last: int
 
 
-def measured(store: RunStore, stat: str) -> bool:
-    """Whether any capture measured `stat` on any layer (a finite value came)."""
+def captured(store: RunStore, stat: str) -> bool:
+    """Whether a capture measured `stat` on some layer (a finite value came): `s` offers its view and
+    the layer page its row only then."""
     latest = store.latest(stat)
     return bool(latest.size) and bool(np.isfinite(latest).any())
-
-
-def has_capture_data(store: RunStore) -> bool:
-    """Whether a capture's statistics reached this run's store (the layer page shows their rows only then)."""
-    return any(bool((store.latest_step(stat) >= 0).any()) for stat in CAPTURE_STATS if store.latest_step(stat).size)
 
 
 def stat_cycle(store: RunStore) -> tuple[str, ...]:
     """The views `s` cycles through: the usual ones, then each capture view a capture measured
     (an optimizer that keeps no moments adds none of its rows)."""
-    return HEATMAP_STATS + tuple(stat for stat in CAPTURE_VIEWS if measured(store, stat))
+    return HEATMAP_STATS + tuple(stat for stat in CAPTURE_VIEWS if captured(store, stat))
 
 
 def next_stat(store: RunStore, current: str) -> str:

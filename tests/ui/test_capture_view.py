@@ -180,8 +180,10 @@ def test_the_layer_page_shows_the_capture_rows_and_the_origin_only_where_there_a
 
     async def captured(app: GradTUIApp, pilot: Pilot[None]) -> None:
         page = await open_page(app, pilot, 1)
-        for stat in ("act_rms", "act_max", "act_kurtosis", "act_nonfinite", "opt_m1", "opt_m2"):
+        for stat in ("act_rms", "act_max", "act_kurtosis", "act_nonfinite"):
             assert page.query_one(f"#row-{stat}").display, stat
+        for stat in ("opt_m1", "opt_m2"):  # plain SGD keeps no moments: no empty rows for them
+            assert not page.query_one(f"#row-{stat}").display, stat
         # fc1: 2.0 x 1..8 over the capture, newest at its last step
         assert text_of(page.query_one("#values-act_rms")) == "1.6e+01 @47  2.0e+00 … 1.6e+01"
         alerts = text_of(page.query_one("#detail-alert-list"))
@@ -191,6 +193,14 @@ def test_the_layer_page_shows_the_capture_rows_and_the_origin_only_where_there_a
         assert f"× {ORIGIN.words()}" in alerts and "(this layer)" not in alerts
 
     drive(manual_app(ScriptedSource(run_events())), captured, size=(140, 50))
+
+    async def adam(app: GradTUIApp, pilot: Pilot[None]) -> None:
+        page = await open_page(app, pilot, 2)
+        for stat in ("act_rms", "opt_m1", "opt_m2"):
+            assert page.query_one(f"#row-{stat}").display, stat
+        assert text_of(page.query_one("#values-opt_m2")) == "3.0e-06 @47  3.0e-06 … 3.0e-06"
+
+    drive(manual_app(ScriptedSource(run_events(moments=True))), adam, size=(140, 50))
 
     async def plain(app: GradTUIApp, pilot: Pilot[None]) -> None:
         page = await open_page(app, pilot, 1)

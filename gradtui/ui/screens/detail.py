@@ -17,7 +17,7 @@ from textual.widgets import Footer, Static
 
 from gradtui.model.advice import store_facts, suggestions
 from gradtui.model.store import LAYER_STATS, STAT_LABELS, RunStore
-from gradtui.ui.captures import has_capture_data, origin_text
+from gradtui.ui.captures import captured, origin_text
 from gradtui.ui.numbers import fmt_stat
 from gradtui.ui.renderables.columns import NONFINITE_COUNT
 from gradtui.ui.renderables.detail_charts import (
@@ -75,7 +75,7 @@ class LayerDetailScreen(Screen[None]):
     LayerDetailScreen.-detail-wide #detail-body { layout: horizontal; }
     LayerDetailScreen #detail-stats { width: 1fr; height: auto; padding: 1 1 0 1; }
     LayerDetailScreen .stat-row { height: auto; }
-    LayerDetailScreen .stat-label { width: 11; color: $text-muted; }
+    LayerDetailScreen .stat-label { width: 13; color: $text-muted; }
     LayerDetailScreen .stat-values { width: 34; }
     LayerDetailScreen .stat-history { width: 1fr; height: auto; }
     LayerDetailScreen #detail-hist {
@@ -165,12 +165,13 @@ class LayerDetailScreen(Screen[None]):
         # NaN where the layer's gradients held NaN/Inf is a value gone bad (×); elsewhere, not measured.
         went_bad = st.layer_history(layer, "nonfinite") > 0 if st.count else np.zeros(0, bool)
         measured = self._detail_steps(steps.size)
-        captured = has_capture_data(st)
         for stat, spec in LAYER_STATS.items():
             if spec.when == "capture":
-                # A run with no capture has none of these rows, rather than a page of empty ones.
-                self.query_one(f"#row-{stat}").display = captured
-                if not captured:
+                # A capture's row once a capture measured it: none in a run without one, no moments
+                # for an optimizer that keeps none, rather than a page of empty rows.
+                shown = captured(st, stat)
+                self.query_one(f"#row-{stat}").display = shown
+                if not shown:
                     continue
             hist = st.layer_history(layer, stat) if st.count else np.zeros(0)
             self.query_one(f"#values-{stat}", Static).update(self._values(stat, hist))
