@@ -580,4 +580,4 @@ def test_the_stories_name_only_keys_and_chapters_that_exist() -> None:
         for other in CATALOG:
             if f"{other} " in story or f"{other}," in story or f"({other})" in story:
                 assert other in TOUR, (name, other)
-        assert set(chapter_of(name).keys) <= {"c", "m", "]", "[", "+", "-", "l", "p", "s"}
+        assert set(chapter_of(name).keys) <= {"c", "m", "]", "[", "+", "-", "l", "p", "s", "d"}
