@@ -117,6 +117,25 @@ _LIST: list[ScenarioInfo] = [
         speed=4.0,
     ),
     ScenarioInfo(
+        name="softplus-overflow",
+        title="Where it broke: an overflow in the forward pass",
+        blurb="The exploding net with a hand-written softplus: exp overflows in the forward pass, then every gradient",
+        narrative="The same regression net as relu-explode, with one layer more before its output: a linear map "
+            "and the textbook softplus, log(1 + exp(x)), in one module. In float32, exp overflows to Inf once "
+            "x passes 88.7.\n\n"
+            "As the run blows up the gradients grow large but stay finite, until one forward pass: the linear "
+            "map's output passes 88.7, the layer's output is Inf, the loss goes non-finite, and at that step "
+            "every row of the heatmap turns × at once. The gradients cannot say where it started; a capture "
+            "can. Armed by the alarm (━ on the heatmap's axis; press d to ask for one), it checks each layer's "
+            "output as it is made and names the first to go bad in the log: layer 8's forward output, Inf. "
+            "Press s for what it measured: each layer's output, rms(a) and max|a|, over the capture's steps.\n\n"
+            "The cure is in the formula: torch's own F.softplus returns x above 20 and never overflows. Then "
+            "the learning rate, as in relu-explode.",
+        steps=200,
+        chapter="exploding",
+        speed=4.0,
+    ),
+    ScenarioInfo(
         name="deep-linear",
         title="A 20-layer deep linear net with Adam",
         blurb="20 linear layers on the digits with Adam: products of many weights are unstable",
@@ -302,6 +321,7 @@ TOUR: tuple[str, ...] = (
     "relu-explode",
     "relu-explode-clip",
     "relu-explode-guard",
+    "softplus-overflow",
     "deep-sigmoid",
     "deep-sigmoid-cure",
     "deep-linear",

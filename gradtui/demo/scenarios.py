@@ -358,6 +358,37 @@ def _regression_mlp(clip: tuple[str, float] | None) -> Callable[[int, str], Scen
     return build
 
 
+class _NaiveSoftplus(nn.Module):
+    """A linear layer and the textbook softplus, log(1 + exp(x)), in one module: exp overflows to Inf
+    in float32 once its input passes about 88.7 (torch's `F.softplus` returns x above 20 for this)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        proto = nn.Linear(n_in, n_out)
+        _init_linear(proto, "he_uniform")
+        self.weight = proto.weight
+        self.bias = proto.bias
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.log(1 + torch.exp(nn.functional.linear(h, self.weight, self.bias)))
+
+
+def _softplus_overflow(seed: int, device: str) -> ScenarioRun:
+    """The exploding regression MLP with a hand-written softplus before its output layer."""
+    x, y = _regression()
+
+    def make() -> nn.Module:
+        trunk = _mlp([10, 64, 64, 64, 64], nn.ReLU, "he_uniform")
+        head = nn.Linear(64, 1)
+        _init_linear(head, "he_uniform")
+        return nn.Sequential(*trunk, nn.ReLU(), _NaiveSoftplus(64, 64), head)
+
+    model = _seeded_model(seed, device, make)
+    opt = torch.optim.SGD(model.parameters(), lr=REGRESSION_LR)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / REGRESSION_WARMUP))
+    return ScenarioRun(model, opt, nn.functional.mse_loss, _sampler(x, y, batch=64, seed=seed, device=device), warmup)
+
+
 REGRESSION_LR = 0.02
 """Plain SGD warmed up to this rate diverges on the unnormalised targets; clipped at 1.0 it trains."""
 REGRESSION_WARMUP = 30
@@ -456,6 +487,7 @@ _BUILDERS: dict[str, Callable[[int, str], ScenarioRun]] = {
     'relu-explode': _regression_mlp(None),
     'relu-explode-clip': _regression_mlp(("norm", 1.0)),
     'relu-explode-guard': _regression_mlp(None),
+    'softplus-overflow': _softplus_overflow,
     'deep-linear': _deep_linear(None),
     'deep-linear-clip': _deep_linear(("norm", 1.0)),
     'residual-mlp': _residual,

@@ -29,7 +29,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from gradtui.model.commands import PAUSE_LEASE, SetPaused
-from gradtui.model.events import Alert, CommandResult, Event, GuardAction, LogLine, RunEnd
+from gradtui.model.events import Alert, Capture, CommandResult, Event, GuardAction, LogLine, NonFiniteOrigin, RunEnd
 from gradtui.model.store import STAT_LABELS, RunStore
 from gradtui.sources.base import Source
 from gradtui.ui.bindings import (
@@ -42,6 +42,7 @@ from gradtui.ui.bindings import (
     VIEW_BINDINGS,
 )
 from gradtui.ui.bindings import KEY_ACTIONS as _KEY_ACTIONS
+from gradtui.ui.captures import log_text, next_stat
 from gradtui.ui.controls import Controls
 from gradtui.ui.interventions import Interventions
 from gradtui.ui.layout import ScreenRows
@@ -297,6 +298,7 @@ class GradTUIApp(App[None]):
         errors, notifications and what was said about it."""
         self.reset_store()
         self.heatmap.reset()
+        self.stat = self.stat if self.stat in HEATMAP_STATS else HEATMAP_STATS[0]  # a capture's view: may have none
         self._error_shown = False
         self._source_error = None
         self._bad_events = 0
@@ -338,6 +340,9 @@ class GradTUIApp(App[None]):
             elif isinstance(ev, GuardAction):
                 self._flush_alerts()
                 alert_log.add_guard(ev)
+            elif isinstance(ev, (Capture, NonFiniteOrigin)):
+                self._flush_alerts()
+                alert_log.write(log_text(ev))
             elif isinstance(ev, RunEnd):
                 self._flush_alerts()
                 self._on_end(ev, alert_log)
@@ -448,8 +453,7 @@ class GradTUIApp(App[None]):
             self.replay.step_by(steps)
 
     def action_cycle_stat(self) -> None:
-        i = HEATMAP_STATS.index(self.stat) if self.stat in HEATMAP_STATS else -1
-        self.stat = HEATMAP_STATS[(i + 1) % len(HEATMAP_STATS)]
+        self.stat = next_stat(self.store, self.stat)  # a capture's views too, once one measured them
 
     def action_help(self) -> None:
         """The keys that work here: a replay lists its playback keys, a live run its interventions."""

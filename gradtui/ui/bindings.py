@@ -8,6 +8,7 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.keys import _character_to_key
 
+from gradtui.model.commands import Capture
 from gradtui.ui.screens.tour import NEXT_KEY, PREVIOUS_KEY, STORY_KEY
 
 _THRESHOLD = Binding.Group("thr", compact=True)
@@ -88,6 +89,14 @@ INTERVENTION_BINDINGS: list[Binding] = [
     Binding("l", "intervene('set_lr')", "lr=", tooltip="Type an exact learning rate", id="lr-set"),
     Binding("p", "intervene('toggle_pause')", "pause", tooltip="Pause / resume training", id="pause"),
     Binding(
+        "d",
+        "intervene('capture')",
+        "capture",
+        tooltip=f"Deep capture, {Capture().steps} steps: activations, moments, first NaN/Inf",
+        show=False,
+        id="capture",
+    ),
+    Binding(
         "L",
         "intervene('release')",
         "release",
@@ -104,7 +113,13 @@ REPLAY_BINDINGS: list[Binding] = [
     Binding(">", "replay_step(100)", "fwd", tooltip="Replay: forward 100 steps", group=_STEP, id="replay-forward"),
 ]
 VIEW_BINDINGS: list[Binding] = [
-    Binding("s", "cycle_stat", "stat", tooltip="Cycle the view: health, ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖", id="stat"),
+    Binding(
+        "s",
+        "cycle_stat",
+        "stat",
+        tooltip="Cycle the view: health, ‖g‖, mean|g|, max|g|, ‖Δw‖/‖w‖, and after a capture rms(a), max|a|, ‖m‖, ‖v‖",
+        id="stat",
+    ),
     Binding("o", "toggle_output", "output", tooltip="Log panel: training output / alerts", id="output"),
     Binding("question_mark", "help", "help", key_display="?", tooltip="This help", id="help"),
     Binding("q", "quit", "quit", tooltip="Quit (asks first when that stops a training process)", id="quit"),

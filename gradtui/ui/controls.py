@@ -22,6 +22,7 @@ import numpy as np
 from gradtui.model import advice
 from gradtui.model.commands import (
     AUTO_CLIP_Z,
+    Capture,
     Command,
     CommandRefused,
     ControlState,
@@ -80,6 +81,8 @@ def describe(cmd: Command) -> str:
         return "pause" if cmd.paused else "resume"
     if isinstance(cmd, Release):
         return "release to the loop" if cmd.what == "all" else f"release {cmd.what} to the loop"
+    if isinstance(cmd, Capture):
+        return f"capture {cmd.steps} steps"
     return COMMAND_WORDS.get(command_kind(cmd), command_kind(cmd))
 
 
@@ -89,6 +92,7 @@ COMMAND_WORDS: dict[str, str] = {
     "set_paused": "pause",
     "release": "release",
     "rollback": "rollback",
+    "capture": "capture",
 }
 """What the screen calls a command of each kind where it knows no more (the header; another
 viewer's command in the log): the wire names ("set_paused") stay off screen."""

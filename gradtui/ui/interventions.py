@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from textual.app import App
 
-from gradtui.model.commands import Command, Release
+from gradtui.model.commands import Capture, Command, Release
 from gradtui.model.events import CommandResult
 from gradtui.sources.base import Source
 from gradtui.ui.controls import Controls, Pending, clip_preview, describe
@@ -64,6 +64,7 @@ class Interventions:
             "set_lr": self.set_lr,
             "toggle_pause": self.toggle_pause,
             "release": self.release,
+            "capture": self.capture,
         }
 
     @property
@@ -121,6 +122,10 @@ class Interventions:
 
     def release(self) -> None:
         self.send(Release("all"))
+
+    def capture(self) -> None:
+        """Ask the run for a deep capture (its probe answers; one that takes none refuses, saying so)."""
+        self.send(Capture())  # the command's own length (`Capture.steps`)
 
     # ------------------------------------------------------------ commands
 

@@ -26,6 +26,7 @@ SUGGESTIBLE_KEYS: dict[str, str] = {
     "l": "lr=",
     "p": "pause",
     "s": "stat",
+    "d": "capture",
 }
 """Keys a narrative may ask the user to press, with the short label the footer uses."""
 

@@ -11,7 +11,10 @@ from gradtui.model.store import RunStore
 # Detail statistics arrive every `detail_every` sampled steps: a sampled column without one shows
 # the last known value instead of a gap (a column with no sample at all stays "not sampled").
 # grad_norm is never filled: NaN there means "no gradient".
-SPARSE_STATS = frozenset(name for name, spec in LAYER_STATS.items() if spec.when != "sampled")
+SPARSE_STATS = frozenset(name for name, spec in LAYER_STATS.items() if spec.when in ("detail", "update"))
+# A capture's statistics exist only over the steps it ran: outside them a column stays empty, never
+# filled. Like the update ratio they may land after their step's row was drawn: never reused.
+LATE_STATS = frozenset(name for name, spec in LAYER_STATS.items() if spec.when != "sampled")
 
 
 def bucket_size(count: int, cols: int) -> int:

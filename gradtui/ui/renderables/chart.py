@@ -43,6 +43,8 @@ LR_MARKERS: tuple[str, ...] = ("set_lr", "release", "lr_cut")
 """The markers of the learning-rate chart: what changed the learning rate."""
 PAIRED_MARKERS: frozenset[str] = frozenset({"lr_cut"})
 """Kinds left off the other charts: a guard's LR cut always comes with its rollback's R."""
+UNCHARTED: frozenset[str] = frozenset({"capture"})
+"""Kinds on no chart: a deep capture changes nothing in the run (the heatmap's step axis shows where it ran)."""
 
 
 @dataclass(frozen=True, slots=True)

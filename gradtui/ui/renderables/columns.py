@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradtui.model.store import RunStore
+from gradtui.ui.captures import CaptureSpan, capture_spans
 from gradtui.ui.renderables.axis import StepAxis
-from gradtui.ui.renderables.buckets import SPARSE_STATS, ffill, ring_block, row_flags
+from gradtui.ui.renderables.buckets import LATE_STATS, SPARSE_STATS, ffill, ring_block, row_flags
 from gradtui.ui.renderables.health import CELL_FLAGS, HealthIndex, paint_mask, span_rows
 from gradtui.ui.scale import (
     EMPTY,
@@ -29,6 +30,10 @@ from gradtui.ui.scale import (
     STAT_SCALES,
     LogScale,
 )
+
+NONFINITE_COUNT: dict[str, str] = {name: "act_nonfinite" for name in ("act_rms", "act_max", "act_kurtosis")}
+"""The count that marks a cell of a view non-finite: a layer's forward output for the activation views,
+its gradient for the others."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class HeatmapView:
     """What the columns were computed from (a later frame reuses them when it matches)."""
     alerts_seen: int = 0
     """Alerts the store held when the view was built."""
+    captures: tuple[CaptureSpan, ...] = ()
+    """The steps each deep capture of the run ran (drawn on the step axis)."""
 
     @property
     def rows(self) -> int:
@@ -80,6 +87,17 @@ class HeatmapView:
     def last_bucket(self) -> int | None:
         """Absolute bucket number (step // steps_per_col) of the last column."""
         return None if self.axis is None else self.axis.first_bucket + self.axis.cols - 1
+
+    def capture_columns(self) -> list[int]:
+        """The columns on screen whose steps a capture ran in, in order."""
+        if self.axis is None:
+            return []
+        cols: set[int] = set()
+        for span in self.captures:
+            a = max(0, self.axis.column(max(span.first, self.axis.first)))
+            b = min(self.axis.cols - 1, self.axis.column(span.last))
+            cols.update(range(a, b + 1))
+        return sorted(cols)
 
     @property
     def gaps(self) -> bool:
@@ -160,6 +178,7 @@ def heatmap_view(
         scale=scale,
         basis=basis,
         alerts_seen=len(store.alerts),
+        captures=capture_spans(store),
     )
 
 
@@ -192,8 +211,8 @@ def _reusable(previous: HeatmapView | None, basis: _Basis, store: RunStore, firs
     """The previous view's newest bucket when its older columns still hold (from it on is recomputed), else None."""
     if previous is None or previous.basis != basis or previous.last_bucket is None:
         return None
-    if basis.stat in SPARSE_STATS:
-        return None  # a new empty column carries the last value forward from the ones before
+    if basis.stat in LATE_STATS:
+        return None  # a new empty column carries the last value forward, or a late value fills an older one
     since = previous.last_bucket
     if not first_bucket <= since < first_bucket + basis.cols or len(store.alerts) < previous.alerts_seen:
         return None
@@ -242,8 +261,9 @@ class _Cells:
 
         vals_b = block(source)
         vals = groups.reduce(np.fmax, vals_b, np.nan)
-        bad = any_in(block("nonfinite") > 0) | any_in(np.isinf(vals_b))
-        if source != "grad_norm":
+        counted = NONFINITE_COUNT.get(source, "nonfinite")
+        bad = any_in(block(counted) > 0) | any_in(np.isinf(vals_b))
+        if source != "grad_norm" and counted == "nonfinite":
             bad |= any_in(np.isinf(block("grad_norm")))
         if source in SPARSE_STATS:
             vals = ffill(vals)

@@ -21,6 +21,7 @@ from rich.segment import Segment, Segments
 from rich.style import Style
 
 from gradtui.model.store import STAT_LABELS
+from gradtui.ui.captures import CAPTURE_GLYPH, CAPTURE_WORD
 from gradtui.ui.renderables.buckets import bucket_size
 from gradtui.ui.renderables.columns import HeatmapView, heatmap_view
 from gradtui.ui.scale import (
@@ -94,6 +95,8 @@ class HeatmapStyles:
     cursor: Style = field(default_factory=lambda: Style(reverse=True))
     axis: Style = field(default_factory=lambda: Style(dim=True))
     flags: dict[str, Style] = field(default_factory=lambda: {k: PLAIN_ROLES[k] for k in FLAG_GLYPHS})
+    capture: Style = field(default_factory=lambda: PLAIN_ROLES["note"])
+    """The span of steps a deep capture ran, on the step axis."""
 
 
 @dataclass(frozen=True)
@@ -267,11 +270,15 @@ class Heatmap:
     def legend_segments(self, layout: HeatmapLayout) -> list[Segment]:
         """What the colours mean, in the longest of its forms that fits the width (never cut)."""
         forms = self._health_legends() if self.view.stat == HEALTH else self._scale_legends()
+        axis = self.styles.axis
         if self.view.gaps:
             # Unsampled columns on screen: say what they are while the width allows.
-            axis = self.styles.axis
             gap = [Segment("  ", axis), self._cell(NO_SAMPLE, 1), Segment(" " + NO_SAMPLE_WORDS, axis)]
             forms = [[*segs, *gap] for segs in forms[:-1]] + forms
+        if self.view.capture_columns():
+            # A capture on screen: its mark on the step axis, named while the width allows.
+            mark = [Segment("  ", axis), Segment(CAPTURE_GLYPH, self.styles.capture), Segment(" " + CAPTURE_WORD, axis)]
+            forms = [[*segs, *mark] for segs in forms[:-1]] + forms
         for segs in forms:
             if sum(seg.cell_length for seg in segs) <= layout.width:
                 return _fit(segs, layout.width)
@@ -347,7 +354,31 @@ class Heatmap:
             # The cells are right-aligned: the axis is the view's columns, under them.
             mid = f"{v.steps_per_col} steps/col" if v.steps_per_col > 1 else "step"
             axis = v.axis.line(mid=mid).rjust(cells)[-cells:]
-        return _fit([Segment(left[: layout.width], self.styles.axis), Segment(axis, self.styles.axis)], layout.width)
+        segs = [Segment(left[: layout.width], self.styles.axis)]
+        segs.extend(self._capture_marks(axis, cells))
+        return _fit(segs, layout.width)
+
+    def _capture_marks(self, axis: str, cells: int) -> list[Segment]:
+        """The step axis with each capture's columns marked (`CAPTURE_GLYPH` where no label is)."""
+        v = self.view
+        marked = v.capture_columns() if v.axis is not None and len(axis) == cells else []
+        if not marked:
+            return [Segment(axis, self.styles.axis)]
+        shift = cells - v.axis.cols if v.axis is not None else 0  # right-aligned: column c is character c + shift
+        chars = list(axis)
+        on = [False] * len(chars)
+        for c in marked:
+            x = c + shift
+            if 0 <= x < len(chars) and chars[x] == " ":
+                chars[x] = CAPTURE_GLYPH
+                on[x] = True
+        out: list[Segment] = []
+        start = 0
+        for x in range(1, len(chars) + 1):
+            if x == len(chars) or on[x] != on[start]:
+                out.append(Segment("".join(chars[start:x]), self.styles.capture if on[start] else self.styles.axis))
+                start = x
+        return out
 
 
 _CELL_TABLES: dict[tuple[bool, bool], dict[int, tuple[str, Style]]] = {}

@@ -17,7 +17,9 @@ from textual.widgets import Footer, Static
 
 from gradtui.model.advice import store_facts, suggestions
 from gradtui.model.store import LAYER_STATS, STAT_LABELS, RunStore
+from gradtui.ui.captures import captured, origin_text
 from gradtui.ui.numbers import fmt_stat
+from gradtui.ui.renderables.columns import NONFINITE_COUNT
 from gradtui.ui.renderables.detail_charts import (
     ZERO_GLYPH,
     DetailStyles,
@@ -73,7 +75,7 @@ class LayerDetailScreen(Screen[None]):
     LayerDetailScreen.-detail-wide #detail-body { layout: horizontal; }
     LayerDetailScreen #detail-stats { width: 1fr; height: auto; padding: 1 1 0 1; }
     LayerDetailScreen .stat-row { height: auto; }
-    LayerDetailScreen .stat-label { width: 11; color: $text-muted; }
+    LayerDetailScreen .stat-label { width: 13; color: $text-muted; }
     LayerDetailScreen .stat-values { width: 34; }
     LayerDetailScreen .stat-history { width: 1fr; height: auto; }
     LayerDetailScreen #detail-hist {
@@ -100,7 +102,7 @@ class LayerDetailScreen(Screen[None]):
         with Horizontal(id="detail-body"):
             with Vertical(id="detail-stats"):
                 for stat in LAYER_STATS:
-                    with Horizontal(classes="stat-row"):
+                    with Horizontal(classes="stat-row", id=f"row-{stat}"):
                         yield Static(STAT_LABELS.get(stat, stat), classes="stat-label")
                         yield Static("", id=f"values-{stat}", classes="stat-values")
                         yield Static("", id=f"spark-{stat}", classes="stat-history")
@@ -164,10 +166,20 @@ class LayerDetailScreen(Screen[None]):
         went_bad = st.layer_history(layer, "nonfinite") > 0 if st.count else np.zeros(0, bool)
         measured = self._detail_steps(steps.size)
         for stat, spec in LAYER_STATS.items():
+            if spec.when == "capture":
+                # A capture's row once a capture measured it: none in a run without one, no moments
+                # for an optimizer that keeps none, rather than a page of empty rows.
+                shown = captured(st, stat)
+                self.query_one(f"#row-{stat}").display = shown
+                if not shown:
+                    continue
             hist = st.layer_history(layer, stat) if st.count else np.zeros(0)
             self.query_one(f"#values-{stat}", Static).update(self._values(stat, hist))
             at = measured if spec.when != "sampled" else True
             bad = went_bad & at & np.isnan(hist)
+            if spec.when == "capture":  # an activation's output went NaN/Inf, not its gradient
+                count = NONFINITE_COUNT.get(stat)
+                bad = st.layer_history(layer, count) > 0 if count else np.zeros(hist.shape, bool)
             chart = HistoryChart(
                 hist, steps=steps, span=span, log=stat not in _LINEAR, height=spark_rows, bad=bad, styles=styles
             )
@@ -184,7 +196,7 @@ class LayerDetailScreen(Screen[None]):
         if n == 0:
             return out
         for stat, spec in LAYER_STATS.items():
-            if spec.when != "sampled":
+            if spec.when in ("detail", "update"):
                 out |= ~np.isnan(st.layer_history(self.layer_index, stat))
         out |= ~np.isnan(st.window("zero_frac")).all(axis=1)
         return out
@@ -247,6 +259,12 @@ class LayerDetailScreen(Screen[None]):
         alerts = [a for a in st.alerts if a.layer == name][-50:]
         table = Table.grid()
         table.add_column()
+        for origin in st.origins[-3:]:
+            # Where the run broke, on every layer's page: this layer's NaN may have come from there.
+            line = origin_text(origin)
+            if origin.module == name or origin.layer == self.layer_index:
+                line.append("  (this layer)", style="bold")
+            table.add_row(self.look.ink(line))
         table.add_row(Text("Alerts on this layer", style="bold"))
         if not alerts:
             table.add_row(Text("none so far", style="dim"))

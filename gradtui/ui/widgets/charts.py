@@ -14,6 +14,7 @@ from gradtui.ui.renderables.chart import (
     LR_MARKERS,
     MARKER_GLYPHS,
     PAIRED_MARKERS,
+    UNCHARTED,
     ChartMarker,
     ChartStyles,
     SeriesChart,
@@ -31,7 +32,7 @@ def chart_markers(store: RunStore, kinds: Collection[str] | None, hidden: Collec
     `hidden`: command ids whose acknowledgements stay off the charts (the viewer's own quiet
     commands: the tour holding a chapter while its story is open changed nothing in the run).
     """
-    shown = [(r.step, r.kind) for r in store.results if r.ok and r.command_id not in hidden]
+    shown = [(r.step, r.kind) for r in store.results if r.ok and r.command_id not in hidden and r.kind not in UNCHARTED]
     shown += [(g.step, g.action) for g in store.guard]
     return [
         ChartMarker(step, MARKER_GLYPHS.get(kind, "*"))

@@ -253,6 +253,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
             cursor=part("layer-heatmap--cursor"),
             axis=part("layer-heatmap--axis"),
             flags={kind: self.look.roles[kind] for kind in FLAG_PRIORITY},
+            capture=self.look.roles["note"],
         )
         return self._styles_cache_hm
 
@@ -301,7 +302,7 @@ class LayerHeatmap(ScrollView, can_focus=True):
             self._view = view
             self._view_key = key
             self._renderable = Heatmap(view, layout=layout, color=self.color, styles=self._styles())
-            legend_key = (self.stat, layout, self.color, view.gaps)
+            legend_key = (self.stat, layout, self.color, view.gaps, bool(view.capture_columns()))
             if self._legend is None or self._legend[0] != legend_key:
                 self._legend = (legend_key, self.look.line(self._renderable.legend_segments(layout), width))
             axis = self.look.line(self._renderable.axis_segments(layout), width)
