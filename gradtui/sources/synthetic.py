@@ -183,7 +183,11 @@ class SyntheticRun:
                 norms = np.where(bad, np.nan, norms)
                 nonfinite = np.where(bad, 17, 0).astype(np.int64)
             elif self.scenario == "exploding":
-                norms = np.where(norms > 1e30, np.inf, norms)
+                # Past 1e30 the values themselves overflow, as in a real run: the probe counts them
+                # (an infinite norm over finite values is an overflow of the norm, not a NaN/Inf).
+                over = norms > 1e30
+                norms = np.where(over, np.inf, norms)
+                nonfinite = np.where(over, 3, 0).astype(np.int64)
         return norms, nonfinite
 
     def step(self) -> list[Event]:
