@@ -464,7 +464,11 @@ class Monitor:
             known = torch.tensor(total, dtype=stats.acc) if math.isfinite(total) else None
             clip(grads, known, index.which)
         if on_host:
-            self._nonfinite = self._check_finite(step, loss, value, finite, guard)
+            # Before the guard acts: a rollback at this boundary means these are no longer its weights.
+            rolled_back = guard is not None and guard.discard
+            self._nonfinite = self._capture.check_step(
+                step, host_loss(loss) if value is None else value, finite, rolled_back
+            )
         if guard is not None:
             checked = sampled or guard.config.every_step
             # Canaries that passed the screen were finite; a non-finite value elsewhere reaches the loss.
@@ -481,35 +485,6 @@ class Monitor:
             self.control.wait_while_paused(step, lambda: self.closed)
             self._rate.pause(time.perf_counter() - since)  # paused time is not training time
             self._sampler.untimed()
-
-    def _check_finite(
-        self,
-        step: int,
-        loss: torch.Tensor | float | None,
-        value: float | None,
-        finite: bool | None,
-        guard: Keeper | None,
-    ) -> bool | None:
-        """Whether the step is not finite, where the host knows (None: it does not); the first such
-        step of a streak is re-run to find where it broke, before anything moves the weights."""
-        if value is None:
-            value = host_loss(loss)
-        loss_finite = value is None or math.isfinite(value)
-        if finite is None and loss_finite:
-            return None
-        if loss_finite and finite:
-            return False
-        rolled_back = guard is not None and guard.discard  # a rollback at this boundary: not its weights now
-        capture = self._capture
-        if rolled_back or capture.covers(step) or not capture.first_bad(step) or capture.kept is None:
-            return True
-        origin = capture.rerun(step, value if value is not None else 0.0)
-        if origin is None:
-            # Nothing non-finite in the re-run: a norm that overflowed float32 over finite values.
-            return not loss_finite
-        if self.primary:
-            self._emit(origin)
-        return True
 
     def _judged(self, step: int) -> None:
         """Wait (briefly) for the publishing thread to judge what earlier steps handed over, so the

@@ -457,3 +457,50 @@ def test_the_capture_command_is_answered_by_the_probe() -> None:
     assert "from step 1" in results[0].message and "capture steps must be" in results[1].message
     assert [e.step for e in events if isinstance(e, CaptureStats)] == [1, 2]
     assert [(c.start, c.steps, c.ended) for c in events if isinstance(c, Capture)] == [(1, 2, False), (1, 2, True)]
+
+
+# ---------------------------------------------------------------- on the record
+
+
+def test_load_and_report_expose_the_capture(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gradtui.cli import main
+
+    path = tmp_path / "run.gtr"
+    run = BACKWARD.build(0)
+    mon = gradtui.watch(run.model, run.optimizer, queue=True, serve=False, detectors=False, record=path)
+    mon.capture(steps=4)
+    for i in range(6):
+        _bomb_at_2(i, run)
+        run.train_step(mon)
+    mon.close()
+    assert mon.events is not None
+    events = mon.events.drain()
+    rows = [e for e in events if isinstance(e, CaptureStats)]
+    origin = next(e for e in events if isinstance(e, NonFiniteOrigin))
+
+    data = gradtui.load(path)
+    assert data.capture.steps.tolist() == [r.step for r in rows] == [1, 2, 3, 4]
+    for name in ("act_rms", "act_max", "act_kurtosis", "opt_m1", "opt_m2"):
+        want = np.stack([getattr(r, name) for r in rows])
+        np.testing.assert_array_equal(getattr(data.capture, name), want)
+        assert getattr(data.capture, name).shape == (4, len(data.layers))
+    np.testing.assert_array_equal(data.capture.act_nonfinite, np.stack([r.act_nonfinite for r in rows]))
+    assert data.capture.windows == [{"start": 1, "steps": 4, "reason": "mon.capture()", "ended": 4}]
+    assert [(o["step"], o["module"], o["direction"], o["how"]) for o in data.capture.origins] == [
+        (2, "2", "backward", "capture")
+    ]
+
+    assert main(["report", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    section = report["capture"]
+    assert section["windows"] == data.capture.windows
+    assert section["origins"][0]["words"] == origin.words()
+    assert [row["name"] for row in section["layers"]] == data.layers
+    rms = data.capture.act_rms
+    assert section["layers"][0]["act_rms_max"] == pytest.approx(float(np.nanmax(rms[:, 0])))
+    assert main(["report", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "Capture from step 1 to step 4: mon.capture()" in text
+    assert " ".join(origin.words().split()) in " ".join(text.split())
