@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from gradtui.model.capture_summary import CaptureData
 from gradtui.model.commands import AUTO_CLIP_Z
-from gradtui.model.events import FLAG_PRIORITY, Alert, RunStart
+from gradtui.model.events import FLAG_PRIORITY, Alert, NonFiniteOrigin, RunStart
 from gradtui.model.guard import ZClipStats, zclip_step
+from gradtui.model.origin_advice import origin_suggestions
 from gradtui.model.store import RunStore
 
 SATURATING = ("Sigmoid", "Tanh", "Softsign", "Hardtanh", "LogSigmoid")
@@ -46,6 +48,10 @@ class RunFacts:
     weight_norm: np.ndarray | None = None
     """Per-layer weight norms at the first detail step (None: none recorded)."""
     bad_batches: list[dict[str, Any]] = field(default_factory=list)
+    origins: list[NonFiniteOrigin] = field(default_factory=list)
+    """Where the run first produced a NaN or Inf (deep capture, `gradtui.model.origin_advice`)."""
+    capture: CaptureData | None = None
+    """Its deep captures' statistics (None: not at hand, as in a viewer's store)."""
 
 
 def store_facts(store: RunStore) -> RunFacts:
@@ -57,6 +63,7 @@ def store_facts(store: RunStore) -> RunFacts:
         global_norm=store.series("global_norm"),
         weight_norm=store.first_weight_norm,
         bad_batches=[{"step": b.step, "why": b.why, "batch": b.batch} for b in store.bad_batches],
+        origins=list(store.origins),
     )
 
 
@@ -91,7 +98,8 @@ def suggestions(facts: RunFacts) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"kind": kind, "layers": [x for x in layers if x is not None], "first_step": first}
         entry.update(_ADVISERS[kind](facts, mine, first))
         out.append(entry)
-    return out
+    names = [layer.name or "" for layer in facts.start.layers] if facts.start else []
+    return out + origin_suggestions(facts.origins, facts.capture, names)
 
 
 def _blowup_start(facts: RunFacts) -> int | None:

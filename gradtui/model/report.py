@@ -264,6 +264,8 @@ class Summary:
             global_norm=np.frombuffer(self.global_norms, dtype=np.float64) if len(self.global_norms) else np.zeros(0),
             weight_norm=self.first_weights,
             bad_batches=self.bad_batches,
+            origins=self.capture.origins,
+            capture=self.capture.data(),
         )
         return suggestions(facts)
 
