@@ -13,10 +13,10 @@ import statistics
 import time
 
 import torch
+from overhead import DEFAULT_MODELS, MODELS, make_opt
 from torch import nn
 
 import gradtui
-from benchmarks.overhead import DEFAULT_MODELS, MODELS, make_opt
 
 
 def _step(
