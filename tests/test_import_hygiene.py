@@ -165,11 +165,18 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
+LONGER = {
+    "gradtui/probe/monitor.py": (700, "one job: the Monitor wires every part at the step boundary"),
+    "gradtui/probe/stats.py": (650, "one job: a sampled step's statistics, packed and unpacked"),
+}
+"""Modules with one job allowed past 600 lines (STYLE.md section 7), with the reason."""
+
+
 def test_no_module_is_over_600_lines() -> None:
     big = {
         str(p.relative_to(ROOT)): n
         for p in PACKAGE.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 600
+        if (n := len(p.read_text().splitlines())) > LONGER.get(str(p.relative_to(ROOT)), (600, ""))[0]
     }
     assert not big, big
 

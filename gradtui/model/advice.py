@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from gradtui.model.architecture import norms_in, run_family
+from gradtui.model.capture_summary import CaptureData
 from gradtui.model.commands import AUTO_CLIP_Z, CLIP_RANGE, Command, CommandRefused, ControlState, SetClip, SetLR, apply
-from gradtui.model.events import FLAG_PRIORITY, Alert, RunStart
+from gradtui.model.events import FLAG_PRIORITY, Alert, NonFiniteOrigin, RunStart
 from gradtui.model.guard import ZClipStats, zclip_step
+from gradtui.model.origin_advice import origin_suggestions
 from gradtui.model.store import RunStore
 
 SATURATING = ("Sigmoid", "Tanh", "Softsign", "Hardtanh", "LogSigmoid")
@@ -49,6 +51,10 @@ class RunFacts:
     bad_batches: list[dict[str, Any]] = field(default_factory=list)
     clip: tuple[str, float] | None = None
     """The clipping in force at the run's last sampled step (None: as the run started)."""
+    origins: list[NonFiniteOrigin] = field(default_factory=list)
+    """Where the run first produced a NaN or Inf (deep capture, `gradtui.model.origin_advice`)."""
+    capture: CaptureData | None = None
+    """Its deep captures' statistics (None: not at hand, as in a viewer's store)."""
 
     def clipping(self) -> tuple[str, float]:
         """(mode, threshold) in force: nothing already on is suggested."""
@@ -71,6 +77,7 @@ def store_facts(store: RunStore) -> RunFacts:
         weight_norm=store.first_weight_norm,
         bad_batches=[{"step": b.step, "why": b.why, "batch": b.batch} for b in store.bad_batches],
         clip=(store.last.clip_mode, store.last.clip_threshold) if store.last is not None else None,
+        origins=list(store.origins),
     )
 
 
@@ -129,7 +136,8 @@ def suggestions(facts: RunFacts) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"kind": kind, "layers": [x for x in layers if x is not None], "first_step": first}
         entry.update(_ADVISERS[kind](facts, mine, first))
         out.append(entry)
-    return out
+    names = [layer.name or "" for layer in facts.start.layers] if facts.start else []
+    return out + origin_suggestions(facts.origins, facts.capture, names)
 
 
 def _blowup_start(facts: RunFacts) -> int | None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gradtui.model.advice import RunFacts, suggestions
+from gradtui.model.capture_summary import CaptureFold
 from gradtui.model.consistency import RunCheck
 from gradtui.model.events import (
     Alert,
@@ -165,6 +166,8 @@ class Summary:
         self.norm_steps: array[int] = array("q")
         self.first_weights: np.ndarray | None = None
         self.stepped_norms: array[float] = array("d")
+        self.capture = CaptureFold()
+        """The run's deep captures (`gradtui.model.capture_summary`)."""
 
     def add(self, event: Event) -> bool:
         """Fold one event; False when it does not fit the run and was left out."""
@@ -179,6 +182,7 @@ class Summary:
             self.alerts.append(event)
         elif isinstance(event, RunStart):
             self.start = event
+            self.capture.n_layers = len(event.layers)
             if self.recompute:
                 from gradtui.model.detectors import Detectors
 
@@ -197,6 +201,7 @@ class Summary:
                 self._raised(self.detectors.rolled_back(event.to_step, event.step))  # as the probe's did
         elif isinstance(event, BadBatch):
             self.bad_batches.append({"step": event.step, "why": event.why, "batch": event.batch})
+        self.capture.add(event)
         self.interventions.add(event)
         self.store.apply(event)
         return True
@@ -260,6 +265,8 @@ class Summary:
             weight_norm=self.first_weights,
             bad_batches=self.bad_batches,
             clip=(self.last.clip_mode, self.last.clip_threshold) if self.last is not None else None,
+            origins=self.capture.origins,
+            capture=self.capture.data(),
         )
         return suggestions(facts)
 
@@ -295,6 +302,7 @@ class Summary:
             "stepped_norm": spread(self.stepped_norms),
             "error": end.error if end and end.error else None,
             "skipped": self.check.entries(),
+            "capture": self.capture.section(names),
         }
 
 

@@ -38,6 +38,7 @@ import torch
 
 from gradtui.model.commands import (
     PAUSE_LEASE,
+    Capture,
     Command,
     ControlState,
     Rollback,
@@ -111,6 +112,8 @@ class Control:
         self._emit = emit
         self.rollback: Callable[[ControlState, Rollback, int], tuple[ControlState, CommandResult]] | None = None
         """The guard's answer to a `Rollback` (None without a guard: the rule refuses it)."""
+        self.capture: Callable[[ControlState, Capture, int, str], tuple[ControlState, CommandResult]] | None = None
+        """The deep capture's answer to a `Capture` (`gradtui.probe.capture`; None: the rule refuses it)."""
         self._hook_failed = False
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in self.optimizers]
 
@@ -159,6 +162,9 @@ class Control:
                 state, result = self.rollback(state, cmd, step)
                 if origin is None:
                     quiet.add(cmd.id)  # the guard's own: its events say what it did
+            elif isinstance(cmd, Capture) and self.capture is not None:
+                asked = f"asked from the viewer ({origin})" if origin else "asked from the viewer"
+                state, result = self.capture(state, cmd, step, asked)
             else:
                 state, result = respond(state, cmd, step, origin)
             why = self._resumes.pop(cmd.id, None)

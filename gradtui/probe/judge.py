@@ -19,6 +19,7 @@ from gradtui.model.detector_config import DetectorConfig
 from gradtui.model.detectors import Detectors, Limits
 from gradtui.model.events import BLOWUP_KINDS, Alert, GuardAction, RunSteps, StepStats, run_rows
 from gradtui.probe.budget import Sampler
+from gradtui.probe.capture import CAPTURE_SEGMENTS, CaptureDecoder, DeepCapture, split
 from gradtui.probe.guard import Keeper, Ledger
 from gradtui.probe.layers import Layer
 from gradtui.probe.publisher import Sampled
@@ -58,6 +59,7 @@ class Judge:
         placement: Placement,
         ledger: Ledger,
         guard: Keeper | None,
+        capture: DeepCapture | None = None,
     ) -> None:
         self._outputs = outputs
         self._n = stats.n
@@ -68,6 +70,8 @@ class Judge:
         self._placement = placement
         self._ledger = ledger
         self._guard = guard
+        self._capture = capture
+        self._decoder = CaptureDecoder(stats.n)
         self.limits = Limits(math.inf, math.inf, np.full(stats.n, math.inf))
         """What has an unsampled step sampled whole (`Detectors.run_limits`)."""
 
@@ -101,6 +105,12 @@ class Judge:
         if update is not None:
             self._outputs.emit(update)
         self._outputs.emit(stats)
+        if item.meta.capture is not None:
+            parts = split(item.values, item.meta.layout, CAPTURE_SEGMENTS)
+            for event in self._decoder.events(parts, item.meta.capture, stats.step, stats.loss, stats.global_norm):
+                self._outputs.emit(event)
+        if self._capture is not None and not (math.isfinite(stats.global_norm) and math.isfinite(stats.loss)):
+            self._capture.trouble(stats.step)
         sampler = self._sampler
         sampler.check(stats.step, stats.global_norm)
         if not self._host_loss:
@@ -117,6 +127,8 @@ class Judge:
         for step, loss, norm, canary in run_rows(event):
             if norm is not None:
                 self._sampler.check(step, norm)
+            if self._capture is not None and not (math.isfinite(loss) and (norm is None or math.isfinite(norm))):
+                self._capture.trouble(step)
             self._alerts(step, detectors.update_run(step, loss, norm, canary), None)
         self._screens()
 
@@ -129,6 +141,9 @@ class Judge:
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:
         for alert in alerts:
             self._outputs.emit(alert)
+            if alert.active and alert.level != "info" and self._capture is not None:
+                where = f"on layer {alert.layer!r}" if alert.layer is not None else "run-wide"
+                self._capture.request(0, f"{alert.kind} alarm ({alert.level}) {where} at step {step}", auto=True)
             if alert.active and alert.kind in BLOWUP_KINDS:
                 # Any level, info included: what grows within steps is watched at every step for a
                 # while. A vanishing or dead layer stays so for thousands of steps and is seen at any

@@ -25,10 +25,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from gradtui.model.commands import Command
+from gradtui.model.commands import Capture, Command, validate
 from gradtui.model.detectors import Detectors
 from gradtui.model.events import Event, LogLine, RunEnd, RunStart, UpdateStats
 from gradtui.model.guard import guard_config
@@ -37,6 +38,7 @@ from gradtui.probe import amp, exits
 from gradtui.probe.announce import Announcer
 from gradtui.probe.backward import FillOrder
 from gradtui.probe.budget import Sampler, default_budget
+from gradtui.probe.capture import DeepCapture, capture_steps
 from gradtui.probe.clip import ZClip, check_clip, clip_grads
 from gradtui.probe.control import Control
 from gradtui.probe.dist import DistContext
@@ -100,6 +102,8 @@ class Monitor:
         self._pid = os.getpid()
         """Only this process closes the monitor's sockets and writes its record (not a fork of it)."""
         self._fork_warned = False
+        self._nonfinite: bool | None = None
+        """The current step is not finite, where the host knows at `mon.step` (see `_check_finite`)."""
 
         self._layers = find_layers(model)
         if not self._layers:
@@ -144,6 +148,20 @@ class Monitor:
         self._placement = Placement(lambda text: self._emit(LogLine(text, stream="gradtui")))
         self._ledger = Ledger(self._emit)
         self._zclip: ZClip | None = None
+        auto = capture_steps(instruments.capture)
+        self._capture = DeepCapture(
+            model,
+            self._layers,
+            self._stats,
+            optimizers,
+            self._emit,
+            auto,
+            # The re-run needs the step's finiteness on the host at mon.step, and one process.
+            rerun=auto is not None and self.dist is None and self._stats.device.type == "cpu" and not self._stats.defer,
+        )
+        """The deep capture: armed by trouble or `capture()` (see `probe.capture`)."""
+        self.control.capture = self._capture.answer
+        self._capture.late = not (self.dist is None and self._stats.device.type == "cpu" and not self._stats.defer)
         self.guard = (
             Keeper(guard_cfg, model, optimizers, self._stats, self.control, self._emit, self._ledger)
             if guard_cfg is not None
@@ -162,6 +180,7 @@ class Monitor:
             self._placement,
             self._ledger,
             self.guard,
+            self._capture,
         )
         """Turns what the publishing thread gets into events and judges them."""
         self.started = time.time()
@@ -244,6 +263,7 @@ class Monitor:
         for hooks in (self._updates, self._stepped, self.guard):
             if hooks is not None:
                 hooks.remove()
+        self._capture.close(self.step_count)
         self._order.close()
         self.control.close()
         if self._record is not None and self._record in self._outputs.sinks:
@@ -312,11 +332,22 @@ class Monitor:
         the L2 norm of dL/d`tensor` is summed into the lane, on the device, and shows as
         a row of its own below the layers. Returns `tensor` unchanged.
         """
+        if self._capture.rerunning:
+            return tensor  # a re-run's forward: its gradients are not the step's
         return self._lanes.watch(index, tensor)
 
     def send(self, command: Command) -> None:
         """Queue a command as a viewer would; it is applied at the next step."""
         self.commands.put_nowait(command)
+
+    def capture(self, steps: int = 32) -> None:
+        """Arm a deep capture for `steps` steps from the next step (`gradtui.probe.capture`): every
+        step sampled in full, each layer's activation statistics and optimizer moments, and the
+        first module to produce a NaN or Inf. Costs a few times a step while it lasts."""
+        why = validate(Capture(steps=steps), self.control.state)
+        if why is not None:
+            raise ValueError(why)
+        self._capture.request(steps, "mon.capture()")
 
     # ------------------------------------------------------------ the step
 
@@ -356,10 +387,19 @@ class Monitor:
             if value is not None:
                 sampler.check(step, value)  # before deciding: a bad loss has this very step sampled
         sampled, detail = sampler.begin(step)
+        capture = self._capture
+        if capture.covers(step):
+            sampled = detail = True
+            sampler.untimed()  # a capture's cost is asked for: the budget does not count it
+        self._nonfinite = None
         try:
             self._step(step, loss, value, scaler, sampled, detail)
         finally:
             sampler.end(step)
+            try:
+                capture.boundary(step, self._nonfinite)
+            finally:
+                capture.after_step()
 
     def _step(
         self,
@@ -390,15 +430,20 @@ class Monitor:
         guard = self.guard
         total = math.nan  # this step's global norm where the host has it already (unsampled, on CPU)
         screened = None  # measured by its canaries: whether unusual (None: not so measured)
+        on_host = stats.device.type == "cpu" and not stats.defer and stats.dist is None
+        finite: bool | None = None  # the step's gradients were finite, where the host knows now
         if not sampled and clip is None and scale is None and (guard is None or not guard.config.every_step):
             screened = self._runwide.canary_step(step, value)
+            finite = True if screened is False else None
         if screened is None or screened:
             index, grads = stats.current()
             unusual = bool(screened)
             if not sampled and screened is None:
                 total, unusual = self._runwide.full_step(step, loss, value, index, grads, scale)
+                finite = math.isfinite(total) if on_host else None
             if unusual:
                 sampled, detail = True, self._sampler.promote(step)
+        taken = self._capture.take(step) if sampled else None
         if sampled:
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
@@ -407,17 +452,27 @@ class Monitor:
                 amp=scale,
                 lanes=self._lanes.take() if self._lanes else None,
                 update=update[1] if update is not None else None,
+                capture=taken[0] if taken is not None else None,
             )
             if detail and self._updates is not None:
                 self._updates.want(step)
             meta = self._meta(step, index, detail, update[0] if update is not None else None)
+            meta.capture = taken[1] if taken is not None else None
             pending = stats.sample(index, inputs, meta, clip, grads)
+            if pending is not None and on_host:
+                finite = bool(np.isfinite(pending.values()[0, : stats.n]).all())
             if pending is not None:
                 self._handover.sampled(pending)
                 self._arm_stepped(index.which)
         elif clip is not None:
             known = torch.tensor(total, dtype=stats.acc) if math.isfinite(total) else None
             clip(grads, known, index.which)
+        if on_host:
+            # Before the guard acts: a rollback at this boundary means these are no longer its weights.
+            rolled_back = guard is not None and guard.discard
+            self._nonfinite = self._capture.check_step(
+                step, host_loss(loss) if value is None else value, finite, rolled_back
+            )
         if guard is not None:
             checked = sampled or guard.config.every_step
             # Canaries that passed the screen were finite; a non-finite value elsewhere reaches the loss.
@@ -526,6 +581,7 @@ class Monitor:
         for hooks in (self._updates, self._stepped, self.guard):
             if hooks is not None:
                 hooks.remove()
+        self._capture.close(self.step_count - 1)
         self._order.close()
         self.control.close()
         self._emit(RunEnd(step=self.step_count, status=status, error=error))

@@ -78,6 +78,9 @@ class Instruments:
     """None/False, True, or a `gradtui.Guard`."""
     defer: bool | None = None
     """Read each step's host copy a step later (default: on CUDA)."""
+    capture: bool | int = True
+    """Deep captures armed by trouble: True (`capture.DEFAULT_STEPS` steps), a number of steps, or
+    False (none; `mon.capture()` and a viewer's ask still arm one). See `gradtui.probe.capture`."""
 
 
 DEFAULT_SAMPLING = Sampling()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -59,9 +59,16 @@ SEGMENTS: dict[str, str] = {
     "upd_d2": "sum",  # per layer: squared update norm (the last detail step's)
     "upd_w2": "sum",  # per layer: squared weight norm before that update
     "clipped": "first",  # the global norm after gradtui's clipping (global already)
+    "cap_act": "sum",  # capture, per layer x 6: finite values, sums of a^1..a^4, non-finite values
+    "cap_amax": "max",  # capture, per layer: max |a| over the finite values
+    "cap_m1": "sum",  # capture, per layer: squared norm of the optimizer's first moment
+    "cap_m2": "sum",  # capture, per layer: squared norm of its second moment
+    "cap_n1": "sum",  # capture, per layer: tensors in cap_m1 (0: no such state)
+    "cap_n2": "sum",  # capture, per layer: tensors in cap_m2
+    "cap_origin": "rows",  # capture: first non-finite forward and backward call (`capture.Checks.flags`)
 }
 """The packed vector of a sampled step: each segment's name and how ranks combine it (sum | max |
-mean | first | ranks: one value per rank). The one table both ends read."""
+mean | first | ranks: one value per rank | rows: each rank's whole block). The one table both ends read."""
 
 
 @dataclass
@@ -83,6 +90,8 @@ class StepMeta:
     layout: list[tuple[str, int]] = field(default_factory=list)
     """(segment name, length) in the order of the vector (each segment's meaning: `SEGMENTS`)."""
     counts: np.ndarray | None = None
+    capture: Any = None
+    """A deep capture's step: its `gradtui.probe.capture.CaptureMeta` (None otherwise)."""
 
 
 class Pending:
@@ -150,6 +159,8 @@ class StepInputs:
     lanes: tuple[torch.Tensor, torch.Tensor] | None = None
     update: torch.Tensor | None = None
     """Squared update and weight norms per layer of the last detail step (see `UpdateRatio`)."""
+    capture: list[tuple[str, torch.Tensor]] | None = None
+    """A deep capture's segments (`gradtui.probe.capture.DeepCapture.take`)."""
 
 
 Clip = Callable[[list[torch.Tensor], torch.Tensor | None, Sequence[int]], torch.Tensor]
@@ -357,7 +368,13 @@ class GradStats:
         which, idx, layer_of = index.which, index.layers, index.layer_of
         if grads is None:
             grads = self.grads(which)
-        plain = not inputs.detail and inputs.amp is None and inputs.lanes is None and inputs.update is None
+        plain = (
+            not inputs.detail
+            and inputs.amp is None
+            and inputs.lanes is None
+            and inputs.update is None
+            and inputs.capture is None
+        )
         if self.fast_cpu and plain:
             return self._sample_fast(inputs.loss, grads, which, layer_of, meta, clip)
         acc, n, dist = self.acc, self.n, self.dist
@@ -414,6 +431,8 @@ class GradStats:
         if inputs.update is not None:
             seg("upd_d2", inputs.update[:n])
             seg("upd_w2", inputs.update[n:])
+        for name, t in inputs.capture or ():
+            seg(name, t)
 
         vec = torch.cat([t for _, t in segs])
         if dist is not None:
@@ -483,6 +502,8 @@ def publish(
             parts[name] = block[0]
         elif how == "ranks":
             per_rank[name] = block[:, 0]
+        elif how == "rows":
+            continue  # read by its own reader (`gradtui.probe.capture.split`)
         else:
             parts[name] = block.sum(axis=0)
 

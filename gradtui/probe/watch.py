@@ -33,6 +33,7 @@ def watch(
     lanes: Sequence[str] | int = (),
     scheduler: Any = None,
     guard: Any = None,
+    capture: bool | int = True,
 ) -> Monitor:
     """Start watching `model`'s gradients (and `optimizer`'s learning rates).
 
@@ -77,6 +78,13 @@ def watch(
             finiteness check of the gradients at sampled steps (every step with
             `Guard(every_step=True)`), the loss read at every step, and a host copy of the model
             and optimizer state every `snapshot_every` steps (README "Guard").
+        capture: deep captures armed by trouble (an alarm at warning or critical level, a
+            non-finite loss or gradient): every step sampled in full for that many steps, each
+            layer's activation statistics and optimizer moments, and the first module to produce a
+            NaN or Inf (`gradtui.probe.capture`). True: 32 steps; an int: that many; False: none
+            armed by trouble, and no root hooks kept for re-running a non-finite step
+            (`mon.capture()` and a viewer's ask still arm one). Nothing is hooked per layer
+            until then.
 
     Returns:
         The `Monitor`: call `mon.step(loss)` after backward, `mon.close()` at the end.
@@ -93,6 +101,6 @@ def watch(
         sampling=Sampling(every, detail_every, budget),
         output=Output(record, overwrite, queue_size, run),
         serving=Serving(True, serve, listen, token_file),
-        instruments=Instruments(detectors, clip, update_ratio, lanes, guard),
+        instruments=Instruments(detectors, clip, update_ratio, lanes, guard, capture=capture),
         scheduler=scheduler,
     )

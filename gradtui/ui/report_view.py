@@ -183,5 +183,34 @@ def print_report(summary: dict[str, Any], path: str, console: Console | None = N
         console.print(f"[bold]What to change: {what}{where} (from step {advice['first_step']})[/bold]")
         console.print(f"  cause: {advice['cause']}", markup=False)
         console.print(f"  cure:  {advice['cure']}", markup=False)
+    if summary.get("capture"):
+        _print_capture(summary["capture"], console)
     if summary.get("error"):
         console.print(f"[red]The run ended with an error:[/red]\n{summary['error']}")
+
+
+def _print_capture(capture: dict[str, Any], console: Console) -> None:
+    """The report's capture section: its windows, where the run broke, and per layer what the
+    captured steps saw (`gradtui.model.capture_summary.CaptureFold.section`)."""
+    for w in capture["windows"]:
+        end = f"to step {w['ended']}" if w["ended"] is not None else f"for {w['steps']} steps (cut short)"
+        console.print(f"[bold]Capture[/bold] from step {w['start']} {end}: {w['reason']}", highlight=False)
+    for origin in capture["origins"]:
+        how = "re-run before the optimizer step" if origin["how"] == "rerun" else "captured"
+        console.print(f"  [bold red]{origin['words']}[/bold red] ({how})", highlight=False)
+    if not capture["layers"]:
+        return
+    table = Table(title=f"Captured steps ({len(capture['steps'])})", title_justify="left")
+    for col in ("layer", "max rms(a)", "max |a|", "max kurt(a)", "non-finite a", "min ‖v‖₂", "last ‖v‖₂"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for row in capture["layers"]:
+        table.add_row(
+            row["name"] or "(root)",
+            _num(row["act_rms_max"]),
+            _num(row["act_max_max"]),
+            _num(row["act_kurtosis_max"]),
+            str(row["act_nonfinite"]),
+            _num(row["opt_m2_min"]),
+            _num(row["opt_m2_last"]),
+        )
+    console.print(table)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtui.model.capture_summary import CaptureData, CaptureFold
 from gradtui.model.events import RunSteps, StepStats
 from gradtui.model.report import Summary
 from gradtui.wire.record import Record, iter_record
@@ -97,6 +98,12 @@ class RunData:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     """As in `gradtui report --json`: events left out because they do not fit the run, one
     entry per reason (`{"event", "reason", "count", "first_step", "last_step", "example"}`)."""
+
+    capture: CaptureData = field(default_factory=CaptureFold.empty)
+    """The run's deep captures (`watch(capture=...)`, `mon.capture()`): `capture.steps` [C] and a
+    [C, L] array per statistic (`act_rms`, `act_max`, `act_nonfinite`, `act_kurtosis`, `opt_m1`,
+    `opt_m2`), `capture.windows` and `capture.origins` (where the run first produced a NaN or Inf,
+    as in `gradtui report --json`'s `capture`)."""
 
     def __len__(self) -> int:
         """The number of sampled steps (S)."""
@@ -281,6 +288,7 @@ def load(path: str | os.PathLike[str], *, recompute: bool = False, detector_conf
         truncated_bytes=state.truncated_bytes,
         damage=damage,
         skipped=skipped,
+        capture=summary.capture.data(),
     )
 
 

@@ -176,3 +176,37 @@ def test_no_host_sync_from_the_run_wide_tier(options: dict[str, Any]) -> None:
     got = np.array([seen[s] for s in range(3 * STEPS)])
     want = np.array([[lo.item(), g.item()] for lo, g in zip(losses, norms, strict=True)])
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_no_host_sync_during_a_deep_capture() -> None:
+    """A capture's hooks (activation sums, finiteness flags, optimizer moments) stay on the device:
+    its statistics and the first non-finite module arrive with the step's deferred copy."""
+    from gradtui.model.events import CaptureStats, NonFiniteOrigin
+
+    model = small_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mon = gradtui.watch(model, opt, queue=True, serve=False)
+    step = fp32_loop(mon, model, opt)
+    outputs: dict[int, torch.Tensor] = {}
+    model[2].register_forward_hook(lambda m, a, out: outputs.__setitem__(len(outputs), out.detach().clone()))
+    step()
+    mon.capture(steps=STEPS)
+    with syncs_recorded() as found:
+        for i in range(1, STEPS):
+            if i == STEPS - 2:
+                with torch.no_grad():
+                    model[2].weight[0, 0] = float("inf")  # layer "2" breaks going forward
+            step()
+    mon.close()
+    ours = ["".join(stack.format()) for stack in found if from_gradtui(stack)]
+    assert not ours, "synchronising CUDA calls from gradtui:\n" + "\n".join(ours)
+    assert mon.events is not None
+    events = mon.events.drain()
+    rows = {e.step: e for e in events if isinstance(e, CaptureStats)}
+    assert sorted(rows) == list(range(1, STEPS))
+    for s in range(1, STEPS - 2):
+        a = outputs[s].double()
+        np.testing.assert_allclose(rows[s].act_rms[1], float(a.square().mean().sqrt()), rtol=1e-5)
+        np.testing.assert_allclose(rows[s].act_max[1], float(a.abs().max()), rtol=1e-5)
+    origins = [e for e in events if isinstance(e, NonFiniteOrigin)]
+    assert [(o.step, o.module, o.direction) for o in origins] == [(STEPS - 2, "2", "forward")]
