@@ -137,7 +137,19 @@ def suggestions(facts: RunFacts) -> list[dict[str, Any]]:
         entry.update(_ADVISERS[kind](facts, mine, first))
         out.append(entry)
     names = [layer.name or "" for layer in facts.start.layers] if facts.start else []
-    return out + origin_suggestions(facts.origins, facts.capture, names)
+    return _with_origin(out, origin_suggestions(facts.origins, facts.capture, names))
+
+
+def _with_origin(out: list[dict[str, Any]], found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The advice with what the origin says: where the run broke is the cause of its non-finite
+    alarm, so its entry takes the origin's cause and cure (one entry a kind)."""
+    for extra in found:
+        same = next((e for e in out if e["kind"] == extra["kind"]), None)
+        if same is None:
+            out.append(extra)
+        else:
+            same.update({k: v for k, v in extra.items() if v or k not in same})  # an empty list names no layer
+    return out
 
 
 def _blowup_start(facts: RunFacts) -> int | None:

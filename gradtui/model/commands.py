@@ -105,6 +105,9 @@ class Capture:
 
     steps: int = 32
     """Steps to capture, from the step it is applied at (1 .. `MAX_CAPTURE_STEPS`)."""
+    reason: str = ""
+    """Why, in words, when the probe asks itself (an alarm, under torch.distributed: every rank arms
+    at the same step); empty from a viewer."""
     id: str = field(default_factory=new_command_id)
 
 
@@ -259,7 +262,7 @@ def validate(cmd: Command, n_groups: int | ControlState) -> str | None:
         steps = cmd.steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_CAPTURE_STEPS:
             return f"capture steps must be a whole number from 1 to {MAX_CAPTURE_STEPS}, got {steps!r}"
-        return None
+        return None if isinstance(cmd.reason, str) else f"capture reason must be text, got {cmd.reason!r}"
     return f"not a command: {type(cmd).__name__}"
 
 

@@ -210,20 +210,30 @@ class DeepCapture:
         self.late = False
         """The host learns of a non-finite step only on the publishing thread (CUDA, distributed)."""
         self._rerun_failed = False
+        self.route: Callable[[CaptureCommand], None] | None = None
+        """Under torch.distributed: sends an ask as a command (rank 0's reach every rank at one step)."""
+        self._routed = False
+        """An ask sent as a command and not applied yet."""
 
     # ------------------------------------------------------------ asking
 
     def request(self, steps: int, reason: str, *, auto: bool = False, after_bad: bool = False) -> bool:
         """Ask for a capture of `steps` steps from the next step boundary (any thread). An automatic
-        one is dropped while one is armed or asked for, or past `MAX_AUTO`; False then."""
+        one is dropped while one is armed or asked for, or past `MAX_AUTO`; False then. With `route`
+        set (torch.distributed) the ask becomes a command, which every rank applies at one step."""
         with self._lock:
             if auto:
-                if self.auto is None or self._armed is not None or self._request is not None or self._autos >= MAX_AUTO:
+                asked = self._request is not None or self._routed
+                if self.auto is None or self._armed is not None or asked or self._autos >= MAX_AUTO:
                     return False
                 self._autos += 1
                 steps = self.auto
-            self._request = _Request(steps, reason, auto, after_bad)
-            return True
+            if self.route is None:
+                self._request = _Request(steps, reason, auto, after_bad)
+                return True
+            self._routed = True
+        self.route(CaptureCommand(steps=steps, reason=reason))
+        return True
 
     def trouble(self, step: int) -> None:
         """A non-finite step seen late (on the publishing thread, where the host does not know at
@@ -245,7 +255,9 @@ class DeepCapture:
         why = validate(cmd, state)
         if why is not None:
             return state, CommandResult(cmd.id, "capture", False, step, why)
-        self.request(cmd.steps, reason)
+        with self._lock:
+            self._routed = False
+            self._request = _Request(cmd.steps, cmd.reason or reason, bool(cmd.reason))
         return state, CommandResult(
             cmd.id, "capture", True, step, f"capture armed for {cmd.steps} steps from step {step + 1}"
         )

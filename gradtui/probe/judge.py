@@ -109,7 +109,8 @@ class Judge:
             parts = split(item.values, item.meta.layout, CAPTURE_SEGMENTS)
             for event in self._decoder.events(parts, item.meta.capture, stats.step, stats.loss, stats.global_norm):
                 self._outputs.emit(event)
-        if self._capture is not None and not (math.isfinite(stats.global_norm) and math.isfinite(stats.loss)):
+        # Not the loss: NaN there is also "no loss given" (a non-finite loss makes the gradients so).
+        if self._capture is not None and (not math.isfinite(stats.global_norm) or bool(np.any(stats.nonfinite))):
             self._capture.trouble(stats.step)
         sampler = self._sampler
         sampler.check(stats.step, stats.global_norm)
@@ -127,7 +128,7 @@ class Judge:
         for step, loss, norm, canary in run_rows(event):
             if norm is not None:
                 self._sampler.check(step, norm)
-            if self._capture is not None and not (math.isfinite(loss) and (norm is None or math.isfinite(norm))):
+            if self._capture is not None and norm is not None and not math.isfinite(norm):
                 self._capture.trouble(step)
             self._alerts(step, detectors.update_run(step, loss, norm, canary), None)
         self._screens()

@@ -161,6 +161,10 @@ class Monitor:
         )
         """The deep capture: armed by trouble or `capture()` (see `probe.capture`)."""
         self.control.capture = self._capture.answer
+        if self.dist is not None:
+            # Every rank must sample the same steps: rank 0's asks travel as commands, which every rank
+            # applies at one step (the others' asks are rank 0's too).
+            self._capture.route = lambda cmd: self.commands.put_nowait(cmd) if self.primary else None
         self._capture.late = not (self.dist is None and self._stats.device.type == "cpu" and not self._stats.defer)
         self.guard = (
             Keeper(guard_cfg, model, optimizers, self._stats, self.control, self._emit, self._ledger)

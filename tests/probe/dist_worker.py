@@ -105,6 +105,7 @@ def guarded(model: nn.Module, rank: int, out: Path) -> None:
     per = xs.shape[1] // 2
     start: dict[str, torch.Tensor] = {}
     back, lrs = [], []
+    covered: list[bool] = []
     for step in range(STEPS):
         if step == 0:
             start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -115,7 +116,10 @@ def guarded(model: nn.Module, rank: int, out: Path) -> None:
             next(iter(model.parameters())).grad.view(-1)[0] = float("nan")  # type: ignore[union-attr]
         if step == 1 and rank == 0:
             mon.send(Rollback("asked by the test"))
+        if step == 0 and rank == 0:
+            mon.capture(2)  # asked on rank 0 alone: every rank must arm it at the same step
         mon.step()
+        covered.append(mon._capture.covers(step + 1))  # armed at this boundary for the next steps
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         if all(torch.equal(v, start[k]) for k, v in model.state_dict().items()):
@@ -124,7 +128,8 @@ def guarded(model: nn.Module, rank: int, out: Path) -> None:
     mon.close()
     actions = [[e.step, e.action] for e in mon.events.drain() if isinstance(e, GuardAction)] if mon.events else []
     weights = [v.tolist() for v in model.state_dict().values()]
-    (out / f"rank{rank}.json").write_text(json.dumps({"back": back, "lrs": lrs, "actions": actions, "w": weights}))
+    found = {"back": back, "lrs": lrs, "actions": actions, "w": weights, "covered": covered}
+    (out / f"rank{rank}.json").write_text(json.dumps(found))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -109,6 +109,9 @@ def test_every_rank_rolls_back_at_the_same_step(tmp_path: Path) -> None:
     assert ranks[0]["actions"] == [[1, "rollback"], [1, "lr_cut"], [3, "skip"], [3, "rollback"], [3, "lr_cut"]]
     assert ranks[1]["actions"] == []  # only rank 0 reports
     assert ranks[0]["w"] == ranks[1]["w"]
+    # A capture asked on rank 0 alone (step 0) is armed on every rank at the same step: the ranks'
+    # sampled vectors must match, or the next gather fails.
+    assert ranks[0]["covered"] == ranks[1]["covered"] and any(ranks[0]["covered"]), ranks[0]["covered"]
 
 
 @pytest.mark.gpu

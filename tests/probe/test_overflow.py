@@ -59,4 +59,6 @@ def test_a_float32_norm_overflow_over_finite_gradients_is_no_nan() -> None:
     assert nonfinite and min(nonfinite) == NAN_AT
     assert any(a["kind"] == "exploding" and a["step"] in HUGE for a in out["alerts"])
     (advice,) = [a for a in out["suggestions"] if a["kind"] == "nonfinite"]
-    assert f"first appeared at step {NAN_AT}" in advice["cause"]
+    # The loop made the loss NaN at NAN_AT: the re-run of that step names the loss as where it broke.
+    assert f"step {NAN_AT}" in advice["cause"] and "the loss itself" in advice["cause"], advice["cause"]
+    assert advice["first_step"] == NAN_AT and advice["origin"].startswith("first non-finite: the loss")
