@@ -1,5 +1,5 @@
 """What a deep capture costs per benchmark model (`gradtui.probe.capture`): the step time healthy
-(the defaults), healthy with `capture=False` (no root hooks), and with a capture armed; the root
+(the defaults), healthy with `capture=False` (nothing armed by trouble), and with a capture armed; the root
 hooks' own time; and one re-run of a step. Blocks alternate, medians are reported; the box is
 shared and noisy: read differences under ~5% as noise.
 

@@ -23,7 +23,20 @@ import gradtui
 from gradtui.model import commands, detectors, explode, guard, rate
 from gradtui.model.detector_config import DetectorConfig
 from gradtui.model.guard import Guard, LossWindow
-from gradtui.probe import announce, budget, control, gate, ledger, monitor, publisher, runwide, server, stats, stepped
+from gradtui.probe import (
+    announce,
+    budget,
+    capture,
+    control,
+    gate,
+    ledger,
+    monitor,
+    publisher,
+    runwide,
+    server,
+    stats,
+    stepped,
+)
 from gradtui.ui import layout, pacing, tour_switch
 from gradtui.ui.app import GradTUIApp
 from gradtui.ui.renderables import health
@@ -70,6 +83,9 @@ class Pin:
 PINS = [
     # Two tiers, canaries, sampling (probe/runwide.py, probe/budget.py, model/explode.py)
     Pin("runwide batch", r"a batch of up to (\d+) steps or ([\d.]+) s", (runwide.BATCH_STEPS, runwide.BATCH_SECONDS)),
+    Pin("capture length", r"`mon.capture\(steps=(\d+)\)`", (capture.DEFAULT_STEPS,)),
+    Pin("capture autos", r"a blow-up each time, up to (\d+) in all", (capture.MAX_AUTO,)),
+    Pin("capture keeps", r"held for (\d+) steps after the alarm", (capture.WATCHFUL_STEPS,)),
     Pin("guard settle", r"judgement of the steps before \(at most ([\d.]+) s", (publisher.SETTLE_S,)),
     Pin("hold steps", r"back to every step (?:at once, )?for (\d+) steps", (budget.HOLD_STEPS,)),
     Pin("max stride", r"every 1, 2, 4, \.\.\. up to (\d+) steps", (budget.MAX_STRIDE,)),

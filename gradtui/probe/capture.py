@@ -38,7 +38,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -49,7 +49,8 @@ from torch import nn
 from gradtui.model.commands import MAX_CAPTURE_STEPS, ControlState, validate
 from gradtui.model.commands import Capture as CaptureCommand
 from gradtui.model.events import Capture, CaptureStats, CommandResult, Event, LogLine, NonFiniteOrigin
-from gradtui.probe.checks import FLAGS, Checks, Site, floats, origin_of
+from gradtui.probe.budget import HOLD_STEPS
+from gradtui.probe.checks import FLAGS, Checks, FirstNonFiniteOp, Site, floats, origin_of
 from gradtui.probe.dist import local
 from gradtui.probe.layers import Layer
 from gradtui.probe.stats import GradStats, to_device
@@ -88,6 +89,10 @@ def moment_tensors(opt: torch.optim.Optimizer, p: torch.Tensor) -> tuple[torch.T
 
 def _moment(t: object) -> torch.Tensor | None:
     return t if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() else None
+
+
+WATCHFUL_STEPS = HOLD_STEPS
+"""Steps after a blow-up alarm that the re-run's root hooks stay (as long as sampling stays at every step)."""
 
 
 def capture_steps(value: object) -> int | None:
@@ -204,7 +209,12 @@ class DeepCapture:
         self._autos = 0
         self._last_bad = -2
         """The last step the training thread knew to be non-finite."""
-        self.kept = Kept(model) if rerun else None
+        self._rerun = rerun
+        self.kept: Kept | None = None
+        """The root hooks a re-run needs: kept only while trouble is near (`watchful`), since
+        keeping the step's inputs, RNG state and output gradient costs 0.5-1.5 ms a step on the
+        50x128 MLP (`benchmarks/overhead.py`, capture=False against the defaults), nothing while healthy."""
+        self._watchful_until = -1
         self.rerunning = False
         """A re-run's forward is under way (`mon.lane` passes tensors through untouched then)."""
         self.late = False
@@ -243,6 +253,12 @@ class DeepCapture:
         if self.first_bad(step):
             self.request(0, f"non-finite loss or gradients at step {step}", auto=True, after_bad=True)
         self._last_bad = max(self._last_bad, step)
+
+    def watchful(self, step: int) -> None:
+        """Trouble is near (a blow-up alarm at any level, info included, at `step`; any thread): keep
+        what a re-run needs for `WATCHFUL_STEPS`, so a step that goes non-finite before a capture is
+        armed can be re-run while its weights are still those that produced it."""
+        self._watchful_until = max(self._watchful_until, step + WATCHFUL_STEPS)
 
     def first_bad(self, step: int) -> bool:
         """Whether a non-finite `step` starts a streak (the step before it was not known bad)."""
@@ -319,7 +335,15 @@ class DeepCapture:
         return out[0], out[1], counts[0], counts[1]
 
     def boundary(self, step: int, nonfinite: bool | None) -> None:
-        """At the end of `mon.step(step)`: disarm after the last covered step, arm what was asked."""
+        """At the end of `mon.step(step)`: disarm after the last covered step, arm what was asked,
+        keep what a re-run needs while trouble is near."""
+        if self._rerun:
+            near = step < self._watchful_until
+            if near and self.kept is None:
+                self.kept = Kept(self._model)
+            elif not near and self.kept is not None:
+                self.kept.remove()
+                self.kept = None
         if nonfinite:
             if self.first_bad(step) and not self.covers(step):
                 self.request(0, f"non-finite loss or gradients at step {step}", auto=True, after_bad=True)
@@ -391,12 +415,13 @@ class DeepCapture:
         buffers = [b.detach().clone() for b in model.buffers()]
         rng_now = torch.get_rng_state()
         params = [p for p, _ in checks._params]
+        ops = FirstNonFiniteOp()
         try:
             checks.install()
             self.rerunning = True
             assert kept.rng is not None
             torch.set_rng_state(kept.rng)
-            with torch.enable_grad():
+            with torch.enable_grad(), ops:
                 out = model(*kept.args, **(kept.kwargs or {}))
                 outs = [t for t in floats(out) if t.requires_grad]
                 pairs = [(t, kept.grads[i]) for i, t in enumerate(outs) if i in kept.grads]
@@ -417,7 +442,10 @@ class DeepCapture:
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers, strict=False):
                     b.copy_(saved)
-        return origin_of(step, flags, checks.forward, checks.backward, loss, "rerun", None)
+        origin = origin_of(step, flags, checks.forward, checks.backward, loss, "rerun", None)
+        if origin is not None and origin.module and ops.op:
+            origin = replace(origin, op=ops.op)  # the loss is not re-run: its op stays unnamed
+        return origin
 
     def after_step(self) -> None:
         """At the end of `mon.step`: the kept references go (the next forward keeps its own)."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradtui.model.events import NonFiniteOrigin
 from gradtui.probe.dist import local
@@ -198,6 +199,34 @@ def decode_flags(
     return out
 
 
+class FirstNonFiniteOp(TorchDispatchMode):
+    """Names the first operator whose output holds a NaN or Inf ("aten::exp"), forward or backward.
+    Armed for a re-run only: it reads every op's output on the host (a re-run is CPU's), which
+    costs a check per op for that one step and nothing at any other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.op = ""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        # The op that made a NaN or Inf: finite inputs, a non-finite output (not one that passed a
+        # non-finite value on, nor the checks' own "none yet" markers, which are Inf).
+        if not self.op and _any_nonfinite(out):
+            ins = _floats(args, kwargs)
+            if ins and not _any_nonfinite(ins):
+                self.op = f"aten::{func.overloadpacket.__name__}"
+        return out
+
+
+def _floats(*trees: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(trees) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _any_nonfinite(tree: Any) -> bool:
+    return any(not bool(torch.isfinite(t).all()) for t in _floats(tree))
+
+
 def origin_of(
     step: int,
     flags: np.ndarray,
@@ -224,4 +253,4 @@ def origin_of(
     return None
 
 
-__all__ = ["FLAGS", "Checks", "Site", "decode_flags", "finite_abs_max", "floats", "origin_of"]
+__all__ = ["FLAGS", "Checks", "FirstNonFiniteOp", "Site", "decode_flags", "finite_abs_max", "floats", "origin_of"]

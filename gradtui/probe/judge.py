@@ -72,6 +72,8 @@ class Judge:
         self._guard = guard
         self._capture = capture
         self._decoder = CaptureDecoder(stats.n)
+        self._slow_seen = False
+        """A vanishing or dead alarm has armed its one capture."""
         self.limits = Limits(math.inf, math.inf, np.full(stats.n, math.inf))
         """What has an unsampled step sampled whole (`Detectors.run_limits`)."""
 
@@ -142,14 +144,21 @@ class Judge:
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:
         for alert in alerts:
             self._outputs.emit(alert)
-            if alert.active and alert.level != "info" and self._capture is not None:
+            # A vanishing or dead layer stays so: one capture shows it, and it is asked once a run
+            # (a blow-up may come back after a rollback: each comes with its own).
+            slow = alert.kind not in BLOWUP_KINDS
+            if alert.active and alert.level != "info" and self._capture is not None and not (slow and self._slow_seen):
                 where = f"on layer {alert.layer!r}" if alert.layer is not None else "run-wide"
-                self._capture.request(0, f"{alert.kind} alarm ({alert.level}) {where} at step {step}", auto=True)
+                why = f"{alert.kind} alarm ({alert.level}) {where} at step {step}"
+                asked = self._capture.request(0, why, auto=True)
+                self._slow_seen = self._slow_seen or (slow and asked)
             if alert.active and alert.kind in BLOWUP_KINDS:
                 # Any level, info included: what grows within steps is watched at every step for a
                 # while. A vanishing or dead layer stays so for thousands of steps and is seen at any
                 # stride (its persistence counts steps); sampling every step for it would only cost.
                 self._sampler.trouble(step)
+                if self._capture is not None:
+                    self._capture.watchful(step)
                 if alert.kind == "loss_spike" and alert.level != "info":
                     self._ledger.note(step, "loss_spike")
         if self._guard is not None:

@@ -1,5 +1,6 @@
-"""A `Monitor` built directly, for tests that count what one probe sends: no detectors, no
-viewer connection, events kept in an in-process queue."""
+"""A `Monitor` built directly, for tests that count what one probe sends: no detectors, no deep
+capture armed by trouble (a test's injected NaN would sample every step after it), no viewer
+connection, events kept in an in-process queue."""
 
 from __future__ import annotations
 
@@ -25,5 +26,5 @@ def bare_monitor(
         sampling=Sampling(every=every, detail_every=detail_every),
         output=Output(queue_size=queue_size),
         serving=Serving(connect=False),
-        instruments=Instruments(detectors=False, defer=defer),
+        instruments=Instruments(detectors=False, defer=defer, capture=False),
     )
