@@ -4,10 +4,9 @@
 The signal is when the publishing thread works. Backward runs inside torch's autograd
 engine with the GIL released, so Python on another thread costs it at most a share of a
 core; the optimizer step and the next forward are Python calls, each of which waits while
-another thread holds the GIL. Measured on the 50x128 MLP at `every=1` (0.5-0.9 ms of
-publishing per step): the step costs 1.30x the plain step when the thread works as soon as
-a step is handed over, 1.12x when it waits for backward (a shared, loaded box; the benchmark
-is `benchmarks/overhead.py`).
+another thread holds the GIL. Side by side in one process on the 50x128 MLP at `every=1`
+(0.5-0.9 ms of publishing a step, a quiet 2-core box): 1.56x the plain step when the thread
+works as soon as a step is handed over, 1.43x when it waits for backward.
 
 One hook stays: a post-accumulate-grad hook on the gradient the first pass filled first,
 one Python call per backward pass. A pass that never fills that gradient (its parameter
