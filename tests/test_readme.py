@@ -260,9 +260,9 @@ def _table(caption: str) -> list[list[str]]:
 
 def test_the_overhead_table_has_the_models_and_columns_overhead_py_prints() -> None:
     overhead = _benchmark("overhead")
-    caption = "`benchmarks/overhead.py --rounds 20` (step time over the plain step; AdamW):"
+    caption = "`benchmarks/overhead.py --rounds 30` (step time over the plain step; AdamW):"
     assert caption in TEXT
-    header, *rows = _table("`benchmarks/overhead.py --rounds 20` (step time over")
+    header, *rows = _table("`benchmarks/overhead.py --rounds 30` (step time over")
     # The table leaves out "opt" (its caption says AdamW, the default) and the guard's snapshot
     # columns (the Guard's "Cost" quotes them).
     left_out = {"opt", "guard mon.step ms", "snap ms", "snap MB"}
@@ -296,7 +296,7 @@ TIMINGS = [
     (r"averaged over blocks at stride 32: [\d.]+ ms", "benchmarks/overhead.py --rounds 20"),
     (r"takes [\d.-]+ ms a step with the guard", "benchmarks/overhead.py --rounds 20"),
     (r"One snapshot takes [\d.]+ ms", "benchmarks/overhead.py --rounds 20"),
-    (r"`mon.step` is [\d.-]+ ms a step on them", "benchmarks/overhead.py --rounds 20"),
+    (r"`mon.step` is [\d.-]+ ms a step on them", "benchmarks/overhead.py --rounds 30"),
     (r"On the 2-core box: [\d.]+ vs [\d.]+ ms", "benchmarks/sq_norms.py"),
     (r"\(about 10 minutes\) trains", "benchmarks/detectors.py"),
 ]
