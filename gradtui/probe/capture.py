@@ -95,6 +95,13 @@ WATCHFUL_STEPS = HOLD_STEPS
 """Steps after a blow-up alarm that the re-run's root hooks stay (as long as sampling stays at every step)."""
 
 
+LOSS_JUMP = 100.0
+"""A loss this many times the run's recent largest makes the probe keep what a re-run needs at once
+(on the training thread: the publishing thread's alarm may come after the NaN)."""
+LOSS_DECAY = 0.99
+"""How fast that largest loss forgets (a run whose loss falls towards 0 is not flagged for rising back)."""
+
+
 def capture_steps(value: object) -> int | None:
     """`watch(capture=...)`: True (default) arms `DEFAULT_STEPS`-step captures on trouble, an int
     that many steps, False none (the user's asks still arm one). None: no automatic capture."""
@@ -215,6 +222,8 @@ class DeepCapture:
         keeping the step's inputs, RNG state and output gradient costs 0.5-1.5 ms a step on the
         50x128 MLP (`benchmarks/overhead.py`, capture=False against the defaults), nothing while healthy."""
         self._watchful_until = -1
+        self._loss_scale = 0.0
+        """The largest finite |loss| `check_step` saw, decaying by LOSS_DECAY a step (0: none yet)."""
         self.rerunning = False
         """A re-run's forward is under way (`mon.lane` passes tensors through untouched then)."""
         self.late = False
@@ -391,6 +400,10 @@ class DeepCapture:
         finite (None: unknown). The first such step of a streak is re-run to find where it broke,
         before anything moves the weights (not after a rollback at this boundary)."""
         loss_finite = loss is None or math.isfinite(loss)
+        if loss is not None and loss_finite:
+            if 0 < self._loss_scale * LOSS_JUMP < loss:
+                self.watchful(step)  # seen here at once: the publishing thread's alarm may come late
+            self._loss_scale = max(self._loss_scale * LOSS_DECAY, abs(loss))
         if finite is None and loss_finite:
             return None
         if loss_finite and finite:

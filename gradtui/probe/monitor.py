@@ -156,8 +156,7 @@ class Monitor:
             optimizers,
             self._emit,
             auto,
-            # The re-run needs the step's finiteness on the host at mon.step, and one process.
-            rerun=auto is not None and self.dist is None and self._stats.device.type == "cpu" and not self._stats.defer,
+            rerun=auto is not None and self._stats.on_host,  # it needs the step's finiteness at mon.step
         )
         """The deep capture: armed by trouble or `capture()` (see `probe.capture`)."""
         self.control.capture = self._capture.answer
@@ -165,7 +164,7 @@ class Monitor:
             # Every rank must sample the same steps: rank 0's asks travel as commands, which every rank
             # applies at one step (the others' asks are rank 0's too).
             self._capture.route = lambda cmd: self.commands.put_nowait(cmd) if self.primary else None
-        self._capture.late = not (self.dist is None and self._stats.device.type == "cpu" and not self._stats.defer)
+        self._capture.late = not self._stats.on_host
         self.guard = (
             Keeper(guard_cfg, model, optimizers, self._stats, self.control, self._emit, self._ledger)
             if guard_cfg is not None
@@ -434,7 +433,7 @@ class Monitor:
         guard = self.guard
         total = math.nan  # this step's global norm where the host has it already (unsampled, on CPU)
         screened = None  # measured by its canaries: whether unusual (None: not so measured)
-        on_host = stats.device.type == "cpu" and not stats.defer and stats.dist is None
+        on_host = stats.on_host
         finite: bool | None = None  # the step's gradients were finite, where the host knows now
         if not sampled and clip is None and scale is None and (guard is None or not guard.config.every_step):
             screened = self._runwide.canary_step(step, value)

@@ -217,10 +217,10 @@ class GradStats:
         """Read each step's host copy one step later (CUDA), so training never waits on it."""
         self.dist = dist
         self.mask = dist.mask(self.device, self.acc) if dist is not None else None
+        self.on_host = self.device.type == "cpu" and not self.defer and dist is None
+        """The host holds each step's values at `mon.step` (CPU, read at once, one process)."""
         self.fast_cpu = (
-            self.device.type == "cpu"
-            and not self.defer
-            and dist is None
+            self.on_host
             and all(p.dtype in (torch.float32, torch.float64) and not p.is_sparse for p in self.params)
         )
         self.layer_index = to_device(self.param_layer, self.device)
