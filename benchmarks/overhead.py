@@ -3,9 +3,11 @@
 Identical copies of each model train on the same batch, one copy per method; rounds
 rotate through the methods, so drift in machine load hits them all alike. Prints each
 method's step time as a ratio to the plain step: each round times a block of `--steps`
-consecutive steps per method, and a method's step time is the median over rounds of its
-blocks' mean (a mean over the block, so a probe that samples every few steps pays for its
-sampled steps in full; a median over rounds, so a noisy moment does not decide):
+consecutive steps per method, and a method's ratio is the median over rounds of its block's
+mean step time over the plain block's of the same round (a mean over the block, so a probe
+that samples every few steps pays for its sampled steps in full; a ratio within one round,
+because on a shared machine the plain step itself drifts by 30% over tens of seconds; a
+median over rounds, so a noisy moment does not decide):
 
 - gradtui: `gradtui.watch(model, opt, record=...)`, defaults otherwise (the overhead budget
   chooses the sampling stride; its column "stride" says which it settled on).
@@ -280,6 +282,9 @@ def run_model(
             r.block(steps)
     gt = next((r for r in runners if r.method == "gradtui"), None)
     out = {r.method: statistics.median(r.times) for r in runners}
+    plain = next(r for r in runners if r.method == "plain")
+    for r in runners:
+        out[f"ratio {r.method}"] = statistics.median(a / b for a, b in zip(r.times, plain.times, strict=True))
     if gt is not None and gt.mon is not None:
         out["probe"] = statistics.median(gt.probe)
         out["stride"] = getattr(gt.mon, "sampling_stride", gt.mon.every)  # older probes: a fixed every
@@ -350,7 +355,7 @@ def main() -> None:
                         "device": args.device,
                         "autocast": args.autocast,
                         "plain_ms": t["plain"] * 1e3,
-                        "ratio": {m: t[m] / t["plain"] for m in args.methods},
+                        "ratio": {m: t[f"ratio {m}"] for m in args.methods},
                         "probe_ms": t["probe"] * 1e3 if "probe" in t else None,
                         "stride": t.get("stride"),
                         "guard_probe_ms": t["guard_probe"] * 1e3 if "guard_probe" in t else None,
@@ -358,7 +363,7 @@ def main() -> None:
                         "snapshot_mb": t.get("snap_mb"),
                     }
                 )
-                row = [name, opt_name, f"{t['plain'] * 1e3:.2f}", *(f"{t[m] / t['plain']:.3f}" for m in args.methods)]
+                row = [name, opt_name, f"{t['plain'] * 1e3:.2f}", *(f"{t[f'ratio {m}']:.3f}" for m in args.methods)]
                 if "probe" in t:
                     row += [f"{t['probe'] * 1e3:.3f}", str(int(t["stride"]))]
                 if "snap_ms" in t:
@@ -371,9 +376,10 @@ def main() -> None:
         cells = [c.rjust(wd) if i >= 2 else c.ljust(wd) for i, (c, wd) in enumerate(zip(row, widths, strict=True))]
         print("  ".join(cells))
     print(
-        "\nEach method column: its step time / the plain step time (median over rotating rounds of each "
-        "block's mean); mon.step ms: gradtui's own time per step, amortized over the block (guard mon.step "
-        "ms: the same with guard=True; the difference is the guard's check and snapshots). "
+        "\nEach method column: its step time / the plain step time (the median over rotating rounds of its "
+        "block's mean over the plain block's mean in the same round); mon.step ms: gradtui's own time per "
+        "step, amortized over the block (guard mon.step ms: the same with guard=True; the difference is the "
+        "guard's check and snapshots). "
         "Target for gradtui: <= 1.02 on CPU and no more than any anchor."
     )
     if args.json is not None:

@@ -123,6 +123,8 @@ class Canaries:
         self._tensors: list[nn.Parameter] = []
         self._slot: list[int] = []
         """For each of `_tensors`, its layer's position in `layers`."""
+        self._limits: Limits | None = None
+        self._screens: list[float] = []
 
     def ready(self) -> bool:
         """Whether the canaries are known: after a backward pass."""
@@ -137,18 +139,26 @@ class Canaries:
                     self._slot.append(int(where[0]))
         return bool(self._tensors)
 
-    def measure(self) -> np.ndarray | None:
-        """Each canary layer's squared gradient norm (float64); None when one has no gradient now
-        (frozen, swapped: the step is then measured whole)."""
+    def measure(self) -> list[float] | None:
+        """Each canary layer's squared gradient norm; None when one has no gradient now (frozen,
+        swapped: the step is then measured whole). Python floats: this runs at every unsampled
+        step, where a NumPy call on two values costs more than the arithmetic."""
         grads = [p.grad for p in self._tensors]
         if any(g is None for g in grads):
             return None
-        norms = torch._foreach_norm(grads)  # type: ignore[arg-type]
-        out = np.zeros(self.layers.size)
-        for slot, norm in zip(self._slot, norms, strict=True):
+        out = [0.0] * len(self.layers)
+        for slot, norm in zip(self._slot, torch._foreach_norm(grads), strict=True):  # type: ignore[arg-type]
             value = float(norm)
             out[slot] += value * value
         return out
+
+    def screens(self, limits: Limits) -> list[float]:
+        """The canary layers' squared norm limits under `limits` (kept while `limits` is the same object:
+        the detectors replace it whole)."""
+        if limits is not self._limits:
+            self._limits = limits
+            self._screens = np.square(limits.layers[self.layers]).tolist()
+        return self._screens
 
 
 class RunBatch:
@@ -158,7 +168,7 @@ class RunBatch:
         self._steps: list[int] = []
         self._loss: list[float] = []
         self._norm: list[float] = []
-        self._canary_norm: list[np.ndarray] = []
+        self._canary_norm: list[list[float]] = []
         self._canaries: np.ndarray | None = None
         """The canary layers the batch's steps measured (None: every gradient)."""
         self._since = 0.0
@@ -168,7 +178,7 @@ class RunBatch:
 
     def fits(self, canaries: np.ndarray | None) -> bool:
         """Whether a step measured so can join this batch (one event, one way of measuring)."""
-        if not self._steps or (canaries is None and self._canaries is None):
+        if not self._steps or canaries is self._canaries:
             return True
         return canaries is not None and self._canaries is not None and np.array_equal(canaries, self._canaries)
 
@@ -184,7 +194,7 @@ class RunBatch:
             self._norm.append(global_norm)
         return len(self._steps) >= BATCH_STEPS or time.perf_counter() - self._since >= BATCH_SECONDS
 
-    def add_canaries(self, layer_sq: np.ndarray) -> None:
+    def add_canaries(self, layer_sq: list[float]) -> None:
         """The canary layers' squared norms of the step just added."""
         self._canary_norm.append(layer_sq)
 
@@ -203,7 +213,7 @@ class RunBatch:
             loss=np.array(loss, np.float64),
             global_norm=np.array(norm, np.float64) if canaries is None else None,
             canary_layers=canaries,
-            canary_norm=np.sqrt(np.stack(canary_norm)) if canaries is not None else None,
+            canary_norm=np.sqrt(np.array(canary_norm, np.float64)) if canaries is not None else None,
         )
 
 
@@ -250,7 +260,7 @@ class Handover:
         if self._runs.add(step, loss, norm) or now:
             self.flush()
 
-    def canaries(self, step: int, loss: float, layers: np.ndarray, layer_sq: np.ndarray) -> None:
+    def canaries(self, step: int, loss: float, layers: np.ndarray, layer_sq: list[float]) -> None:
         """An unsampled step measured by its canary `layers` (their squared norms `layer_sq`)."""
         if not self._runs.fits(layers):
             self.flush()
@@ -332,9 +342,9 @@ class RunWide:
             return None
         loss = value if value is not None else math.nan
         limits = self._limits()
-        if math.isinf(loss) or loss >= limits.loss or not np.isfinite(layer_sq).all():
+        if math.isinf(loss) or loss >= limits.loss or not math.isfinite(sum(layer_sq)):
             return True
-        if bool((layer_sq >= np.square(limits.layers[canaries.layers])).any()):
+        if any(sq >= screen for sq, screen in zip(layer_sq, canaries.screens(limits), strict=True)):
             return True
         if self._primary:
             self.handover.canaries(step, loss, canaries.layers, layer_sq)

@@ -66,26 +66,27 @@ class SteppedNorm:
         """The host is the device: norms are read as floats (a torch op on a tiny tensor costs ~5 us)."""
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in optimizers]
         self._order: list[int] | None = None
-        self._last: tuple[Sequence[int], list[int]] | None = None
+        self._last: tuple[Sequence[int], list[int], list[int]] | None = None
         self._spent = 0.0
 
-    def sample(self, which: Sequence[int]) -> list[int]:
-        """The few parameters (of those with a gradient) that are re-measured."""
+    def sample(self, which: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The few parameters (of those with a gradient) that are re-measured, and their positions in `which`."""
         if self._last is not None and self._last[0] is which:
-            return self._last[1]  # `which` comes from the stats' per-pattern cache: same list, same answer
+            return self._last[1], self._last[2]  # `which` comes from the stats' per-pattern cache: same answer
         params = self._stats.params
         if self._order is None:
             self._order = sorted(range(len(params)), key=lambda i: params[i].numel())
-        have = set(which)
-        chosen = [i for i in self._order if i in have][:SAMPLE_TENSORS]
-        self._last = (which, chosen)
-        return chosen
+        position = {p: k for k, p in enumerate(which)}
+        chosen = [i for i in self._order if i in position][:SAMPLE_TENSORS]
+        self._last = (which, chosen, [position[i] for i in chosen])
+        return chosen, self._last[2]
 
-    def arm(self, grads: list[torch.Tensor], grad_scale: torch.Tensor | None) -> None:
-        """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm,
-        and the factor the gradients carry now (a GradScaler's scale, None for 1)."""
+    def arm(self, grads: list[torch.Tensor], grad_scale: torch.Tensor | None, sq: float | None = None) -> None:
+        """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm
+        (`sq` where the step's statistics measured it already), and the factor the gradients carry
+        now (a GradScaler's scale, None for 1)."""
         if self._host and grad_scale is None:
-            self._armed = (grads, float(cpu_sq_norms(grads).sum()), 1.0)
+            self._armed = (grads, float(cpu_sq_norms(grads).sum()) if sq is None else sq, 1.0)
             return
         before = self._stats.sq_norms(grads).sum().reshape(1)
         self._armed = (grads, before, grad_scale if grad_scale is not None else torch.ones_like(before))
