@@ -16,7 +16,7 @@ While armed, every step is sampled with the detail statistics, and `Checks`:
   kind and its input's max |x| (`torch.where` on flag tensors, read with the step's statistics).
 Each layer's optimizer moments (`moment_tensors`) are measured at each capture step's
 `mon.step`, the state that step's update starts from. The results ride in the sampled step's
-vector (segments `cap_*` of `stats.SEGMENTS`) and become `CaptureStats` and `NonFiniteOrigin`
+vector (segments `cap_*` of `packed.SEGMENTS`) and become `CaptureStats` and `NonFiniteOrigin`
 events on the publishing thread (`CaptureDecoder`).
 
 The hard case is a blow-up that leaves no time: the step that overflows is also the one whose
@@ -53,6 +53,7 @@ from gradtui.probe.budget import HOLD_STEPS
 from gradtui.probe.checks import FLAGS, Checks, FirstNonFiniteOp, Site, floats, origin_of
 from gradtui.probe.dist import local
 from gradtui.probe.layers import Layer
+from gradtui.probe.packed import SEGMENTS
 from gradtui.probe.stats import GradStats, to_device
 
 log = logging.getLogger("gradtui")
@@ -528,9 +529,7 @@ class CaptureDecoder:
 
 def split(gathered: np.ndarray, layout: Sequence[tuple[str, int]], names: Sequence[str]) -> dict[str, np.ndarray]:
     """The blocks `names` of a step's (ranks, vector) host copy, combined across ranks as
-    `stats.SEGMENTS` says (`cap_origin`: each rank's row)."""
-    from gradtui.probe.stats import SEGMENTS
-
+    `packed.SEGMENTS` says (`cap_origin`: each rank's row)."""
     out: dict[str, np.ndarray] = {}
     pos = 0
     for name, length in layout:

@@ -22,9 +22,10 @@ from gradtui.probe.budget import Sampler
 from gradtui.probe.capture import CAPTURE_SEGMENTS, CaptureDecoder, DeepCapture, split
 from gradtui.probe.guard import Keeper, Ledger
 from gradtui.probe.layers import Layer
+from gradtui.probe.packed import publish
 from gradtui.probe.publisher import Sampled
 from gradtui.probe.sinks import Outputs
-from gradtui.probe.stats import GradStats, publish
+from gradtui.probe.stats import GradStats
 from gradtui.probe.stepped import Placement
 from gradtui.wire import env
 

@@ -56,11 +56,12 @@ from gradtui.probe.options import (
     Sampling,
     Serving,
 )
+from gradtui.probe.packed import StepMeta, update_ratio
 from gradtui.probe.publisher import Publisher
 from gradtui.probe.runwide import RunWide
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
-from gradtui.probe.stats import GradIndex, GradStats, StepInputs, StepMeta, host_loss, update_ratio
+from gradtui.probe.stats import GradIndex, GradStats, StepInputs, host_loss
 from gradtui.probe.stepped import Placement, SteppedNorm
 from gradtui.probe.updates import UpdateRatio
 from gradtui.wire import codec

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradtui.probe.backward import BackwardStart, FillOrder
-from gradtui.probe.stats import StepMeta
+from gradtui.probe.packed import StepMeta
 
 log = logging.getLogger("gradtui")
 
