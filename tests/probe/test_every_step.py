@@ -39,8 +39,7 @@ STRIDE_SLACK = 32
 
 @pytest.fixture(autouse=True)
 def real_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The probe at its real defaults (the suite turns the budget off), on one thread."""
-    monkeypatch.delenv("GRADTUI_BUDGET", raising=False)
+    """The probe at its real defaults (the suite's own fixture leaves `GRADTUI_BUDGET` unset), on one thread."""
     monkeypatch.delenv("GRADTUI_DETECTORS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(1)

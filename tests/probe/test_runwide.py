@@ -69,8 +69,7 @@ def test_unsampled_steps_send_their_loss_and_global_norm(defer: bool) -> None:
     np.testing.assert_allclose(got, np.array(ref), rtol=1e-6)
 
 
-def test_an_unusual_step_is_sampled_whole_at_the_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GRADTUI_BUDGET", raising=False)
+def test_an_unusual_step_is_sampled_whole_at_the_default_settings() -> None:
     model, opt = mlp()
     mon = gradtui.watch(model, opt, queue=10_000, serve=False, budget=1e-6)  # as sparse as sampling gets
     gen = torch.Generator().manual_seed(1)
@@ -107,10 +106,9 @@ def test_an_unusual_step_is_sampled_whole_at_the_default_settings(monkeypatch: p
     assert sum(seen[s][2] for s in range(100, spike)) <= 4  # and before it, sampling was sparse
 
 
-def test_the_screen_of_an_unsampled_step_looks_at_each_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_screen_of_an_unsampled_step_looks_at_each_layer() -> None:
     """A jump in one layer that the global norm does not show (a bigger layer dominates it) still has
     its step sampled whole: the screen compares every layer's norm with that layer's own limit."""
-    monkeypatch.delenv("GRADTUI_BUDGET", raising=False)
     model, opt = mlp()
     mon = gradtui.watch(model, opt, serve=False)
     train(mon, model, opt, 120)
