@@ -177,7 +177,8 @@ class SyntheticRun:
             if s >= _CALM_STEPS:
                 self._growth += 0.12 * (self.lrs[0] / 0.1)
             decades = self._depth * self._growth
-            norms = self._base * noise * 10.0**decades
+            with np.errstate(over="ignore"):  # a long exploding run passes float64's range: inf, counted below
+                norms = self._base * noise * 10.0**decades
             if self.scenario == "nan" and s >= 120:
                 bad = self._depth > 0.6
                 norms = np.where(bad, np.nan, norms)
