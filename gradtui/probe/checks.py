@@ -15,8 +15,10 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.hooks import RemovableHandle
 
 from gradtui.model.events import NonFiniteOrigin
+from gradtui.probe.backward import unhook
 from gradtui.probe.dist import local
 from gradtui.probe.layers import Layer, layer_name
 
@@ -78,18 +80,22 @@ class Checks:
         self.forward: list[Site] = []
         self.backward: list[Site] = []
         self._handles: list[Any] = []
+        self._param_hooks: list[tuple[nn.Parameter, RemovableHandle]] = []
         self._lock = threading.Lock()
 
     def install(self) -> None:
         for j, module in enumerate(self._modules):
             self._handles.append(module.register_forward_hook(partial(self._forward, j)))
         for p, layer in self._params:
-            self._handles.append(p.register_hook(partial(self._param_grad, self._slot_of_layer[layer])))
+            self._param_hooks.append((p, p.register_hook(partial(self._param_grad, self._slot_of_layer[layer]))))
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+        for p, hook in self._param_hooks:
+            unhook(p, hook)
         self._handles.clear()
+        self._param_hooks.clear()
 
     def reset(self) -> None:
         self.sums.zero_()

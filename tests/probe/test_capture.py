@@ -438,13 +438,13 @@ def test_a_healthy_run_carries_no_per_layer_hooks() -> None:
     healthy = counts[-1]
     assert before == {"layers": 0, "root": 0, "param_tensor_hooks": 0, "post_accumulate": 0}
     # The root hooks a re-run needs come only once trouble is near (an alarm); the one
-    # post-accumulate hook is the publishing thread's signal (`probe.backward`).
-    assert healthy == {"layers": 0, "root": 0, "param_tensor_hooks": 0, "post_accumulate": 1}, healthy
+    # parameter hook is the publishing thread's signal (`probe.backward`).
+    assert healthy == {"layers": 0, "root": 0, "param_tensor_hooks": 1, "post_accumulate": 0}, healthy
     assert all(c == healthy for c in counts[5:])
     mon.capture(steps=3)
     run.train_step(mon)
     armed = _hook_count(run.model)
-    assert armed["layers"] >= 6 and armed["param_tensor_hooks"] == len(list(run.model.parameters()))
+    assert armed["layers"] >= 6 and armed["param_tensor_hooks"] == len(list(run.model.parameters())) + 1
     for _ in range(4):
         run.train_step(mon)
     assert _hook_count(run.model) == healthy, "the hooks go when the capture ends"
