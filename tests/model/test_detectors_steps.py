@@ -147,3 +147,52 @@ def test_canary_layers_that_are_not_the_runs_are_refused() -> None:
     det = Detectors(NAMES)
     with pytest.raises(ValueError, match="canary layers"):
         det.update_run(0, 1.0, None, (np.array([0, len(NAMES)]), np.ones(2)))
+
+
+def _facts(alerts: list[Alert], shift: int = 0) -> list[tuple[object, ...]]:
+    return [(a.step - shift, a.layer, a.kind, a.active, a.level, a.value, a.threshold) for a in alerts]
+
+
+def test_a_rollback_restores_the_history_and_each_kept_state_can_be_restored_again() -> None:
+    """The guard rolls a run back twice to one snapshot: each time the detectors go back to the state
+    they kept before the blow-up, so each relapse is judged as a fresh detector fed the healthy steps
+    would judge it (the same alerts, `shift` steps later), not against the blow-up's own norms."""
+    from gradtui.model.detectors import KEEP_STEPS
+
+    norms, losses = steady(160, seed=3)
+    for step in range(112, 160):  # every layer compounds 3x a step, the loss with it
+        norms[step] *= 3.0 ** (step - 111)
+        losses[step] *= 1.5 ** (step - 111)
+    keep = 7 * KEEP_STEPS  # 112: a kept copy of the state before this step, as the guard's snapshot
+    blowup = range(keep, keep + 12)
+
+    reference = Detectors(NAMES)
+    run(reference, keep, 4, norms, losses)
+    expected = _facts(run_steps(reference, blowup, 4, norms, losses))
+    assert any(f[2] == "exploding" and f[3] for f in expected)
+
+    det = Detectors(NAMES)
+    run(det, keep, 4, norms, losses)
+    at = keep
+    for _ in range(3):  # the second and third relapse start from the one state kept at `keep`
+        got = run_steps(det, blowup, 4, norms, losses, shift=at - keep)
+        assert _facts(got, shift=at - keep) == expected
+        at += len(blowup)
+        cleared = det.rolled_back(keep, at)
+        assert cleared and all(not a.active and a.step == at for a in cleared)
+        assert {(a.layer, a.kind) for a in cleared} == {(a.layer, a.kind) for a in got if a.active}
+
+
+def run_steps(
+    det: Detectors, steps: range, stride: int, norms: np.ndarray, losses: np.ndarray, shift: int = 0
+) -> list[Alert]:
+    """As `run`, over `steps` of the arrays only, fed as steps `shift` later."""
+    out: list[Alert] = []
+    for step in steps:
+        g = norms[step]
+        glob = float(np.sqrt((g**2).sum()))
+        if step % stride == 0:
+            out += det.update(stats(step + shift, g, loss=float(losses[step]), global_norm=glob))
+        else:
+            out += det.update_run(step + shift, float(losses[step]), glob)
+    return out
