@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import sys
 import typing
 import zlib
 from collections.abc import Iterator
@@ -247,7 +248,15 @@ def _pack_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
+_SHAPES = [struct.Struct(f"<BB{ndim}I") for ndim in range(_MAX_NDIM + 1)]
+_NATIVE_LE = sys.byteorder == "little"
+
+
 def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
+    code = _DTYPE_CODES.get(arr.dtype) if _NATIVE_LE else None
+    if code is not None and arr.ndim <= _MAX_NDIM:
+        # Already little-endian and of a sendable dtype (every array the probe makes): its bytes as they are.
+        return msgpack.ExtType(_ARRAY_EXT, _SHAPES[arr.ndim].pack(code, arr.ndim, *arr.shape) + arr.tobytes())
     dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder not in ("|", "<", "=") else arr.dtype
     if dt.byteorder == "=":
         dt = dt.newbyteorder("<")
@@ -296,9 +305,20 @@ def encode_message(msg: Event | Command) -> dict[str, Any]:
     if tag is None:
         tag = command_kind(typing.cast(Command, msg))
     out: dict[str, Any] = {"t": tag}
-    for f in dataclasses.fields(msg):
-        out[f.name] = _to_plain(getattr(msg, f.name))
+    for name in _field_names(type(msg)):
+        out[name] = _to_plain(getattr(msg, name))
     return out
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A message type's fields, read once (`dataclasses.fields` costs a few us at every event)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def encode(msg: Event | Command) -> bytes:

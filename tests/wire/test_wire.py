@@ -271,3 +271,24 @@ def test_a_hello_must_carry_the_integer_version(version: object) -> None:
     frame = wire.encode_frame({"t": "hello", "v": version, "role": "probe"})
     with pytest.raises(wire.WireError, match="unsupported wire version"):
         wire.FrameDecoder().feed(frame)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(12, dtype=np.float64).reshape(3, 4),
+        np.arange(12, dtype=np.int32).reshape(2, 3, 2),
+        np.array([True, False, True]),
+        np.zeros((0, 5), np.float32),
+    ],
+)
+def test_an_array_travels_as_the_same_bytes_whatever_its_layout_or_byte_order(values: np.ndarray) -> None:
+    """The wire carries little-endian C-order bytes: a strided view or a big-endian copy of an
+    array encodes exactly as its contiguous little-endian form, and decodes to the same values."""
+    reference = msgpack.packb(values.astype(values.dtype.newbyteorder("<")), default=wire._pack_default)
+    strided = np.asfortranarray(values)
+    swapped = values.astype(values.dtype.newbyteorder(">"))
+    for form in (values, strided, swapped, np.ascontiguousarray(values.T).T):
+        assert msgpack.packb(form, default=wire._pack_default) == reference
+        back = msgpack.unpackb(msgpack.packb(form, default=wire._pack_default), ext_hook=wire._ext_hook)
+        assert back.dtype == values.dtype.newbyteorder("<") and np.array_equal(back, values)
