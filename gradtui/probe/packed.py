@@ -73,12 +73,15 @@ def publish(
     gradients after gradtui's clipping and those the optimizer used (NaN: unknown)."""
     parts: dict[str, np.ndarray] = {}
     per_rank: dict[str, np.ndarray] = {}
+    one = gathered.shape[0] == 1  # one process: each combined segment is its one row, as it is
     pos = 0
     for name, length in meta.layout:
         how = SEGMENTS[name]
         block = gathered[:, pos : pos + length]
         pos += length
-        if how == "max":
+        if one and how not in ("ranks", "rows"):
+            parts[name] = block[0]
+        elif how == "max":
             parts[name] = block.max(axis=0)
         elif how == "mean":
             parts[name] = block.mean(axis=0)
