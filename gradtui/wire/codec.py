@@ -253,20 +253,19 @@ _NATIVE_LE = sys.byteorder == "little"
 
 
 def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
+    # Already little-endian and of a sendable dtype (every array the probe makes): its bytes as they are.
     code = _DTYPE_CODES.get(arr.dtype) if _NATIVE_LE else None
-    if code is not None and arr.ndim <= _MAX_NDIM:
-        # Already little-endian and of a sendable dtype (every array the probe makes): its bytes as they are.
-        return msgpack.ExtType(_ARRAY_EXT, _SHAPES[arr.ndim].pack(code, arr.ndim, *arr.shape) + arr.tobytes())
-    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder not in ("|", "<", "=") else arr.dtype
-    if dt.byteorder == "=":
-        dt = dt.newbyteorder("<")
-    code = _DTYPE_CODES.get(np.dtype(dt))
+    convert_to = None
     if code is None:
-        raise WireError(f"arrays of dtype {arr.dtype} cannot be sent")
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder not in ("|", "<", "=") else arr.dtype
+        convert_to = dt.newbyteorder("<") if dt.byteorder == "=" else dt
+        code = _DTYPE_CODES.get(np.dtype(convert_to))
+        if code is None:
+            raise WireError(f"arrays of dtype {arr.dtype} cannot be sent")
     if arr.ndim > _MAX_NDIM:
         raise WireError(f"arrays of {arr.ndim} dimensions cannot be sent")
-    header = struct.pack(f"<BB{arr.ndim}I", code, arr.ndim, *arr.shape)
-    return msgpack.ExtType(_ARRAY_EXT, header + np.ascontiguousarray(arr, dtype=dt).tobytes())
+    data = arr.tobytes() if convert_to is None else np.ascontiguousarray(arr, dtype=convert_to).tobytes()
+    return msgpack.ExtType(_ARRAY_EXT, _SHAPES[arr.ndim].pack(code, arr.ndim, *arr.shape) + data)
 
 
 def _ext_hook(code: int, data: bytes) -> np.ndarray:
