@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     ) from None
 
 from gradtui.integrations._runs import run_kwargs
+from gradtui.model.commands import SetClip, validate
 from gradtui.probe.monitor import Monitor
 from gradtui.probe.watch import watch
 
@@ -135,6 +136,12 @@ class GradTUICallback(TrainerCallback):
         kw = run_kwargs(self.watch_kwargs, self.runs + 1)
         clip_norm = args.max_grad_norm
         take = self.take_over_clipping and clip_norm is not None and clip_norm > 0
+        refused = validate(SetClip("norm", clip_norm), 0) if take else None
+        if refused is not None:
+            # A threshold set so high that it never clips (inf: the Trainer logs its norm then) stays
+            # the Trainer's: gradtui measures before it, and training goes on as the loop asked.
+            log.info("gradtui: the Trainer keeps its clipping (max_grad_norm=%s): %s", clip_norm, refused)
+            take = False
         if take:
             kw.setdefault("clip", ("norm", float(clip_norm)))
         self.monitor = watch(model, kwargs.get("optimizer"), **kw)

@@ -249,7 +249,7 @@ def validate(cmd: Command, n_groups: int | ControlState) -> str | None:
             return f"unknown clip mode {cmd.mode!r} (expected one of {', '.join(CLIP_MODES)})"
         if cmd.threshold is not None and not _positive_finite(cmd.threshold):
             return f"clip threshold must be a positive finite number, got {cmd.threshold!r}"
-        return None
+        return None if cmd.threshold is None else _clip_outside(float(cmd.threshold))
     if isinstance(cmd, Release):
         if cmd.what not in RELEASE_TARGETS:
             return f"unknown release target {cmd.what!r} (expected one of {', '.join(RELEASE_TARGETS)})"
@@ -317,6 +317,12 @@ def _with_overrides(state: ControlState, overrides: list[LROverride | None]) -> 
     return replace(state, lrs=lrs, schedule_lrs=tuple(schedule), overrides=keep)
 
 
+def _clip_outside(threshold: float) -> str | None:
+    """Why a clip threshold is refused for its size (None: within `CLIP_RANGE`)."""
+    lo, hi = CLIP_RANGE
+    return None if lo <= threshold <= hi else f"clip threshold {_fmt(threshold)} is outside {lo:g} .. {hi:g}"
+
+
 def follow_schedule(state: ControlState, schedule_lrs: tuple[float, ...]) -> ControlState:
     """The state once the loop has set `schedule_lrs`: every override re-applied on top of it."""
     if len(schedule_lrs) != len(state.lrs):
@@ -355,9 +361,9 @@ def apply(state: ControlState, cmd: Command) -> tuple[ControlState, str]:
         return new, lr_change_text(state.lrs, new.lrs, cmd.group, _where(cmd))
     if isinstance(cmd, SetClip):
         threshold = state.clip_threshold if cmd.threshold is None else float(cmd.threshold)
-        lo, hi = CLIP_RANGE
-        if not lo <= threshold <= hi:
-            raise CommandRefused(f"clip threshold {_fmt(threshold)} is outside {lo:g} .. {hi:g}")
+        outside = _clip_outside(threshold)
+        if outside is not None:
+            raise CommandRefused(outside)
         new = replace(state, clip_mode=cmd.mode, clip_threshold=threshold)
         return new, clip_change_text(state.clip_mode, state.clip_threshold, new.clip_mode, new.clip_threshold)
     if isinstance(cmd, Release):

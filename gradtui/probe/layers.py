@@ -65,8 +65,11 @@ def unwrap_optimizer(optimizer: torch.optim.Optimizer | None) -> torch.optim.Opt
 
 
 def grad_values(g: torch.Tensor) -> torch.Tensor:
-    """The values of a gradient: the local shard of a DTensor, the values of a sparse one."""
+    """The values of a gradient: the local shard of a DTensor, the values of a sparse one; detached
+    where backward made it with `create_graph=True` (the probe's reductions stay out of that graph)."""
     g = local(g)
+    if g.requires_grad:
+        g = g.detach()
     return g.coalesce()._values() if g.is_sparse else g
 
 

@@ -146,6 +146,7 @@ class Canaries:
         grads = [p.grad for p in self._tensors]
         if any(g is None for g in grads):
             return None
+        grads = [g.detach() if g.requires_grad else g for g in grads]  # type: ignore[union-attr]  # create_graph
         out = [0.0] * len(self.layers)
         for slot, norm in zip(self._slot, torch._foreach_norm(grads), strict=True):  # type: ignore[arg-type]
             value = float(norm)

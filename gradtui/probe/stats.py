@@ -119,22 +119,27 @@ SMALL_NUMEL = 1 << 16
 def cpu_sq_norms(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Squared L2 norms of CPU float32/float64 tensors, as float64 (the host is the device).
 
-    A Python call per tensor costs ~3-5 us, so the small tensors go through one
-    `_foreach_norm` (50x128 MLP, 102 gradients: 0.31 vs 0.59 ms for a dot each); a large one
-    keeps its BLAS dot, faster there and rounding less (0.26 vs 0.41 ms for 3.4M values;
-    rel. 1e-5 vs 1e-4 on 3M). `benchmarks/sq_norms.py` measures both and the crossing size.
+    A Python call per tensor costs ~3-5 us, so the small tensors go through one `_foreach_norm`;
+    a large one keeps its BLAS dot, which rounds less. `benchmarks/sq_norms.py` measures the ways
+    side by side in a training loop: a NumPy dot per tensor takes less time there, but the step
+    as a whole does not (whoever reads the gradients first after backward pays for the cache
+    misses, and the optimizer reads them next).
     """
     out = np.empty(len(tensors), np.float64)
-    small: list[int] = []
+    small: list[torch.Tensor] = []
+    where: list[int] = []
     for i, t in enumerate(tensors):
+        if t.requires_grad:
+            t = t.detach()  # made with create_graph=True
         if t.numel() < SMALL_NUMEL:
-            small.append(i)
+            small.append(t)
+            where.append(i)
         else:
             f = t.reshape(-1)
             out[i] = float(torch.dot(f, f))
     if small:
-        norms = torch.stack(torch._foreach_norm([tensors[i] for i in small])).to(torch.float64).numpy()
-        out[small] = norms * norms  # squared in float64: a float32 square would round once more
+        norms = torch.stack(torch._foreach_norm(small)).to(torch.float64).numpy()
+        out[where] = norms * norms  # squared in float64: a float32 square would round once more
     return exact_overflow(tensors, out)
 
 
@@ -143,9 +148,11 @@ def exact_overflow(tensors: Sequence[torch.Tensor], sq: np.ndarray) -> np.ndarra
     squares overflows past 3.4e38 although every value is finite (values of 1e19), and a norm that
     is not finite must mean values that are not (`StepStats.nonfinite` counts them). Free while
     every norm is finite; CPU only (elsewhere the norms accumulate in float64, `GradStats.norms`)."""
+    if math.isfinite(sq.sum()):
+        return sq  # every norm finite (a sum of squares is never -inf)
     over = np.flatnonzero(np.isposinf(sq))
     for i in over.tolist():
-        sq[i] = float(torch.linalg.vector_norm(tensors[i], dtype=torch.float64)) ** 2
+        sq[i] = float(torch.linalg.vector_norm(tensors[i].detach(), dtype=torch.float64)) ** 2
     return sq
 
 
@@ -204,10 +211,11 @@ class GradStats:
 
     def current(self) -> tuple[GradIndex, list[torch.Tensor]]:
         """`grad_index()` and the gradients it names, in one pass over the parameters where every one
-        has a plain gradient (the common case: a Python pass over 100 parameters costs ~0.1 ms)."""
+        has a plain gradient, none made with `create_graph=True` (the common case: a Python pass over
+        100 parameters costs ~0.1 ms)."""
         if self._plain:
             grads = [p.grad for p in self.params]
-            if not any(g is None for g in grads):
+            if not any(g is None or g.requires_grad for g in grads):
                 key = b"\x01" * len(grads)
                 hit = self._index_cache.get(key)
                 if hit is not None:

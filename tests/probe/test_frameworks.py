@@ -488,3 +488,26 @@ def test_lightning_clipping_before_the_callback_is_said_with_the_callbacks_optio
     clipped = [e.text for e in events if isinstance(e, LogLine) and "look clipped already" in e.text]
     assert len(clipped) == 1
     assert "GradTUICallback(clip=" in clipped[0] and "before clip_grad_norm_" not in clipped[0]
+
+
+@pytest.mark.parametrize("max_grad_norm", [math.inf, 1e20])
+def test_hf_a_max_grad_norm_that_never_clips_stays_the_trainers(hf: Any, tmp_path: Path, max_grad_norm: float) -> None:
+    """`max_grad_norm=inf` (or one as high): the Trainer then logs its gradient norm and never clips.
+    gradtui cannot clip by it, so it leaves it to the Trainer (training must not stop over it) and
+    records the norms the Trainer logs."""
+    from gradtui.integrations.huggingface import GradTUICallback
+
+    cb = GradTUICallback(queue=True, record=tmp_path / "run.gtr")
+    args = _hf_args(hf, tmp_path, max_steps=8, logging_steps=1, max_grad_norm=max_grad_norm)
+    trainer = hf.Trainer(model=_gpt2(hf), args=args, train_dataset=_Tokens(), callbacks=[cb])
+    trainer.train()
+
+    assert args.max_grad_norm == max_grad_norm
+    logs = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
+    run = gradtui.load(tmp_path / "run.gtr")
+    assert run.run_steps.tolist() == list(range(8))
+    measured = run.norm_measured
+    assert measured.sum() >= 3
+    assert run.global_norm[measured] == pytest.approx(np.array([h["grad_norm"] for h in logs])[measured], rel=1e-5)
+    _, steps = _steps(cb.monitor)
+    assert all(s.clip_mode == "off" for s in steps)

@@ -8,6 +8,7 @@ optimizer is handed (read in a pre-step hook), and the learning rate it steps wi
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -240,3 +241,54 @@ def test_mon_step_with_a_scaler_leaves_the_scaler_alone_as_its_docstring_says() 
     assert stats.global_norm == pytest.approx(true_norm, rel=1e-5)
     doc = gradtui.Monitor.step.__doc__ or ""
     assert "never calls" in doc and "(`scaler.unscale_(optimizer)`" not in doc
+
+
+@pytest.mark.parametrize("options", [{}, {"every": 1}, {"every": 1, "detail_every": 1}, {"clip": ("norm", 0.05)}])
+def test_a_loop_that_backpropagates_with_create_graph_is_measured(options: dict[str, object]) -> None:
+    """`loss.backward(create_graph=True)` (a gradient penalty, a Hessian-aware optimizer) leaves
+    gradients that are part of a graph: the probe measures their values (torch's own norm, read
+    by the optimizer's pre-step hook) and the run trains as an unwatched twin does."""
+
+    def train(watched: bool) -> tuple[nn.Module, list[float], list[StepStats]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        handed: list[float] = []
+
+        def pre_step(o: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+            grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+            handed.append(float(torch.nn.utils.get_total_norm(grads)))
+
+        opt.register_step_pre_hook(pre_step)
+        mon = gradtui.watch(model, opt, queue=True, detectors=False, **options) if watched else None  # type: ignore[arg-type]
+        x, y = torch.randn(64, 8), torch.randn(64, 1)
+        for _ in range(40):
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward(create_graph=True)
+            if mon is not None:
+                mon.step(loss)
+            elif "clip" in options:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+        if mon is None:
+            return model, handed, []
+        mon.close()
+        assert mon.events is not None
+        return model, handed, [e for e in mon.events.drain() if isinstance(e, StepStats)]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain, plain_handed, _ = train(False)
+        watched, handed, steps = train(True)
+    # Torch's own warning about the graph create_graph keeps may come; none from the probe's reductions.
+    assert not [w for w in caught if "create_graph" not in str(w.message)], [str(w.message) for w in caught]
+    assert steps, "no step was sampled"
+    for s in steps:
+        if "clip" in options:  # what backward produced, then clipped by gradtui to what the optimizer got
+            assert s.global_norm > 0.05 and handed[s.step] == pytest.approx(0.05, rel=1e-5)
+        else:
+            assert s.global_norm == pytest.approx(handed[s.step], rel=1e-6)
+    assert handed == pytest.approx(plain_handed, rel=1e-6)
+    for a, b in zip(plain.parameters(), watched.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

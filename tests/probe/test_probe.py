@@ -14,7 +14,7 @@ from bare_monitor import bare_monitor
 from torch import nn
 
 import gradtui
-from gradtui.model.commands import SetClip, SetLR, SetPaused, UnknownCommand
+from gradtui.model.commands import CommandRefused, ControlState, SetClip, SetLR, SetPaused, UnknownCommand, apply
 from gradtui.model.events import CommandResult, Event, RunEnd, RunStart, StepStats, UpdateStats
 from gradtui.probe.layers import find_layers
 from gradtui.probe.monitor import Monitor
@@ -430,6 +430,12 @@ def test_bad_arguments_get_clear_errors(tmp_path: object) -> None:
         gradtui.watch(model, every=0)
     with pytest.raises(ValueError, match="clip threshold must be a positive finite"):
         gradtui.watch(model, clip=("norm", -1.0))
+    # Past the range a viewer's command may set: refused with the words the command gets.
+    with pytest.raises(CommandRefused) as refused:
+        apply(ControlState(lrs=(0.1,), clip_mode="off", clip_threshold=1.0), SetClip(mode="norm", threshold=1e20))
+    with pytest.raises(ValueError, match="outside 1e-12 .. 1e\\+12") as raised:
+        gradtui.watch(model, clip=("norm", 1e20))
+    assert str(raised.value) == str(refused.value)
     with pytest.raises(ValueError, match="clip must be None or a"):
         gradtui.watch(model, clip="norm")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no parameters"):

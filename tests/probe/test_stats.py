@@ -82,8 +82,12 @@ def test_cpu_sq_norms_keep_the_order_of_mixed_sizes() -> None:
         torch.randn(SMALL_NUMEL, dtype=torch.float64),
         torch.randn(64, 64).t(),  # not contiguous
         torch.randn(SMALL_NUMEL - 1),
+        torch.randn(5, 5, requires_grad=True),  # gradients made with create_graph=True
+        torch.randn(SMALL_NUMEL, requires_grad=True),
+        torch.randn(40, 40)[::2, 1::3],  # strided: measured through a copy, the same values
+        torch.full((3,), 1e30),  # squares past float32's range: measured again in float64
     ]
     got = cpu_sq_norms(tensors)
-    want = [float(t.double().pow(2).sum()) for t in tensors]
+    want = [float(t.detach().double().pow(2).sum()) for t in tensors]
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=2e-6)
