@@ -273,8 +273,8 @@ def test_the_overhead_table_has_the_models_and_columns_overhead_py_prints() -> N
 
 def test_the_benchmark_models_have_the_gradients_the_readme_counts() -> None:
     sq_norms = _benchmark("sq_norms")
-    deep = len(sq_norms.mlp_grads(50, 128, 4))
-    wide = len(sq_norms.mlp_grads(12, 512, 4))
+    deep = len(sq_norms.gradients("mlp 50x128 b128"))
+    wide = len(sq_norms.gradients("mlp 12x512 b256"))
     assert re.findall(r"50x128 MLP's (\d+) gradients", TEXT) == [str(deep)]
     assert re.findall(r"12x512 MLP's (\d+);", TEXT) == [str(wide)]
     assert re.findall(r"passed over its (\d+) gradients\), [\d.]+ ms on the 12x512 MLP", TEXT) == [str(deep)]
@@ -297,7 +297,7 @@ TIMINGS = [
     (r"takes [\d.-]+ ms a step with the guard", "benchmarks/overhead.py --rounds 20"),
     (r"One snapshot takes [\d.]+ ms", "benchmarks/overhead.py --rounds 20"),
     (r"`mon.step` is [\d.-]+ ms a step on them", "benchmarks/overhead.py --rounds 30"),
-    (r"On the 2-core box: [\d.]+ vs [\d.]+ ms", "benchmarks/sq_norms.py"),
+    (r"On the 2-core box, `--steps \d+`, ms a step", "benchmarks/sq_norms.py"),
     (r"\(about 10 minutes\) trains", "benchmarks/detectors.py"),
 ]
 """Timing sentences (a pattern in each) and the command that measures them: named in the
