@@ -66,11 +66,23 @@ def unwrap_optimizer(optimizer: torch.optim.Optimizer | None) -> torch.optim.Opt
 
 def grad_values(g: torch.Tensor) -> torch.Tensor:
     """The values of a gradient: the local shard of a DTensor, the values of a sparse one; detached
-    where backward made it with `create_graph=True` (the probe's reductions stay out of that graph)."""
+    where backward made it with `create_graph=True` (the probe's reductions stay out of that graph);
+    real (`real_values`)."""
     g = local(g)
     if g.requires_grad:
         g = g.detach()
-    return g.coalesce()._values() if g.is_sparse else g
+    return real_values(g.coalesce()._values() if g.is_sparse else g)
+
+
+def real_values(t: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as its real and imaginary parts (a real view of its memory: its L2 norm is
+    the complex one, and clipping it in place clips the tensor); any other tensor as it is."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def value_count(t: torch.Tensor) -> int:
+    """The values `real_values` makes of `t`: a complex one's parts count apart."""
+    return t.numel() * (2 if t.is_complex() else 1)
 
 
 def by_device(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -22,7 +22,7 @@ from torch import nn
 from gradtui.probe.amp import AmpScale
 from gradtui.probe.dist import DistContext, local
 from gradtui.probe.histogram import GradHistogram
-from gradtui.probe.layers import Layer, grad_values
+from gradtui.probe.layers import Layer, grad_values, real_values, value_count
 from gradtui.probe.packed import StepMeta
 
 
@@ -202,7 +202,7 @@ class GradStats:
             has_grad = np.zeros(self.n, bool)
             has_grad[layer_of] = True
             numel = np.zeros(self.n, np.int64)
-            np.add.at(numel, layer_of, [local(self.params[i]).numel() for i in which])
+            np.add.at(numel, layer_of, [value_count(local(self.params[i])) for i in which])
             hit = GradIndex(which.tolist(), idx_t, has_grad, numel, layer_of)
             if len(self._index_cache) > 64:
                 self._index_cache.clear()
@@ -359,7 +359,7 @@ class GradStats:
             nnz = self.norms(grads, 0.0)
             seg("nnz", self.per_layer(nnz, idx, which))
             seg("amax", self.per_layer(amax, idx, which, "amax"))
-            w_sq = self.sq_norms([local(p.detach()) for p in self.params])
+            w_sq = self.sq_norms([real_values(local(p.detach())) for p in self.params])
             seg("w_sq", self.per_layer(w_sq, self.layer_index, None))
             weight = self.mask_of(which) if self.mask is not None else None
             scale = inputs.amp.factor if inputs.amp is not None else None

@@ -292,3 +292,54 @@ def test_a_loop_that_backpropagates_with_create_graph_is_measured(options: dict[
     assert handed == pytest.approx(plain_handed, rel=1e-6)
     for a, b in zip(plain.parameters(), watched.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("options", [{}, {"every": 1, "detail_every": 1}, {"every": 1, "clip": ("norm", 0.5)}])
+def test_a_complex_valued_net_is_measured_by_its_real_and_imaginary_parts(options: dict[str, object]) -> None:
+    """Complex parameters (signal processing, complex-valued nets): the L2 norms are the complex
+    ones (torch's own), the per-value statistics count the real and imaginary parts apart, and an
+    unclipped run trains as its unwatched twin does."""
+
+    def train(watched: bool) -> tuple[nn.Module, list[float], list[StepStats]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 12, dtype=torch.complex64), nn.Linear(12, 3, dtype=torch.complex64))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        handed: list[float] = []
+        opt.register_step_pre_hook(
+            lambda o, a, k: handed.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+        )
+        mon = gradtui.watch(model, opt, queue=True, detectors=False, **options) if watched else None  # type: ignore[arg-type]
+        x, y = torch.randn(32, 6, dtype=torch.complex64), torch.randn(32, 3, dtype=torch.complex64)
+        for _ in range(30):
+            opt.zero_grad(set_to_none=True)
+            loss = (model(x) - y).abs().pow(2).mean()
+            loss.backward()
+            if mon is not None:
+                mon.step(loss)
+            opt.step()
+        if mon is None:
+            return model, handed, []
+        mon.close()
+        assert mon.events is not None
+        return model, handed, [e for e in mon.events.drain() if isinstance(e, StepStats)]
+
+    plain, plain_handed, _ = train(False)
+    watched, handed, steps = train(True)
+    assert steps, "no step was sampled"
+    for s in steps:
+        # What backward produced; the optimizer got it clipped to the threshold where gradtui clips.
+        want = min(s.global_norm, 0.5) if "clip" in options else s.global_norm
+        assert handed[s.step] == pytest.approx(want, rel=1e-5)
+    assert "clip" not in options or any(s.global_norm > 0.5 for s in steps), "the clipping never acted"
+    detail = [s for s in steps if s.zero_frac is not None and s.grad_hist is not None]
+    if options.get("detail_every") == 1:
+        assert len(detail) == len(steps)
+    for s in detail:
+        assert s.zero_frac is not None and s.grad_hist is not None
+        assert ((0 <= s.zero_frac) & (s.zero_frac <= 1)).all()
+        # every part of every value in its histogram: 2 x (6 x 12 + 12), 2 x (12 x 3 + 3)
+        assert s.grad_hist.sum(axis=1).tolist() == [2 * 84, 2 * 39]
+    if "clip" not in options:
+        assert handed == pytest.approx(plain_handed, rel=1e-6)
+        for a, b in zip(plain.parameters(), watched.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
