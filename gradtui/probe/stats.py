@@ -11,6 +11,7 @@ layer's histogram of log2|g| (`gradtui.probe.histogram`), all in the same vector
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -446,7 +447,7 @@ def loss_tensor(loss: torch.Tensor | float | None, device: torch.device, dtype: 
         if loss.numel() != 1:
             raise ValueError(f"step(loss) needs a scalar loss, got a tensor of shape {tuple(loss.shape)}")
         return local(loss.detach()).reshape(1).to(device=device, dtype=dtype)
-    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+    if is_number(loss):
         return torch.full((1,), float(loss), dtype=dtype, device=device)
     raise TypeError(f"step(loss) takes a tensor, a number or None, got {type(loss).__name__}")
 
@@ -457,9 +458,15 @@ def host_loss(loss: object) -> float | None:
         if loss.device.type != "cpu" or loss.numel() != 1:
             return None
         return float(loss.item())
-    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-        return float(loss)
+    if is_number(loss):
+        return float(loss)  # type: ignore[arg-type]
     return None
+
+
+def is_number(x: object) -> bool:
+    """A real number a loss may be given as: Python's, NumPy's scalars (a loss computed in NumPy);
+    not a bool."""
+    return isinstance(x, (float, int, numbers.Real)) and not isinstance(x, (bool, np.bool_))
 
 
 def loss_value(loss: torch.Tensor | float | None) -> float:

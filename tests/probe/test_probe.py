@@ -15,7 +15,7 @@ from torch import nn
 
 import gradtui
 from gradtui.model.commands import CommandRefused, ControlState, SetClip, SetLR, SetPaused, UnknownCommand, apply
-from gradtui.model.events import CommandResult, Event, RunEnd, RunStart, StepStats, UpdateStats
+from gradtui.model.events import CommandResult, Event, RunEnd, RunStart, RunSteps, StepStats, UpdateStats
 from gradtui.probe.layers import find_layers
 from gradtui.probe.monitor import Monitor
 
@@ -615,3 +615,34 @@ def test_detector_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("GRADTUI_DETECTORS", "oops")
     with pytest.raises(ValueError, match="is not key=value"):
         gradtui.watch(model)
+
+
+@pytest.mark.parametrize("every", [None, 1])
+@pytest.mark.parametrize("kind", [np.float32, np.float64, np.int64])
+def test_a_loss_given_as_a_numpy_scalar_is_recorded(kind: type, every: int | None) -> None:
+    """A loss computed in NumPy is a number too: recorded at every step, sampled or not."""
+    model, x, y = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gradtui.watch(model, opt, queue=True, detectors=False, **({} if every is None else {"every": every}))
+    given: list[float] = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        value = kind(loss.item() * 1000)  # an int loss: a count of errors, say
+        given.append(float(value))
+        mon.step(value)
+        opt.step()
+    mon.close()
+    assert mon.events is not None
+    seen: dict[int, float] = {}
+    for e in mon.events.drain():
+        if isinstance(e, StepStats):
+            seen[e.step] = e.loss
+        elif isinstance(e, RunSteps):
+            seen.update(zip(e.steps.tolist(), e.loss.tolist(), strict=True))
+    assert [seen[i] for i in range(12)] == pytest.approx(given)
+    other = gradtui.watch(model, detectors=False)
+    with pytest.raises(TypeError, match="takes a tensor, a number or None, got bool"):
+        other.step(np.bool_(True))  # type: ignore[arg-type]
+    other.close()
