@@ -26,7 +26,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from gradtui.model.commands import PAUSE_LEASE, SetPaused
 from gradtui.model.events import Alert, Capture, CommandResult, Event, GuardAction, LogLine, NonFiniteOrigin, RunEnd
@@ -52,13 +52,14 @@ from gradtui.ui.palette import palette_bindings, palette_commands, textual_comma
 from gradtui.ui.scale import HEATMAP_STATS
 from gradtui.ui.screens.detail import LayerDetailScreen
 from gradtui.ui.screens.dialogs import ConfirmQuit, RunErrorScreen
-from gradtui.ui.screens.help import HelpScreen
+from gradtui.ui.screens.help import HelpScreen, help_sections
 from gradtui.ui.screens.tour import NEXT_KEY, RESTART_KEY, ChapterScreen
 from gradtui.ui.themes import REGISTERED, THEMES
 from gradtui.ui.tour import HeldSource, Tour
 from gradtui.ui.tour_switch import CLOSE_WAIT_S, WIDE_AT, ChapterWidgets, TourSwitch
 from gradtui.ui.widgets.alert_log import AlertLog
 from gradtui.ui.widgets.charts import run_charts
+from gradtui.ui.widgets.keys_footer import KeysFooter
 from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
 from gradtui.ui.widgets.status import StatusHeader
 
@@ -189,7 +190,7 @@ class GradTUIApp(App[None]):
                     yield self.alert_log
                     yield self.output_log
             yield self.narrative_panel
-        yield Footer(compact=True)
+        yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
         self._mounted_ui = True
@@ -456,17 +457,8 @@ class GradTUIApp(App[None]):
         self.stat = next_stat(self.store, self.stat)  # a capture's views too, once one measured them
 
     def action_help(self) -> None:
-        """The keys that work here: a replay lists its playback keys, a live run its interventions."""
-        sections: list[tuple[str, list[Binding]]] = []
-        if self.tour is not None:
-            sections.append(("Tour (gradtui demo)", TOUR_BINDINGS))
-        if self.replay is None:
-            sections.append(("Interventions (sent to the training process)", INTERVENTION_BINDINGS))
-        else:
-            sections.append(("Replay", REPLAY_BINDINGS))
-        sections.append(("View", VIEW_BINDINGS))
-        sections.append(("Heatmap", [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]))
-        self.push_screen(HelpScreen(sections))
+        """The help screen, with the keys that work here."""
+        self.push_screen(HelpScreen(help_sections(tour=self.tour is not None, replay=self.replay is not None)))
 
     def on_key(self, event: events.Key) -> None:
         """A key that does nothing in this mode says why, in one line, instead of nothing."""

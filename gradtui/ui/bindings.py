@@ -127,6 +127,10 @@ VIEW_BINDINGS: list[Binding] = [
     Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit-ctrl-c"),
     Binding("T", "cycle_theme", "theme", tooltip="Cycle the theme: dark, light, high contrast", show=False, id="theme"),
 ]
+PALETTE_BINDING = Binding(
+    "ctrl+p", "command_palette", "palette", tooltip="Command palette: every action that works here, by name"
+)
+"""Textual's own key (listed in the help; the footer shows it where there is room: `KeysFooter`)."""
 REPLAY_ACTIONS = frozenset({"replay_play", "replay_speed", "replay_step"})
 TOUR_ACTIONS = frozenset({"tour_move", "tour_story", "tour_restart"})
 

@@ -267,7 +267,13 @@ def test_footer_shows_every_intervention_key() -> None:
 
         keys = {k.key for k in app.screen.query(FooterKey)}
         assert {"c", "m", "right_square_bracket", "left_square_bracket", "plus", "minus", "l", "p", "s"} <= keys
-        assert {"question_mark", "q"} <= keys
+        assert {"question_mark", "q", "o"} <= keys
+        # Shown whole on an 80-column terminal, not cut at the edge (the palette's hint gives way: ? lists it).
+        shown = sorted(app.screen.query(FooterKey), key=lambda k: k.region.x)
+        cut = [a.key for a, b in zip(shown, shown[1:], strict=False) if a.region.right > b.region.x]
+        assert not cut and shown[-1].region.right <= 80, cut
+        await pilot.press("question_mark")
+        assert "ctrl+p" in text_of(app.screen.query_one("#help-body"))
 
     drive(app, body, size=(80, 24))
 

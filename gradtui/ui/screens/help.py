@@ -14,6 +14,13 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from gradtui.ui.bindings import (
+    INTERVENTION_BINDINGS,
+    PALETTE_BINDING,
+    REPLAY_BINDINGS,
+    TOUR_BINDINGS,
+    VIEW_BINDINGS,
+)
 from gradtui.ui.renderables.chart import MARKER_GLYPHS
 from gradtui.ui.scale import (
     FLAG_GLYPHS,
@@ -24,6 +31,7 @@ from gradtui.ui.scale import (
     GUARD_WORDS,
     PALETTE,
 )
+from gradtui.ui.widgets.layer_heatmap import LayerHeatmap
 
 _MARKER_WORDS: dict[str, str] = {
     "set_lr": "learning rate set",
@@ -47,6 +55,18 @@ def key_label(binding: Binding) -> str:
         "right_square_bracket": "]",
     }
     return " / ".join(binding.key_display or nice.get(k, k) for k in keys)
+
+
+def help_sections(*, tour: bool, replay: bool) -> list[tuple[str, list[Binding]]]:
+    """The keys that work here: a replay lists its playback keys, a live run its interventions."""
+    sections: list[tuple[str, list[Binding]]] = [("Tour (gradtui demo)", TOUR_BINDINGS)] if tour else []
+    if replay:
+        sections.append(("Replay", REPLAY_BINDINGS))
+    else:
+        sections.append(("Interventions (sent to the training process)", INTERVENTION_BINDINGS))
+    sections.append(("View", [*VIEW_BINDINGS, PALETTE_BINDING]))
+    sections.append(("Heatmap", [b for b in LayerHeatmap.BINDINGS if isinstance(b, Binding)]))
+    return sections
 
 
 def help_renderable(sections: Iterable[tuple[str, Iterable[Binding]]]) -> Group:
