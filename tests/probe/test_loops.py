@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -243,44 +244,63 @@ def test_mon_step_with_a_scaler_leaves_the_scaler_alone_as_its_docstring_says() 
     assert "never calls" in doc and "(`scaler.unscale_(optimizer)`" not in doc
 
 
+def _twin(
+    build: Callable[[], nn.Module],
+    loss_of: Callable[[nn.Module], torch.Tensor],
+    options: dict[str, object],
+    watched: bool,
+    steps: int,
+    create_graph: bool = False,
+) -> tuple[nn.Module, list[float], list[StepStats]]:
+    """Train a fresh `build()` with SGD (momentum), watched with `options` or not (then clipped by
+    torch's `clip_grad_norm_` where `options` clips by norm): the model, the norm of what each
+    optimizer step was handed (its pre-step hook, torch's `get_total_norm`), the sampled steps."""
+    torch.manual_seed(0)
+    model = build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    handed: list[float] = []
+
+    def pre_step(o: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+        handed.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    opt.register_step_pre_hook(pre_step)
+    mon = gradtui.watch(model, opt, queue=True, detectors=False, **options) if watched else None  # type: ignore[arg-type]
+    clip = options.get("clip")
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(model)
+        loss.backward(create_graph=create_graph)
+        if mon is not None:
+            mon.step(loss)
+        elif isinstance(clip, tuple):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip[1])
+        opt.step()
+    if mon is None:
+        return model, handed, []
+    mon.close()
+    assert mon.events is not None
+    return model, handed, [e for e in mon.events.drain() if isinstance(e, StepStats)]
+
+
 @pytest.mark.parametrize("options", [{}, {"every": 1}, {"every": 1, "detail_every": 1}, {"clip": ("norm", 0.05)}])
 def test_a_loop_that_backpropagates_with_create_graph_is_measured(options: dict[str, object]) -> None:
     """`loss.backward(create_graph=True)` (a gradient penalty, a Hessian-aware optimizer) leaves
     gradients that are part of a graph: the probe measures their values (torch's own norm, read
     by the optimizer's pre-step hook) and the run trains as an unwatched twin does."""
 
-    def train(watched: bool) -> tuple[nn.Module, list[float], list[StepStats]]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        handed: list[float] = []
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
 
-        def pre_step(o: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-            grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
-            handed.append(float(torch.nn.utils.get_total_norm(grads)))
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
 
-        opt.register_step_pre_hook(pre_step)
-        mon = gradtui.watch(model, opt, queue=True, detectors=False, **options) if watched else None  # type: ignore[arg-type]
-        x, y = torch.randn(64, 8), torch.randn(64, 1)
-        for _ in range(40):
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward(create_graph=True)
-            if mon is not None:
-                mon.step(loss)
-            elif "clip" in options:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
-            opt.step()
-        if mon is None:
-            return model, handed, []
-        mon.close()
-        assert mon.events is not None
-        return model, handed, [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    def loss_of(model: nn.Module) -> torch.Tensor:
+        return nn.functional.mse_loss(model(x), y)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plain, plain_handed, _ = train(False)
-        watched, handed, steps = train(True)
+        plain, plain_handed, _ = _twin(build, loss_of, options, False, 40, create_graph=True)
+        watched, handed, steps = _twin(build, loss_of, options, True, 40, create_graph=True)
     # Torch's own warning about the graph create_graph keeps may come; none from the probe's reductions.
     assert not [w for w in caught if "create_graph" not in str(w.message)], [str(w.message) for w in caught]
     assert steps, "no step was sampled"
@@ -300,31 +320,16 @@ def test_a_complex_valued_net_is_measured_by_its_real_and_imaginary_parts(option
     ones (torch's own), the per-value statistics count the real and imaginary parts apart, and an
     unclipped run trains as its unwatched twin does."""
 
-    def train(watched: bool) -> tuple[nn.Module, list[float], list[StepStats]]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 12, dtype=torch.complex64), nn.Linear(12, 3, dtype=torch.complex64))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        handed: list[float] = []
-        opt.register_step_pre_hook(
-            lambda o, a, k: handed.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
-        )
-        mon = gradtui.watch(model, opt, queue=True, detectors=False, **options) if watched else None  # type: ignore[arg-type]
-        x, y = torch.randn(32, 6, dtype=torch.complex64), torch.randn(32, 3, dtype=torch.complex64)
-        for _ in range(30):
-            opt.zero_grad(set_to_none=True)
-            loss = (model(x) - y).abs().pow(2).mean()
-            loss.backward()
-            if mon is not None:
-                mon.step(loss)
-            opt.step()
-        if mon is None:
-            return model, handed, []
-        mon.close()
-        assert mon.events is not None
-        return model, handed, [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Linear(6, 12, dtype=torch.complex64), nn.Linear(12, 3, dtype=torch.complex64))
 
-    plain, plain_handed, _ = train(False)
-    watched, handed, steps = train(True)
+    x, y = torch.randn(32, 6, dtype=torch.complex64), torch.randn(32, 3, dtype=torch.complex64)
+
+    def loss_of(model: nn.Module) -> torch.Tensor:
+        return (model(x) - y).abs().pow(2).mean()
+
+    plain, plain_handed, _ = _twin(build, loss_of, options, False, 30)
+    watched, handed, steps = _twin(build, loss_of, options, True, 30)
     assert steps, "no step was sampled"
     for s in steps:
         # What backward produced; the optimizer got it clipped to the threshold where gradtui clips.
