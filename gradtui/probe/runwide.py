@@ -35,6 +35,7 @@ from gradtui.model.events import RunSteps
 from gradtui.probe.amp import AmpScale
 from gradtui.probe.backward import FillOrder
 from gradtui.probe.budget import Sampler
+from gradtui.probe.layers import grad_values
 from gradtui.probe.publisher import Sampled
 from gradtui.probe.stats import GradIndex, GradStats, Pending, exact_overflow, host_loss, loss_tensor, to_host
 
@@ -146,7 +147,7 @@ class Canaries:
         grads = [p.grad for p in self._tensors]
         if any(g is None for g in grads):
             return None
-        grads = [g.detach() if g.requires_grad else g for g in grads]  # type: ignore[union-attr]  # create_graph
+        grads = [grad_values(g) for g in grads]  # type: ignore[arg-type]  # made with create_graph, complex
         out = [0.0] * len(self.layers)
         for slot, norm in zip(self._slot, torch._foreach_norm(grads), strict=True):  # type: ignore[arg-type]
             value = float(norm)
