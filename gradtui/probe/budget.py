@@ -200,11 +200,15 @@ class Sampler:
             self.trouble(step)
 
     def trouble(self, step: int) -> None:
-        """Sample every step for the next `HOLD_STEPS` steps (thread-safe: plain attribute writes)."""
-        if not self.adaptive:
-            return
+        """Sample every step for the next `HOLD_STEPS` steps (with the budget: a fixed stride stays
+        exact); thread-safe: plain attribute writes."""
         self._hold_until = max(self._hold_until, step + HOLD_STEPS)
-        self.stride = 1
+        if self.adaptive:
+            self.stride = 1
+
+    def troubled(self, step: int) -> bool:
+        """Whether `step` is within `HOLD_STEPS` of an alarm (`trouble`), at any stride."""
+        return step <= self._hold_until
 
     def overhead(self, stride: int) -> float:
         """Estimated share of the loop's step time the probe takes at `stride` (NaN before data)."""

@@ -137,9 +137,9 @@ class Judge:
         self._screens()
 
     def _screens(self) -> None:
-        """The detectors' screens for the training thread, where something reads them (a budget
-        that samples unusual steps whole; a fixed stride samples what it samples)."""
-        if self.detectors is not None and self._sampler.adaptive:
+        """The detectors' screens for the training thread: a budget samples unusual steps whole, and
+        at any stride an unusual sampled step is judged at once (`Monitor._may_gather`)."""
+        if self.detectors is not None:
             self.limits = self.detectors.run_limits()
 
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:

@@ -57,7 +57,7 @@ from gradtui.probe.options import (
     Serving,
 )
 from gradtui.probe.packed import StepMeta, update_ratio
-from gradtui.probe.publisher import Publisher
+from gradtui.probe.publisher import Publisher, Sampled
 from gradtui.probe.runwide import RunWide
 from gradtui.probe.server import ProbeServer
 from gradtui.probe.sinks import Outputs, QueueSink, RecordSink, Sink, inherited_socket, open_server
@@ -463,10 +463,16 @@ class Monitor:
             meta = self._meta(step, index, detail, update[0] if update is not None else None)
             meta.capture = taken[1] if taken is not None else None
             pending = stats.sample(index, inputs, meta, clip, grads)
+            gather = False
             if pending is not None and on_host:
-                finite = bool(np.isfinite(pending.values()[0, : stats.n]).all())
+                layer_sq = pending.values()[0, : stats.n]
+                finite = bool(np.isfinite(layer_sq).all())
+                if value is None:
+                    value = host_loss(loss)
+                # A guard acts at each step on the judgement of the steps before: none waits.
+                gather = self.guard is None and self._runwide.calm(step, layer_sq, value)
             if pending is not None:
-                self._handover.sampled(pending)
+                self._handover.sampled(pending, gather)
                 self._arm_stepped(index.which)
         elif clip is not None:
             known = torch.tensor(total, dtype=stats.acc) if math.isfinite(total) else None
@@ -497,7 +503,7 @@ class Monitor:
     def _send(self, item: object) -> None:
         """Hand an item to the publishing thread (or judge it here where there is none)."""
         if self._publisher is not None:
-            self._publisher.put(item)
+            self._publisher.put(item, isinstance(item, Sampled) and item.gather)
         else:
             self._judge.handle(item)
 

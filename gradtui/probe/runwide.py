@@ -240,10 +240,15 @@ class Handover:
         self._unusual = unusual
         self._look_closer = look_closer
         self._pending: list[Pending | RunPending] = []
+        self._gather: set[int] = set()
+        """The pending sampled steps that may gather (by id)."""
         self._runs = RunBatch()
 
-    def sampled(self, pending: Pending) -> None:
-        """A sampled step's host copy (handed over once ready, see `resolve`)."""
+    def sampled(self, pending: Pending, gather: bool = False) -> None:
+        """A sampled step's host copy (handed over once ready, see `resolve`); `gather`: its judgement
+        may wait for the next sampled steps' (`Publisher.put`)."""
+        if gather:
+            self._gather.add(id(pending))
         self._pending.append(pending)
 
     def last_sampled(self) -> Pending | None:
@@ -283,7 +288,9 @@ class Handover:
                 self.run(pending.step, loss, norm, now=unusual)
                 continue
             self.flush()
-            self._send(Sampled(pending.values(), pending.meta, pending.stepped_factor()))
+            gather = id(pending) in self._gather
+            self._gather.discard(id(pending))
+            self._send(Sampled(pending.values(), pending.meta, pending.stepped_factor(), gather))
 
     def salvage(self) -> RunSteps | None:
         """From a fatal signal's handler: the gathered run-wide values not handed over yet, as one
@@ -327,6 +334,8 @@ class RunWide:
         self._limits = limits
         self._primary = primary
         self.handover = Handover(send, self.unusual, sampler.sample_next)
+        self._squared: tuple[Limits | None, np.ndarray] = (None, np.zeros(0))
+        """The limits last screened with, and their per-layer limits squared."""
         """Step results on their way to the publishing thread, in step order."""
         self._screen = sampler.adaptive and stats.dist is None
         """Values may have their step sampled whole (with the budget only: a fixed stride stays exact,
@@ -380,9 +389,22 @@ class RunWide:
             self.handover.run(step, loss_now, total)
         return total, False
 
+    def calm(self, step: int, layer_sq: np.ndarray, loss: float | None) -> bool:
+        """Whether a sampled step's judgement may wait for the next sampled steps' (`Publisher.put`):
+        sampled at every step, no blow-up alarm lately, and nothing the detectors might flag. What
+        they judge starts things at once (sampling every step, a capture), as from a step judged alone."""
+        if self._sampler.stride > 1 or self._sampler.troubled(step):
+            return False
+        total = math.sqrt(float(layer_sq.sum()))
+        return not self.unusual(total, loss if loss is not None else math.nan, layer_sq)
+
     def unusual(self, norm: float, loss: float, layer_sq: np.ndarray | None) -> bool:
         """A norm or loss the detectors might flag (a screen: they judge it), or non-finite."""
         limits = self._limits()
         if not math.isfinite(norm) or norm >= limits.global_norm or math.isinf(loss) or loss >= limits.loss:
             return True
-        return layer_sq is not None and bool((layer_sq >= limits.layers * limits.layers).any())
+        if layer_sq is None:
+            return False
+        if limits is not self._squared[0]:  # the detectors replace their limits whole
+            self._squared = (limits, limits.layers * limits.layers)
+        return bool((layer_sq >= self._squared[1]).any())

@@ -109,6 +109,17 @@ def test_a_fixed_every_samples_exactly_as_told_whatever_it_costs() -> None:
     assert [s for s, (_, detail) in enumerate(got) if detail] == list(range(0, 40, 12))
 
 
+@pytest.mark.parametrize("every", [None, 1, 3])
+def test_trouble_is_known_for_hold_steps_at_any_stride(every: int | None) -> None:
+    """What the publishing thread's batching asks (`Monitor._may_gather`): a fixed stride stays exact,
+    and still knows it is in trouble."""
+    sampler = Sampler(every, 0.01, detail_every=4, clock=FakeClock())
+    assert not sampler.troubled(0)
+    sampler.trouble(10)
+    assert [sampler.troubled(s) for s in (10, 10 + HOLD_STEPS, 11 + HOLD_STEPS)] == [True, True, False]
+    assert sampler.stride == (1 if every is None else every)
+
+
 def test_detail_steps_are_every_detail_every_th_sampled_step_at_any_stride() -> None:
     clock = FakeClock()
     sampler = Sampler(None, 0.01, detail_every=5, clock=clock)

@@ -128,32 +128,32 @@ class PhaseSink:
     def __init__(self, phase: list[tuple[str, int]]) -> None:
         self.phase = phase
         self.seen: list[tuple[int, tuple[str, int]]] = []
+        self.alerts: list[tuple[Alert, tuple[str, int]]] = []
 
     def emit(self, event: Event, frame: bytes | None = None) -> None:
         if isinstance(event, StepStats):
             self.seen.append((event.step, self.phase[0]))
+        elif isinstance(event, Alert):
+            self.alerts.append((event, self.phase[0]))
 
     def close(self) -> None:
         pass
 
 
-@pytest.mark.usefixtures("every_step_sampling")  # a sampled step at every step to place
-def test_the_publishing_thread_works_while_the_next_backward_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not during the optimizer step or the next forward, whose Python calls would wait for it."""
-    # Only the signal at backward's start moves the thread (raising=False: the test runs on older probes too).
-    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0, raising=False)
+def _phases(guard: bool, steps: int, spike_at: int | None = None) -> tuple[PhaseSink, dict[str, int], nn.Module]:
+    """Train through a 50 ms backward pass, noting the loop's phase as each sampled step comes out;
+    at `spike_at` the batch is 1000x the others."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), _Slow(), nn.Tanh(), nn.Linear(8, 1))
+    model = nn.Sequential(nn.Linear(4, 8), _Slow(), nn.ReLU(), nn.Linear(8, 1))  # a big batch: a big gradient
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(8, 4), torch.randn(8, 1)
     phase = [("start", -1)]
-    mon = gradtui.watch(model, opt, queue=True, serve=False)
+    mon = gradtui.watch(model, opt, queue=True, serve=False, guard=guard)
     sink = PhaseSink(phase)
     mon.add_sink(sink)
-    steps = 12
     for i in range(steps):
         phase[0] = ("forward", i)
-        loss = nn.functional.mse_loss(model(x), y)
+        loss = nn.functional.mse_loss(model(x * 1000 if i == spike_at else x), y)
         opt.zero_grad()
         phase[0] = ("backward", i)
         loss.backward()
@@ -166,13 +166,67 @@ def test_the_publishing_thread_works_while_the_next_backward_runs(monkeypatch: p
     mon.close()
     assert [s for s, _ in sink.seen] == list(range(steps))
     order = {"forward": 0, "backward": 1, "step": 2, "close": 3}
-    placed = sink.seen[:-1]  # the last comes out at close
-    early = [(s, p) for s, p in placed if (p[1], order[p[0]]) < (s + 1, order["backward"])]
+    early = [(s, p) for s, p in sink.seen if (p[1], order[p[0]]) < (s + 1, order["backward"])]
     assert not early, f"sampled steps handled before the next backward began: {early}"
-    during = sum(p == ("backward", s + 1) for s, p in placed)
-    assert during >= 0.8 * len(placed), sink.seen
+    return sink, hooks, model
+
+
+@pytest.mark.usefixtures("every_step_sampling")  # a sampled step at every step to place
+def test_the_publishing_thread_works_while_a_later_backward_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not during the optimizer step or the next forward, whose Python calls would wait for it; and
+    sampled steps gather into batches of `BATCH_ITEMS`, handled back to back."""
+    # Only the signal at backward's start moves the thread, and only a full batch.
+    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0)
+    monkeypatch.setattr(publisher_mod, "BATCH_AGE_S", 60.0)
+    batch = publisher_mod.BATCH_ITEMS
+    steps = 3 * batch + 1
+    sink, hooks, model = _phases(False, steps)
+    seen = sink.seen
+    placed = seen[: 3 * batch]  # the last comes out at close
+    # Each batch is released by the backward pass after its last step.
+    expected = [("backward", (s // batch + 1) * batch) for s, _ in placed]
+    assert [p for _, p in placed] == expected, seen
     assert sum(hooks.values()) == 1 and hooks["3.weight"] + hooks["3.bias"] == 1, hooks
     assert all(p._backward_hooks is None for p in model.parameters()), "close leaves a hook (or its wrapper)"
+
+
+@pytest.mark.usefixtures("every_step_sampling")
+def test_with_a_guard_each_step_is_judged_while_the_next_backward_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard acts at each step on the alarms of the steps before: no batch waits for more steps."""
+    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0)
+    seen = _phases(True, 12)[0].seen
+    placed = seen[:-1]
+    during = sum(p == ("backward", s + 1) for s, p in placed)
+    assert during >= 0.8 * len(placed), seen
+
+
+@pytest.mark.usefixtures("every_step_sampling")
+def test_a_step_the_detectors_might_flag_is_judged_at_the_next_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calm sampled steps gather; the first that looks unusual (a batch 1000x the others) is judged
+    while the very next backward runs, with those gathered before it: its alarm starts what it starts
+    (sampling every step, a capture) at once, as it did before steps gathered."""
+    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0)
+    monkeypatch.setattr(publisher_mod, "BATCH_AGE_S", 60.0)
+    spike = 29
+    sink = _phases(False, 34, spike_at=spike)[0]
+    when = dict(sink.seen)
+    assert when[spike] == ("backward", spike + 1), sink.seen
+    assert when[spike - 1] == ("backward", spike + 1)  # gathered, and handled with it
+    assert any(when[s] != ("backward", s + 1) for s in range(spike - 8, spike)), "calm steps did not gather"
+    raised = [(a.kind, phase) for a, phase in sink.alerts if a.step == spike and a.active and a.level != "info"]
+    assert raised and all(phase == ("backward", spike + 1) for _, phase in raised), sink.alerts
+    # While the alarm lasts, each step is judged alone, as each comes.
+    assert [when[s] for s in (spike + 1, spike + 2)] == [("backward", spike + 2), ("backward", spike + 3)]
+
+
+@pytest.mark.usefixtures("every_step_sampling")
+def test_a_slow_run_is_published_within_the_batch_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps slower than `BATCH_AGE_S` / `BATCH_ITEMS`: the viewer still follows the run live."""
+    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0)
+    monkeypatch.setattr(publisher_mod, "BATCH_AGE_S", 0.12)  # the 50 ms backward: 3 steps
+    seen = _phases(False, 13)[0].seen
+    lags = [p[1] - s for s, p in seen[:-1]]
+    assert max(lags) <= 4 and min(lags) >= 1, seen
 
 
 def test_without_the_signal_the_publishing_thread_goes_on_by_its_timer() -> None:
@@ -187,7 +241,7 @@ def test_without_the_signal_the_publishing_thread_goes_on_by_its_timer() -> None
     for p in model[2].parameters():
         p.requires_grad_(False)
     _train(mon, model, opt, 6)
-    deadline = time.monotonic() + 30  # a liveness bound: GATE_WAIT_S is 0.1 s
+    deadline = time.monotonic() + 30  # a liveness bound: GATE_WAIT_S is 0.5 s
     while len(sink.seen) < 8 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [s for s, _ in sink.seen] == list(range(8))
