@@ -138,7 +138,7 @@ class Judge:
 
     def _screens(self) -> None:
         """The detectors' screens for the training thread: a budget samples unusual steps whole, and
-        at any stride an unusual sampled step is judged at once (`Monitor._may_gather`)."""
+        at any stride an unusual sampled step is judged at once (`RunWide.calm`)."""
         if self.detectors is not None:
             self.limits = self.detectors.run_limits()
 

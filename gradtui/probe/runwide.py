@@ -240,15 +240,15 @@ class Handover:
         self._unusual = unusual
         self._look_closer = look_closer
         self._pending: list[Pending | RunPending] = []
-        self._gather: set[int] = set()
-        """The pending sampled steps that may gather (by id)."""
+        self._gather: set[Pending] = set()
+        """The pending sampled steps that may gather."""
         self._runs = RunBatch()
 
     def sampled(self, pending: Pending, gather: bool = False) -> None:
         """A sampled step's host copy (handed over once ready, see `resolve`); `gather`: its judgement
         may wait for the next sampled steps' (`Publisher.put`)."""
         if gather:
-            self._gather.add(id(pending))
+            self._gather.add(pending)
         self._pending.append(pending)
 
     def last_sampled(self) -> Pending | None:
@@ -288,8 +288,8 @@ class Handover:
                 self.run(pending.step, loss, norm, now=unusual)
                 continue
             self.flush()
-            gather = id(pending) in self._gather
-            self._gather.discard(id(pending))
+            gather = pending in self._gather
+            self._gather.discard(pending)
             self._send(Sampled(pending.values(), pending.meta, pending.stepped_factor(), gather))
 
     def salvage(self) -> RunSteps | None:
@@ -334,9 +334,9 @@ class RunWide:
         self._limits = limits
         self._primary = primary
         self.handover = Handover(send, self.unusual, sampler.sample_next)
+        """Step results on their way to the publishing thread, in step order."""
         self._squared: tuple[Limits | None, np.ndarray] = (None, np.zeros(0))
         """The limits last screened with, and their per-layer limits squared."""
-        """Step results on their way to the publishing thread, in step order."""
         self._screen = sampler.adaptive and stats.dist is None
         """Values may have their step sampled whole (with the budget only: a fixed stride stays exact,
         and under torch.distributed every rank must sample the same steps)."""

@@ -111,7 +111,7 @@ def test_a_fixed_every_samples_exactly_as_told_whatever_it_costs() -> None:
 
 @pytest.mark.parametrize("every", [None, 1, 3])
 def test_trouble_is_known_for_hold_steps_at_any_stride(every: int | None) -> None:
-    """What the publishing thread's batching asks (`Monitor._may_gather`): a fixed stride stays exact,
+    """What the publishing thread's gathering asks (`RunWide.calm`): a fixed stride stays exact,
     and still knows it is in trouble."""
     sampler = Sampler(every, 0.01, detail_every=4, clock=FakeClock())
     assert not sampler.troubled(0)
