@@ -495,6 +495,8 @@ class Monitor:
         if self.control.state.paused:
             self._handover.resolve(block=not stats.defer)  # show the step we stop at
             self._handover.flush()
+            if self._publisher is not None:
+                self._publisher.release(now=True)  # no next backward comes to release what gathered
             since = time.perf_counter()
             self.control.wait_while_paused(step, lambda: self.closed)
             self._rate.pause(time.perf_counter() - since)  # paused time is not training time

@@ -128,11 +128,12 @@ class Publisher:
         if not self.flush(SETTLE_S):
             self._settles_from = step + SETTLE_PAUSE
 
-    def release(self) -> None:
-        """Handle what is queued now, unless it may gather for longer (a gated thread: from the hook
-        at the start of backward)."""
+    def release(self, now: bool = False) -> None:
+        """Handle what is queued now, unless it may gather for longer and not `now` (a gated thread:
+        from the hook at the start of backward)."""
         items = self._items  # read without the lock: an item queued just after is handled at the next release
-        if items and (self._now or len(items) >= BATCH_ITEMS or time.monotonic() - self._since >= BATCH_AGE_S):
+        due = now or self._now or len(items) >= BATCH_ITEMS or time.monotonic() - self._since >= BATCH_AGE_S
+        if items and due:
             with self._cond:
                 self._open = True
                 self._cond.notify_all()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import gradtui
+from gradtui.model.commands import SetPaused
 from gradtui.model.detectors import Detectors
 from gradtui.model.events import Alert, Event, RunEnd, RunStart, StepStats
 from gradtui.probe import publisher as publisher_mod
@@ -217,6 +218,32 @@ def test_a_step_the_detectors_might_flag_is_judged_at_the_next_backward(monkeypa
     assert raised and all(phase == ("backward", spike + 1) for _, phase in raised), sink.alerts
     # While the alarm lasts, each step is judged alone, as each comes.
     assert [when[s] for s in (spike + 1, spike + 2)] == [("backward", spike + 2), ("backward", spike + 3)]
+
+
+@pytest.mark.usefixtures("every_step_sampling")
+def test_the_steps_up_to_a_pause_are_published_while_the_run_is_paused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No backward pass comes to release what gathered: the pause does, and the viewer shows the step
+    the run stopped at."""
+    monkeypatch.setattr(publisher_mod, "GATE_WAIT_S", 60.0)
+    monkeypatch.setattr(publisher_mod, "BATCH_AGE_S", 60.0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradtui.watch(model, opt, queue=True, serve=False)
+    sink = PhaseSink([("any", 0)])
+    mon.add_sink(sink)
+    _train(mon, model, opt, 3)
+    mon.send(SetPaused(True))
+    loop = threading.Thread(target=_train, args=(mon, model, opt, 1))
+    loop.start()
+    deadline = time.monotonic() + 30  # a liveness bound
+    while len(sink.seen) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = [s for s, _ in sink.seen]
+    paused = mon.paused and loop.is_alive()
+    mon.send(SetPaused(False))
+    loop.join(30)
+    mon.close()
+    assert paused and seen == [0, 1, 2, 3]
 
 
 @pytest.mark.usefixtures("every_step_sampling")
