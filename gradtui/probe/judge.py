@@ -77,6 +77,8 @@ class Judge:
         """A vanishing or dead alarm has armed its one capture."""
         self.limits = Limits(math.inf, math.inf, np.full(stats.n, math.inf))
         """What has an unsampled step sampled whole (`Detectors.run_limits`)."""
+        self._stale = False
+        """The detectors moved since `limits` was made."""
 
     def handle(self, item: object) -> None:
         """A sampled step, the run-wide values of unsampled steps, or an event made elsewhere."""
@@ -100,7 +102,7 @@ class Judge:
                 # The detectors go back with the model, or a relapse would be judged against the
                 # blow-up's own norms.
                 self._alerts(item.step, self.detectors.rolled_back(item.to_step, item.step), None)
-                self._screens()
+                self._stale = True
 
     def _sampled(self, item: Sampled) -> None:
         stats, update = publish(item.values, item.meta, self._n, self._lanes, item.stepped_factor)
@@ -121,7 +123,7 @@ class Judge:
             sampler.check(stats.step, stats.loss)  # not read at each step there: that would be a sync
         if self.detectors is not None:
             self._alerts(stats.step, self.detectors.update(stats), stats)
-            self._screens()
+            self._stale = True
 
     def _runs(self, event: RunSteps) -> None:
         self._outputs.emit(event)
@@ -134,12 +136,14 @@ class Judge:
             if self._capture is not None and norm is not None and not math.isfinite(norm):
                 self._capture.trouble(step)
             self._alerts(step, detectors.update_run(step, loss, norm, canary), None)
-        self._screens()
+        self._stale = True
 
-    def _screens(self) -> None:
-        """The detectors' screens for the training thread: a budget samples unusual steps whole, and
-        at any stride an unusual sampled step is judged at once (`RunWide.calm`)."""
-        if self.detectors is not None:
+    def screens(self) -> None:
+        """The detectors' screens for the training thread, once it has caught up (not after each of a
+        batch of steps): a budget samples unusual steps whole, and at any stride an unusual sampled
+        step is judged at once (`RunWide.calm`)."""
+        if self._stale and self.detectors is not None:
+            self._stale = False
             self.limits = self.detectors.run_limits()
 
     def _alerts(self, step: int, alerts: list[Alert], stats: StepStats | None) -> None:

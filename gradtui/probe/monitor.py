@@ -201,7 +201,7 @@ class Monitor:
             self._undo_start()
             raise
         if self.primary:
-            self._publisher = Publisher(self._judge.handle)
+            self._publisher = Publisher(self._judge.handle, idle=self._judge.screens)
             if self.events is not None:
                 # A reader of the in-process queue sees every event made before it reads.
                 self.events.settle = self._publisher.flush
@@ -508,6 +508,7 @@ class Monitor:
             self._publisher.put(item, isinstance(item, Sampled) and item.gather)
         else:
             self._judge.handle(item)
+            self._judge.screens()
 
     def _arm_stepped(self, which: list[int]) -> None:
         if self._stepped is None:

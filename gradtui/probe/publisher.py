@@ -68,10 +68,14 @@ class Publisher:
         handle: Called on the thread for each item; an exception is logged and the next item
             handled (the monitor must never be the reason a run stops).
         name: The thread's name.
+        idle: Called on the thread once it has handled every item queued (after a batch).
     """
 
-    def __init__(self, handle: Callable[[object], None], name: str = "gradtui-publish") -> None:
+    def __init__(
+        self, handle: Callable[[object], None], name: str = "gradtui-publish", idle: Callable[[], None] | None = None
+    ) -> None:
         self._handle = handle
+        self._idle = idle
         self._items: deque[object] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._busy = False
@@ -195,6 +199,8 @@ class Publisher:
                         self._open = self._now = False  # the next items wait for the next release
                 try:
                     self._handle(item)
+                    if self._idle is not None and not self._items:  # read without the lock: at worst a step late
+                        self._idle()
                 except Exception:
                     self._failures += 1
                     if self._failures <= 3:

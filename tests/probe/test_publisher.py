@@ -89,6 +89,20 @@ def test_a_failing_detector_costs_its_step_alerts_not_the_run(monkeypatch: pytes
     assert steps == list(range(8)) and calls == list(range(8))
 
 
+def test_idle_is_called_once_the_thread_has_caught_up() -> None:
+    """Not after each item of a batch: what the training thread reads (the detectors' screens) is
+    made once per batch."""
+    gate = threading.Event()
+    log: list[object] = []
+    pub = Publisher(lambda item: (gate.wait(30), log.append(item)), idle=lambda: log.append("idle"))
+    for i in range(5):
+        pub.put(i)
+    gate.set()
+    assert pub.flush(10)
+    assert log == [0, 1, 2, 3, 4, "idle"]  # the others came while the first was handled
+    pub.close(10)
+
+
 def test_a_backlog_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publisher_mod, "MAX_BACKLOG", 4)
     gate = threading.Event()
