@@ -136,8 +136,7 @@ class Publisher:
         """Handle what is queued now, unless it may gather for longer and not `now` (a gated thread:
         from the hook at the start of backward)."""
         items = self._items  # read without the lock: an item queued just after is handled at the next release
-        due = now or self._now or len(items) >= BATCH_ITEMS or time.monotonic() - self._since >= BATCH_AGE_S
-        if items and due:
+        if items and (now or self._now or len(items) >= BATCH_ITEMS or time.monotonic() - self._since >= BATCH_AGE_S):
             with self._cond:
                 self._open = True
                 self._cond.notify_all()
