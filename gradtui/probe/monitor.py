@@ -513,14 +513,10 @@ class Monitor:
     def _arm_stepped(self, which: list[int]) -> None:
         if self._stepped is None:
             return
-        sample, positions = self._stepped.sample(which)
+        sample = self._stepped.sample(which)
         if not sample:
             return
-        # The step's own pass measured them (a second read of them, cold after backward, cost 70 us).
-        sq = self._stats.last_sq
-        self._stepped.arm(
-            self._stats.grads(sample), self._grad_scale, float(sq[positions].sum()) if sq is not None else None
-        )
+        self._stepped.arm(self._stats.grads(sample), self._grad_scale)
 
     def _on_stepped(self, factor: torch.Tensor | float) -> None:
         """From the optimizer's post-step hook: what the step just taken used."""

@@ -183,9 +183,6 @@ class GradStats:
             getattr(layer.module, "sparse", False) for layer in layers
         )
         """Gradients are the parameters' own dense tensors (no sparse gradient, no DTensor shard)."""
-        self.last_sq: np.ndarray | None = None
-        """Each gradient's squared norm as the last sampled step left them (in its `GradIndex.which`
-        order), where the CPU fast path measured them and nothing clipped them after; else None."""
         self._index_cache: dict[bytes, GradIndex] = {}
         self._mask_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.hist = GradHistogram()
@@ -325,7 +322,6 @@ class GradStats:
         returns its host copy on the primary rank, None on the others. `grads`: those `index`
         names, when the caller has them already."""
         which, idx, layer_of = index.which, index.layers, index.layer_of
-        self.last_sq = None
         if grads is None:
             grads = self.grads(which)
         plain = (
@@ -427,7 +423,6 @@ class GradStats:
         """The common sampled step on CPU: host and device are one, so each small result is
         read as a float and combined in NumPy (a torch op on a tiny tensor costs ~5 us)."""
         sq = cpu_sq_norms(grads)
-        self.last_sq = sq if clip is None else None
         layer_sq = np.bincount(layer_of, weights=sq, minlength=self.n) if len(sq) else np.zeros(self.n)
         total = math.sqrt(layer_sq.sum())
         row = [layer_sq, [loss_value(loss)]]

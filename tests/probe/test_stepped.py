@@ -1,0 +1,57 @@
+"""The norm the optimizer stepped with: the loop's own clipping after `mon.step`, measured from the
+optimizer's post-step hook, against torch's own norm of what the optimizer was handed. Default
+settings (the budget picks the sampled steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification
+from torch import nn
+
+import gradtui
+from gradtui.model.events import StepStats
+from gradtui.probe.stepped import host_sq
+
+
+def test_a_loops_clipping_after_mon_step_is_the_stepped_norm_and_no_clipping_is_exactly_one() -> None:
+    torch.manual_seed(0)
+    x, y = make_classification(256, 20, random_state=0)
+    xs, ys = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gradtui.watch(model, opt, queue=True)
+    handed: dict[int, float] = {}
+    clipped: set[int] = set()
+    for it in range(120):
+        loss = nn.functional.cross_entropy(model(xs), ys)
+        opt.zero_grad()
+        loss.backward()
+        mon.step(loss)
+        if it % 3 == 0:  # the loop clips some steps hard, leaves the others alone
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            clipped.add(it)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        handed[it] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        opt.step()
+    mon.close()
+    assert mon.events is not None
+    steps = [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    assert len({s.step for s in steps} & clipped) >= 3 and len({s.step for s in steps} - clipped) >= 3
+    for s in steps:
+        assert s.stepped_norm == pytest.approx(handed[s.step], rel=1e-5), s.step
+        if s.step not in clipped:
+            # Both ends of the factor are measured the same way: an untouched gradient gives exactly 1.
+            assert s.stepped_norm == s.clipped_norm, s.step
+        else:
+            assert s.stepped_norm < 1.01e-3 < s.global_norm
+
+
+def test_host_squared_norms_of_finite_values_past_float32s_square_stay_finite() -> None:
+    """Values of 1e20 are finite in float32, their squares are not: the sum is taken again in float64."""
+    big = torch.full((64,), 1e20, dtype=torch.float32)
+    small = torch.arange(1.0, 11.0, dtype=torch.float32)
+    got = host_sq([big.numpy(), small.numpy()])
+    want = float(torch.linalg.vector_norm(big.double()) ** 2 + torch.linalg.vector_norm(small.double()) ** 2)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-6)
