@@ -2,13 +2,15 @@
 backward, `mon.step`, the optimizer step) in a watched copy of a model against a plain copy.
 
 Copies of one model train on the same batch in one process, in rotating rounds of `--steps`
-steps each: two plain copies, one watched at the defaults and one at `every=1`. For each
-watched copy and each phase it prints the median over rounds of (its mean phase time in the
-round) - (the first plain copy's in the same round), in microseconds. The second plain copy
-is printed the same way: what two identical unwatched copies differ by, the noise floor of
-the other rows. `benchmarks/overhead.py` gives the whole step's ratios; this says which part
-of the step moved (work on the probe's publishing thread shows up in backward, where that
-thread runs).
+steps each: two plain copies, one watched at the defaults, one at `every=1`, and one measured
+by Lightning's method. For each other copy and each phase it prints the median over rounds of
+(its mean phase time in the round) - (the first plain copy's in the same round), in
+microseconds. The second plain copy is printed the same way: what two identical unwatched
+copies differ by, the noise floor of the other rows. A last copy runs Lightning's `grad_norm`
+(`benchmarks/overhead.py`'s anchor) where `mon.step` would be: its row says where the `every=1`
+copy's cost differs from that method's. `benchmarks/overhead.py` gives the whole step's ratios;
+this says which part of the step moved (work on the probe's publishing thread shows up in
+backward, where that thread runs; the optimizer's post-step hook, in the optimizer step).
 
     .venv/bin/python benchmarks/phases.py
     .venv/bin/python benchmarks/phases.py --models "mlp 12x512 b256" --rounds 60
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import DEFAULT_MODELS, MODELS, make_opt  # noqa: E402
+from overhead import DEFAULT_MODELS, MODELS, lightning_grad_norm, make_opt  # noqa: E402
 
 import gradtui  # noqa: E402
 
@@ -39,7 +41,10 @@ COPIES: dict[str, dict[str, Any] | None] = {
     "plain (2nd copy)": None,
     "gradtui": {},
     "gradtui every=1": {"every": 1},
+    "lightning": None,
 }
+LIGHTNING = "lightning"
+"""The anchor `gradtui every=1` is held to: Lightning's `grad_norm` where `mon.step` would be."""
 
 
 def run(name: str, rounds: int, steps: int, tmp: Path) -> dict[str, dict[str, float]]:
@@ -72,6 +77,8 @@ def run(name: str, rounds: int, steps: int, tmp: Path) -> dict[str, dict[str, fl
                 t3 = time.perf_counter()
                 if mon is not None:
                     mon.step(loss)
+                elif label == LIGHTNING:
+                    lightning_grad_norm(m)
                 t4 = time.perf_counter()
                 opt.step()
                 t5 = time.perf_counter()

@@ -449,9 +449,11 @@ class Monitor:
                 sampled, detail = True, self._sampler.promote(step)
         taken = self._capture.take(step) if sampled else None
         if sampled:
+            if on_host and value is None:
+                value = host_loss(loss)  # read once: the statistics and the rules after them take it
             update = self._updates.take() if self._updates is not None else None
             inputs = StepInputs(
-                loss=loss,
+                loss=loss if value is None else value,
                 detail=detail,
                 amp=scale,
                 lanes=self._lanes.take() if self._lanes else None,
@@ -467,8 +469,6 @@ class Monitor:
             if pending is not None and on_host:
                 layer_sq = pending.values()[0, : stats.n]
                 finite = bool(np.isfinite(layer_sq).all())
-                if value is None:
-                    value = host_loss(loss)
                 # A guard acts at each step on the judgement of the steps before: none waits.
                 gather = self.guard is None and self._runwide.calm(step, layer_sq, value)
             if pending is not None:

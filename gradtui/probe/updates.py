@@ -61,9 +61,9 @@ class UpdateRatio:
         before = [self._before.pop(i) for i in which]
         s = self._stats
         after = [local(s.params[i].detach()) for i in which]
-        delta = torch._foreach_sub(after, before)
         idx = to_device(s.param_layer[which], s.device)
-        d2 = s.per_layer(s.sq_norms(delta), idx, which)
         w2 = s.per_layer(s.sq_norms(before), idx, which)
+        torch._foreach_sub_(before, after)  # the snapshot is ours: the update in its place, no new copy
+        d2 = s.per_layer(s.sq_norms(before), idx, which)
         both = torch.cat([d2, w2])
         self._sum = both if self._sum is None else self._sum + both
