@@ -43,16 +43,18 @@ moved under it (a thousand times what the total moved: no drift of a converging 
 
 
 def host_sq(views: Sequence[np.ndarray]) -> float:
-    """The summed squared norm of CPU gradients through NumPy views of them. Right after the optimizer
+    """The summed squared norm of CPU gradients through NumPy views of their memory (any layout: a
+    flat copy made at `mon.step` would not see the loop change them after). Right after the optimizer
     step, which has streamed every parameter and its state through the caches, a torch call on a
     tiny tensor took 40-70 us there (`torch._foreach_norm`, `torch.stack`) and a NumPy dot about 10:
     on the 50x128 MLP the hook's three norms took 130 us through torch and 25 through NumPy. Both
     ends of the ratio are measured the same way, so an untouched gradient gives exactly 1."""
     total = 0.0
     for v in views:
-        sq = float(np.dot(v, v))
+        sq = float(np.vdot(v, v))  # flattened now: a view where the layout allows, else a copy of now
         if not math.isfinite(sq):  # a float32 sum of squares passes 3.4e38 for finite values of 1e19
-            sq = float(np.dot(v.astype(np.float64), v.astype(np.float64)))
+            wide = v.astype(np.float64)
+            sq = float(np.vdot(wide, wide))
         total += sq
     return total
 
@@ -103,7 +105,7 @@ class SteppedNorm:
         """Remember `grads` (a few gradients as `mon.step` leaves them), their summed squared norm, and
         the factor the gradients carry now (a GradScaler's scale, None for 1)."""
         if self._host and grad_scale is None:
-            views = [(g.detach() if g.requires_grad else g).numpy().reshape(-1) for g in grads]
+            views = [(g.detach() if g.requires_grad else g).numpy() for g in grads]
             self._armed_host = (views, host_sq(views))
             return
         before = self._stats.sq_norms(grads).sum().reshape(1)
@@ -123,6 +125,8 @@ class SteppedNorm:
         return spent
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._armed_host is None and self._armed is None:
+            return
         began = time.perf_counter()
         if self._armed_host is not None:
             views, before = self._armed_host
@@ -132,8 +136,6 @@ class SteppedNorm:
             grads, sq, grad_scale = self._armed
             self._armed = None
             self._on_factor((self._stats.sq_norms(grads).sum().reshape(1) / sq).sqrt() * grad_scale)
-        else:
-            return
         self._spent += time.perf_counter() - began
 
 

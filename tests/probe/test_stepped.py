@@ -55,3 +55,44 @@ def test_host_squared_norms_of_finite_values_past_float32s_square_stay_finite() 
     got = host_sq([big.numpy(), small.numpy()])
     want = float(torch.linalg.vector_norm(big.double()) ** 2 + torch.linalg.vector_norm(small.double()) ** 2)
     assert np.isfinite(got) and got == pytest.approx(want, rel=1e-6)
+
+
+class Transposed(nn.Module):
+    """Its smallest parameters (those the hook re-measures) are laid out transposed, as their
+    gradients are: no flat view of them exists, only a copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(20, 64)
+        self.heads = nn.ParameterList([nn.Parameter(torch.randn(64, 2).t()) for _ in range(3)])  # strides (1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.body(x))
+        return sum(h @ w.t() for w in self.heads)  # type: ignore[return-value]
+
+
+def test_the_loops_clipping_is_seen_on_gradients_laid_out_transposed() -> None:
+    torch.manual_seed(0)
+    x, y = make_classification(128, 20, random_state=1)
+    xs, ys = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    model = Transposed()
+    assert all(not w.is_contiguous() for w in model.heads)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gradtui.watch(model, opt, queue=True, every=1)
+    handed: dict[int, float] = {}
+    for it in range(12):
+        loss = nn.functional.cross_entropy(model(xs), ys)
+        opt.zero_grad()
+        loss.backward()
+        assert not model.heads[0].grad.is_contiguous()
+        mon.step(loss)
+        nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # in place, after mon.step
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        handed[it] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        opt.step()
+    mon.close()
+    assert mon.events is not None
+    steps = [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    assert len(steps) == 12
+    for s in steps:
+        assert s.stepped_norm == pytest.approx(handed[s.step], rel=1e-5), s.step
