@@ -15,6 +15,18 @@ from gradtui.model.events import StepStats
 from gradtui.probe.stepped import host_sq
 
 
+def handed_norm(model: nn.Module) -> float:
+    """torch's own global norm of the gradients the optimizer is about to be handed."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def closed_steps(mon: gradtui.Monitor) -> list[StepStats]:
+    mon.close()
+    assert mon.events is not None
+    return [e for e in mon.events.drain() if isinstance(e, StepStats)]
+
+
 def test_a_loops_clipping_after_mon_step_is_the_stepped_norm_and_no_clipping_is_exactly_one() -> None:
     torch.manual_seed(0)
     x, y = make_classification(256, 20, random_state=0)
@@ -32,12 +44,9 @@ def test_a_loops_clipping_after_mon_step_is_the_stepped_norm_and_no_clipping_is_
         if it % 3 == 0:  # the loop clips some steps hard, leaves the others alone
             nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
             clipped.add(it)
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        handed[it] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        handed[it] = handed_norm(model)
         opt.step()
-    mon.close()
-    assert mon.events is not None
-    steps = [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    steps = closed_steps(mon)
     assert len({s.step for s in steps} & clipped) >= 3 and len({s.step for s in steps} - clipped) >= 3
     for s in steps:
         assert s.stepped_norm == pytest.approx(handed[s.step], rel=1e-5), s.step
@@ -87,12 +96,9 @@ def test_the_loops_clipping_is_seen_on_gradients_laid_out_transposed() -> None:
         assert not model.heads[0].grad.is_contiguous()
         mon.step(loss)
         nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # in place, after mon.step
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        handed[it] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        handed[it] = handed_norm(model)
         opt.step()
-    mon.close()
-    assert mon.events is not None
-    steps = [e for e in mon.events.drain() if isinstance(e, StepStats)]
+    steps = closed_steps(mon)
     assert len(steps) == 12
     for s in steps:
         assert s.stepped_norm == pytest.approx(handed[s.step], rel=1e-5), s.step
