@@ -44,6 +44,7 @@ from gradtui.ui.bindings import (
 from gradtui.ui.bindings import KEY_ACTIONS as _KEY_ACTIONS
 from gradtui.ui.captures import log_text, next_stat
 from gradtui.ui.controls import Controls
+from gradtui.ui.hangup import stdin_fd, watch_terminal
 from gradtui.ui.interventions import Interventions
 from gradtui.ui.layout import ScreenRows
 from gradtui.ui.messages import RunEnded
@@ -194,6 +195,8 @@ class GradTUIApp(App[None]):
 
     def on_mount(self) -> None:
         self._mounted_ui = True
+        if not self.is_headless:
+            watch_terminal(stdin_fd())
         for theme in REGISTERED:
             self.register_theme(theme)
         self.heatmap.color = not self.no_color
