@@ -31,7 +31,8 @@ def _record(path: Path) -> None:
             opt.step()
 
 
-def _read_until_quiet(fd: int, seconds: float) -> bytes:
+def _read_some(fd: int, seconds: float) -> bytes:
+    """What the viewer draws: up to about 2 KB, or whatever came within `seconds`."""
     out = b""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -64,7 +65,7 @@ def test_a_viewer_whose_terminal_is_gone_ends_without_a_hangup_signal(tmp_path: 
     )
     os.close(slave)
     try:
-        drawn = _read_until_quiet(master, 30.0)
+        drawn = _read_some(master, 30.0)
         assert drawn, "the viewer must have drawn before its terminal goes"
         assert viewer.poll() is None
         os.close(master)
