@@ -22,7 +22,7 @@ from torch import nn
 
 from gradtui.probe.amp import AmpScale
 from gradtui.probe.dist import DistContext, local
-from gradtui.probe.histogram import GradHistogram
+from gradtui.probe.histogram import SMALL_NUMEL, GradHistogram, cpu_nonzero
 from gradtui.probe.layers import Layer, grad_values, real_values, value_count
 from gradtui.probe.packed import StepMeta
 
@@ -112,10 +112,6 @@ class StepInputs:
 
 
 Clip = Callable[[list[torch.Tensor], torch.Tensor | None, Sequence[int]], torch.Tensor]
-
-SMALL_NUMEL = 1 << 16
-"""CPU tensors below this size are measured by one fused call, larger ones by a BLAS dot each."""
-
 
 def cpu_sq_norms(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Squared L2 norms of CPU float32/float64 tensors, as float64 (the host is the device).
@@ -353,7 +349,7 @@ class GradStats:
             if inv is not None:
                 l1, amax = l1 * inv, amax * inv
             seg("l1", self.per_layer(l1, idx, which))
-            nnz = self.norms(grads, 0.0)
+            nnz = cpu_nonzero([g.detach().reshape(-1) for g in grads]) if self.fast_cpu else self.norms(grads, 0.0)
             seg("nnz", self.per_layer(nnz, idx, which))
             seg("amax", self.per_layer(amax, idx, which, "amax"))
             w_sq = self.sq_norms([real_values(local(p.detach())) for p in self.params])
@@ -361,7 +357,9 @@ class GradStats:
             weight = self.mask_of(which) if self.mask is not None else None
             scale = inputs.amp.factor if inputs.amp is not None else None
             # The 0-"norm" counts non-zeros exactly where its float sum of ones is exact.
-            exact = all(g.dtype == torch.float64 or (g.dtype == torch.float32 and g.numel() <= 1 << 24) for g in grads)
+            exact = self.fast_cpu or all(
+                g.dtype == torch.float64 or (g.dtype == torch.float32 and g.numel() <= 1 << 24) for g in grads
+            )
             hist = self.hist.layer_hist(grads, idx, n, acc, scale=scale, weight=weight, nonzero=nnz if exact else None)
             seg("hist", hist)
         count_on_device = (self.defer or dist is not None) and bool(grads)

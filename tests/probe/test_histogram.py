@@ -118,14 +118,18 @@ def test_edge_values_land_in_their_columns() -> None:
     assert top[GRAD_HIST_BUCKETS - 2] == 1 and top[1] == 1  # clipped into the end columns
 
 
+@pytest.mark.parametrize("small", [histogram.SMALL_NUMEL, 100], ids=["together", "one by one"])
 @pytest.mark.parametrize("how", ["bincount", "histc", "index_add"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_every_counting_method_and_dtype_equals_numpy(
-    how: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    how: str, dtype: torch.dtype, small: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CUDA (histc) and other-device (index_add) counts run here on CPU; small chunks
-    exercise the path of a gradient larger than one chunk."""
+    exercise the path of a gradient larger than one chunk. On CPU (bincount) the gradients under
+    `SMALL_NUMEL` values are counted together, the others one by one (its exponent field alone,
+    a byte for float32): a lower bound takes both ways."""
     monkeypatch.setattr(histogram, "CHUNK", 257)
+    monkeypatch.setattr(histogram, "SMALL_NUMEL", small)
     torch.manual_seed(1)
     grads = [
         (torch.randn(40, 30) * torch.logspace(-12, 6, 30)).to(dtype),
@@ -231,3 +235,21 @@ def test_zero_fraction_is_exact_for_half_precision_gradients() -> None:
     assert s.zero_frac is not None and s.grad_hist is not None
     assert s.zero_frac.tolist() == [(90_000 - 70_001) / 90_000]
     assert int(s.grad_hist[0, 0]) == 90_000 - 70_001
+
+
+def test_cpu_nonzero_counts_every_value_exactly() -> None:
+    """Small tensors through the fused 0-norm, large ones through `count_nonzero`: both equal NumPy's
+    count (zeros of either sign are zeros; NaN and the infinities are not)."""
+    torch.manual_seed(3)
+    sizes = [0, 7, histogram.SMALL_NUMEL - 1, histogram.SMALL_NUMEL, 3 * histogram.SMALL_NUMEL + 5]
+    flats = []
+    for n in sizes:
+        t = torch.randn(n)
+        t[torch.rand(n) < 0.3] = 0.0
+        if n > 20:
+            t[:3] = torch.tensor([-0.0, math.nan, -math.inf])
+        flats.append(t)
+    flats.append(torch.randn(histogram.SMALL_NUMEL + 1, dtype=torch.float64).relu())
+    got = histogram.cpu_nonzero(flats)
+    assert got.dtype == torch.float64
+    assert got.tolist() == [float(np.count_nonzero(f.numpy())) for f in flats]
