@@ -114,6 +114,8 @@ class Detectors:
         """The exploding rule over the layers' norms (fed at sampled steps)."""
         self._run_growth = Growth(1, c)
         """... and over the global norm (fed at every step)."""
+        self._run_inputs = (np.zeros(1), np.zeros(1, bool), np.zeros(1, bool))
+        """Its inputs at a step (log10 norm, valid, flag condition held before), filled in place."""
         self._canary = np.zeros(0, np.int64)
         """The canary layers: measured at every step where the rest are not (`update_run`)."""
         self._is_canary = np.zeros(n, bool)
@@ -134,6 +136,8 @@ class Detectors:
         """This sampled step's global norm overflowed over finite values (it stands at OVERFLOW_NORM)."""
         self._overflowed = np.zeros(n, bool)
         """... and the layers whose norm did."""
+        self._no_layers = np.zeros(n, bool)
+        """No layer (read only)."""
         self._log_rms_gap = np.zeros(n)
         """log10 of each layer's gradient RMS over the largest layer's (vanishing by depth)."""
         self._grad_to_weight = np.zeros(n)
@@ -316,8 +320,9 @@ class Detectors:
         x = math.log10(global_norm) if global_norm > 0 and math.isfinite(global_norm) else math.nan
         valid = math.isfinite(x)
         growth = self._run_growth
-        was_on = np.array([self._on_since[_EXPLODING, n] >= 0])
-        growth.update(step, np.array([x]), np.array([valid]), loss_z, spike.in_range, was_on)
+        run_x, run_valid, run_was_on = self._run_inputs
+        run_x[0], run_valid[0], run_was_on[0] = x, valid, self._on_since[_EXPLODING, n] >= 0
+        growth.update(step, run_x, run_valid, loss_z, spike.in_range, run_was_on)
         self._enter[_EXPLODING, n] = growth.enter[0]
         self._leave[_EXPLODING, n] = growth.leave[0]
         self._seen[_EXPLODING, n] = valid
@@ -342,15 +347,19 @@ class Detectors:
         # Non-finite: NaN/Inf values, counted. A norm that overflowed although every value was finite
         # (a float32 sum, older records) is a norm of at least OVERFLOW_NORM: the exploding rule's.
         counts = self._nonfinite_counts = np.asarray(stats.nonfinite)
-        bad = has & ((counts > 0) | np.isnan(gn))
-        over = self._overflowed = has & np.isposinf(gn) & (counts == 0)
-        if np.count_nonzero(over):
-            gn = np.where(over, OVERFLOW_NORM, gn)
-            finite = np.isfinite(gn)
-            ok = has & finite
+        if np.count_nonzero(counts) == 0 and np.count_nonzero(finite) == n:  # most steps
+            bad = self._no_layers
+            self._overflowed = self._no_layers
+        else:
+            bad = has & ((counts > 0) | np.isnan(gn))
+            over = self._overflowed = has & (gn == math.inf) & (counts == 0)
+            if np.count_nonzero(over):
+                gn = np.where(over, OVERFLOW_NORM, gn)
+                finite = np.isfinite(gn)
+                ok = has & finite
         self._grad_norm = gn
         enter[_NONFINITE, :n] = bad
-        leave[_NONFINITE, :n] = ok & (counts == 0)
+        leave[_NONFINITE, :n] = ok if bad is self._no_layers else ok & (counts == 0)
         seen[_NONFINITE, :n] = has
         if self.first_nonfinite is None and np.count_nonzero(bad):
             self.first_nonfinite = FirstNonfinite(stats.step, self.layers[int(np.argmax(bad))])

@@ -55,6 +55,8 @@ class Growth:
         c = self.config = config
         self.units = units
         self._log_ratio = math.log10(c.explode_ratio)
+        self._grow_floor = max(MIN_SPREAD * c.explode_z, self._log_ratio)
+        """Least growth (log10) past the peak that raises a flag: MIN_SPREAD robust deviations, or the ratio."""
         self._log_clear = math.log10(c.explode_clear_ratio)
         self.log_ceiling = math.log10(c.explode_ceiling)
         self._log_warn = math.log10(c.explode_warn_ratio)
@@ -105,13 +107,13 @@ class Growth:
         enter = self.enter
         if self.rows:
             med, spread = median_spread(np.sort(self._recent(step), axis=0))
-            np.maximum(spread, MIN_SPREAD, out=spread)
             steps = max(1, step - int(self._hist_step[self._head - 1]))
             np.maximum(self.peak - c.explode_memory * steps, med, out=self.peak)  # decays per step
             if not self._all_seen:
                 self.peak[self.hist_seen == 0] = -np.inf
+            # max(spread, MIN_SPREAD) * z, at least the raise ratio: z > 0, so the floor goes after.
             spread *= c.explode_z
-            self.grow = self.peak + np.maximum(spread, self._log_ratio, out=spread)
+            self.grow = self.peak + np.maximum(spread, self._grow_floor, out=spread)
             self.med = med
             enter.fill(False)
             # A gradient jump while the loss holds or falls is a run starting to learn, not a blow-up;
@@ -151,9 +153,10 @@ class Growth:
         c = self.config
         rows = self.rows
         hist = self.hist if rows == c.window else self.hist[:rows]
-        steps = self._hist_step[:rows]
-        if steps.min() >= step - c.window:
+        oldest = int(self._hist_step[self._head if rows == c.window else 0])  # rows come in step order
+        if oldest >= step - c.window:
             return hist
+        steps = self._hist_step[:rows]
         young = steps >= step - c.window
         if np.count_nonzero(young) < MIN_ROWS:
             young[(self._head - 1 - np.arange(min(MIN_ROWS, rows))) % c.window] = True

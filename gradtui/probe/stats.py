@@ -47,7 +47,15 @@ class Pending:
 
     def __init__(self, vec: torch.Tensor | np.ndarray, meta: StepMeta) -> None:
         self.meta = meta
-        self.host, self._event = to_host(vec)
+        # A host array stays one: read at each sampled step, and turning it into a tensor and back
+        # cost 10-15 us right after the optimizer step.
+        self._array: np.ndarray | None = None
+        self.host: torch.Tensor | None = None
+        self._event: torch.cuda.Event | None = None
+        if isinstance(vec, np.ndarray):
+            self._array = vec
+        else:
+            self.host, self._event = to_host(vec)
         self._stepped: tuple[torch.Tensor | float, torch.cuda.Event | None] | None = None
 
     def attach_stepped(self, factor: torch.Tensor | float) -> None:
@@ -59,8 +67,11 @@ class Pending:
         return all(e is None or bool(e.query()) for e in events)
 
     def values(self) -> np.ndarray:
+        if self._array is not None:
+            return self._array
         if self._event is not None:
             self._event.synchronize()
+        assert self.host is not None
         out: np.ndarray = self.host.numpy()
         return out
 
@@ -83,10 +94,8 @@ def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def to_host(vec: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+def to_host(vec: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """A host copy: at once on CPU; on CUDA a non-blocking copy into pinned memory and its event."""
-    if isinstance(vec, np.ndarray):
-        return torch.from_numpy(vec), None
     if vec.device.type == "cuda":
         host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
         host.copy_(vec, non_blocking=True)
