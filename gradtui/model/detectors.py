@@ -137,7 +137,7 @@ class Detectors:
         self._overflowed = np.zeros(n, bool)
         """... and the layers whose norm did."""
         self._no_layers = np.zeros(n, bool)
-        """No layer (read only)."""
+        """No layer: what `_overflowed` and the non-finite layers are on most steps (never written)."""
         self._log_rms_gap = np.zeros(n)
         """log10 of each layer's gradient RMS over the largest layer's (vanishing by depth)."""
         self._grad_to_weight = np.zeros(n)
@@ -300,7 +300,7 @@ class Detectors:
     def _begin(self) -> None:
         self.steps += 1
         self._overflow = False
-        self._overflowed.fill(False)
+        self._overflowed = self._no_layers
         self._enter.fill(False)
         self._leave.fill(False)
         self._seen.fill(False)

@@ -7,12 +7,13 @@ and counted once; the counts of the few hundred keys are then folded into the
 construction, and ~4x cheaper on CPU than bucketizing the floats (measured 0.45 vs 4.1 ms
 for 262k values). The result rides in the step's vector: no host copy or sync of its own.
 
-On CPU (`cpu_fields`) a float32 gradient's key is its exponent field alone, one byte: the
+On CPU (`GradHistogram._cpu_field_counts`) a float32 gradient's key is its exponent field alone, one byte: the
 sign plays no part in log2|g|, and counting bytes takes half the time of counting int32 keys
 (a serial loop either way). Gradients under `SMALL_NUMEL` values are counted together, in one
 call, each at its own offset: a Python call per tensor costs more than counting its values.
-On the 12x512 MLP this made the histogram and the non-zero counts of a detail step 7.5 ms
-where they took 13.5 (the 50x128 MLP: 5.0 and 8.3).
+In a training loop, the two ways taking turns step by step, the histogram and the non-zero
+counts of a detail step took 7.5 ms on the 12x512 MLP where they took 13.5 (the 50x128 MLP: 5.0
+and 8.3).
 """
 
 from __future__ import annotations
